@@ -1,0 +1,118 @@
+//! Protocol messages shared by ferry processes, and the version handshake.
+//!
+//! Every connection starts with each side sending a [`Hello`]; both then use the highest
+//! version in the overlap of their ranges ([`negotiate`]), or close the connection with the
+//! reason. Later protocol messages (replication, tasks) are added here as plain serde types.
+
+use serde::{Deserialize, Serialize};
+
+use crate::name::Name;
+
+/// Newest protocol version this build speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// Oldest protocol version this build still speaks.
+pub const MIN_PROTOCOL_VERSION: u32 = 1;
+/// Limit on an encoded [`Hello`].
+pub const HELLO_LIMIT: usize = 4096;
+
+/// First message on every connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    pub min_version: u32,
+    pub max_version: u32,
+    /// The sender's node name.
+    pub node: Name,
+    /// The sender's site name.
+    pub site: Name,
+}
+
+impl Hello {
+    pub fn new(node: Name, site: Name) -> Self {
+        Hello {
+            min_version: MIN_PROTOCOL_VERSION,
+            max_version: PROTOCOL_VERSION,
+            node,
+            site,
+        }
+    }
+}
+
+/// No common protocol version.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("no common protocol version: we speak {our_min}..={our_max}, the peer {their_min}..={their_max}")]
+pub struct VersionError {
+    pub our_min: u32,
+    pub our_max: u32,
+    pub their_min: u32,
+    pub their_max: u32,
+}
+
+/// The version both sides use: the highest one both speak.
+pub fn negotiate(ours: &Hello, theirs: &Hello) -> Result<u32, VersionError> {
+    let lo = ours.min_version.max(theirs.min_version);
+    let hi = ours.max_version.min(theirs.max_version);
+    if lo <= hi && theirs.min_version <= theirs.max_version {
+        Ok(hi)
+    } else {
+        Err(VersionError {
+            our_min: ours.min_version,
+            our_max: ours.max_version,
+            their_min: theirs.min_version,
+            their_max: theirs.max_version,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec;
+
+    fn hello(min: u32, max: u32) -> Hello {
+        Hello {
+            min_version: min,
+            max_version: max,
+            node: Name::new("n").expect("name"),
+            site: Name::new("s").expect("name"),
+        }
+    }
+
+    #[test]
+    fn negotiate_table() {
+        let cases = [
+            ((1, 1), (1, 1), Some(1)),
+            ((1, 3), (2, 5), Some(3)),
+            ((2, 5), (1, 3), Some(3)),
+            ((1, 1), (2, 2), None),
+            ((3, 4), (1, 2), None),
+            ((1, 3), (3, 1), None),
+        ];
+        for (a, b, want) in cases {
+            let got = negotiate(&hello(a.0, a.1), &hello(b.0, b.1)).ok();
+            assert_eq!(got, want, "{a:?} vs {b:?}");
+        }
+    }
+
+    #[test]
+    fn hello_codec_validates_names() {
+        let h = hello(1, 1);
+        let b = codec::encode(&h).expect("encode");
+        assert_eq!(codec::decode::<Hello>(&b, HELLO_LIMIT).expect("decode"), h);
+        // Same bytes with the node name replaced by "../x" must be refused.
+        #[derive(Serialize)]
+        struct RawHello<'a> {
+            min_version: u32,
+            max_version: u32,
+            node: &'a str,
+            site: &'a str,
+        }
+        let raw = RawHello {
+            min_version: 1,
+            max_version: 1,
+            node: "../x",
+            site: "s",
+        };
+        let b = codec::encode(&raw).expect("encode");
+        assert!(codec::decode::<Hello>(&b, HELLO_LIMIT).is_err());
+    }
+}
