@@ -1,1 +1,349 @@
-fn main() {}
+//! `ferry-agent` command line: volume and snapshot operations on this node's store.
+//! Every command takes `--json`; errors exit 1 (with `{"error": {"kind", "message"}}` on
+//! stdout under `--json`), usage errors exit 2.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use ferry_agent::config::AgentConfig;
+use ferry_agent::hooks::Hooks;
+use ferry_agent::{Store, StoreError};
+use ferry_wire::units::{format_size, parse_size};
+use serde::Serialize;
+
+#[derive(Parser)]
+#[command(name = "ferry-agent", version, about = "ferry node agent: volumes, snapshots and manifests")]
+struct Cli {
+    /// Data directory (overrides the config file's data_dir).
+    #[arg(long, global = true, env = "FERRY_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Configuration file (TOML; see ferry-agent.example.toml).
+    #[arg(long, global = true, env = "FERRY_AGENT_CONFIG")]
+    config: Option<PathBuf>,
+    /// Print results as JSON.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Volumes: create, adopt, list, path, delete, rollback, clone.
+    #[command(subcommand)]
+    Volume(VolumeCmd),
+    /// Snapshots: create, group, list, diff, hashes, verify, delete.
+    #[command(subcommand)]
+    Snapshot(SnapshotCmd),
+    /// Show the store's backend and read engine.
+    Info,
+}
+
+#[derive(Subcommand)]
+enum VolumeCmd {
+    /// Create a sparse raw image volume.
+    Create {
+        name: String,
+        /// Size, e.g. 10G, 512MiB.
+        #[arg(long, value_parser = size_arg)]
+        size: u64,
+        /// Block size for manifests and dedup (default from config).
+        #[arg(long, value_parser = size_arg)]
+        block_size: Option<u64>,
+    },
+    /// Adopt an existing image file by absolute path (it stays where it is).
+    Adopt {
+        name: String,
+        path: PathBuf,
+        #[arg(long, value_parser = size_arg)]
+        block_size: Option<u64>,
+    },
+    /// List volumes.
+    List,
+    /// Print a volume's image path.
+    Path { name: String },
+    /// Delete a volume (adopted files are only forgotten, never deleted).
+    Delete {
+        name: String,
+        /// Also delete its snapshots.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Roll a volume back to a snapshot, in place.
+    Rollback { volume: String, snapshot: String },
+    /// Create a new volume from a snapshot.
+    Clone { volume: String, snapshot: String, new: String },
+}
+
+#[derive(Args, Clone)]
+struct HookArgs {
+    /// Command run before the snapshot (e.g. "fsfreeze -f /mnt"); failure aborts it.
+    #[arg(long)]
+    pre: Option<String>,
+    /// Command run after the snapshot, also when it failed (e.g. "fsfreeze -u /mnt").
+    #[arg(long)]
+    post: Option<String>,
+    /// Seconds a hook may run (default from config).
+    #[arg(long)]
+    hook_timeout: Option<u64>,
+}
+
+impl HookArgs {
+    fn hooks(&self) -> Hooks {
+        Hooks {
+            pre: self.pre.clone(),
+            post: self.post.clone(),
+            timeout: Duration::from_secs(self.hook_timeout.unwrap_or(0)),
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum SnapshotCmd {
+    /// Snapshot one volume.
+    Create {
+        volume: String,
+        snapshot: String,
+        #[command(flatten)]
+        hooks: HookArgs,
+    },
+    /// Snapshot several volumes in one step under one name (all or nothing).
+    Group {
+        snapshot: String,
+        #[arg(required = true)]
+        volumes: Vec<String>,
+        #[command(flatten)]
+        hooks: HookArgs,
+    },
+    /// List a volume's snapshots, oldest first.
+    List { volume: String },
+    /// Byte ranges changed between two snapshots.
+    Diff { volume: String, base: String, snapshot: String },
+    /// One hex BLAKE3 hash per block, in order.
+    Hashes { volume: String, snapshot: String },
+    /// Re-read a snapshot and compare it with its manifest.
+    Verify { volume: String, snapshot: String },
+    /// Delete a snapshot.
+    Delete { volume: String, snapshot: String },
+}
+
+fn size_arg(s: &str) -> Result<u64, String> {
+    parse_size(s).map_err(|e| e.to_string())
+}
+
+fn main() -> ExitCode {
+    // Die quietly when the reader of our output goes away (`| head`), like other Unix tools.
+    // SAFETY: setting a signal disposition before any thread starts.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let json = cli.json;
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let kind = e.downcast_ref::<StoreError>().map_or("error", StoreError::kind);
+            let message = format!("{e:#}");
+            if json {
+                println!("{}", serde_json::json!({ "error": { "kind": kind, "message": message } }));
+            } else {
+                eprintln!("error: {message}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn emit<T: Serialize>(json: bool, value: &T, human: impl FnOnce(&mut dyn Write) -> std::io::Result<()>) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    if json {
+        serde_json::to_writer_pretty(&mut out, value)?;
+        writeln!(out)?;
+    } else {
+        human(&mut out)?;
+    }
+    Ok(())
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let mut cfg = match &cli.config {
+        Some(p) => AgentConfig::load(p)?,
+        None => AgentConfig::default(),
+    };
+    if let Some(d) = &cli.data_dir {
+        cfg.data_dir = d.clone();
+    }
+    let store = Store::open(cfg.clone()).map_err(anyhow::Error::new)?;
+    let json = cli.json;
+    match cli.cmd {
+        Cmd::Info => {
+            let v = serde_json::json!({
+                "data_dir": store.root(),
+                "backend": store.backend_name(),
+                "filesystem": ferry_agent::fsx::fs_type(store.root()),
+                "io_uring": ferry_agent::engine::io_uring_available(),
+                "block_size": cfg.block_size,
+            });
+            emit(json, &v, |o| {
+                writeln!(o, "data dir:   {}", store.root().display())?;
+                writeln!(o, "backend:    {}", store.backend_name())?;
+                writeln!(o, "filesystem: {}", ferry_agent::fsx::fs_type(store.root()))?;
+                writeln!(o, "io_uring:   {}", ferry_agent::engine::io_uring_available())
+            })
+        }
+        Cmd::Volume(c) => volume(&store, json, c),
+        Cmd::Snapshot(c) => snapshot(&store, json, c),
+    }
+}
+
+fn volume(store: &Store, json: bool, c: VolumeCmd) -> anyhow::Result<()> {
+    match c {
+        VolumeCmd::Create { name, size, block_size } => {
+            let v = store.create_volume(&name, size, block_size)?;
+            emit(json, &v, |o| writeln!(o, "created volume {} ({}) at {}", v.name, format_size(v.size), v.path.display()))
+        }
+        VolumeCmd::Adopt { name, path, block_size } => {
+            let v = store.adopt_volume(&name, &path, block_size)?;
+            emit(json, &v, |o| writeln!(o, "adopted {} as volume {} ({})", v.path.display(), v.name, format_size(v.size)))
+        }
+        VolumeCmd::List => {
+            let vs = store.list_volumes()?;
+            emit(json, &vs, |o| {
+                writeln!(o, "{:<24} {:<8} {:>12} {:>6}  PATH", "NAME", "KIND", "SIZE", "SNAPS")?;
+                for v in &vs {
+                    let kind = serde_json::to_value(v.kind).ok().and_then(|k| k.as_str().map(String::from)).unwrap_or_default();
+                    writeln!(o, "{:<24} {:<8} {:>12} {:>6}  {}", v.name, kind, format_size(v.size), v.snapshots, v.path.display())?;
+                }
+                Ok(())
+            })
+        }
+        VolumeCmd::Path { name } => {
+            let v = store.volume(&name)?;
+            emit(json, &serde_json::json!({ "name": v.name, "path": v.path }), |o| writeln!(o, "{}", v.path.display()))
+        }
+        VolumeCmd::Delete { name, force } => {
+            let r = store.delete_volume(&name, force)?;
+            emit(json, &r, |o| {
+                if r.image_deleted {
+                    writeln!(o, "deleted volume {} and {} snapshot(s)", r.volume, r.snapshots_deleted)
+                } else {
+                    writeln!(o, "forgot adopted volume {} ({} kept) and deleted {} snapshot(s)", r.volume, r.path.display(), r.snapshots_deleted)
+                }
+            })
+        }
+        VolumeCmd::Rollback { volume, snapshot } => {
+            let r = store.rollback(&volume, &snapshot)?;
+            emit(json, &r, |o| writeln!(o, "rolled {} back to {}", r.volume, r.snapshot))
+        }
+        VolumeCmd::Clone { volume, snapshot, new } => {
+            let v = store.clone_volume(&volume, &snapshot, &new)?;
+            emit(json, &v, |o| writeln!(o, "created volume {} from {volume}@{snapshot} at {}", v.name, v.path.display()))
+        }
+    }
+}
+
+fn snapshot(store: &Store, json: bool, c: SnapshotCmd) -> anyhow::Result<()> {
+    match c {
+        SnapshotCmd::Create { volume, snapshot, hooks } => {
+            let m = store.create_snapshot(&volume, &snapshot, &hooks.hooks())?;
+            emit(json, &m, |o| {
+                writeln!(
+                    o,
+                    "snapshot {}@{} root {} ({} manifest, read {} in {:.1} ms)",
+                    m.volume,
+                    m.name,
+                    m.root,
+                    if m.manifest.base.is_some() { "incremental" } else { "full" },
+                    format_size(m.manifest.bytes_read),
+                    m.manifest.elapsed_ms
+                )
+            })
+        }
+        SnapshotCmd::Group { snapshot, volumes, hooks } => {
+            let ms = store.create_group(&snapshot, &volumes, &hooks.hooks())?;
+            emit(json, &ms, |o| {
+                for m in &ms {
+                    writeln!(o, "snapshot {}@{} root {}", m.volume, m.name, m.root)?;
+                }
+                Ok(())
+            })
+        }
+        SnapshotCmd::List { volume } => {
+            let ms = store.list_snapshots(&volume)?;
+            emit(json, &ms, |o| {
+                writeln!(o, "{:<28} {:>12} {:<6} {:<12} ROOT", "NAME", "SIZE", "METHOD", "MANIFEST")?;
+                for m in &ms {
+                    let method = serde_json::to_value(m.method).ok().and_then(|k| k.as_str().map(String::from)).unwrap_or_default();
+                    let mode = if m.manifest.base.is_some() { "incremental" } else { "full" };
+                    writeln!(o, "{:<28} {:>12} {:<6} {:<12} {}", m.name, format_size(m.size), method, mode, m.root)?;
+                }
+                Ok(())
+            })
+        }
+        SnapshotCmd::Diff { volume, base, snapshot } => {
+            let d = store.diff(&volume, &base, &snapshot)?;
+            emit(json, &d, |o| {
+                for (s, e) in &d.ranges {
+                    writeln!(o, "{s}\t{e}")?;
+                }
+                writeln!(o, "# {} changed in {} range(s) ({})", format_size(d.changed_bytes), d.ranges.len(), d.method)
+            })
+        }
+        SnapshotCmd::Hashes { volume, snapshot } => {
+            let m = store.manifest(&volume, &snapshot)?;
+            let mut out = std::io::stdout().lock();
+            if json {
+                let hashes: Vec<String> = (0..m.len()).map(|i| m.hash(i).to_hex()).collect();
+                let v = serde_json::json!({
+                    "volume": volume, "snapshot": snapshot,
+                    "block_size": m.geometry().block_size, "size": m.geometry().volume_size,
+                    "root": m.root().to_hex(), "hashes": hashes,
+                });
+                serde_json::to_writer(&mut out, &v)?;
+                writeln!(out)?;
+            } else {
+                for i in 0..m.len() {
+                    writeln!(out, "{}", m.hash(i))?;
+                }
+            }
+            Ok(())
+        }
+        SnapshotCmd::Verify { volume, snapshot } => {
+            let r = store.verify(&volume, &snapshot)?;
+            emit(json, &r, |o| {
+                if r.ok {
+                    writeln!(o, "ok: {} blocks match the manifest (root {})", r.blocks, r.root)?;
+                } else {
+                    writeln!(o, "MISMATCH: {} block(s) differ from the manifest: {:?}", r.bad_blocks.len(), r.bad_blocks)?;
+                }
+                if !r.leaf_index_ok {
+                    writeln!(o, "warning: the leaf index does not match; the next snapshot will hash in full")?;
+                }
+                Ok(())
+            })?;
+            if r.ok {
+                Ok(())
+            } else {
+                Err(StoreError::Corrupt {
+                    what: "snapshot",
+                    path: store.snapshot_paths(&volume, &snapshot)?.0,
+                    detail: format!("{} block(s) do not match the manifest", r.bad_blocks.len()),
+                })
+                .context("verify")
+            }
+        }
+        SnapshotCmd::Delete { volume, snapshot } => {
+            store.delete_snapshot(&volume, &snapshot)?;
+            emit(json, &serde_json::json!({ "deleted": format!("{volume}@{snapshot}") }), |o| writeln!(o, "deleted {volume}@{snapshot}"))
+        }
+    }
+}

@@ -1,0 +1,213 @@
+//! `ferry-agent` configuration: one TOML file, every field documented and defaulted, unknown
+//! keys rejected. `agent/ferry-agent.example.toml` is the documented sample (a test parses it).
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Deserializer};
+
+use crate::error::{Result, StoreError};
+
+/// Which volume-store backend to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendChoice {
+    /// `reflink` if the data directory can clone files, else `copy`.
+    #[default]
+    Auto,
+    /// FICLONE snapshots and FIEMAP diffs; refuses to start where cloning is unsupported.
+    Reflink,
+    /// Sparse-copy snapshots and hash diffs; works on any filesystem.
+    Copy,
+}
+
+/// How snapshot data is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum EngineChoice {
+    /// io_uring, falling back to pread (logged once) where io_uring cannot be set up.
+    #[default]
+    Auto,
+    /// io_uring only; an error if it cannot be set up.
+    IoUring,
+    /// Plain pread from one thread.
+    Pread,
+}
+
+/// Whether reads bypass the page cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DirectChoice {
+    /// Buffered reads (see README: on this project's machines buffered io_uring reads were
+    /// faster than O_DIRECT for freshly written snapshots).
+    #[default]
+    Off,
+    /// O_DIRECT where the filesystem supports it, buffered elsewhere.
+    Auto,
+}
+
+/// Read and hashing settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IoConfig {
+    /// Read engine: "auto", "io_uring" or "pread".
+    pub engine: EngineChoice,
+    /// io_uring submission queue depth (reads in flight).
+    pub queue_depth: u32,
+    /// Size of one read, e.g. "1MiB"; a multiple of 16 KiB.
+    #[serde(deserialize_with = "de_size")]
+    pub read_size: u64,
+    /// O_DIRECT: "off" or "auto".
+    pub direct: DirectChoice,
+    /// Hashing threads; 0 means one per CPU.
+    pub hash_threads: usize,
+}
+
+impl Default for IoConfig {
+    fn default() -> Self {
+        IoConfig {
+            engine: EngineChoice::Auto,
+            queue_depth: 16,
+            read_size: 1 << 20,
+            direct: DirectChoice::Off,
+            hash_threads: 0,
+        }
+    }
+}
+
+impl IoConfig {
+    /// Checks the values.
+    pub fn validate(&self) -> Result<()> {
+        if self.queue_depth == 0 || self.queue_depth > 4096 {
+            return Err(StoreError::Invalid(format!(
+                "io.queue_depth must be between 1 and 4096, not {}",
+                self.queue_depth
+            )));
+        }
+        let leaf = ferry_wire::LEAF_SIZE as u64;
+        if self.read_size < leaf || self.read_size % leaf != 0 || self.read_size > 64 << 20 {
+            return Err(StoreError::Invalid(format!(
+                "io.read_size must be a multiple of 16 KiB between 16 KiB and 64 MiB, not {}",
+                self.read_size
+            )));
+        }
+        if self.hash_threads > 256 {
+            return Err(StoreError::Invalid("io.hash_threads must be at most 256".into()));
+        }
+        Ok(())
+    }
+
+    /// Hashing threads to start.
+    pub fn threads(&self) -> usize {
+        if self.hash_threads == 0 {
+            std::thread::available_parallelism().map_or(2, |n| n.get())
+        } else {
+            self.hash_threads
+        }
+    }
+}
+
+/// The agent's configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    /// Where the agent keeps volumes, snapshots and manifests.
+    pub data_dir: PathBuf,
+    /// Volume-store backend: "auto", "reflink" or "copy".
+    pub backend: BackendChoice,
+    /// Block size of new volumes (a power of two, 16 KiB to 16 MiB).
+    #[serde(deserialize_with = "de_size")]
+    pub block_size: u64,
+    /// Seconds a pre/post snapshot hook may run before it is killed.
+    pub hook_timeout_secs: u64,
+    /// Read and hashing settings.
+    pub io: IoConfig,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            data_dir: PathBuf::from("/var/lib/ferry/agent"),
+            backend: BackendChoice::Auto,
+            block_size: ferry_wire::hash::DEFAULT_BLOCK_SIZE as u64,
+            hook_timeout_secs: 120,
+            io: IoConfig::default(),
+        }
+    }
+}
+
+impl AgentConfig {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| StoreError::Io {
+            op: "read config".into(),
+            path: path.to_owned(),
+            source: e,
+        })?;
+        Self::parse(&text).map_err(|e| StoreError::Invalid(format!("{}: {e}", path.display())))
+    }
+
+    /// Parses and validates config text.
+    pub fn parse(text: &str) -> Result<Self> {
+        let c: AgentConfig =
+            toml::from_str(text).map_err(|e| StoreError::Invalid(e.message().to_owned()))?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Checks the values.
+    pub fn validate(&self) -> Result<()> {
+        ferry_wire::hash::check_block_size(self.block_size)
+            .map_err(|e| StoreError::Invalid(format!("block_size: {e}")))?;
+        if self.hook_timeout_secs == 0 {
+            return Err(StoreError::Invalid("hook_timeout_secs must be at least 1".into()));
+        }
+        self.io.validate()
+    }
+}
+
+fn de_size<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum S {
+        N(u64),
+        S(String),
+    }
+    match S::deserialize(d)? {
+        S::N(n) => Ok(n),
+        S::S(s) => ferry_wire::units::parse_size(&s).map_err(serde::de::Error::custom),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_parses() {
+        let text = include_str!("../ferry-agent.example.toml");
+        let c = AgentConfig::parse(text).expect("example config parses");
+        assert_eq!(c.block_size, 64 << 10);
+        assert_eq!(c.io.read_size, 1 << 20);
+    }
+
+    #[test]
+    fn bad_configs_fail() {
+        let bad = [
+            ("unknown = 1", "unknown field"),
+            ("block_size = \"3K\"", "block_size"),
+            ("block_size = 65535", "block_size"),
+            ("backend = \"zfs\"", "unknown variant"),
+            ("[io]\nqueue_depth = 0", "queue_depth"),
+            ("[io]\nread_size = \"10K\"", "read_size"),
+            ("[io]\nengine = \"aio\"", "unknown variant"),
+            ("[io]\nbogus = true", "unknown field"),
+            ("hook_timeout_secs = 0", "hook_timeout_secs"),
+        ];
+        for (text, want) in bad {
+            let e = AgentConfig::parse(text).expect_err(text).to_string();
+            assert!(e.contains(want), "{text}: {e}");
+        }
+        let c = AgentConfig::parse("").expect("empty config is all defaults");
+        assert_eq!(c.backend, BackendChoice::Auto);
+    }
+}

@@ -1,0 +1,100 @@
+//! The agent library's error type. Callers branch on the variant (the CLI prints `kind()` in
+//! its JSON errors; the controller will map them to task results).
+
+use std::io;
+use std::path::PathBuf;
+
+use ferry_wire::name::NameError;
+
+/// Errors of the volume store and the manifest code.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("invalid {what} name {name:?}: {reason}")]
+    InvalidName {
+        what: &'static str,
+        name: String,
+        reason: NameError,
+    },
+    #[error("{what} {name:?} does not exist")]
+    NotFound { what: &'static str, name: String },
+    #[error("{what} {name:?} already exists")]
+    AlreadyExists { what: &'static str, name: String },
+    #[error("invalid argument: {0}")]
+    Invalid(String),
+    #[error("no space left on the device holding {path}: {op} needs more room; nothing was changed")]
+    NoSpace { op: String, path: PathBuf },
+    #[error("the data directory {path} is on {fs}, which cannot clone files (FICLONE); the reflink backend needs XFS formatted with reflink=1 or btrfs. Use backend = \"copy\" or \"auto\"")]
+    ReflinkUnsupported { path: PathBuf, fs: String },
+    #[error("{0}")]
+    Busy(String),
+    #[error("hook {which} failed: {detail}")]
+    Hook { which: &'static str, detail: String },
+    #[error("corrupt {what} at {path}: {detail}")]
+    Corrupt {
+        what: &'static str,
+        path: PathBuf,
+        detail: String,
+    },
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: String,
+        path: PathBuf,
+        source: io::Error,
+    },
+}
+
+impl StoreError {
+    /// A short machine-readable class, stable for scripts and the controller.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StoreError::InvalidName { .. } => "invalid_name",
+            StoreError::NotFound { .. } => "not_found",
+            StoreError::AlreadyExists { .. } => "already_exists",
+            StoreError::Invalid(_) => "invalid_argument",
+            StoreError::NoSpace { .. } => "no_space",
+            StoreError::ReflinkUnsupported { .. } => "reflink_unsupported",
+            StoreError::Busy(_) => "busy",
+            StoreError::Hook { .. } => "hook_failed",
+            StoreError::Corrupt { .. } => "corrupt",
+            StoreError::Io { .. } => "io",
+        }
+    }
+}
+
+/// Result alias for the store.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Attaches an operation and a path to an `io::Error`, turning ENOSPC into [`StoreError::NoSpace`].
+pub trait IoContext<T> {
+    fn ctx(self, op: &str, path: impl Into<PathBuf>) -> Result<T>;
+}
+
+impl<T> IoContext<T> for io::Result<T> {
+    fn ctx(self, op: &str, path: impl Into<PathBuf>) -> Result<T> {
+        self.map_err(|e| io_err(e, op, path.into()))
+    }
+}
+
+/// See [`IoContext`].
+pub fn io_err(e: io::Error, op: &str, path: PathBuf) -> StoreError {
+    match e.raw_os_error() {
+        Some(libc::ENOSPC) | Some(libc::EDQUOT) => StoreError::NoSpace {
+            op: op.to_owned(),
+            path,
+        },
+        _ => StoreError::Io {
+            op: op.to_owned(),
+            path,
+            source: e,
+        },
+    }
+}
+
+/// Validates a name for the given role (`volume`, `snapshot`).
+pub fn check_name(what: &'static str, name: &str) -> Result<ferry_wire::Name> {
+    ferry_wire::Name::new(name).map_err(|reason| StoreError::InvalidName {
+        what,
+        name: name.to_owned(),
+        reason,
+    })
+}
