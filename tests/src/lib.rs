@@ -1,1 +1,318 @@
+//! Harness for ferry's whole-system tests: runs the real `ferry-agent` binary on real
+//! filesystems, kills it with SIGKILL, and checks results against independent computations
+//! (BLAKE3 of each block read straight from the files).
+//!
+//! Filesystems: `Fs::Local` is a temporary directory on the machine's ordinary filesystem
+//! (ext4 here: the copy backend); `Fs::Xfs` is a directory on the XFS reflink mount that
+//! `scripts/test` sets up and names in `FERRY_TEST_XFS`. Tests that need XFS or root say so:
+//! without them they are skipped with a message, except under `CI=true`, where they fail.
 
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+use rand::{Rng, SeedableRng};
+use serde_json::Value;
+
+pub use rand::rngs::StdRng;
+
+/// Directory of the workspace's built binaries (`target/debug` next to the test executable).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/debug/deps/<test> -> target/debug
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target directory")
+        .to_path_buf()
+}
+
+/// Path of a workspace binary; fails with a clear message if it was not built.
+pub fn bin(name: &str) -> PathBuf {
+    let p = bin_dir().join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: build the workspace binaries first (scripts/test does: cargo build --workspace --bins)",
+        p.display()
+    );
+    p
+}
+
+/// Whether tests that cannot run here must fail rather than skip.
+pub fn strict() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// Skips (returns false) or, under CI, fails when a requirement is missing.
+pub fn require(ok: bool, what: &str) -> bool {
+    if ok {
+        return true;
+    }
+    assert!(!strict(), "required under CI but missing: {what}");
+    eprintln!("SKIPPED: {what}");
+    false
+}
+
+/// Whether we run as root.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Which filesystem a test's data directory lives on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fs {
+    /// The ordinary filesystem (copy backend).
+    Local,
+    /// The XFS reflink mount from `FERRY_TEST_XFS` (reflink backend).
+    Xfs,
+}
+
+/// A scratch directory for one test: its agent data dir and room for other files.
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub fs: Fs,
+}
+
+impl Env {
+    /// A new environment on `fs`, or `None` (skipped) when that filesystem is unavailable.
+    pub fn new(fs: Fs) -> Option<Env> {
+        let parent = match fs {
+            Fs::Local => std::env::temp_dir(),
+            Fs::Xfs => {
+                let v = std::env::var("FERRY_TEST_XFS").ok().filter(|v| !v.is_empty());
+                if !require(v.is_some(), "an XFS reflink mount in FERRY_TEST_XFS (scripts/test sets it up as root)") {
+                    return None;
+                }
+                PathBuf::from(v.expect("checked"))
+            }
+        };
+        let dir = tempfile::Builder::new()
+            .prefix("ferry-test-")
+            .tempdir_in(parent)
+            .expect("temp dir");
+        Some(Env { dir, fs })
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("agent")
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// A `ferry-agent` command on this environment's data dir.
+    pub fn agent(&self) -> Command {
+        let mut c = Command::new(bin("ferry-agent"));
+        c.arg("--data-dir").arg(self.data_dir());
+        c.env_remove("FERRY_AGENT_CONFIG");
+        c
+    }
+
+    /// Runs `ferry-agent ARGS --json`, expecting success; returns the parsed output.
+    pub fn ok(&self, args: &[&str]) -> Value {
+        let out = self.agent().args(args).arg("--json").output().expect("run ferry-agent");
+        assert!(
+            out.status.success(),
+            "ferry-agent {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!("ferry-agent {args:?}: bad JSON ({e}): {}", String::from_utf8_lossy(&out.stdout))
+        })
+    }
+
+    /// Runs `ferry-agent ARGS --json`, expecting failure; returns (kind, message).
+    pub fn fails(&self, args: &[&str]) -> (String, String) {
+        let out = self.agent().args(args).arg("--json").output().expect("run ferry-agent");
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "ferry-agent {args:?} should fail with exit 1: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).expect("JSON error");
+        (
+            v["error"]["kind"].as_str().unwrap_or_default().to_string(),
+            v["error"]["message"].as_str().unwrap_or_default().to_string(),
+        )
+    }
+
+    /// Runs a raw command and returns its output.
+    pub fn raw(&self, args: &[&str]) -> Output {
+        self.agent().args(args).output().expect("run ferry-agent")
+    }
+
+    /// Starts `ferry-agent ARGS` without waiting.
+    pub fn spawn(&self, args: &[&str]) -> Child {
+        self.agent()
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn ferry-agent")
+    }
+
+    /// The image path of a volume.
+    pub fn volume_path(&self, vol: &str) -> PathBuf {
+        PathBuf::from(self.ok(&["volume", "path", vol])["path"].as_str().expect("path"))
+    }
+
+    /// The directory of a committed snapshot (layout documented in agent/src/store.rs).
+    pub fn snapshot_dir(&self, vol: &str, snap: &str) -> PathBuf {
+        self.data_dir().join("volumes").join(vol).join("snapshots").join(snap)
+    }
+
+    /// Names of the committed snapshots of a volume, oldest first.
+    pub fn snapshots(&self, vol: &str) -> Vec<String> {
+        self.ok(&["snapshot", "list", vol])
+            .as_array()
+            .expect("array")
+            .iter()
+            .map(|s| s["name"].as_str().expect("name").to_string())
+            .collect()
+    }
+
+    /// Entries under the data dir whose names mark unfinished work (`.tmp-`, `.del-`), and
+    /// intent files, which must not survive the next command.
+    pub fn leftovers(&self) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        walk(&self.data_dir(), &mut |p| {
+            let n = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            if n.starts_with(".tmp-") || n.starts_with(".del-") || n == "rollback.json" || n.starts_with("group-") {
+                out.push(p.to_path_buf());
+            }
+        });
+        out
+    }
+}
+
+fn walk(dir: &Path, f: &mut dyn FnMut(&Path)) {
+    let Ok(rd) = std::fs::read_dir(dir) else { return };
+    for e in rd.flatten() {
+        let p = e.path();
+        f(&p);
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            walk(&p, f);
+        }
+    }
+}
+
+/// A seeded RNG; the seed is printed so a failure can be replayed with FERRY_TEST_SEED.
+pub fn rng(test: &str) -> StdRng {
+    let seed = std::env::var("FERRY_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| rand::thread_rng().gen());
+    eprintln!("{test}: FERRY_TEST_SEED={seed}");
+    StdRng::seed_from_u64(seed)
+}
+
+/// Fills `[off, off + len)` of `path` with random bytes.
+pub fn write_random(path: &Path, off: u64, len: usize, rng: &mut StdRng) {
+    let f = OpenOptions::new().write(true).open(path).expect("open for write");
+    let mut buf = vec![0u8; len.min(1 << 20)];
+    let mut at = 0usize;
+    while at < len {
+        let n = (len - at).min(buf.len());
+        rng.fill(&mut buf[..n]);
+        f.write_all_at(&buf[..n], off + at as u64).expect("write");
+        at += n;
+    }
+    f.sync_all().expect("fsync");
+}
+
+/// Writes random 4 KiB pages at `count` distinct random page indexes below `size`; returns the
+/// sorted page indexes.
+pub fn random_page_writes(path: &Path, size: u64, count: usize, rng: &mut StdRng) -> Vec<u64> {
+    let pages = size / 4096;
+    let mut idx = std::collections::BTreeSet::new();
+    while idx.len() < count {
+        idx.insert(rng.gen_range(0..pages));
+    }
+    let f = OpenOptions::new().write(true).open(path).expect("open for write");
+    let mut buf = [0u8; 4096];
+    for &p in &idx {
+        rng.fill(&mut buf[..]);
+        f.write_all_at(&buf, p * 4096).expect("write");
+    }
+    f.sync_all().expect("fsync");
+    idx.into_iter().collect()
+}
+
+/// BLAKE3 of every `block_size` block of `path`, hex, computed independently of ferry.
+pub fn block_hashes(path: &Path, block_size: usize) -> Vec<String> {
+    let f = File::open(path).expect("open");
+    let size = f.metadata().expect("stat").len();
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; block_size];
+    let mut off = 0u64;
+    while off < size {
+        let n = (size - off).min(block_size as u64) as usize;
+        f.read_exact_at(&mut buf[..n], off).expect("read");
+        out.push(blake3::hash(&buf[..n]).to_hex().to_string());
+        off += n as u64;
+    }
+    out
+}
+
+/// BLAKE3 of a whole file, hex.
+pub fn file_hash(path: &Path) -> String {
+    let mut h = blake3::Hasher::new();
+    let f = File::open(path).expect("open");
+    let mut buf = vec![0u8; 1 << 20];
+    let mut off = 0u64;
+    loop {
+        let n = f.read_at(&mut buf, off).expect("read");
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        off += n as u64;
+    }
+    h.finalize().to_hex().to_string()
+}
+
+/// The `hashes` array of `snapshot hashes --json`.
+pub fn manifest_hashes(env: &Env, vol: &str, snap: &str) -> Vec<String> {
+    env.ok(&["snapshot", "hashes", vol, snap])["hashes"]
+        .as_array()
+        .expect("hashes")
+        .iter()
+        .map(|h| h.as_str().expect("hex").to_string())
+        .collect()
+}
+
+/// A mounted tmpfs of a given size, unmounted on drop (needs root).
+pub struct Tmpfs {
+    pub path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    pub fn mount(size: &str) -> Option<Tmpfs> {
+        if !require(is_root(), "root, to mount a small tmpfs") {
+            return None;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .expect("run mount");
+        assert!(st.success(), "mount tmpfs failed");
+        Some(Tmpfs {
+            path: dir.path().to_path_buf(),
+            _dir: dir,
+        })
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.path).status();
+    }
+}
