@@ -350,7 +350,11 @@ fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
 }
 
 fn remove_tree(path: &Path) -> Result<()> {
-    match fs::remove_dir_all(path) {
+    let res = match fs::symlink_metadata(path) {
+        Ok(m) if !m.is_dir() => fs::remove_file(path),
+        _ => fs::remove_dir_all(path),
+    };
+    match res {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(io_err(e, "remove", path.to_owned())),
@@ -378,6 +382,9 @@ impl Store {
         for d in [root.clone(), root.join("volumes"), root.join("journal")] {
             fs::create_dir_all(&d).ctx("create directory", &d)?;
         }
+        // Probe and recover under the store lock: no other process is probing or recovering.
+        let lock_path = root.join("agent.lock");
+        let lock = FileLock::exclusive(&lock_path).ctx("lock", &lock_path)?;
         let backend: Box<dyn Backend> = match cfg.backend {
             BackendChoice::Copy => Box::new(CopyBackend),
             choice => {
@@ -395,7 +402,7 @@ impl Store {
             }
         };
         let store = Store { root, cfg, backend };
-        store.recover()?;
+        store.recover(&lock)?;
         Ok(store)
     }
 
@@ -428,8 +435,15 @@ impl Store {
     }
 
     /// Removes leftovers of interrupted volume operations and rolls back interrupted groups.
-    fn recover(&self) -> Result<()> {
-        let _lock = self.store_lock()?;
+    /// Runs with the store lock held (`_held`).
+    fn recover(&self, _held: &FileLock) -> Result<()> {
+        for entry in fs::read_dir(&self.root).ctx("list", &self.root)? {
+            let entry = entry.ctx("list", &self.root)?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if is_scratch(&name) {
+                remove_tree(&entry.path())?;
+            }
+        }
         let vd = self.volumes_dir();
         for entry in fs::read_dir(&vd).ctx("list", &vd)? {
             let entry = entry.ctx("list", &vd)?;
@@ -456,6 +470,19 @@ impl Store {
                 }
             };
             self.recover_group(&path, &j)?;
+        }
+        // Finish interrupted work on every volume nobody is working on right now, so that any
+        // command, a read included, sees a consistent store.
+        for entry in fs::read_dir(&vd).ctx("list", &vd)? {
+            let dir = entry.ctx("list", &vd)?.path();
+            let meta_path = dir.join(VOLUME_META);
+            if !meta_path.exists() {
+                continue;
+            }
+            if let Some(lock) = FileLock::try_exclusive(&dir.join("lock")).ctx("lock", &dir)? {
+                let meta: VolumeMeta = read_json(&meta_path, "volume metadata")?;
+                self.recover_volume(&VolumeGuard { _lock: lock, meta, dir })?;
+            }
         }
         Ok(())
     }
@@ -517,10 +544,12 @@ impl Store {
     }
 
     fn recover_volume(&self, g: &VolumeGuard) -> Result<()> {
-        let sd = g.dir.join("snapshots");
-        if sd.exists() {
-            for entry in fs::read_dir(&sd).ctx("list", &sd)? {
-                let entry = entry.ctx("list", &sd)?;
+        for d in [g.dir.clone(), g.dir.join("snapshots")] {
+            if !d.exists() {
+                continue;
+            }
+            for entry in fs::read_dir(&d).ctx("list", &d)? {
+                let entry = entry.ctx("list", &d)?;
                 let name = entry.file_name().to_string_lossy().into_owned();
                 if is_scratch(&name) {
                     tracing::info!(volume = %g.meta.name, entry = %name, "removing leftover of an interrupted operation");
