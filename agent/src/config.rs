@@ -33,16 +33,39 @@ pub enum EngineChoice {
     Pread,
 }
 
-/// Whether reads bypass the page cache.
+/// Whether reads bypass the page cache (O_DIRECT, where the filesystem supports it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum DirectChoice {
-    /// Buffered reads (see README: on this project's machines buffered io_uring reads were
-    /// faster than O_DIRECT for freshly written snapshots).
+    /// Buffered for sequential full reads (readahead helps them), O_DIRECT for the scattered
+    /// leaf reads of incremental manifests (measured faster here, and they would only pollute
+    /// the page cache). See README, "Benchmarks".
     #[default]
-    Off,
-    /// O_DIRECT where the filesystem supports it, buffered elsewhere.
     Auto,
+    /// Always buffered.
+    Off,
+    /// Always O_DIRECT.
+    On,
+}
+
+/// The shape of a batch of reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Long runs in file order (full manifests, verification).
+    Sequential,
+    /// Short reads spread over the file (incremental manifests).
+    Scattered,
+}
+
+impl DirectChoice {
+    /// Whether to ask for O_DIRECT for reads of this shape.
+    pub fn wanted(self, access: Access) -> bool {
+        match self {
+            DirectChoice::Auto => access == Access::Scattered,
+            DirectChoice::Off => false,
+            DirectChoice::On => true,
+        }
+    }
 }
 
 /// Read and hashing settings.
@@ -56,7 +79,7 @@ pub struct IoConfig {
     /// Size of one read, e.g. "1MiB"; a multiple of 16 KiB.
     #[serde(deserialize_with = "de_size")]
     pub read_size: u64,
-    /// O_DIRECT: "off" or "auto".
+    /// O_DIRECT: "auto", "off" or "on".
     pub direct: DirectChoice,
     /// Hashing threads; 0 means one per CPU.
     pub hash_threads: usize,
@@ -67,8 +90,8 @@ impl Default for IoConfig {
         IoConfig {
             engine: EngineChoice::Auto,
             queue_depth: 16,
-            read_size: 1 << 20,
-            direct: DirectChoice::Off,
+            read_size: 256 << 10,
+            direct: DirectChoice::Auto,
             hash_threads: 0,
         }
     }
@@ -91,7 +114,9 @@ impl IoConfig {
             )));
         }
         if self.hash_threads > 256 {
-            return Err(StoreError::Invalid("io.hash_threads must be at most 256".into()));
+            return Err(StoreError::Invalid(
+                "io.hash_threads must be at most 256".into(),
+            ));
         }
         Ok(())
     }
@@ -159,7 +184,9 @@ impl AgentConfig {
         ferry_wire::hash::check_block_size(self.block_size)
             .map_err(|e| StoreError::Invalid(format!("block_size: {e}")))?;
         if self.hook_timeout_secs == 0 {
-            return Err(StoreError::Invalid("hook_timeout_secs must be at least 1".into()));
+            return Err(StoreError::Invalid(
+                "hook_timeout_secs must be at least 1".into(),
+            ));
         }
         self.io.validate()
     }
@@ -187,7 +214,7 @@ mod tests {
         let text = include_str!("../ferry-agent.example.toml");
         let c = AgentConfig::parse(text).expect("example config parses");
         assert_eq!(c.block_size, 64 << 10);
-        assert_eq!(c.io.read_size, 1 << 20);
+        assert_eq!(c.io.read_size, 256 << 10);
     }
 
     #[test]

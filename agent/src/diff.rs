@@ -101,7 +101,12 @@ const WINDOW: u64 = 4 << 30;
 
 /// Changed ranges between two cloned snapshot files of sizes `base_size` and `new_size`. Bytes
 /// past the end of the base count as changed.
-pub fn fiemap_diff(base: &File, new: &File, base_size: u64, new_size: u64) -> io::Result<Vec<(u64, u64)>> {
+pub fn fiemap_diff(
+    base: &File,
+    new: &File,
+    base_size: u64,
+    new_size: u64,
+) -> io::Result<Vec<(u64, u64)>> {
     let common = base_size.min(new_size);
     let mut out: Vec<(u64, u64)> = Vec::new();
     let mut w = 0;
@@ -205,26 +210,44 @@ mod tests {
             },
         ];
         for c in cases {
-            assert_eq!(changed_ranges(&base, &c.new, 0, 100 * k), c.want, "{}", c.name);
+            assert_eq!(
+                changed_ranges(&base, &c.new, 0, 100 * k),
+                c.want,
+                "{}",
+                c.name
+            );
         }
         // Data written into a hole of the base; unwritten extents equal holes; delalloc opaque.
         let sparse = vec![ext(0, 1000 * k, 10 * k)];
         let filled = vec![ext(0, 1000 * k, 10 * k), ext(40 * k, 3000 * k, 2 * k)];
-        assert_eq!(changed_ranges(&sparse, &filled, 0, 100 * k), vec![(40 * k, 42 * k)]);
+        assert_eq!(
+            changed_ranges(&sparse, &filled, 0, 100 * k),
+            vec![(40 * k, 42 * k)]
+        );
         let mut unwritten = ext(50 * k, 4000 * k, 10 * k);
         unwritten.flags = FIEMAP_EXTENT_UNWRITTEN;
         let with_unwritten = vec![ext(0, 1000 * k, 10 * k), unwritten];
         assert_eq!(changed_ranges(&sparse, &with_unwritten, 0, 100 * k), vec![]);
         let mut delalloc = ext(0, 0, 10 * k);
         delalloc.flags = FIEMAP_EXTENT_DELALLOC;
-        assert_eq!(changed_ranges(&sparse, &[delalloc], 0, 100 * k), vec![(0, 10 * k)]);
+        assert_eq!(
+            changed_ranges(&sparse, &[delalloc], 0, 100 * k),
+            vec![(0, 10 * k)]
+        );
         // Windows clip.
-        assert_eq!(changed_ranges(&base, &[ext(0, 9000 * k, 100 * k)], 20 * k, 30 * k), vec![(20 * k, 30 * k)]);
+        assert_eq!(
+            changed_ranges(&base, &[ext(0, 9000 * k, 100 * k)], 20 * k, 30 * k),
+            vec![(20 * k, 30 * k)]
+        );
     }
 
     #[test]
     fn align_table() {
-        let r = align_ranges(&[(5, 10), (4096, 4097), (16384 * 3 - 1, 16384 * 3)], 16384, 1 << 20);
+        let r = align_ranges(
+            &[(5, 10), (4096, 4097), (16384 * 3 - 1, 16384 * 3)],
+            16384,
+            1 << 20,
+        );
         assert_eq!(r, vec![(0, 16384), (32768, 49152)]);
         let r = align_ranges(&[(5, 100)], 16384, 50);
         assert_eq!(r, vec![(0, 50)]);

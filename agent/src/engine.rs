@@ -22,7 +22,7 @@ use std::sync::Once;
 use crossbeam_channel as chan;
 use io_uring::{opcode, types, IoUring};
 
-use crate::config::{DirectChoice, EngineChoice, IoConfig};
+use crate::config::{Access, EngineChoice, IoConfig};
 use crate::error::{io_err, Result, StoreError};
 use crate::fsx;
 
@@ -106,15 +106,24 @@ pub fn io_uring_available() -> bool {
 
 /// Reads every job of `jobs` from `path`, runs `work` on each filled buffer on the hashing
 /// threads, and hands the results to `sink` on this thread.
-pub fn run<R, J, W, S>(path: &Path, io: &IoConfig, max_job: usize, jobs: J, work: W, mut sink: S) -> Result<ReadStats>
+pub fn run<R, J, W, S>(
+    path: &Path,
+    io: &IoConfig,
+    access: Access,
+    max_job: usize,
+    jobs: J,
+    work: W,
+    mut sink: S,
+) -> Result<ReadStats>
 where
     R: Send,
     J: IntoIterator<Item = ReadJob>,
     W: Fn(&ReadJob, &[u8]) -> R + Sync,
     S: FnMut(ReadJob, R) -> Result<()>,
 {
-    let want_direct = io.direct == DirectChoice::Auto;
-    let (file, direct) = fsx::open_for_read(path, want_direct).map_err(|e| io_err(e, "open", path.into()))?;
+    let want_direct = io.direct.wanted(access);
+    let (file, direct) =
+        fsx::open_for_read(path, want_direct).map_err(|e| io_err(e, "open", path.into()))?;
     let threads = io.threads();
     let buf_size = (io.read_size as usize).max(max_job);
     let mut reader: Box<dyn Reader> = match io.engine {
@@ -134,7 +143,9 @@ where
         },
     };
     let nbufs = reader.depth() + 2 * threads;
-    let mut free: Vec<AlignedBuf> = (0..nbufs).map(|_| AlignedBuf::new(buf_size)).collect();
+    // Buffers are allocated on first need, so short runs (a few scattered leaves) stay cheap.
+    let mut free: Vec<AlignedBuf> = Vec::with_capacity(nbufs);
+    let mut allocated = 0usize;
     let (work_tx, work_rx) = chan::bounded::<(ReadJob, AlignedBuf)>(nbufs);
     let (done_tx, done_rx) = chan::bounded::<(ReadJob, AlignedBuf, R)>(nbufs);
     let mut stats = ReadStats {
@@ -164,42 +175,54 @@ where
         let mut jobs = jobs.into_iter().peekable();
         let mut outstanding = 0usize;
         let mut completed = Vec::new();
-        let result: Result<()> = (|| {
-            loop {
-                while let Ok((job, buf, r)) = done_rx.try_recv() {
-                    free.push(buf);
-                    outstanding -= 1;
-                    sink(job, r)?;
-                }
-                while reader.can_submit() && jobs.peek().is_some() {
-                    let Some(buf) = free.pop() else { break };
-                    let Some(job) = jobs.next() else { break };
-                    if job.len > buf.capacity() {
-                        return Err(StoreError::Invalid(format!("read of {} bytes exceeds the buffer", job.len)));
+        let result: Result<()> = (|| loop {
+            while let Ok((job, buf, r)) = done_rx.try_recv() {
+                free.push(buf);
+                outstanding -= 1;
+                sink(job, r)?;
+            }
+            while reader.can_submit() && jobs.peek().is_some() {
+                let buf = match free.pop() {
+                    Some(b) => b,
+                    None if allocated < nbufs => {
+                        allocated += 1;
+                        AlignedBuf::new(buf_size)
                     }
-                    reader.submit(job, buf).map_err(|e| io_err(e, "read", path.into()))?;
-                    outstanding += 1;
-                    stats.reads += 1;
-                    stats.bytes += job.len as u64;
+                    None => break,
+                };
+                let Some(job) = jobs.next() else { break };
+                if job.len > buf.capacity() {
+                    return Err(StoreError::Invalid(format!(
+                        "read of {} bytes exceeds the buffer",
+                        job.len
+                    )));
                 }
-                if outstanding == 0 && jobs.peek().is_none() {
-                    return Ok(());
-                }
-                if reader.in_flight() > 0 {
-                    reader.wait(&mut completed).map_err(|e| io_err(e, "read", path.into()))?;
-                    for item in completed.drain(..) {
-                        work_tx
-                            .send(item)
-                            .map_err(|_| StoreError::Invalid("hashing threads stopped".into()))?;
-                    }
-                } else {
-                    let (job, buf, r) = done_rx
-                        .recv()
+                reader
+                    .submit(job, buf)
+                    .map_err(|e| io_err(e, "read", path.into()))?;
+                outstanding += 1;
+                stats.reads += 1;
+                stats.bytes += job.len as u64;
+            }
+            if outstanding == 0 && jobs.peek().is_none() {
+                return Ok(());
+            }
+            if reader.in_flight() > 0 {
+                reader
+                    .wait(&mut completed)
+                    .map_err(|e| io_err(e, "read", path.into()))?;
+                for item in completed.drain(..) {
+                    work_tx
+                        .send(item)
                         .map_err(|_| StoreError::Invalid("hashing threads stopped".into()))?;
-                    free.push(buf);
-                    outstanding -= 1;
-                    sink(job, r)?;
                 }
+            } else {
+                let (job, buf, r) = done_rx
+                    .recv()
+                    .map_err(|_| StoreError::Invalid("hashing threads stopped".into()))?;
+                free.push(buf);
+                outstanding -= 1;
+                sink(job, r)?;
             }
         })();
         // Buffers may still be the kernel's: wait for every read in flight before dropping them.
@@ -263,8 +286,16 @@ impl Reader for PreadReader<'_> {
         let dst = buf.slice_mut(want);
         let mut done = 0;
         while done < job.len {
-            match self.file.read_at(&mut dst[done..], job.offset + done as u64) {
-                Ok(0) => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "file ended early")),
+            match self
+                .file
+                .read_at(&mut dst[done..], job.offset + done as u64)
+            {
+                Ok(0) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "file ended early",
+                    ))
+                }
                 Ok(n) => done += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
@@ -355,7 +386,11 @@ impl Reader for UringReader {
                 Err(e) => return Err(e),
             }
         }
-        let cqes: Vec<(u64, i32)> = self.ring.completion().map(|c| (c.user_data(), c.result())).collect();
+        let cqes: Vec<(u64, i32)> = self
+            .ring
+            .completion()
+            .map(|c| (c.user_data(), c.result()))
+            .collect();
         let mut first_err = None;
         for (slot, res) in cqes {
             let slot = slot as usize;
@@ -363,7 +398,9 @@ impl Reader for UringReader {
                 self.push(slot)?;
                 continue;
             }
-            let s = self.slots[slot].as_mut().expect("completion for a slot in use");
+            let s = self.slots[slot]
+                .as_mut()
+                .expect("completion for a slot in use");
             if res < 0 || (res == 0 && s.done < s.job.len) {
                 let e = if res < 0 {
                     io::Error::from_raw_os_error(-res)

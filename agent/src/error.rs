@@ -21,7 +21,9 @@ pub enum StoreError {
     AlreadyExists { what: &'static str, name: String },
     #[error("invalid argument: {0}")]
     Invalid(String),
-    #[error("no space left on the device holding {path}: {op} needs more room; nothing was changed")]
+    #[error(
+        "no space left on the device holding {path}: {op} needs more room; nothing was changed"
+    )]
     NoSpace { op: String, path: PathBuf },
     #[error("the data directory {path} is on {fs}, which cannot clone files (FICLONE); the reflink backend needs XFS formatted with reflink=1 or btrfs. Use backend = \"copy\" or \"auto\"")]
     ReflinkUnsupported { path: PathBuf, fs: String },

@@ -25,7 +25,10 @@ pub fn ficlone(src: &File, dst: &File) -> io::Result<()> {
 pub fn is_clone_unsupported(e: &io::Error) -> bool {
     matches!(
         e.raw_os_error(),
-        Some(libc::EOPNOTSUPP) | Some(libc::ENOTTY) | Some(libc::EXDEV) | Some(libc::EINVAL)
+        Some(libc::EOPNOTSUPP)
+            | Some(libc::ENOTTY)
+            | Some(libc::EXDEV)
+            | Some(libc::EINVAL)
             | Some(libc::ENOSYS)
     )
 }
@@ -64,7 +67,7 @@ pub fn fiemap(file: &File, start: u64, len: u64) -> io::Result<Vec<Extent>> {
         buf.iter_mut().for_each(|w| *w = 0);
         buf[0] = cur; // fm_start
         buf[1] = end - cur; // fm_length
-        // fm_flags (u32) and fm_mapped_extents (u32) share word 2; fm_extent_count is word 3 low.
+                            // fm_flags (u32) and fm_mapped_extents (u32) share word 2; fm_extent_count is word 3 low.
         buf[2] = FIEMAP_FLAG_SYNC as u64;
         buf[3] = FIEMAP_BATCH as u64;
         // SAFETY: buf is large enough for the header and FIEMAP_BATCH extents, and aligned.
@@ -148,7 +151,10 @@ pub fn punch_hole(file: &File, off: u64, len: u64) -> io::Result<()> {
         return Ok(());
     }
     let e = io::Error::last_os_error();
-    if !matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS)) {
+    if !matches!(
+        e.raw_os_error(),
+        Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS)
+    ) {
         return Err(e);
     }
     let zeros = vec![0u8; 1 << 20];
@@ -176,14 +182,20 @@ pub fn copy_range(src: &File, dst: &File, off: u64, len: u64) -> io::Result<()> 
             let e = io::Error::last_os_error();
             if matches!(
                 e.raw_os_error(),
-                Some(libc::EXDEV) | Some(libc::EINVAL) | Some(libc::ENOSYS) | Some(libc::EOPNOTSUPP)
+                Some(libc::EXDEV)
+                    | Some(libc::EINVAL)
+                    | Some(libc::ENOSYS)
+                    | Some(libc::EOPNOTSUPP)
             ) {
                 return copy_range_userspace(src, dst, off + done, len - done);
             }
             return Err(e);
         }
         if n == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "source ended early"));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "source ended early",
+            ));
         }
         done += n as u64;
     }
@@ -234,7 +246,11 @@ pub fn overwrite_sparse(src: &File, dst: &File) -> io::Result<()> {
 /// Makes `dst` a copy of `src`: a clone where the filesystem can, else a byte copy; fsynced.
 pub fn clone_or_copy(src: &Path, dst: &Path) -> io::Result<()> {
     let s = File::open(src)?;
-    let d = OpenOptions::new().write(true).create(true).truncate(true).open(dst)?;
+    let d = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(dst)?;
     match ficlone(&s, &d) {
         Ok(()) => {}
         Err(e) if is_clone_unsupported(&e) => sparse_copy(&s, &d)?,
@@ -254,7 +270,11 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let name = path
         .file_name()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
-    let tmp = dir.join(format!(".tmp-{}-{}", name.to_string_lossy(), std::process::id()));
+    let tmp = dir.join(format!(
+        ".tmp-{}-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
     let res = (|| {
         let mut f = OpenOptions::new()
             .write(true)
@@ -412,7 +432,7 @@ mod tests {
         f.write_all_at(&[2u8; 4096], 5 << 20).expect("write");
         let r = data_ranges(&f, 10 << 20).expect("ranges");
         let covered: u64 = r.iter().map(|(s, e)| e - s).sum();
-        assert!(covered >= 12288 && covered < (10 << 20), "{r:?}");
+        assert!((12288..(10 << 20)).contains(&covered), "{r:?}");
         let q = dir.path().join("g");
         let g = OpenOptions::new()
             .read(true)

@@ -21,7 +21,12 @@ pub struct Hooks {
 const KEEP: usize = 4096;
 
 /// Runs one hook to completion, killing it at the timeout.
-pub fn run(which: &'static str, cmd: &str, env: &[(&str, String)], timeout: Duration) -> Result<()> {
+pub fn run(
+    which: &'static str,
+    cmd: &str,
+    env: &[(&str, String)],
+    timeout: Duration,
+) -> Result<()> {
     let mut child = Command::new("/bin/sh")
         .arg("-c")
         .arg(cmd)
@@ -58,19 +63,31 @@ pub fn run(which: &'static str, cmd: &str, env: &[(&str, String)], timeout: Dura
             Ok(None) if started.elapsed() >= timeout => {
                 let _ = child.kill();
                 let _ = child.wait();
-                break Err(format!("timed out after {} s and was killed", timeout.as_secs()));
+                break Err(format!(
+                    "timed out after {} s and was killed",
+                    timeout.as_secs()
+                ));
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(5)),
             Err(e) => break Err(format!("cannot wait for it: {e}")),
         }
     };
     let out = reader.join().unwrap_or_default();
-    let tail = String::from_utf8_lossy(&out[out.len().saturating_sub(KEEP)..]).trim().to_string();
+    let tail = String::from_utf8_lossy(&out[out.len().saturating_sub(KEEP)..])
+        .trim()
+        .to_string();
     match status {
         Ok(s) if s.success() => Ok(()),
         Ok(s) => Err(StoreError::Hook {
             which,
-            detail: format!("{cmd:?} exited with {s}{}", if tail.is_empty() { String::new() } else { format!(": {tail}") }),
+            detail: format!(
+                "{cmd:?} exited with {s}{}",
+                if tail.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {tail}")
+                }
+            ),
         }),
         Err(why) => Err(StoreError::Hook {
             which,

@@ -16,7 +16,11 @@ use ferry_wire::units::{format_size, parse_size};
 use serde::Serialize;
 
 #[derive(Parser)]
-#[command(name = "ferry-agent", version, about = "ferry node agent: volumes, snapshots and manifests")]
+#[command(
+    name = "ferry-agent",
+    version,
+    about = "ferry node agent: volumes, snapshots and manifests"
+)]
 struct Cli {
     /// Data directory (overrides the config file's data_dir).
     #[arg(long, global = true, env = "FERRY_DATA_DIR")]
@@ -76,7 +80,11 @@ enum VolumeCmd {
     /// Roll a volume back to a snapshot, in place.
     Rollback { volume: String, snapshot: String },
     /// Create a new volume from a snapshot.
-    Clone { volume: String, snapshot: String, new: String },
+    Clone {
+        volume: String,
+        snapshot: String,
+        new: String,
+    },
 }
 
 #[derive(Args, Clone)]
@@ -122,7 +130,11 @@ enum SnapshotCmd {
     /// List a volume's snapshots, oldest first.
     List { volume: String },
     /// Byte ranges changed between two snapshots.
-    Diff { volume: String, base: String, snapshot: String },
+    Diff {
+        volume: String,
+        base: String,
+        snapshot: String,
+    },
     /// One hex BLAKE3 hash per block, in order.
     Hashes { volume: String, snapshot: String },
     /// Re-read a snapshot and compare it with its manifest.
@@ -151,10 +163,15 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let kind = e.downcast_ref::<StoreError>().map_or("error", StoreError::kind);
+            let kind = e
+                .downcast_ref::<StoreError>()
+                .map_or("error", StoreError::kind);
             let message = format!("{e:#}");
             if json {
-                println!("{}", serde_json::json!({ "error": { "kind": kind, "message": message } }));
+                println!(
+                    "{}",
+                    serde_json::json!({ "error": { "kind": kind, "message": message } })
+                );
             } else {
                 eprintln!("error: {message}");
             }
@@ -163,7 +180,11 @@ fn main() -> ExitCode {
     }
 }
 
-fn emit<T: Serialize>(json: bool, value: &T, human: impl FnOnce(&mut dyn Write) -> std::io::Result<()>) -> anyhow::Result<()> {
+fn emit<T: Serialize>(
+    json: bool,
+    value: &T,
+    human: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     if json {
         serde_json::to_writer_pretty(&mut out, value)?;
@@ -197,7 +218,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 writeln!(o, "data dir:   {}", store.root().display())?;
                 writeln!(o, "backend:    {}", store.backend_name())?;
                 writeln!(o, "filesystem: {}", ferry_agent::fsx::fs_type(store.root()))?;
-                writeln!(o, "io_uring:   {}", ferry_agent::engine::io_uring_available())
+                writeln!(
+                    o,
+                    "io_uring:   {}",
+                    ferry_agent::engine::io_uring_available()
+                )
             })
         }
         Cmd::Volume(c) => volume(&store, json, c),
@@ -207,53 +232,123 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn volume(store: &Store, json: bool, c: VolumeCmd) -> anyhow::Result<()> {
     match c {
-        VolumeCmd::Create { name, size, block_size } => {
+        VolumeCmd::Create {
+            name,
+            size,
+            block_size,
+        } => {
             let v = store.create_volume(&name, size, block_size)?;
-            emit(json, &v, |o| writeln!(o, "created volume {} ({}) at {}", v.name, format_size(v.size), v.path.display()))
+            emit(json, &v, |o| {
+                writeln!(
+                    o,
+                    "created volume {} ({}) at {}",
+                    v.name,
+                    format_size(v.size),
+                    v.path.display()
+                )
+            })
         }
-        VolumeCmd::Adopt { name, path, block_size } => {
+        VolumeCmd::Adopt {
+            name,
+            path,
+            block_size,
+        } => {
             let v = store.adopt_volume(&name, &path, block_size)?;
-            emit(json, &v, |o| writeln!(o, "adopted {} as volume {} ({})", v.path.display(), v.name, format_size(v.size)))
+            emit(json, &v, |o| {
+                writeln!(
+                    o,
+                    "adopted {} as volume {} ({})",
+                    v.path.display(),
+                    v.name,
+                    format_size(v.size)
+                )
+            })
         }
         VolumeCmd::List => {
             let vs = store.list_volumes()?;
             emit(json, &vs, |o| {
-                writeln!(o, "{:<24} {:<8} {:>12} {:>6}  PATH", "NAME", "KIND", "SIZE", "SNAPS")?;
+                writeln!(
+                    o,
+                    "{:<24} {:<8} {:>12} {:>6}  PATH",
+                    "NAME", "KIND", "SIZE", "SNAPS"
+                )?;
                 for v in &vs {
-                    let kind = serde_json::to_value(v.kind).ok().and_then(|k| k.as_str().map(String::from)).unwrap_or_default();
-                    writeln!(o, "{:<24} {:<8} {:>12} {:>6}  {}", v.name, kind, format_size(v.size), v.snapshots, v.path.display())?;
+                    let kind = serde_json::to_value(v.kind)
+                        .ok()
+                        .and_then(|k| k.as_str().map(String::from))
+                        .unwrap_or_default();
+                    writeln!(
+                        o,
+                        "{:<24} {:<8} {:>12} {:>6}  {}",
+                        v.name,
+                        kind,
+                        format_size(v.size),
+                        v.snapshots,
+                        v.path.display()
+                    )?;
                 }
                 Ok(())
             })
         }
         VolumeCmd::Path { name } => {
             let v = store.volume(&name)?;
-            emit(json, &serde_json::json!({ "name": v.name, "path": v.path }), |o| writeln!(o, "{}", v.path.display()))
+            emit(
+                json,
+                &serde_json::json!({ "name": v.name, "path": v.path }),
+                |o| writeln!(o, "{}", v.path.display()),
+            )
         }
         VolumeCmd::Delete { name, force } => {
             let r = store.delete_volume(&name, force)?;
             emit(json, &r, |o| {
                 if r.image_deleted {
-                    writeln!(o, "deleted volume {} and {} snapshot(s)", r.volume, r.snapshots_deleted)
+                    writeln!(
+                        o,
+                        "deleted volume {} and {} snapshot(s)",
+                        r.volume, r.snapshots_deleted
+                    )
                 } else {
-                    writeln!(o, "forgot adopted volume {} ({} kept) and deleted {} snapshot(s)", r.volume, r.path.display(), r.snapshots_deleted)
+                    writeln!(
+                        o,
+                        "forgot adopted volume {} ({} kept) and deleted {} snapshot(s)",
+                        r.volume,
+                        r.path.display(),
+                        r.snapshots_deleted
+                    )
                 }
             })
         }
         VolumeCmd::Rollback { volume, snapshot } => {
             let r = store.rollback(&volume, &snapshot)?;
-            emit(json, &r, |o| writeln!(o, "rolled {} back to {}", r.volume, r.snapshot))
+            emit(json, &r, |o| {
+                writeln!(o, "rolled {} back to {}", r.volume, r.snapshot)
+            })
         }
-        VolumeCmd::Clone { volume, snapshot, new } => {
+        VolumeCmd::Clone {
+            volume,
+            snapshot,
+            new,
+        } => {
             let v = store.clone_volume(&volume, &snapshot, &new)?;
-            emit(json, &v, |o| writeln!(o, "created volume {} from {volume}@{snapshot} at {}", v.name, v.path.display()))
+            emit(json, &v, |o| {
+                writeln!(
+                    o,
+                    "created volume {} from {volume}@{snapshot} at {}",
+                    v.name,
+                    v.path.display()
+                )
+            })
         }
     }
 }
 
 fn snapshot(store: &Store, json: bool, c: SnapshotCmd) -> anyhow::Result<()> {
     match c {
-        SnapshotCmd::Create { volume, snapshot, hooks } => {
+        SnapshotCmd::Create {
+            volume,
+            snapshot,
+            hooks,
+        } => {
             let m = store.create_snapshot(&volume, &snapshot, &hooks.hooks())?;
             emit(json, &m, |o| {
                 writeln!(
@@ -262,13 +357,21 @@ fn snapshot(store: &Store, json: bool, c: SnapshotCmd) -> anyhow::Result<()> {
                     m.volume,
                     m.name,
                     m.root,
-                    if m.manifest.base.is_some() { "incremental" } else { "full" },
+                    if m.manifest.base.is_some() {
+                        "incremental"
+                    } else {
+                        "full"
+                    },
                     format_size(m.manifest.bytes_read),
                     m.manifest.elapsed_ms
                 )
             })
         }
-        SnapshotCmd::Group { snapshot, volumes, hooks } => {
+        SnapshotCmd::Group {
+            snapshot,
+            volumes,
+            hooks,
+        } => {
             let ms = store.create_group(&snapshot, &volumes, &hooks.hooks())?;
             emit(json, &ms, |o| {
                 for m in &ms {
@@ -280,22 +383,51 @@ fn snapshot(store: &Store, json: bool, c: SnapshotCmd) -> anyhow::Result<()> {
         SnapshotCmd::List { volume } => {
             let ms = store.list_snapshots(&volume)?;
             emit(json, &ms, |o| {
-                writeln!(o, "{:<28} {:>12} {:<6} {:<12} ROOT", "NAME", "SIZE", "METHOD", "MANIFEST")?;
+                writeln!(
+                    o,
+                    "{:<28} {:>12} {:<6} {:<12} ROOT",
+                    "NAME", "SIZE", "METHOD", "MANIFEST"
+                )?;
                 for m in &ms {
-                    let method = serde_json::to_value(m.method).ok().and_then(|k| k.as_str().map(String::from)).unwrap_or_default();
-                    let mode = if m.manifest.base.is_some() { "incremental" } else { "full" };
-                    writeln!(o, "{:<28} {:>12} {:<6} {:<12} {}", m.name, format_size(m.size), method, mode, m.root)?;
+                    let method = serde_json::to_value(m.method)
+                        .ok()
+                        .and_then(|k| k.as_str().map(String::from))
+                        .unwrap_or_default();
+                    let mode = if m.manifest.base.is_some() {
+                        "incremental"
+                    } else {
+                        "full"
+                    };
+                    writeln!(
+                        o,
+                        "{:<28} {:>12} {:<6} {:<12} {}",
+                        m.name,
+                        format_size(m.size),
+                        method,
+                        mode,
+                        m.root
+                    )?;
                 }
                 Ok(())
             })
         }
-        SnapshotCmd::Diff { volume, base, snapshot } => {
+        SnapshotCmd::Diff {
+            volume,
+            base,
+            snapshot,
+        } => {
             let d = store.diff(&volume, &base, &snapshot)?;
             emit(json, &d, |o| {
                 for (s, e) in &d.ranges {
                     writeln!(o, "{s}\t{e}")?;
                 }
-                writeln!(o, "# {} changed in {} range(s) ({})", format_size(d.changed_bytes), d.ranges.len(), d.method)
+                writeln!(
+                    o,
+                    "# {} changed in {} range(s) ({})",
+                    format_size(d.changed_bytes),
+                    d.ranges.len(),
+                    d.method
+                )
             })
         }
         SnapshotCmd::Hashes { volume, snapshot } => {
@@ -321,9 +453,18 @@ fn snapshot(store: &Store, json: bool, c: SnapshotCmd) -> anyhow::Result<()> {
             let r = store.verify(&volume, &snapshot)?;
             emit(json, &r, |o| {
                 if r.ok {
-                    writeln!(o, "ok: {} blocks match the manifest (root {})", r.blocks, r.root)?;
+                    writeln!(
+                        o,
+                        "ok: {} blocks match the manifest (root {})",
+                        r.blocks, r.root
+                    )?;
                 } else {
-                    writeln!(o, "MISMATCH: {} block(s) differ from the manifest: {:?}", r.bad_blocks.len(), r.bad_blocks)?;
+                    writeln!(
+                        o,
+                        "MISMATCH: {} block(s) differ from the manifest: {:?}",
+                        r.bad_blocks.len(),
+                        r.bad_blocks
+                    )?;
                 }
                 if !r.leaf_index_ok {
                     writeln!(o, "warning: the leaf index does not match; the next snapshot will hash in full")?;
@@ -343,7 +484,11 @@ fn snapshot(store: &Store, json: bool, c: SnapshotCmd) -> anyhow::Result<()> {
         }
         SnapshotCmd::Delete { volume, snapshot } => {
             store.delete_snapshot(&volume, &snapshot)?;
-            emit(json, &serde_json::json!({ "deleted": format!("{volume}@{snapshot}") }), |o| writeln!(o, "deleted {volume}@{snapshot}"))
+            emit(
+                json,
+                &serde_json::json!({ "deleted": format!("{volume}@{snapshot}") }),
+                |o| writeln!(o, "deleted {volume}@{snapshot}"),
+            )
         }
     }
 }

@@ -18,12 +18,14 @@ use std::fs::File;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use ferry_wire::hash::{block_hash_from_leaves, is_zero, leaf_cv, BlockHash, Geometry, LeafCv, ZeroTable};
+use ferry_wire::hash::{
+    block_hash_from_leaves, is_zero, leaf_cv, BlockHash, Geometry, LeafCv, ZeroTable,
+};
 use ferry_wire::hashfile::{FormatError, HashFile, HashFileWriter, Kind};
 use ferry_wire::LEAF_SIZE;
 use serde::Serialize;
 
-use crate::config::IoConfig;
+use crate::config::{Access, IoConfig};
 use crate::diff::align_ranges;
 use crate::engine::{self, ReadJob, ReadStats};
 use crate::error::{io_err, IoContext, Result, StoreError};
@@ -73,7 +75,10 @@ fn ser_ms<S: serde::Serializer>(d: &Duration, s: S) -> std::result::Result<S::Ok
 
 /// What a hashing thread returns for one buffer.
 enum Hashed {
-    Blocks { leaves: Vec<LeafCv>, blocks: Vec<BlockHash> },
+    Blocks {
+        leaves: Vec<LeafCv>,
+        blocks: Vec<BlockHash>,
+    },
     Leaves(Vec<LeafCv>),
     Tail(BlockHash),
 }
@@ -159,7 +164,10 @@ fn full_plan(file: &File, path: &Path, g: &Geometry) -> Result<(Vec<(u64, u64)>,
         .map(|&(s, e)| (s, e.min(tail_start)))
         .collect();
     let tail_has_data = g.tail_len() > 0 && data.iter().any(|&(_, e)| e > tail_start);
-    Ok((align_ranges(&clipped, g.block_size as u64, tail_start), tail_has_data))
+    Ok((
+        align_ranges(&clipped, g.block_size as u64, tail_start),
+        tail_has_data,
+    ))
 }
 
 fn block_chunk(io: &IoConfig, g: &Geometry) -> u64 {
@@ -190,11 +198,14 @@ pub fn build(
     io: &IoConfig,
 ) -> Result<BuildReport> {
     let started = Instant::now();
-    let g = Geometry::new(block_size as u64, size).map_err(|e| StoreError::Invalid(e.to_string()))?;
+    let g =
+        Geometry::new(block_size as u64, size).map_err(|e| StoreError::Invalid(e.to_string()))?;
     if let Some(b) = base {
         match open_base(&b, &g) {
             Ok(()) => return build_incremental(snap, g, b, out_manifest, out_leaves, io, started),
-            Err(why) => tracing::info!(snapshot = %snap.display(), %why, "full manifest instead of incremental"),
+            Err(why) => {
+                tracing::info!(snapshot = %snap.display(), %why, "full manifest instead of incremental")
+            }
         }
     }
     build_full(snap, g, out_manifest, out_leaves, io, started)
@@ -202,7 +213,8 @@ pub fn build(
 
 /// Checks that the base files are intact and match the geometry.
 fn open_base(b: &Base<'_>, g: &Geometry) -> std::result::Result<(), String> {
-    let m = HashFile::open(b.manifest, Kind::Manifest).map_err(|e| format!("base manifest: {e}"))?;
+    let m =
+        HashFile::open(b.manifest, Kind::Manifest).map_err(|e| format!("base manifest: {e}"))?;
     let l = HashFile::open(b.leaves, Kind::Leaves).map_err(|e| format!("base leaf index: {e}"))?;
     if m.geometry() != *g || l.geometry() != *g {
         return Err("the volume's size or block size changed since the base".into());
@@ -222,9 +234,10 @@ fn build_full(
     let (ranges, tail_has_data) = full_plan(&file, snap, &g)?;
     drop(file);
     let hasher = Hasher::new(g);
-    let mut leaves = HashFileWriter::create(out_leaves, Kind::Leaves, g).map_err(|e| format_err(e, "leaf index", out_leaves))?;
-    let mut manifest =
-        HashFileWriter::create(out_manifest, Kind::Manifest, g).map_err(|e| format_err(e, "manifest", out_manifest))?;
+    let mut leaves = HashFileWriter::create(out_leaves, Kind::Leaves, g)
+        .map_err(|e| format_err(e, "leaf index", out_leaves))?;
+    let mut manifest = HashFileWriter::create(out_manifest, Kind::Manifest, g)
+        .map_err(|e| format_err(e, "manifest", out_manifest))?;
     // Everything starts as zeros; the reads below overwrite what holds data.
     for chunk in leaves.entries_mut().chunks_mut(32 * g.leaves_per_block()) {
         for (e, z) in chunk.chunks_mut(32).zip(&hasher.zero.leaf_cvs) {
@@ -248,12 +261,16 @@ fn build_full(
     let stats = engine::run(
         snap,
         io,
+        Access::Sequential,
         g.block_size as usize,
         jobs,
         |job, data| hasher.hash(job, data),
         |job, hashed| {
             match hashed {
-                Hashed::Blocks { leaves: cvs, blocks } => {
+                Hashed::Blocks {
+                    leaves: cvs,
+                    blocks,
+                } => {
                     let first_block = job.offset / g.block_size as u64;
                     for (i, cv) in cvs.iter().enumerate() {
                         leaves.set(first_block * lpb + i as u64, cv);
@@ -268,12 +285,22 @@ fn build_full(
             Ok(())
         },
     )?;
-    leaves.finish().map_err(|e| format_err(e, "leaf index", out_leaves))?;
-    let root = manifest.finish().map_err(|e| format_err(e, "manifest", out_manifest))?;
+    leaves
+        .finish()
+        .map_err(|e| format_err(e, "leaf index", out_leaves))?;
+    let root = manifest
+        .finish()
+        .map_err(|e| format_err(e, "manifest", out_manifest))?;
     Ok(report(root, BuildMode::Full, &g, stats, started))
 }
 
-fn report(root: BlockHash, mode: BuildMode, g: &Geometry, stats: ReadStats, started: Instant) -> BuildReport {
+fn report(
+    root: BlockHash,
+    mode: BuildMode,
+    g: &Geometry,
+    stats: ReadStats,
+    started: Instant,
+) -> BuildReport {
     BuildReport {
         root,
         mode,
@@ -294,12 +321,13 @@ fn build_incremental(
     io: &IoConfig,
     started: Instant,
 ) -> Result<BuildReport> {
+    let t_start = Instant::now();
     fsx::clone_or_copy(base.manifest, out_manifest).ctx("copy base manifest to", out_manifest)?;
     fsx::clone_or_copy(base.leaves, out_leaves).ctx("copy base leaf index to", out_leaves)?;
-    let mut leaves =
-        HashFileWriter::patch(out_leaves, Kind::Leaves, g).map_err(|e| format_err(e, "leaf index", out_leaves))?;
-    let mut manifest =
-        HashFileWriter::patch(out_manifest, Kind::Manifest, g).map_err(|e| format_err(e, "manifest", out_manifest))?;
+    let mut leaves = HashFileWriter::patch(out_leaves, Kind::Leaves, g)
+        .map_err(|e| format_err(e, "leaf index", out_leaves))?;
+    let mut manifest = HashFileWriter::patch(out_manifest, Kind::Manifest, g)
+        .map_err(|e| format_err(e, "manifest", out_manifest))?;
     let tail_start = g.tail_start();
     let in_blocks: Vec<(u64, u64)> = base
         .changed
@@ -322,6 +350,7 @@ fn build_incremental(
     let stats = engine::run(
         snap,
         io,
+        Access::Scattered,
         g.block_size as usize,
         jobs,
         |job, data| hasher.hash(job, data),
@@ -343,6 +372,7 @@ fn build_incremental(
             Ok(())
         },
     )?;
+    let t_read = Instant::now();
     touched.sort_unstable();
     touched.dedup();
     let mut cvs = vec![[0u8; 32]; lpb as usize];
@@ -352,8 +382,21 @@ fn build_incremental(
         }
         manifest.set(b, &block_hash_from_leaves(&cvs).0);
     }
-    leaves.finish().map_err(|e| format_err(e, "leaf index", out_leaves))?;
-    let root = manifest.finish().map_err(|e| format_err(e, "manifest", out_manifest))?;
+    let t_merge = Instant::now();
+    leaves
+        .finish()
+        .map_err(|e| format_err(e, "leaf index", out_leaves))?;
+    let root = manifest
+        .finish()
+        .map_err(|e| format_err(e, "manifest", out_manifest))?;
+    tracing::debug!(
+        ranges = leaf_ranges.len(),
+        reads = stats.reads,
+        read_ms = (t_read - t_start).as_secs_f64() * 1e3,
+        merge_ms = (t_merge - t_read).as_secs_f64() * 1e3,
+        finish_ms = t_merge.elapsed().as_secs_f64() * 1e3,
+        "incremental manifest"
+    );
     Ok(report(root, BuildMode::Incremental, &g, stats, started))
 }
 
@@ -375,18 +418,29 @@ pub struct VerifyReport {
 const MAX_LISTED: usize = 1000;
 
 /// Re-reads the snapshot image and compares it with its manifest and leaf index.
-pub fn verify(snap: &Path, manifest_path: &Path, leaves_path: &Path, io: &IoConfig) -> Result<VerifyReport> {
-    let manifest = HashFile::open(manifest_path, Kind::Manifest).map_err(|e| format_err(e, "manifest", manifest_path))?;
+pub fn verify(
+    snap: &Path,
+    manifest_path: &Path,
+    leaves_path: &Path,
+    io: &IoConfig,
+) -> Result<VerifyReport> {
+    let manifest = HashFile::open(manifest_path, Kind::Manifest)
+        .map_err(|e| format_err(e, "manifest", manifest_path))?;
     let g = manifest.geometry();
     let size = std::fs::metadata(snap).ctx("stat", snap)?.len();
     if size != g.volume_size {
         return Err(StoreError::Corrupt {
             what: "snapshot image",
             path: snap.to_owned(),
-            detail: format!("image is {size} bytes, the manifest describes {}", g.volume_size),
+            detail: format!(
+                "image is {size} bytes, the manifest describes {}",
+                g.volume_size
+            ),
         });
     }
-    let leaf_file = HashFile::open(leaves_path, Kind::Leaves).ok().filter(|l| l.geometry() == g);
+    let leaf_file = HashFile::open(leaves_path, Kind::Leaves)
+        .ok()
+        .filter(|l| l.geometry() == g);
     let mut leaf_index_ok = leaf_file.is_some();
     let file = File::open(snap).ctx("open", snap)?;
     let (ranges, tail_has_data) = full_plan(&file, snap, &g)?;
@@ -402,7 +456,10 @@ pub fn verify(snap: &Path, manifest_path: &Path, leaves_path: &Path, io: &IoConf
     // Blocks in holes must be zero in the manifest and the leaf index.
     let mut pos = 0u64;
     let bs = g.block_size as u64;
-    for &(s, e) in ranges.iter().chain(std::iter::once(&(g.tail_start(), g.tail_start()))) {
+    for &(s, e) in ranges
+        .iter()
+        .chain(std::iter::once(&(g.tail_start(), g.tail_start())))
+    {
         for b in pos / bs..s / bs {
             check(b, &hasher.zero.block, &mut bad);
             if let Some(l) = &leaf_file {
@@ -414,7 +471,11 @@ pub fn verify(snap: &Path, manifest_path: &Path, leaves_path: &Path, io: &IoConf
         pos = e;
     }
     if g.tail_len() > 0 && !tail_has_data {
-        check(g.full_blocks(), &BlockHash::of(&vec![0u8; g.tail_len() as usize]), &mut bad);
+        check(
+            g.full_blocks(),
+            &BlockHash::of(&vec![0u8; g.tail_len() as usize]),
+            &mut bad,
+        );
     }
     let tail_job = tail_has_data.then(|| ReadJob {
         offset: g.tail_start(),
@@ -425,6 +486,7 @@ pub fn verify(snap: &Path, manifest_path: &Path, leaves_path: &Path, io: &IoConf
     let stats = engine::run(
         snap,
         io,
+        Access::Sequential,
         g.block_size as usize,
         jobs,
         |job, data| hasher.hash(job, data),

@@ -66,7 +66,8 @@ pub trait Backend: Send + Sync {
     fn restore(&self, src: &Path, dst: &Path) -> Result<()>;
     /// Byte ranges where snapshot `new` may differ from snapshot `base`, or `None` when only
     /// hashing can tell.
-    fn changed(&self, base: &SnapshotFiles, new: &SnapshotFiles) -> Result<Option<Vec<(u64, u64)>>>;
+    fn changed(&self, base: &SnapshotFiles, new: &SnapshotFiles)
+        -> Result<Option<Vec<(u64, u64)>>>;
 }
 
 /// The files of one snapshot, as the backend sees them.
@@ -143,7 +144,11 @@ impl Backend for ReflinkBackend {
             Err(e) => Err(io_err(e, "clone onto", dst.to_owned())),
         }
     }
-    fn changed(&self, base: &SnapshotFiles, new: &SnapshotFiles) -> Result<Option<Vec<(u64, u64)>>> {
+    fn changed(
+        &self,
+        base: &SnapshotFiles,
+        new: &SnapshotFiles,
+    ) -> Result<Option<Vec<(u64, u64)>>> {
         if base.method != Method::Clone || new.method != Method::Clone {
             return Ok(None);
         }
@@ -456,7 +461,10 @@ impl Store {
         let jd = self.journal_dir();
         for entry in fs::read_dir(&jd).ctx("list", &jd)? {
             let path = entry.ctx("list", &jd)?.path();
-            let fname = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let fname = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
             if is_scratch(&fname) {
                 let _ = fs::remove_file(&path);
                 continue;
@@ -481,7 +489,11 @@ impl Store {
             }
             if let Some(lock) = FileLock::try_exclusive(&dir.join("lock")).ctx("lock", &dir)? {
                 let meta: VolumeMeta = read_json(&meta_path, "volume metadata")?;
-                self.recover_volume(&VolumeGuard { _lock: lock, meta, dir })?;
+                self.recover_volume(&VolumeGuard {
+                    _lock: lock,
+                    meta,
+                    dir,
+                })?;
             }
         }
         Ok(())
@@ -637,10 +649,17 @@ impl Store {
     }
 
     /// Creates an owned, sparse volume of `size` bytes.
-    pub fn create_volume(&self, name: &str, size: u64, block_size: Option<u64>) -> Result<VolumeInfo> {
+    pub fn create_volume(
+        &self,
+        name: &str,
+        size: u64,
+        block_size: Option<u64>,
+    ) -> Result<VolumeInfo> {
         let name = check_name("volume", name)?;
         if size == 0 {
-            return Err(StoreError::Invalid("volume size must be at least 1 byte".into()));
+            return Err(StoreError::Invalid(
+                "volume size must be at least 1 byte".into(),
+            ));
         }
         let block_size = self.block_size(block_size)?;
         let _lock = self.store_lock()?;
@@ -669,11 +688,19 @@ impl Store {
 
     /// Adopts an existing image file (a LUN's backing file, a file in an NFS export, a VM disk).
     /// The file stays where it is; deleting the volume later only forgets it.
-    pub fn adopt_volume(&self, name: &str, path: &Path, block_size: Option<u64>) -> Result<VolumeInfo> {
+    pub fn adopt_volume(
+        &self,
+        name: &str,
+        path: &Path,
+        block_size: Option<u64>,
+    ) -> Result<VolumeInfo> {
         let name = check_name("volume", name)?;
         let block_size = self.block_size(block_size)?;
         if !path.is_absolute() {
-            return Err(StoreError::Invalid(format!("{} is not an absolute path", path.display())));
+            return Err(StoreError::Invalid(format!(
+                "{} is not an absolute path",
+                path.display()
+            )));
         }
         let real = fs::canonicalize(path).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => StoreError::NotFound {
@@ -684,7 +711,10 @@ impl Store {
         })?;
         let md = fs::metadata(&real).ctx("stat", &real)?;
         if !md.is_file() {
-            return Err(StoreError::Invalid(format!("{} is not a regular file", real.display())));
+            return Err(StoreError::Invalid(format!(
+                "{} is not a regular file",
+                real.display()
+            )));
         }
         if md.len() == 0 {
             return Err(StoreError::Invalid(format!("{} is empty", real.display())));
@@ -734,7 +764,8 @@ impl Store {
             let meta_path = entry.path().join(VOLUME_META);
             match read_json::<VolumeMeta>(&meta_path, "volume metadata") {
                 Ok(meta) => out.push(self.info(&entry.path(), meta)?),
-                Err(StoreError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {}
+                Err(StoreError::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(e),
             }
         }
@@ -807,27 +838,41 @@ impl Store {
     /// Takes a snapshot of one volume.
     pub fn create_snapshot(&self, volume: &str, snap: &str, hooks: &Hooks) -> Result<SnapshotMeta> {
         let mut v = self.create_group(snap, &[volume.to_owned()], hooks)?;
-        v.pop().ok_or_else(|| StoreError::Invalid("empty group".into()))
+        v.pop()
+            .ok_or_else(|| StoreError::Invalid("empty group".into()))
     }
 
     /// Takes a snapshot named `snap` of several volumes in one step: all volumes are locked,
     /// the pre hook runs, every image is snapshotted, the post hook runs, and only then are the
     /// manifests computed (so the hooks' freeze window covers only the snapshot step). All
     /// snapshots commit, or none.
-    pub fn create_group(&self, snap: &str, volumes: &[String], hooks: &Hooks) -> Result<Vec<SnapshotMeta>> {
+    pub fn create_group(
+        &self,
+        snap: &str,
+        volumes: &[String],
+        hooks: &Hooks,
+    ) -> Result<Vec<SnapshotMeta>> {
         let snap = check_name("snapshot", snap)?;
         let mut names = volumes
             .iter()
             .map(|v| check_name("volume", v))
             .collect::<Result<Vec<_>>>()?;
         if names.is_empty() {
-            return Err(StoreError::Invalid("a snapshot needs at least one volume".into()));
+            return Err(StoreError::Invalid(
+                "a snapshot needs at least one volume".into(),
+            ));
         }
         names.sort();
         if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
-            return Err(StoreError::Invalid(format!("volume {} is named twice", w[0])));
+            return Err(StoreError::Invalid(format!(
+                "volume {} is named twice",
+                w[0]
+            )));
         }
-        let guards = names.iter().map(|n| self.lock_volume(n)).collect::<Result<Vec<_>>>()?;
+        let guards = names
+            .iter()
+            .map(|n| self.lock_volume(n))
+            .collect::<Result<Vec<_>>>()?;
         for g in &guards {
             if Self::snapshot_dir(&g.dir, &snap).exists() {
                 return Err(StoreError::AlreadyExists {
@@ -852,7 +897,14 @@ impl Store {
         }
         let tmp_name = format!(".tmp-{snap}");
         let mut committed: Vec<PathBuf> = Vec::new();
-        let res = self.group_steps(&snap, &guards, group.as_ref(), hooks, &tmp_name, &mut committed);
+        let res = self.group_steps(
+            &snap,
+            &guards,
+            group.as_ref(),
+            hooks,
+            &tmp_name,
+            &mut committed,
+        );
         if res.is_err() {
             for g in &guards {
                 let _ = remove_tree(&g.dir.join("snapshots").join(&tmp_name));
@@ -883,7 +935,11 @@ impl Store {
             ("FERRY_SNAPSHOT", snap.to_string()),
             (
                 "FERRY_VOLUMES",
-                guards.iter().map(|g| g.meta.name.to_string()).collect::<Vec<_>>().join(" "),
+                guards
+                    .iter()
+                    .map(|g| g.meta.name.to_string())
+                    .collect::<Vec<_>>()
+                    .join(" "),
             ),
             (
                 "FERRY_VOLUME_PATHS",
@@ -968,7 +1024,9 @@ impl Store {
             }
             None => None,
         };
-        let base_files = changed.as_ref().map(|(bdir, c)| (bdir.join(MANIFEST), bdir.join(LEAVES), c));
+        let base_files = changed
+            .as_ref()
+            .map(|(bdir, c)| (bdir.join(MANIFEST), bdir.join(LEAVES), c));
         let report: BuildReport = manifest::build(
             &new_files.image,
             size,
@@ -1089,7 +1147,10 @@ impl Store {
         let same_cut = ma.geometry().block_size == g.block_size;
         for i in 0..g.block_count() {
             let (off, len) = g.block_range(i);
-            let differs = !same_cut || i >= ma.len() || ma.geometry().block_range(i).1 != len || ma.hash(i) != mb.hash(i);
+            let differs = !same_cut
+                || i >= ma.len()
+                || ma.geometry().block_range(i).1 != len
+                || ma.hash(i) != mb.hash(i);
             if differs {
                 diff::push_merged(&mut ranges, (off, off + len));
             }
@@ -1126,7 +1187,10 @@ impl Store {
         let s = check_name("snapshot", snap)?;
         let g = self.lock_volume(&v)?;
         let m = Self::read_snapshot(&g.dir, &v, &s)?;
-        write_json(&g.dir.join(ROLLBACK_INTENT), &serde_json::json!({ "snapshot": s }))?;
+        write_json(
+            &g.dir.join(ROLLBACK_INTENT),
+            &serde_json::json!({ "snapshot": s }),
+        )?;
         self.do_rollback(&g, &s)?;
         Ok(RollbackReport {
             volume: v,
@@ -1164,8 +1228,10 @@ impl Store {
         self.check_new_volume(&n)?;
         let tmp = self.tmp_volume_dir(&n)?;
         let res = (|| {
-            self.backend
-                .snapshot(&Self::snapshot_dir(&g.dir, &s).join(IMAGE), &tmp.join(IMAGE))?;
+            self.backend.snapshot(
+                &Self::snapshot_dir(&g.dir, &s).join(IMAGE),
+                &tmp.join(IMAGE),
+            )?;
             let meta = VolumeMeta {
                 name: n.clone(),
                 kind: VolumeKind::Owned,

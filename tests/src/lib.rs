@@ -80,8 +80,13 @@ impl Env {
         let parent = match fs {
             Fs::Local => std::env::temp_dir(),
             Fs::Xfs => {
-                let v = std::env::var("FERRY_TEST_XFS").ok().filter(|v| !v.is_empty());
-                if !require(v.is_some(), "an XFS reflink mount in FERRY_TEST_XFS (scripts/test sets it up as root)") {
+                let v = std::env::var("FERRY_TEST_XFS")
+                    .ok()
+                    .filter(|v| !v.is_empty());
+                if !require(
+                    v.is_some(),
+                    "an XFS reflink mount in FERRY_TEST_XFS (scripts/test sets it up as root)",
+                ) {
                     return None;
                 }
                 PathBuf::from(v.expect("checked"))
@@ -112,7 +117,12 @@ impl Env {
 
     /// Runs `ferry-agent ARGS --json`, expecting success; returns the parsed output.
     pub fn ok(&self, args: &[&str]) -> Value {
-        let out = self.agent().args(args).arg("--json").output().expect("run ferry-agent");
+        let out = self
+            .agent()
+            .args(args)
+            .arg("--json")
+            .output()
+            .expect("run ferry-agent");
         assert!(
             out.status.success(),
             "ferry-agent {args:?} failed: {}{}",
@@ -120,13 +130,21 @@ impl Env {
             String::from_utf8_lossy(&out.stderr)
         );
         serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-            panic!("ferry-agent {args:?}: bad JSON ({e}): {}", String::from_utf8_lossy(&out.stdout))
+            panic!(
+                "ferry-agent {args:?}: bad JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
         })
     }
 
     /// Runs `ferry-agent ARGS --json`, expecting failure; returns (kind, message).
     pub fn fails(&self, args: &[&str]) -> (String, String) {
-        let out = self.agent().args(args).arg("--json").output().expect("run ferry-agent");
+        let out = self
+            .agent()
+            .args(args)
+            .arg("--json")
+            .output()
+            .expect("run ferry-agent");
         assert_eq!(
             out.status.code(),
             Some(1),
@@ -137,7 +155,10 @@ impl Env {
         let v: Value = serde_json::from_slice(&out.stdout).expect("JSON error");
         (
             v["error"]["kind"].as_str().unwrap_or_default().to_string(),
-            v["error"]["message"].as_str().unwrap_or_default().to_string(),
+            v["error"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
         )
     }
 
@@ -158,12 +179,20 @@ impl Env {
 
     /// The image path of a volume.
     pub fn volume_path(&self, vol: &str) -> PathBuf {
-        PathBuf::from(self.ok(&["volume", "path", vol])["path"].as_str().expect("path"))
+        PathBuf::from(
+            self.ok(&["volume", "path", vol])["path"]
+                .as_str()
+                .expect("path"),
+        )
     }
 
     /// The directory of a committed snapshot (layout documented in agent/src/store.rs).
     pub fn snapshot_dir(&self, vol: &str, snap: &str) -> PathBuf {
-        self.data_dir().join("volumes").join(vol).join("snapshots").join(snap)
+        self.data_dir()
+            .join("volumes")
+            .join(vol)
+            .join("snapshots")
+            .join(snap)
     }
 
     /// Names of the committed snapshots of a volume, oldest first.
@@ -181,8 +210,15 @@ impl Env {
     pub fn leftovers(&self) -> Vec<PathBuf> {
         let mut out = Vec::new();
         walk(&self.data_dir(), &mut |p| {
-            let n = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            if n.starts_with(".tmp-") || n.starts_with(".del-") || n == "rollback.json" || n.starts_with("group-") {
+            let n = p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            if n.starts_with(".tmp-")
+                || n.starts_with(".del-")
+                || n == "rollback.json"
+                || n.starts_with("group-")
+            {
                 out.push(p.to_path_buf());
             }
         });
@@ -191,7 +227,9 @@ impl Env {
 }
 
 fn walk(dir: &Path, f: &mut dyn FnMut(&Path)) {
-    let Ok(rd) = std::fs::read_dir(dir) else { return };
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
     for e in rd.flatten() {
         let p = e.path();
         f(&p);
@@ -213,7 +251,10 @@ pub fn rng(test: &str) -> StdRng {
 
 /// Fills `[off, off + len)` of `path` with random bytes.
 pub fn write_random(path: &Path, off: u64, len: usize, rng: &mut StdRng) {
-    let f = OpenOptions::new().write(true).open(path).expect("open for write");
+    let f = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .expect("open for write");
     let mut buf = vec![0u8; len.min(1 << 20)];
     let mut at = 0usize;
     while at < len {
@@ -233,7 +274,10 @@ pub fn random_page_writes(path: &Path, size: u64, count: usize, rng: &mut StdRng
     while idx.len() < count {
         idx.insert(rng.gen_range(0..pages));
     }
-    let f = OpenOptions::new().write(true).open(path).expect("open for write");
+    let f = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .expect("open for write");
     let mut buf = [0u8; 4096];
     for &p in &idx {
         rng.fill(&mut buf[..]);
@@ -313,6 +357,18 @@ impl Tmpfs {
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.path).status();
+        // A process forked by a parallel test may hold an inherited descriptor for a moment.
+        for _ in 0..50 {
+            if Command::new("umount")
+                .arg(&self.path)
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+            {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
     }
 }

@@ -15,10 +15,30 @@ fn main() -> ExitCode {
     };
     // Load the syscall number; if it is io_uring_setup return ENOSYS, else allow.
     let filter = [
-        libc::sock_filter { code: 0x20, jt: 0, jf: 0, k: 0 }, // BPF_LD|BPF_W|BPF_ABS, seccomp_data.nr
-        libc::sock_filter { code: 0x15, jt: 0, jf: 1, k: SYS_IO_URING_SETUP }, // BPF_JMP|BPF_JEQ|BPF_K
-        libc::sock_filter { code: 0x06, jt: 0, jf: 0, k: 0x0005_0000 | libc::ENOSYS as u32 }, // RET ERRNO
-        libc::sock_filter { code: 0x06, jt: 0, jf: 0, k: 0x7fff_0000 }, // RET ALLOW
+        libc::sock_filter {
+            code: 0x20,
+            jt: 0,
+            jf: 0,
+            k: 0,
+        }, // BPF_LD|BPF_W|BPF_ABS, seccomp_data.nr
+        libc::sock_filter {
+            code: 0x15,
+            jt: 0,
+            jf: 1,
+            k: SYS_IO_URING_SETUP,
+        }, // BPF_JMP|BPF_JEQ|BPF_K
+        libc::sock_filter {
+            code: 0x06,
+            jt: 0,
+            jf: 0,
+            k: 0x0005_0000 | libc::ENOSYS as u32,
+        }, // RET ERRNO
+        libc::sock_filter {
+            code: 0x06,
+            jt: 0,
+            jf: 0,
+            k: 0x7fff_0000,
+        }, // RET ALLOW
     ];
     let prog = libc::sock_fprog {
         len: filter.len() as u16,
@@ -29,7 +49,10 @@ fn main() -> ExitCode {
         if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
             || libc::prctl(libc::PR_SET_SECCOMP, 2, &prog as *const libc::sock_fprog) != 0
         {
-            eprintln!("ferry-no-uring: cannot install seccomp filter: {}", std::io::Error::last_os_error());
+            eprintln!(
+                "ferry-no-uring: cannot install seccomp filter: {}",
+                std::io::Error::last_os_error()
+            );
             return ExitCode::from(1);
         }
     }

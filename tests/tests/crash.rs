@@ -17,7 +17,8 @@ const ROUNDS: usize = 8;
 /// Runs `args` and kills it after a random delay in [0, 1.3 * typical); returns whether it was
 /// killed before it finished.
 fn run_and_kill(env: &Env, args: &[&str], typical: Duration, r: &mut StdRng) -> bool {
-    let delay = Duration::from_micros(r.gen_range(0..(typical.as_micros() as u64 * 13 / 10).max(1)));
+    let delay =
+        Duration::from_micros(r.gen_range(0..(typical.as_micros() as u64 * 13 / 10).max(1)));
     let mut child = env.spawn(args);
     std::thread::sleep(delay);
     let killed = matches!(child.try_wait(), Ok(None));
@@ -36,13 +37,25 @@ fn check_consistent(env: &Env, contents: &HashMap<String, String>) {
     for vol in ["v", "w"] {
         for s in env.snapshots(vol) {
             let img = env.snapshot_dir(vol, &s).join("data.img");
-            assert_eq!(env.ok(&["snapshot", "verify", vol, &s])["ok"], true, "{vol}@{s}");
+            assert_eq!(
+                env.ok(&["snapshot", "verify", vol, &s])["ok"],
+                true,
+                "{vol}@{s}"
+            );
             if let Some(want) = contents.get(&format!("{vol}@{s}")) {
-                assert_eq!(&file_hash(&img), want, "{vol}@{s} does not hold the volume's bytes at its time");
+                assert_eq!(
+                    &file_hash(&img),
+                    want,
+                    "{vol}@{s} does not hold the volume's bytes at its time"
+                );
             }
         }
     }
-    assert!(env.leftovers().is_empty(), "left behind: {:?}", env.leftovers());
+    assert!(
+        env.leftovers().is_empty(),
+        "left behind: {:?}",
+        env.leftovers()
+    );
 }
 
 fn crash_everywhere(env: &Env) {
@@ -80,8 +93,16 @@ fn crash_everywhere(env: &Env) {
         // Group snapshot: both members or neither.
         random_page_writes(&wol, SIZE, 50, &mut r);
         let gname = format!("g{}", i + 1);
-        run_and_kill(env, &["snapshot", "group", &gname, "v", "w"], t_group, &mut r);
-        let (in_v, in_w) = (env.snapshots("v").contains(&gname), env.snapshots("w").contains(&gname));
+        run_and_kill(
+            env,
+            &["snapshot", "group", &gname, "v", "w"],
+            t_group,
+            &mut r,
+        );
+        let (in_v, in_w) = (
+            env.snapshots("v").contains(&gname),
+            env.snapshots("w").contains(&gname),
+        );
         assert_eq!(in_v, in_w, "group {gname} half taken");
         check_consistent(env, &contents);
 

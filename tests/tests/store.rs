@@ -51,8 +51,15 @@ both!(snapshot_is_frozen_while_writes_go_on, |env: &Env| {
     env.ok(&["snapshot", "create", "v", "s2"]);
     write_random(&vol, 0, MIB as usize, &mut r);
     let img = env.snapshot_dir("v", "s1").join("data.img");
-    assert_eq!(file_hash(&img), file_hash(&expected), "snapshot content changed after writes");
-    assert_eq!(manifest_hashes(env, "v", "s1"), block_hashes(&expected, 65536));
+    assert_eq!(
+        file_hash(&img),
+        file_hash(&expected),
+        "snapshot content changed after writes"
+    );
+    assert_eq!(
+        manifest_hashes(env, "v", "s1"),
+        block_hashes(&expected, 65536)
+    );
     assert_eq!(env.ok(&["snapshot", "verify", "v", "s1"])["ok"], true);
     assert_eq!(env.ok(&["snapshot", "verify", "v", "s2"])["ok"], true);
 });
@@ -88,7 +95,10 @@ both!(diff_reports_every_changed_block, |env: &Env| {
             assert_eq!(e % 4096, 0);
             reported.extend(s / 4096..e / 4096);
         }
-        assert_eq!(reported, pages, "reflink diff must report exactly the written pages");
+        assert_eq!(
+            reported, pages,
+            "reflink diff must report exactly the written pages"
+        );
         assert_eq!(snap_b["manifest"]["mode"], "incremental");
         assert!(snap_b["manifest"]["bytes_read"].as_u64().expect("bytes") <= 300 * 16384);
     } else {
@@ -97,14 +107,21 @@ both!(diff_reports_every_changed_block, |env: &Env| {
         for &(s, e) in &ranges {
             for b in (s / 65536)..(e / 65536) {
                 let first = (b * 16) as usize;
-                assert_ne!(before[first..first + 16], after[first..first + 16], "block {b} reported but unchanged");
+                assert_ne!(
+                    before[first..first + 16],
+                    after[first..first + 16],
+                    "block {b} reported but unchanged"
+                );
             }
         }
     }
     // Both manifests equal an independent BLAKE3 of each 64 KiB block.
     let expected = block_hashes(&vol, 65536);
     assert_eq!(manifest_hashes(env, "v", "b"), expected);
-    assert_eq!(d["changed_bytes"].as_u64(), Some(ranges.iter().map(|(s, e)| e - s).sum()));
+    assert_eq!(
+        d["changed_bytes"].as_u64(),
+        Some(ranges.iter().map(|(s, e)| e - s).sum())
+    );
 });
 
 both!(incremental_manifests_stay_exact, |env: &Env| {
@@ -113,9 +130,19 @@ both!(incremental_manifests_stay_exact, |env: &Env| {
     let mut r = rng("incremental");
     let img = env.path("disk.raw");
     let size = 20 * MIB + 12345;
-    std::fs::File::create(&img).expect("create").set_len(size).expect("size");
+    std::fs::File::create(&img)
+        .expect("create")
+        .set_len(size)
+        .expect("size");
     write_random(&img, 3 * MIB, 5 * MIB as usize, &mut r);
-    let adopt = env.ok(&["volume", "adopt", "d", img.to_str().expect("utf8"), "--block-size", "128K"]);
+    let adopt = env.ok(&[
+        "volume",
+        "adopt",
+        "d",
+        img.to_str().expect("utf8"),
+        "--block-size",
+        "128K",
+    ]);
     assert_eq!(adopt["kind"], "adopted");
     for round in 0..4 {
         let name = format!("r{round}");
@@ -127,7 +154,13 @@ both!(incremental_manifests_stay_exact, |env: &Env| {
             3 => std::fs::OpenOptions::new()
                 .write(true)
                 .open(&img)
-                .and_then(|f| std::os::unix::fs::FileExt::write_all_at(&f, &vec![0u8; 2 * MIB as usize], 4 * MIB))
+                .and_then(|f| {
+                    std::os::unix::fs::FileExt::write_all_at(
+                        &f,
+                        &vec![0u8; 2 * MIB as usize],
+                        4 * MIB,
+                    )
+                })
                 .expect("zero"),
             _ => {}
         }
@@ -137,7 +170,10 @@ both!(incremental_manifests_stay_exact, |env: &Env| {
         if round > 0 && env.fs == Fs::Xfs {
             assert_eq!(m["manifest"]["mode"], "incremental", "round {round}");
         }
-        assert_eq!(env.ok(&["snapshot", "verify", "d", &name])["leaf_index_ok"], true);
+        assert_eq!(
+            env.ok(&["snapshot", "verify", "d", &name])["leaf_index_ok"],
+            true
+        );
     }
 });
 
@@ -152,11 +188,22 @@ both!(rollback_and_clone_are_byte_identical, |env: &Env| {
     write_random(&vol, 20 * MIB, 3 * MIB as usize, &mut r);
     let at_now = file_hash(&vol);
     assert_ne!(at_now, at_s1);
-    let ino_before = std::fs::metadata(&vol).map(|m| std::os::unix::fs::MetadataExt::ino(&m)).expect("stat");
+    let ino_before = std::fs::metadata(&vol)
+        .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+        .expect("stat");
     env.ok(&["volume", "rollback", "v", "s1"]);
-    assert_eq!(file_hash(&vol), at_s1, "rollback must restore the snapshot's bytes");
-    let ino_after = std::fs::metadata(&vol).map(|m| std::os::unix::fs::MetadataExt::ino(&m)).expect("stat");
-    assert_eq!(ino_before, ino_after, "rollback keeps the image's inode (open handles see it)");
+    assert_eq!(
+        file_hash(&vol),
+        at_s1,
+        "rollback must restore the snapshot's bytes"
+    );
+    let ino_after = std::fs::metadata(&vol)
+        .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+        .expect("stat");
+    assert_eq!(
+        ino_before, ino_after,
+        "rollback keeps the image's inode (open handles see it)"
+    );
     let c = env.ok(&["volume", "clone", "v", "s1", "c"]);
     assert_eq!(c["origin"]["snapshot"], "s1");
     assert_eq!(file_hash(&env.volume_path("c")), at_s1);
@@ -172,7 +219,10 @@ both!(rollback_and_clone_are_byte_identical, |env: &Env| {
     assert!(env.snapshots("v").is_empty());
     env.ok(&["volume", "delete", "v"]);
     assert!(!vol.exists());
-    assert_eq!(env.ok(&["volume", "list"]).as_array().map(Vec::len), Some(1));
+    assert_eq!(
+        env.ok(&["volume", "list"]).as_array().map(Vec::len),
+        Some(1)
+    );
 });
 
 both!(group_snapshot_with_hooks_is_all_or_nothing, |env: &Env| {
@@ -182,25 +232,53 @@ both!(group_snapshot_with_hooks_is_all_or_nothing, |env: &Env| {
         write_random(&env.volume_path(v), 0, 2 * MIB as usize, &mut r);
     }
     let log = env.path("hooks.log");
-    let pre = format!("echo pre $FERRY_SNAPSHOT $FERRY_VOLUMES >> {}", log.display());
+    let pre = format!(
+        "echo pre $FERRY_SNAPSHOT $FERRY_VOLUMES >> {}",
+        log.display()
+    );
     let post = format!("echo post $FERRY_SNAPSHOT >> {}", log.display());
-    let g = env.ok(&["snapshot", "group", "g1", "c", "a", "b", "--pre", &pre, "--post", &post]);
+    let g = env.ok(&[
+        "snapshot", "group", "g1", "c", "a", "b", "--pre", &pre, "--post", &post,
+    ]);
     let members = g.as_array().expect("array");
     assert_eq!(members.len(), 3);
     let id = &members[0]["group"]["id"];
-    assert!(members.iter().all(|m| &m["group"]["id"] == id && m["name"] == "g1"));
+    assert!(members
+        .iter()
+        .all(|m| &m["group"]["id"] == id && m["name"] == "g1"));
     let text = std::fs::read_to_string(&log).expect("hook log");
     assert_eq!(text, "pre g1 a b c\npost g1\n");
     // A failing pre hook: nothing is taken, the post hook still runs.
-    let (kind, msg) = env.fails(&["snapshot", "group", "g2", "a", "b", "--pre", "echo frozen-fail >&2; exit 3", "--post", &post]);
+    let (kind, msg) = env.fails(&[
+        "snapshot",
+        "group",
+        "g2",
+        "a",
+        "b",
+        "--pre",
+        "echo frozen-fail >&2; exit 3",
+        "--post",
+        &post,
+    ]);
     assert_eq!(kind, "hook_failed");
     assert!(msg.contains("frozen-fail") && msg.contains("exit"), "{msg}");
-    assert!(std::fs::read_to_string(&log).expect("log").ends_with("post g2\n"));
+    assert!(std::fs::read_to_string(&log)
+        .expect("log")
+        .ends_with("post g2\n"));
     // A failing post hook: the snapshot is not committed either.
     let (kind, _) = env.fails(&["snapshot", "group", "g3", "a", "b", "--post", "exit 1"]);
     assert_eq!(kind, "hook_failed");
     // A hook that hangs is killed at the timeout.
-    let (kind, msg) = env.fails(&["snapshot", "create", "a", "g4", "--pre", "sleep 30", "--hook-timeout", "1"]);
+    let (kind, msg) = env.fails(&[
+        "snapshot",
+        "create",
+        "a",
+        "g4",
+        "--pre",
+        "sleep 30",
+        "--hook-timeout",
+        "1",
+    ]);
     assert_eq!(kind, "hook_failed");
     assert!(msg.contains("timed out"), "{msg}");
     // One member already has the name: refused before anything is taken.
@@ -228,25 +306,57 @@ both!(read_engines_agree, |env: &Env| {
     assert_eq!(uring["manifest"]["engine"], "io_uring");
     let cfg = env.path("pread.toml");
     std::fs::write(&cfg, "[io]\nengine = \"pread\"\nread_size = \"256K\"\n").expect("config");
-    let pread = env.ok(&["--config", cfg.to_str().expect("utf8"), "snapshot", "create", "v", "p"]);
+    let pread = env.ok(&[
+        "--config",
+        cfg.to_str().expect("utf8"),
+        "snapshot",
+        "create",
+        "v",
+        "p",
+    ]);
     assert_eq!(pread["manifest"]["engine"], "pread");
     let out = std::process::Command::new(ferry_tests::bin("ferry-no-uring"))
         .arg(ferry_tests::bin("ferry-agent"))
-        .args(["--data-dir", env.data_dir().to_str().expect("utf8"), "--json", "snapshot", "create", "v", "f"])
+        .args([
+            "--data-dir",
+            env.data_dir().to_str().expect("utf8"),
+            "--json",
+            "snapshot",
+            "create",
+            "v",
+            "f",
+        ])
         .env("FERRY_LOG", "warn")
         .output()
         .expect("run");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let fallback: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(fallback["manifest"]["engine"], "pread");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(stderr.matches("io_uring is unavailable").count(), 1, "logged once: {stderr}");
+    assert_eq!(
+        stderr.matches("io_uring is unavailable").count(),
+        1,
+        "logged once: {stderr}"
+    );
     // Forcing io_uring where it is blocked is an error, not a silent fallback.
     let cfg2 = env.path("uring.toml");
     std::fs::write(&cfg2, "[io]\nengine = \"io_uring\"\n").expect("config");
     let out = std::process::Command::new(ferry_tests::bin("ferry-no-uring"))
         .arg(ferry_tests::bin("ferry-agent"))
-        .args(["--data-dir", env.data_dir().to_str().expect("utf8"), "--config", cfg2.to_str().expect("utf8"), "snapshot", "create", "v", "x"])
+        .args([
+            "--data-dir",
+            env.data_dir().to_str().expect("utf8"),
+            "--config",
+            cfg2.to_str().expect("utf8"),
+            "snapshot",
+            "create",
+            "v",
+            "x",
+        ])
         .output()
         .expect("run");
     assert_eq!(out.status.code(), Some(1));

@@ -87,10 +87,16 @@ mod tests {
             v: vec![0; 100],
         };
         let b = encode(&t).expect("encode");
-        assert!(matches!(decode::<T>(&b, 50), Err(CodecError::TooLarge { .. })));
+        assert!(matches!(
+            decode::<T>(&b, 50),
+            Err(CodecError::TooLarge { .. })
+        ));
         let mut extra = b.clone();
         extra.push(0);
-        assert!(matches!(decode::<T>(&extra, 1024), Err(CodecError::Trailing(1))));
+        assert!(matches!(
+            decode::<T>(&extra, 1024),
+            Err(CodecError::Trailing(1))
+        ));
         // A length prefix claiming 2^60 bytes must fail without allocating.
         let mut huge = vec![1u8, 0]; // a = 1, s = ""
         huge.push(255); // varint marker for a u64 length

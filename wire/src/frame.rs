@@ -124,7 +124,11 @@ mod tests {
                 }
             }
             d.finish().expect("finish");
-            assert_eq!(got, vec![b"hello".to_vec(), b"w".to_vec(), vec![7u8; 300]], "{step}");
+            assert_eq!(
+                got,
+                vec![b"hello".to_vec(), b"w".to_vec(), vec![7u8; 300]],
+                "{step}"
+            );
         }
     }
 

@@ -46,7 +46,9 @@ impl BlockHash {
 
     /// Parses 64 hex digits.
     pub fn from_hex(s: &str) -> Option<Self> {
-        blake3::Hash::from_hex(s).ok().map(|h| BlockHash(*h.as_bytes()))
+        blake3::Hash::from_hex(s)
+            .ok()
+            .map(|h| BlockHash(*h.as_bytes()))
     }
 }
 
@@ -196,12 +198,22 @@ impl ZeroTable {
 /// the concatenated block hashes. Two manifests have the same root exactly when they describe the
 /// same bytes cut the same way.
 pub fn manifest_root(block_size: u32, volume_size: u64, hashes: &[u8]) -> BlockHash {
-    entries_root("ferry 2026-11 manifest root v1", block_size, volume_size, hashes)
+    entries_root(
+        "ferry 2026-11 manifest root v1",
+        block_size,
+        volume_size,
+        hashes,
+    )
 }
 
 /// The root of a leaf index, computed like [`manifest_root`] under another context string.
 pub fn leaves_root(block_size: u32, volume_size: u64, cvs: &[u8]) -> BlockHash {
-    entries_root("ferry 2026-11 leaf index root v1", block_size, volume_size, cvs)
+    entries_root(
+        "ferry 2026-11 leaf index root v1",
+        block_size,
+        volume_size,
+        cvs,
+    )
 }
 
 fn entries_root(context: &str, block_size: u32, volume_size: u64, entries: &[u8]) -> BlockHash {
@@ -229,7 +241,11 @@ mod tests {
                 .enumerate()
                 .map(|(i, l)| leaf_cv(l, i, lpb))
                 .collect();
-            assert_eq!(block_hash_from_leaves(&cvs), BlockHash::of(&block), "bs {bs}");
+            assert_eq!(
+                block_hash_from_leaves(&cvs),
+                BlockHash::of(&block),
+                "bs {bs}"
+            );
         }
     }
 

@@ -208,7 +208,9 @@ pub struct HashFile {
 
 impl std::fmt::Debug for HashFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HashFile").field("header", &self.header).finish()
+        f.debug_struct("HashFile")
+            .field("header", &self.header)
+            .finish()
     }
 }
 
@@ -309,7 +311,10 @@ impl HashFileWriter {
         file.read_exact_at(&mut head, 0)?;
         let h = Header::decode(&head)?;
         if h.kind != kind {
-            return Err(FormatError::WrongKind { want: kind, got: h.kind });
+            return Err(FormatError::WrongKind {
+                want: kind,
+                got: h.kind,
+            });
         }
         if h.geometry != geometry || file.metadata()?.len() != h.file_len() {
             return Err(FormatError::LengthMismatch {
@@ -400,7 +405,10 @@ mod tests {
         let hf = HashFile::open(&p, Kind::Manifest).expect("open");
         assert_eq!(hf.len(), 11);
         assert_eq!(hf.hash(3), BlockHash::of(&3u64.to_le_bytes()));
-        assert_eq!(hf.root(), manifest_root(65536, 65536 * 10 + 7, hf.entries()));
+        assert_eq!(
+            hf.root(),
+            manifest_root(65536, 65536 * 10 + 7, hf.entries())
+        );
         assert!(matches!(
             HashFile::open(&p, Kind::Leaves),
             Err(FormatError::WrongKind { .. })
@@ -410,7 +418,10 @@ mod tests {
         let mut bytes = std::fs::read(&p).expect("read");
         bytes[HEADER_SIZE + 40] ^= 1;
         std::fs::write(&p, &bytes).expect("write");
-        assert!(matches!(HashFile::open(&p, Kind::Manifest), Err(FormatError::RootMismatch)));
+        assert!(matches!(
+            HashFile::open(&p, Kind::Manifest),
+            Err(FormatError::RootMismatch)
+        ));
 
         // Truncation.
         bytes[HEADER_SIZE + 40] ^= 1;
@@ -420,13 +431,19 @@ mod tests {
             Err(FormatError::LengthMismatch { .. })
         ));
         std::fs::write(&p, &bytes[..100]).expect("write");
-        assert!(matches!(HashFile::open(&p, Kind::Manifest), Err(FormatError::TooShort(100))));
+        assert!(matches!(
+            HashFile::open(&p, Kind::Manifest),
+            Err(FormatError::TooShort(100))
+        ));
 
         // Header fields.
         let mut bad = bytes.clone();
         bad[0] = b'X';
         std::fs::write(&p, &bad).expect("write");
-        assert!(matches!(HashFile::open(&p, Kind::Manifest), Err(FormatError::BadMagic)));
+        assert!(matches!(
+            HashFile::open(&p, Kind::Manifest),
+            Err(FormatError::BadMagic)
+        ));
         let mut bad = bytes.clone();
         bad[8] = 9;
         std::fs::write(&p, &bad).expect("write");
@@ -444,7 +461,10 @@ mod tests {
         let mut bad = bytes.clone();
         bad[12..16].copy_from_slice(&1000u32.to_le_bytes());
         std::fs::write(&p, &bad).expect("write");
-        assert!(matches!(HashFile::open(&p, Kind::Manifest), Err(FormatError::BadBlockSize(1000))));
+        assert!(matches!(
+            HashFile::open(&p, Kind::Manifest),
+            Err(FormatError::BadBlockSize(1000))
+        ));
     }
 
     #[test]
@@ -463,7 +483,12 @@ mod tests {
         let other = Geometry::new(65536, 65536 * 5).expect("geometry");
         assert!(HashFileWriter::patch(&p, Kind::Leaves, other).is_err());
         // An empty file (zero blocks) is valid.
-        let e = write(dir.path(), "e", Kind::Manifest, Geometry::new(65536, 0).expect("g"));
+        let e = write(
+            dir.path(),
+            "e",
+            Kind::Manifest,
+            Geometry::new(65536, 0).expect("g"),
+        );
         assert!(HashFile::open(&e, Kind::Manifest).expect("open").is_empty());
         let mut f = File::create(dir.path().join("junk")).expect("create");
         f.write_all(&[0u8; 300]).expect("write");

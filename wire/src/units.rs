@@ -22,7 +22,9 @@ pub fn parse_size(input: &str) -> Result<u64, SizeError> {
     if digits_end == 0 {
         return Err(err("it must start with a whole number"));
     }
-    let number: u64 = s[..digits_end].parse().map_err(|_| err("the number is too large"))?;
+    let number: u64 = s[..digits_end]
+        .parse()
+        .map_err(|_| err("the number is too large"))?;
     let suffix = s[digits_end..].trim().to_ascii_lowercase();
     let shift = match suffix.as_str() {
         "" | "b" => 0,
@@ -76,7 +78,16 @@ mod tests {
         for (s, want) in ok {
             assert_eq!(parse_size(s), Ok(*want), "{s}");
         }
-        for bad in ["", "G", "-1", "1.5G", "4X", "99999999999999999999", "16384P", "4 G B"] {
+        for bad in [
+            "",
+            "G",
+            "-1",
+            "1.5G",
+            "4X",
+            "99999999999999999999",
+            "16384P",
+            "4 G B",
+        ] {
             assert!(parse_size(bad).is_err(), "{bad} should fail");
         }
         assert_eq!(format_size(4 << 30), "4.00 GiB");
