@@ -37,9 +37,9 @@ pub enum EngineChoice {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum DirectChoice {
-    /// Buffered for sequential full reads (readahead helps them), O_DIRECT for the scattered
-    /// leaf reads of incremental manifests (measured faster here, and they would only pollute
-    /// the page cache). See README, "Benchmarks".
+    /// O_DIRECT for data that is not in the page cache anyway (a just-cloned snapshot is a new
+    /// inode with no cached pages; verification must read the media), buffered for data that
+    /// probably is (a snapshot the copy backend has just written). Measured: see README.
     #[default]
     Auto,
     /// Always buffered.
@@ -48,20 +48,20 @@ pub enum DirectChoice {
     On,
 }
 
-/// The shape of a batch of reads.
+/// What the reader can expect of the page cache for a file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Access {
-    /// Long runs in file order (full manifests, verification).
-    Sequential,
-    /// Short reads spread over the file (incremental manifests).
-    Scattered,
+pub enum Cache {
+    /// Not cached: a fresh clone, or a read that must reach the media (verification).
+    Cold,
+    /// Probably cached: just written through the page cache.
+    Warm,
 }
 
 impl DirectChoice {
-    /// Whether to ask for O_DIRECT for reads of this shape.
-    pub fn wanted(self, access: Access) -> bool {
+    /// Whether to ask for O_DIRECT.
+    pub fn wanted(self, cache: Cache) -> bool {
         match self {
-            DirectChoice::Auto => access == Access::Scattered,
+            DirectChoice::Auto => cache == Cache::Cold,
             DirectChoice::Off => false,
             DirectChoice::On => true,
         }

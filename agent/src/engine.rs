@@ -22,7 +22,7 @@ use std::sync::Once;
 use crossbeam_channel as chan;
 use io_uring::{opcode, types, IoUring};
 
-use crate::config::{Access, EngineChoice, IoConfig};
+use crate::config::{Cache, EngineChoice, IoConfig};
 use crate::error::{io_err, Result, StoreError};
 use crate::fsx;
 
@@ -109,7 +109,7 @@ pub fn io_uring_available() -> bool {
 pub fn run<R, J, W, S>(
     path: &Path,
     io: &IoConfig,
-    access: Access,
+    cache: Cache,
     max_job: usize,
     jobs: J,
     work: W,
@@ -121,7 +121,7 @@ where
     W: Fn(&ReadJob, &[u8]) -> R + Sync,
     S: FnMut(ReadJob, R) -> Result<()>,
 {
-    let want_direct = io.direct.wanted(access);
+    let want_direct = io.direct.wanted(cache);
     let (file, direct) =
         fsx::open_for_read(path, want_direct).map_err(|e| io_err(e, "open", path.into()))?;
     let threads = io.threads();

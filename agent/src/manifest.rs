@@ -25,7 +25,7 @@ use ferry_wire::hashfile::{FormatError, HashFile, HashFileWriter, Kind};
 use ferry_wire::LEAF_SIZE;
 use serde::Serialize;
 
-use crate::config::{Access, IoConfig};
+use crate::config::{Cache, IoConfig};
 use crate::diff::align_ranges;
 use crate::engine::{self, ReadJob, ReadStats};
 use crate::error::{io_err, IoContext, Result, StoreError};
@@ -186,20 +186,29 @@ fn format_err(e: FormatError, what: &'static str, path: &Path) -> StoreError {
     }
 }
 
-/// Builds the manifest and leaf index of the snapshot image `snap`, writing them to
+/// The snapshot image a manifest is built from.
+#[derive(Debug, Clone, Copy)]
+pub struct Source<'a> {
+    pub image: &'a Path,
+    /// Whether its pages may be in the page cache (picks O_DIRECT under `direct = "auto"`).
+    pub cache: Cache,
+    pub size: u64,
+    pub block_size: u32,
+}
+
+/// Builds the manifest and leaf index of the snapshot image `src`, writing them to
 /// `out_manifest` and `out_leaves` (temporary paths the caller renames into place).
 pub fn build(
-    snap: &Path,
-    size: u64,
-    block_size: u32,
+    src: Source<'_>,
     base: Option<Base<'_>>,
     out_manifest: &Path,
     out_leaves: &Path,
     io: &IoConfig,
 ) -> Result<BuildReport> {
     let started = Instant::now();
-    let g =
-        Geometry::new(block_size as u64, size).map_err(|e| StoreError::Invalid(e.to_string()))?;
+    let snap = src.image;
+    let g = Geometry::new(src.block_size as u64, src.size)
+        .map_err(|e| StoreError::Invalid(e.to_string()))?;
     if let Some(b) = base {
         match open_base(&b, &g) {
             Ok(()) => return build_incremental(snap, g, b, out_manifest, out_leaves, io, started),
@@ -208,7 +217,7 @@ pub fn build(
             }
         }
     }
-    build_full(snap, g, out_manifest, out_leaves, io, started)
+    build_full(snap, src.cache, g, out_manifest, out_leaves, io, started)
 }
 
 /// Checks that the base files are intact and match the geometry.
@@ -224,6 +233,7 @@ fn open_base(b: &Base<'_>, g: &Geometry) -> std::result::Result<(), String> {
 
 fn build_full(
     snap: &Path,
+    cache: Cache,
     g: Geometry,
     out_manifest: &Path,
     out_leaves: &Path,
@@ -261,7 +271,7 @@ fn build_full(
     let stats = engine::run(
         snap,
         io,
-        Access::Sequential,
+        cache,
         g.block_size as usize,
         jobs,
         |job, data| hasher.hash(job, data),
@@ -350,7 +360,7 @@ fn build_incremental(
     let stats = engine::run(
         snap,
         io,
-        Access::Scattered,
+        Cache::Cold,
         g.block_size as usize,
         jobs,
         |job, data| hasher.hash(job, data),
@@ -486,7 +496,7 @@ pub fn verify(
     let stats = engine::run(
         snap,
         io,
-        Access::Sequential,
+        Cache::Cold,
         g.block_size as usize,
         jobs,
         |job, data| hasher.hash(job, data),

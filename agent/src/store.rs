@@ -39,7 +39,7 @@ use ferry_wire::hashfile::{HashFile, Kind};
 use ferry_wire::Name;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{AgentConfig, BackendChoice};
+use crate::config::{AgentConfig, BackendChoice, Cache};
 use crate::diff;
 use crate::error::{check_name, io_err, IoContext, Result, StoreError};
 use crate::fsx::{self, FileLock};
@@ -1027,10 +1027,19 @@ impl Store {
         let base_files = changed
             .as_ref()
             .map(|(bdir, c)| (bdir.join(MANIFEST), bdir.join(LEAVES), c));
-        let report: BuildReport = manifest::build(
-            &new_files.image,
+        // A clone is a new inode with nothing in the page cache; a copy was just written.
+        let cache = match method {
+            Method::Clone => Cache::Cold,
+            Method::Copy => Cache::Warm,
+        };
+        let src = manifest::Source {
+            image: &new_files.image,
+            cache,
             size,
-            g.meta.block_size,
+            block_size: g.meta.block_size,
+        };
+        let report: BuildReport = manifest::build(
+            src,
             base_files.as_ref().map(|(m, l, c)| Base {
                 manifest: m,
                 leaves: l,

@@ -19,7 +19,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use ferry_agent::config::{DirectChoice, EngineChoice, IoConfig};
+use ferry_agent::config::{Cache, DirectChoice, EngineChoice, IoConfig};
 use ferry_agent::manifest;
 use ferry_wire::units::{format_size, parse_size};
 use rand::{Rng, SeedableRng};
@@ -46,7 +46,7 @@ enum Cmd {
         #[arg(long)]
         out: PathBuf,
         /// Repetitions per measurement (the median is reported).
-        #[arg(long, default_value_t = 3)]
+        #[arg(long, default_value_t = 5)]
         runs: usize,
         /// Seed of the generated image.
         #[arg(long, default_value_t = 1)]
@@ -157,6 +157,35 @@ fn generate(path: &Path, size: u64, seed: u64) -> Result<()> {
     Ok(())
 }
 
+/// One thing to time: returns the bytes it read.
+struct Variant<'a> {
+    name: String,
+    note: String,
+    run: Box<dyn FnMut() -> Result<u64> + 'a>,
+}
+
+fn variant<'a>(name: &str, note: &str, run: impl FnMut() -> Result<u64> + 'a) -> Variant<'a> {
+    Variant {
+        name: name.into(),
+        note: note.into(),
+        run: Box::new(run),
+    }
+}
+
+/// An external command as a variant (its CPU time is counted through RUSAGE_CHILDREN).
+fn command<'a>(name: &str, note: &str, cmd: Vec<String>, bytes: u64) -> Variant<'a> {
+    variant(name, note, move || {
+        let out = Command::new(&cmd[0])
+            .args(&cmd[1..])
+            .output()
+            .with_context(|| format!("run {}", cmd[0]))?;
+        if !out.status.success() {
+            bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(bytes)
+    })
+}
+
 struct Bench {
     runs: usize,
     size: u64,
@@ -164,47 +193,37 @@ struct Bench {
 }
 
 impl Bench {
-    /// Times `f` (in-process) `runs` times; records the medians.
-    fn inproc(
-        &mut self,
-        name: &str,
-        note: &str,
-        mut f: impl FnMut() -> Result<u64>,
-        cold: bool,
-    ) -> Result<Row> {
-        let (mut walls, mut cpus) = (Vec::new(), Vec::new());
-        let mut bytes = 0;
+    /// Runs every variant once per round, `runs` rounds, so that noise from other tenants
+    /// falls on all variants alike; records the medians in the given order. `cold` drops the
+    /// page cache before each run.
+    fn interleaved(&mut self, mut variants: Vec<Variant<'_>>, cold: bool) -> Result<Vec<Row>> {
+        let n = variants.len();
+        let (mut walls, mut cpus, mut bytes) =
+            (vec![Vec::new(); n], vec![Vec::new(); n], vec![0u64; n]);
         for _ in 0..self.runs {
-            if cold {
-                drop_caches()?;
+            for (i, v) in variants.iter_mut().enumerate() {
+                if cold {
+                    drop_caches()?;
+                }
+                let (c0, t0) = (cpu_self() + cpu_children(), Instant::now());
+                bytes[i] = (v.run)().with_context(|| v.name.clone())?;
+                walls[i].push(t0.elapsed().as_secs_f64());
+                cpus[i].push(cpu_self() + cpu_children() - c0);
             }
-            let (c0, t0) = (cpu_self(), Instant::now());
-            bytes = f()?;
-            walls.push(t0.elapsed().as_secs_f64());
-            cpus.push(cpu_self() - c0);
         }
-        Ok(self.push(name, note, median(walls), median(cpus), bytes))
-    }
-
-    /// Times an external command `runs` times.
-    fn external(&mut self, name: &str, note: &str, cmd: &[&str], cold: bool) -> Result<Row> {
-        let (mut walls, mut cpus) = (Vec::new(), Vec::new());
-        for _ in 0..self.runs {
-            if cold {
-                drop_caches()?;
-            }
-            let (c0, t0) = (cpu_children(), Instant::now());
-            let out = Command::new(cmd[0])
-                .args(&cmd[1..])
-                .output()
-                .with_context(|| format!("run {}", cmd[0]))?;
-            if !out.status.success() {
-                bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-            }
-            walls.push(t0.elapsed().as_secs_f64());
-            cpus.push(cpu_children() - c0);
-        }
-        Ok(self.push(name, note, median(walls), median(cpus), self.size))
+        Ok(variants
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                self.push(
+                    &v.name,
+                    &v.note,
+                    median(walls[i].clone()),
+                    median(cpus[i].clone()),
+                    bytes[i],
+                )
+            })
+            .collect())
     }
 
     fn push(&mut self, name: &str, note: &str, wall: f64, cpu: f64, bytes: u64) -> Row {
@@ -259,11 +278,22 @@ fn manifest_bench(dir: &Path, size: u64, out: &Path, runs: usize, seed: u64) -> 
         size,
         rows: Vec::new(),
     };
-    let build = |io: IoConfig, bs: u32| {
+    let build = |io: IoConfig, bs: u32, cache: Cache| {
         let (m, l) = (scratch_m.clone(), scratch_l.clone());
         let snap = snap.clone();
         move || -> Result<u64> {
-            let r = manifest::build(&snap, size, bs, None, &m, &l, &io)?;
+            let r = manifest::build(
+                manifest::Source {
+                    image: &snap,
+                    cache,
+                    size,
+                    block_size: bs,
+                },
+                None,
+                &m,
+                &l,
+                &io,
+            )?;
             Ok(r.bytes_read)
         }
     };
@@ -279,71 +309,86 @@ fn manifest_bench(dir: &Path, size: u64, out: &Path, runs: usize, seed: u64) -> 
 
     // Warm page cache: every reader sees the same cached file.
     std::fs::read(&snap).map(drop).ok();
-    let b3 = b.external(
-        "b3sum (warm)",
-        "b3sum --num-threads N, mmap",
-        &["b3sum", "--num-threads", &threads, &snap_s],
-        false,
-    )?;
-    let fu = b.inproc(
-        "ferry full manifest, io_uring (warm)",
-        "default config",
-        build(IoConfig::default(), bs),
-        false,
-    )?;
-    let fp = b.inproc(
-        "ferry full manifest, pread (warm)",
-        "engine = pread",
-        build(io(EngineChoice::Pread, DirectChoice::Off), bs),
-        false,
-    )?;
-    let mut sweep = Vec::new();
-    for bsz in [16u32 << 10, 256 << 10, 1 << 20] {
-        let r = b.inproc(
-            &format!(
-                "ferry full manifest, {} blocks (warm)",
-                format_size(bsz as u64)
-            ),
+    let b3cmd = vec![
+        "b3sum".to_string(),
+        "--num-threads".into(),
+        threads.clone(),
+        snap_s.clone(),
+    ];
+    let uring_off = io(EngineChoice::IoUring, DirectChoice::Off);
+    let mut warm = vec![
+        command(
+            "b3sum (warm)",
+            "b3sum --num-threads N, mmap",
+            b3cmd.clone(),
+            size,
+        ),
+        variant(
+            "ferry full manifest, io_uring (warm)",
+            "default config (buffered: warm)",
+            build(IoConfig::default(), bs, Cache::Warm),
+        ),
+        variant(
+            "ferry full manifest, pread (warm)",
+            "engine = pread",
+            build(io(EngineChoice::Pread, DirectChoice::Off), bs, Cache::Warm),
+        ),
+    ];
+    let sizes = [16u32 << 10, 256 << 10, 1 << 20];
+    for bsz in sizes {
+        let name = format!(
+            "ferry full manifest, {} blocks (warm)",
+            format_size(bsz as u64)
+        );
+        warm.push(variant(
+            &name,
             "block size sweep",
-            build(io(EngineChoice::IoUring, DirectChoice::Off), bsz),
-            false,
-        )?;
-        sweep.push((bsz, r.wall_s));
+            build(uring_off.clone(), bsz, Cache::Warm),
+        ));
     }
+    let w = b.interleaved(warm, false)?;
+    let (b3, fu, fp) = (w[0].clone(), w[1].clone(), w[2].clone());
+    let mut sweep: Vec<(u32, f64)> = sizes
+        .iter()
+        .zip(&w[3..])
+        .map(|(s, r)| (*s, r.wall_s))
+        .collect();
     sweep.push((bs, fu.wall_s));
     let mut cold = None;
     if is_root() {
-        let b3c = b.external(
-            "b3sum (cold)",
-            "page cache dropped",
-            &["b3sum", "--num-threads", &threads, &snap_s],
+        let c = b.interleaved(
+            vec![
+                command("b3sum (cold)", "page cache dropped", b3cmd, size),
+                variant(
+                    "ferry full manifest, io_uring (cold)",
+                    "page cache dropped, buffered",
+                    build(uring_off.clone(), bs, Cache::Cold),
+                ),
+                variant(
+                    "ferry full manifest, pread (cold)",
+                    "page cache dropped, buffered",
+                    build(io(EngineChoice::Pread, DirectChoice::Off), bs, Cache::Cold),
+                ),
+                variant(
+                    "ferry full manifest, io_uring O_DIRECT (cold)",
+                    "default config for a cold file",
+                    build(IoConfig::default(), bs, Cache::Cold),
+                ),
+                variant(
+                    "ferry full manifest, pread O_DIRECT (cold)",
+                    "direct = on",
+                    build(io(EngineChoice::Pread, DirectChoice::On), bs, Cache::Cold),
+                ),
+            ],
             true,
         )?;
-        let fuc = b.inproc(
-            "ferry full manifest, io_uring (cold)",
-            "page cache dropped",
-            build(io(EngineChoice::IoUring, DirectChoice::Off), bs),
-            true,
-        )?;
-        let fpc = b.inproc(
-            "ferry full manifest, pread (cold)",
-            "page cache dropped",
-            build(io(EngineChoice::Pread, DirectChoice::Off), bs),
-            true,
-        )?;
-        let fdc = b.inproc(
-            "ferry full manifest, io_uring O_DIRECT (cold)",
-            "direct = on",
-            build(io(EngineChoice::IoUring, DirectChoice::On), bs),
-            true,
-        )?;
-        let fdp = b.inproc(
-            "ferry full manifest, pread O_DIRECT (cold)",
-            "direct = on",
-            build(io(EngineChoice::Pread, DirectChoice::On), bs),
-            true,
-        )?;
-        cold = Some((b3c, fuc, fpc, fdc, fdp));
+        cold = Some((
+            c[0].clone(),
+            c[1].clone(),
+            c[2].clone(),
+            c[3].clone(),
+            c[4].clone(),
+        ));
     } else {
         eprintln!("not root: cold-cache rows skipped");
     }
@@ -435,7 +480,8 @@ fn manifest_bench(dir: &Path, size: u64, out: &Path, runs: usize, seed: u64) -> 
     if let Some((b3c, fuc, fpc, fdc, fdp)) = &cold {
         writeln!(
             w,
-            "- full manifest vs b3sum, cold: **{:.2}x**",
+            "- full manifest vs b3sum, cold: **{:.2}x** with the default (io_uring, O_DIRECT for a cold file); {:.2}x buffered",
+            ratio(b3c.wall_s, fdc.wall_s),
             ratio(b3c.wall_s, fuc.wall_s)
         )?;
         writeln!(
@@ -470,7 +516,8 @@ fn manifest_bench(dir: &Path, size: u64, out: &Path, runs: usize, seed: u64) -> 
         "ratios": {
             "full_vs_b3sum_warm": ratio(b3.wall_s, fu.wall_s),
             "io_uring_vs_pread_warm": ratio(fp.wall_s, fu.wall_s),
-            "full_vs_b3sum_cold": cold.as_ref().map(|c| ratio(c.0.wall_s, c.1.wall_s)),
+            "full_vs_b3sum_cold": cold.as_ref().map(|c| ratio(c.0.wall_s, c.3.wall_s)),
+            "full_vs_b3sum_cold_buffered": cold.as_ref().map(|c| ratio(c.0.wall_s, c.1.wall_s)),
             "io_uring_vs_pread_cold": cold.as_ref().map(|c| ratio(c.2.wall_s, c.1.wall_s)),
             "io_uring_vs_pread_direct_cold": cold.as_ref().map(|c| ratio(c.4.wall_s, c.3.wall_s)),
             "incremental_over_full": inc.wall_s / fresh.wall_s,
