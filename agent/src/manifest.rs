@@ -106,6 +106,27 @@ impl Hasher {
         }
     }
 
+    /// Reads `jobs` from `snap` and hashes them on the hashing threads; `sink` gets the results.
+    fn read(
+        &self,
+        snap: &Path,
+        io: &IoConfig,
+        cache: Cache,
+        jobs: impl IntoIterator<Item = ReadJob>,
+        sink: impl FnMut(ReadJob, Hashed) -> Result<()>,
+    ) -> Result<ReadStats> {
+        let max_job = self.geometry.block_size as usize;
+        engine::run(
+            snap,
+            io,
+            cache,
+            max_job,
+            jobs,
+            |job, data| self.hash(job, data),
+            sink,
+        )
+    }
+
     fn hash(&self, job: &ReadJob, data: &[u8]) -> Hashed {
         match job.tag {
             TAG_TAIL => Hashed::Tail(BlockHash::of(data)),
@@ -141,6 +162,15 @@ impl Hasher {
             }
         }
     }
+}
+
+/// The read of the partial tail block, if there is one and `wanted`.
+fn tail_job(g: &Geometry, wanted: bool) -> Option<ReadJob> {
+    (wanted && g.tail_len() > 0).then(|| ReadJob {
+        offset: g.tail_start(),
+        len: g.tail_len() as usize,
+        tag: TAG_TAIL,
+    })
 }
 
 /// Cuts sorted, aligned ranges into reads of at most `chunk` bytes (a multiple of the alignment).
@@ -262,39 +292,27 @@ fn build_full(
         manifest.set(g.full_blocks(), &BlockHash::of(&zeros).0);
     }
     let lpb = g.leaves_per_block() as u64;
-    let tail_job = (tail_has_data).then(|| ReadJob {
-        offset: g.tail_start(),
-        len: g.tail_len() as usize,
-        tag: TAG_TAIL,
-    });
+    let tail_job = tail_job(&g, tail_has_data);
     let jobs = cut(&ranges, block_chunk(io, &g), TAG_BLOCKS).chain(tail_job);
-    let stats = engine::run(
-        snap,
-        io,
-        cache,
-        g.block_size as usize,
-        jobs,
-        |job, data| hasher.hash(job, data),
-        |job, hashed| {
-            match hashed {
-                Hashed::Blocks {
-                    leaves: cvs,
-                    blocks,
-                } => {
-                    let first_block = job.offset / g.block_size as u64;
-                    for (i, cv) in cvs.iter().enumerate() {
-                        leaves.set(first_block * lpb + i as u64, cv);
-                    }
-                    for (i, h) in blocks.iter().enumerate() {
-                        manifest.set(first_block + i as u64, &h.0);
-                    }
+    let stats = hasher.read(snap, io, cache, jobs, |job, hashed| {
+        match hashed {
+            Hashed::Blocks {
+                leaves: cvs,
+                blocks,
+            } => {
+                let first_block = job.offset / g.block_size as u64;
+                for (i, cv) in cvs.iter().enumerate() {
+                    leaves.set(first_block * lpb + i as u64, cv);
                 }
-                Hashed::Tail(h) => manifest.set(g.full_blocks(), &h.0),
-                Hashed::Leaves(_) => unreachable!("full builds read whole blocks"),
+                for (i, h) in blocks.iter().enumerate() {
+                    manifest.set(first_block + i as u64, &h.0);
+                }
             }
-            Ok(())
-        },
-    )?;
+            Hashed::Tail(h) => manifest.set(g.full_blocks(), &h.0),
+            Hashed::Leaves(_) => unreachable!("full builds read whole blocks"),
+        }
+        Ok(())
+    })?;
     leaves
         .finish()
         .map_err(|e| format_err(e, "leaf index", out_leaves))?;
@@ -347,41 +365,29 @@ fn build_incremental(
         .collect();
     let leaf_ranges = align_ranges(&in_blocks, LEAF_SIZE as u64, tail_start);
     let tail_changed = g.tail_len() > 0 && base.changed.iter().any(|&(_, e)| e > tail_start);
-    let tail_job = tail_changed.then(|| ReadJob {
-        offset: tail_start,
-        len: g.tail_len() as usize,
-        tag: TAG_TAIL,
-    });
+    let tail_job = tail_job(&g, tail_changed);
     let hasher = Hasher::new(g);
     let lpb = g.leaves_per_block() as u64;
     let mut touched: Vec<u64> = Vec::new();
     let chunk = (io.read_size / LEAF_SIZE as u64).max(1) * LEAF_SIZE as u64;
     let jobs = cut(&leaf_ranges, chunk, TAG_LEAVES).chain(tail_job);
-    let stats = engine::run(
-        snap,
-        io,
-        Cache::Cold,
-        g.block_size as usize,
-        jobs,
-        |job, data| hasher.hash(job, data),
-        |job, hashed| {
-            match hashed {
-                Hashed::Leaves(cvs) => {
-                    let first = job.offset / LEAF_SIZE as u64;
-                    for (i, cv) in cvs.iter().enumerate() {
-                        let idx = first + i as u64;
-                        leaves.set(idx, cv);
-                        if touched.last() != Some(&(idx / lpb)) {
-                            touched.push(idx / lpb);
-                        }
+    let stats = hasher.read(snap, io, Cache::Cold, jobs, |job, hashed| {
+        match hashed {
+            Hashed::Leaves(cvs) => {
+                let first = job.offset / LEAF_SIZE as u64;
+                for (i, cv) in cvs.iter().enumerate() {
+                    let idx = first + i as u64;
+                    leaves.set(idx, cv);
+                    if touched.last() != Some(&(idx / lpb)) {
+                        touched.push(idx / lpb);
                     }
                 }
-                Hashed::Tail(h) => manifest.set(g.full_blocks(), &h.0),
-                Hashed::Blocks { .. } => unreachable!("incremental builds read leaves"),
             }
-            Ok(())
-        },
-    )?;
+            Hashed::Tail(h) => manifest.set(g.full_blocks(), &h.0),
+            Hashed::Blocks { .. } => unreachable!("incremental builds read leaves"),
+        }
+        Ok(())
+    })?;
     let t_read = Instant::now();
     touched.sort_unstable();
     touched.dedup();
@@ -487,38 +493,26 @@ pub fn verify(
             &mut bad,
         );
     }
-    let tail_job = tail_has_data.then(|| ReadJob {
-        offset: g.tail_start(),
-        len: g.tail_len() as usize,
-        tag: TAG_TAIL,
-    });
+    let tail_job = tail_job(&g, tail_has_data);
     let jobs = cut(&ranges, block_chunk(io, &g), TAG_BLOCKS).chain(tail_job);
-    let stats = engine::run(
-        snap,
-        io,
-        Cache::Cold,
-        g.block_size as usize,
-        jobs,
-        |job, data| hasher.hash(job, data),
-        |job, hashed| {
-            match hashed {
-                Hashed::Blocks { leaves, blocks } => {
-                    let first = job.offset / bs;
-                    for (i, h) in blocks.iter().enumerate() {
-                        check(first + i as u64, h, &mut bad);
-                    }
-                    if let Some(l) = &leaf_file {
-                        for (i, cv) in leaves.iter().enumerate() {
-                            leaf_index_ok &= l.entry(first * lpb + i as u64) == *cv;
-                        }
+    let stats = hasher.read(snap, io, Cache::Cold, jobs, |job, hashed| {
+        match hashed {
+            Hashed::Blocks { leaves, blocks } => {
+                let first = job.offset / bs;
+                for (i, h) in blocks.iter().enumerate() {
+                    check(first + i as u64, h, &mut bad);
+                }
+                if let Some(l) = &leaf_file {
+                    for (i, cv) in leaves.iter().enumerate() {
+                        leaf_index_ok &= l.entry(first * lpb + i as u64) == *cv;
                     }
                 }
-                Hashed::Tail(h) => check(g.full_blocks(), &h, &mut bad),
-                Hashed::Leaves(_) => unreachable!("verify reads whole blocks"),
             }
-            Ok(())
-        },
-    )?;
+            Hashed::Tail(h) => check(g.full_blocks(), &h, &mut bad),
+            Hashed::Leaves(_) => unreachable!("verify reads whole blocks"),
+        }
+        Ok(())
+    })?;
     bad.sort_unstable();
     bad.truncate(MAX_LISTED);
     Ok(VerifyReport {

@@ -115,14 +115,17 @@ impl Env {
         c
     }
 
-    /// Runs `ferry-agent ARGS --json`, expecting success; returns the parsed output.
-    pub fn ok(&self, args: &[&str]) -> Value {
-        let out = self
-            .agent()
+    fn json(&self, args: &[&str]) -> Output {
+        self.agent()
             .args(args)
             .arg("--json")
             .output()
-            .expect("run ferry-agent");
+            .expect("run ferry-agent")
+    }
+
+    /// Runs `ferry-agent ARGS --json`, expecting success; returns the parsed output.
+    pub fn ok(&self, args: &[&str]) -> Value {
+        let out = self.json(args);
         assert!(
             out.status.success(),
             "ferry-agent {args:?} failed: {}{}",
@@ -139,12 +142,7 @@ impl Env {
 
     /// Runs `ferry-agent ARGS --json`, expecting failure; returns (kind, message).
     pub fn fails(&self, args: &[&str]) -> (String, String) {
-        let out = self
-            .agent()
-            .args(args)
-            .arg("--json")
-            .output()
-            .expect("run ferry-agent");
+        let out = self.json(args);
         assert_eq!(
             out.status.code(),
             Some(1),
