@@ -434,14 +434,19 @@ fn snapshot(store: &Store, json: bool, c: SnapshotCmd) -> anyhow::Result<()> {
             let m = store.manifest(&volume, &snapshot)?;
             let mut out = std::io::stdout().lock();
             if json {
-                let hashes: Vec<String> = (0..m.len()).map(|i| m.hash(i).to_hex()).collect();
-                let v = serde_json::json!({
+                // Streamed: a manifest can hold hundreds of millions of hashes.
+                let head = serde_json::json!({
                     "volume": volume, "snapshot": snapshot,
                     "block_size": m.geometry().block_size, "size": m.geometry().volume_size,
-                    "root": m.root().to_hex(), "hashes": hashes,
-                });
-                serde_json::to_writer(&mut out, &v)?;
-                writeln!(out)?;
+                    "root": m.root().to_hex(),
+                })
+                .to_string();
+                write!(out, "{},\"hashes\":[", head.trim_end_matches('}'))?;
+                for i in 0..m.len() {
+                    let sep = if i == 0 { "" } else { "," };
+                    write!(out, "{sep}\"{}\"", m.hash(i))?;
+                }
+                writeln!(out, "]}}")?;
             } else {
                 for i in 0..m.len() {
                     writeln!(out, "{}", m.hash(i))?;
@@ -462,8 +467,7 @@ fn snapshot(store: &Store, json: bool, c: SnapshotCmd) -> anyhow::Result<()> {
                     writeln!(
                         o,
                         "MISMATCH: {} block(s) differ from the manifest: {:?}",
-                        r.bad_blocks.len(),
-                        r.bad_blocks
+                        r.bad_count, r.bad_blocks
                     )?;
                 }
                 if !r.leaf_index_ok {
@@ -477,7 +481,7 @@ fn snapshot(store: &Store, json: bool, c: SnapshotCmd) -> anyhow::Result<()> {
                 Err(StoreError::Corrupt {
                     what: "snapshot",
                     path: store.snapshot_paths(&volume, &snapshot)?.0,
-                    detail: format!("{} block(s) do not match the manifest", r.bad_blocks.len()),
+                    detail: format!("{} block(s) do not match the manifest", r.bad_count),
                 })
                 .context("verify")
             }

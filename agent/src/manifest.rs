@@ -421,7 +421,9 @@ fn build_incremental(
 pub struct VerifyReport {
     pub ok: bool,
     pub blocks: u64,
-    /// Blocks whose data no longer match the manifest.
+    /// How many blocks no longer match the manifest.
+    pub bad_count: u64,
+    /// Some of them (at most 1000), sorted.
     pub bad_blocks: Vec<u64>,
     /// Whether the leaf index matches the data (it only speeds up later snapshots).
     pub leaf_index_ok: bool,
@@ -463,10 +465,14 @@ pub fn verify(
     drop(file);
     let hasher = Hasher::new(g);
     let lpb = g.leaves_per_block() as u64;
-    let mut bad = Vec::new();
-    let check = |block: u64, h: &BlockHash, bad: &mut Vec<u64>| {
+    // Mismatches: a count, and a bounded sample of block numbers.
+    let mut bad = (0u64, Vec::new());
+    let check = |block: u64, h: &BlockHash, bad: &mut (u64, Vec<u64>)| {
         if manifest.hash(block) != *h {
-            bad.push(block);
+            bad.0 += 1;
+            if bad.1.len() < MAX_LISTED {
+                bad.1.push(block);
+            }
         }
     };
     // Blocks in holes must be zero in the manifest and the leaf index.
@@ -513,12 +519,13 @@ pub fn verify(
         }
         Ok(())
     })?;
-    bad.sort_unstable();
-    bad.truncate(MAX_LISTED);
+    let (bad_count, mut bad_blocks) = bad;
+    bad_blocks.sort_unstable();
     Ok(VerifyReport {
-        ok: bad.is_empty(),
+        ok: bad_count == 0,
         blocks: g.block_count(),
-        bad_blocks: bad,
+        bad_count,
+        bad_blocks,
         leaf_index_ok,
         bytes_read: stats.bytes,
         root: manifest.root(),

@@ -3,8 +3,9 @@
 //! (BLAKE3 of each block read straight from the files).
 //!
 //! Filesystems: `Fs::Local` is a temporary directory on the machine's ordinary filesystem
-//! (ext4 here: the copy backend); `Fs::Xfs` is a directory on the XFS reflink mount that
-//! `scripts/test` sets up and names in `FERRY_TEST_XFS`. Tests that need XFS or root say so:
+//! (ext4 here: the copy backend); `Fs::Xfs` and `Fs::Btrfs` are directories on the XFS
+//! (reflink=1) and btrfs loop mounts that `scripts/test` sets up and names in
+//! `FERRY_TEST_XFS` and `FERRY_TEST_BTRFS` (the reflink backend). Tests that need XFS or root say so:
 //! without them they are skipped with a message, except under `CI=true`, where they fail.
 
 use std::fs::{File, OpenOptions};
@@ -66,6 +67,15 @@ pub enum Fs {
     Local,
     /// The XFS reflink mount from `FERRY_TEST_XFS` (reflink backend).
     Xfs,
+    /// The btrfs mount from `FERRY_TEST_BTRFS` (reflink backend).
+    Btrfs,
+}
+
+impl Fs {
+    /// Whether this filesystem uses the reflink backend.
+    pub fn reflink(self) -> bool {
+        matches!(self, Fs::Xfs | Fs::Btrfs)
+    }
 }
 
 /// A scratch directory for one test: its agent data dir and room for other files.
@@ -79,14 +89,16 @@ impl Env {
     pub fn new(fs: Fs) -> Option<Env> {
         let parent = match fs {
             Fs::Local => std::env::temp_dir(),
-            Fs::Xfs => {
-                let v = std::env::var("FERRY_TEST_XFS")
-                    .ok()
-                    .filter(|v| !v.is_empty());
-                if !require(
-                    v.is_some(),
-                    "an XFS reflink mount in FERRY_TEST_XFS (scripts/test sets it up as root)",
-                ) {
+            Fs::Xfs | Fs::Btrfs => {
+                let var = if fs == Fs::Xfs {
+                    "FERRY_TEST_XFS"
+                } else {
+                    "FERRY_TEST_BTRFS"
+                };
+                let v = std::env::var(var).ok().filter(|v| !v.is_empty());
+                let what =
+                    format!("a {fs:?} reflink mount in {var} (scripts/test sets it up as root)");
+                if !require(v.is_some(), &what) {
                     return None;
                 }
                 PathBuf::from(v.expect("checked"))

@@ -113,7 +113,7 @@ fn crash_everywhere(env: &Env) {
         // Rollback: untouched or fully rolled back, never a mix.
         random_page_writes(&vol, SIZE, 200, &mut r);
         let before = file_hash(&vol);
-        let t_roll = Duration::from_millis(if env.fs == Fs::Xfs { 30 } else { 400 });
+        let t_roll = Duration::from_millis(if env.fs.reflink() { 30 } else { 400 });
         run_and_kill(env, &["volume", "rollback", "v", "base"], t_roll, &mut r);
         env.ok(&["volume", "list"]);
         let after = file_hash(&vol);
@@ -138,8 +138,15 @@ fn crash_copy() {
 }
 
 #[test]
-fn crash_reflink() {
+fn crash_reflink_xfs() {
     if let Some(env) = Env::new(Fs::Xfs) {
+        crash_everywhere(&env);
+    }
+}
+
+#[test]
+fn crash_reflink_btrfs() {
+    if let Some(env) = Env::new(Fs::Btrfs) {
         crash_everywhere(&env);
     }
 }

@@ -263,6 +263,7 @@ fn corruption_is_detected() {
     assert_eq!(out.status.code(), Some(1));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("\"bad_blocks\": [\n    5\n  ]"), "{text}");
+    assert!(text.contains("\"bad_count\": 1,"), "{text}");
     // A damaged manifest is refused, not trusted.
     let m = env.snapshot_dir("v", "s").join("manifest");
     let mf = std::fs::OpenOptions::new()

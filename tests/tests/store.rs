@@ -9,7 +9,7 @@ use ferry_tests::{
 
 const MIB: u64 = 1 << 20;
 
-/// Runs a test body on both backends.
+/// Runs a test body on both backends (reflink on XFS and on btrfs).
 macro_rules! both {
     ($name:ident, $body:expr) => {
         mod $name {
@@ -22,9 +22,17 @@ macro_rules! both {
                 }
             }
             #[test]
-            fn reflink() {
+            fn reflink_xfs() {
                 if let Some(env) = Env::new(Fs::Xfs) {
                     assert_eq!(env.ok(&["info"])["backend"], "reflink");
+                    ($body)(&env);
+                }
+            }
+            #[test]
+            fn reflink_btrfs() {
+                if let Some(env) = Env::new(Fs::Btrfs) {
+                    assert_eq!(env.ok(&["info"])["backend"], "reflink");
+                    assert_eq!(env.ok(&["info"])["filesystem"], "btrfs");
                     ($body)(&env);
                 }
             }
@@ -86,7 +94,7 @@ both!(diff_reports_every_changed_block, |env: &Env| {
     for &p in &pages {
         assert!(covered(p * 4096), "changed page {p} not reported");
     }
-    if env.fs == Fs::Xfs {
+    if env.fs.reflink() {
         assert_eq!(d["method"], "fiemap");
         // Exactly the written pages, nothing else.
         let mut reported = Vec::new();
@@ -167,7 +175,7 @@ both!(incremental_manifests_stay_exact, |env: &Env| {
         let want = block_hashes(&img, 128 << 10);
         let m = env.ok(&["snapshot", "create", "d", &name]);
         assert_eq!(manifest_hashes(env, "d", &name), want, "round {round}");
-        if round > 0 && env.fs == Fs::Xfs {
+        if round > 0 && env.fs.reflink() {
             assert_eq!(m["manifest"]["mode"], "incremental", "round {round}");
         }
         assert_eq!(
