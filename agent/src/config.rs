@@ -131,6 +131,35 @@ impl IoConfig {
     }
 }
 
+/// Network settings: the QUIC endpoint of `ferry-agent serve` and outgoing connections.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetConfig {
+    /// Address `serve` listens on for replication from paired sites (UDP).
+    pub listen: std::net::SocketAddr,
+    /// This node's certificate (PEM), issued by its site's CA (`ferry-agent pki issue`).
+    pub cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    pub key: Option<PathBuf>,
+    /// CA certificates of the paired sites: connections are accepted only from nodes whose
+    /// certificates these CAs issued, and made only to such nodes.
+    pub peer_cas: Vec<PathBuf>,
+    /// Most connections served at once; more are refused.
+    pub max_connections: usize,
+}
+
+impl Default for NetConfig {
+    fn default() -> Self {
+        NetConfig {
+            listen: std::net::SocketAddr::from(([0, 0, 0, 0], 7443)),
+            cert: None,
+            key: None,
+            peer_cas: Vec::new(),
+            max_connections: 256,
+        }
+    }
+}
+
 /// The agent's configuration file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -146,6 +175,8 @@ pub struct AgentConfig {
     pub hook_timeout_secs: u64,
     /// Read and hashing settings.
     pub io: IoConfig,
+    /// QUIC endpoint and TLS identity.
+    pub net: NetConfig,
 }
 
 impl Default for AgentConfig {
@@ -156,6 +187,7 @@ impl Default for AgentConfig {
             block_size: ferry_wire::hash::DEFAULT_BLOCK_SIZE as u64,
             hook_timeout_secs: 120,
             io: IoConfig::default(),
+            net: NetConfig::default(),
         }
     }
 }
@@ -183,6 +215,16 @@ impl AgentConfig {
     pub fn validate(&self) -> Result<()> {
         ferry_wire::hash::check_block_size(self.block_size)
             .map_err(|e| StoreError::Invalid(format!("block_size: {e}")))?;
+        if self.net.max_connections == 0 {
+            return Err(StoreError::Invalid(
+                "net.max_connections must be at least 1".into(),
+            ));
+        }
+        if self.net.cert.is_some() != self.net.key.is_some() {
+            return Err(StoreError::Invalid(
+                "net.cert and net.key go together".into(),
+            ));
+        }
         if self.hook_timeout_secs == 0 {
             return Err(StoreError::Invalid(
                 "hook_timeout_secs must be at least 1".into(),
@@ -229,6 +271,9 @@ mod tests {
             ("[io]\nengine = \"aio\"", "unknown variant"),
             ("[io]\nbogus = true", "unknown field"),
             ("hook_timeout_secs = 0", "hook_timeout_secs"),
+            ("[net]\nlisten = \"nowhere\"", "invalid socket address"),
+            ("[net]\ncert = \"/x.pem\"", "go together"),
+            ("[net]\nmax_connections = 0", "max_connections"),
         ];
         for (text, want) in bad {
             let e = AgentConfig::parse(text).expect_err(text).to_string();

@@ -37,6 +37,8 @@ pub enum StoreError {
         path: PathBuf,
         detail: String,
     },
+    #[error("{message}")]
+    Net { retryable: bool, message: String },
     #[error("{op} {path}: {source}")]
     Io {
         op: String,
@@ -58,6 +60,12 @@ impl StoreError {
             StoreError::Busy(_) => "busy",
             StoreError::Hook { .. } => "hook_failed",
             StoreError::Corrupt { .. } => "corrupt",
+            StoreError::Net {
+                retryable: true, ..
+            } => "network",
+            StoreError::Net {
+                retryable: false, ..
+            } => "peer_refused",
             StoreError::Io { .. } => "io",
         }
     }

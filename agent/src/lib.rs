@@ -18,6 +18,9 @@ pub mod error;
 pub mod fsx;
 pub mod hooks;
 pub mod manifest;
+pub mod net;
+pub mod pki;
+pub mod server;
 pub mod store;
 
 pub use config::AgentConfig;

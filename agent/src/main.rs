@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use ferry_agent::config::AgentConfig;
 use ferry_agent::hooks::Hooks;
@@ -45,6 +45,45 @@ enum Cmd {
     Snapshot(SnapshotCmd),
     /// Show the store's backend and read engine.
     Info,
+    /// Site certificate authority and node certificates.
+    #[command(subcommand)]
+    Pki(PkiCmd),
+    /// Run the agent daemon: the QUIC endpoint for paired sites.
+    Serve {
+        /// Listen address (overrides net.listen), e.g. 0.0.0.0:7443 or 127.0.0.1:0.
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+    },
+    /// Connect to a peer agent, check mutual TLS and the handshake, measure round trips.
+    Ping {
+        /// The peer's address, HOST:PORT.
+        peer: String,
+        #[arg(long, default_value_t = 3)]
+        count: usize,
+    },
+}
+
+#[derive(Subcommand)]
+enum PkiCmd {
+    /// Create a site CA in DIR (ca.pem, and ca.key readable by root only).
+    Ca {
+        site: String,
+        #[arg(long)]
+        dir: PathBuf,
+        /// Validity in days.
+        #[arg(long, default_value_t = 7300)]
+        days: u32,
+    },
+    /// Issue a node certificate (NODE.pem, NODE.key) from the CA in --ca-dir.
+    Issue {
+        node: String,
+        #[arg(long)]
+        ca_dir: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 825)]
+        days: u32,
+    },
 }
 
 #[derive(Subcommand)]
@@ -203,9 +242,39 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     if let Some(d) = &cli.data_dir {
         cfg.data_dir = d.clone();
     }
-    let store = Store::open(cfg.clone()).map_err(anyhow::Error::new)?;
     let json = cli.json;
     match cli.cmd {
+        Cmd::Pki(c) => return pki(json, c),
+        Cmd::Serve { listen } => {
+            if let Some(l) = listen {
+                cfg.net.listen = l;
+            }
+            return serve(&cfg, json);
+        }
+        Cmd::Ping { peer, count } => {
+            let addr = resolve(&peer)?;
+            let r = runtime()?.block_on(ferry_agent::server::ping(&cfg, addr, count))?;
+            return emit(json, &r, |o| {
+                writeln!(
+                    o,
+                    "{} is {}@{} (protocol {}), connected in {:.1} ms",
+                    r.peer, r.peer_node, r.peer_site, r.version, r.connect_ms
+                )?;
+                writeln!(
+                    o,
+                    "round trips (ms): {:?}",
+                    r.rtt_ms
+                        .iter()
+                        .map(|x| (x * 100.0).round() / 100.0)
+                        .collect::<Vec<_>>()
+                )
+            });
+        }
+        _ => {}
+    }
+    let store = Store::open(cfg.clone()).map_err(anyhow::Error::new)?;
+    match cli.cmd {
+        Cmd::Pki(_) | Cmd::Serve { .. } | Cmd::Ping { .. } => unreachable!("handled above"),
         Cmd::Info => {
             let v = serde_json::json!({
                 "data_dir": store.root(),
@@ -228,6 +297,72 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Volume(c) => volume(&store, json, c),
         Cmd::Snapshot(c) => snapshot(&store, json, c),
     }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("start the async runtime")
+}
+
+fn resolve(peer: &str) -> anyhow::Result<std::net::SocketAddr> {
+    use std::net::ToSocketAddrs;
+    peer.to_socket_addrs()
+        .with_context(|| format!("resolve {peer:?} (expected HOST:PORT)"))?
+        .next()
+        .with_context(|| format!("{peer:?} resolves to no address"))
+}
+
+fn pki(json: bool, c: PkiCmd) -> anyhow::Result<()> {
+    match c {
+        PkiCmd::Ca { site, dir, days } => {
+            let cert = ferry_agent::pki::create_ca(&site, &dir, days)?;
+            emit(
+                json,
+                &serde_json::json!({ "site": site, "cert": cert, "key": dir.join("ca.key") }),
+                |o| {
+                    writeln!(o, "created the CA of site {site}: {} (give this to paired sites); key {} (keep it safe)", cert.display(), dir.join("ca.key").display())
+                },
+            )
+        }
+        PkiCmd::Issue {
+            node,
+            ca_dir,
+            out,
+            days,
+        } => {
+            let (cert, key) = ferry_agent::pki::issue(&ca_dir, &node, &out, days)?;
+            emit(
+                json,
+                &serde_json::json!({ "node": node, "cert": cert, "key": key }),
+                |o| writeln!(o, "issued {} and {}", cert.display(), key.display()),
+            )
+        }
+    }
+}
+
+fn serve(cfg: &AgentConfig, json: bool) -> anyhow::Result<()> {
+    let rt = runtime()?;
+    rt.block_on(async {
+        let server = ferry_agent::server::Server::bind(cfg)?;
+        let addr = server.local_addr()?;
+        let id = server.identity();
+        // One line saying where we listen, for operators and for scripts that start us.
+        emit(json, &serde_json::json!({ "listening": addr, "node": id.node, "site": id.site }), |o| {
+            writeln!(o, "{}@{} listening on {addr}", id.node, id.site)
+        })?;
+        std::io::stdout().flush()?;
+        let shutdown = async {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
+            }
+        };
+        server.run(shutdown).await;
+        Ok(())
+    })
 }
 
 fn volume(store: &Store, json: bool, c: VolumeCmd) -> anyhow::Result<()> {

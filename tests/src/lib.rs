@@ -382,3 +382,118 @@ impl Drop for Tmpfs {
         let _ = Command::new("umount").arg("-l").arg(&self.path).status();
     }
 }
+
+/// A site PKI made with `ferry-agent pki`: `dir/<site>/ca.pem` and node certificates.
+pub struct Pki {
+    pub dir: tempfile::TempDir,
+}
+
+impl Pki {
+    pub fn new() -> Pki {
+        Pki {
+            dir: tempfile::Builder::new()
+                .prefix("ferry-pki-")
+                .tempdir()
+                .expect("tempdir"),
+        }
+    }
+
+    fn run(&self, args: &[&str]) {
+        let out = Command::new(bin("ferry-agent"))
+            .args(args)
+            .output()
+            .expect("run pki");
+        assert!(
+            out.status.success(),
+            "pki {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// The CA certificate of `site`, created on first use.
+    pub fn ca(&self, site: &str) -> PathBuf {
+        let d = self.dir.path().join(site);
+        if !d.join("ca.pem").exists() {
+            self.run(&["pki", "ca", site, "--dir", d.to_str().expect("utf8")]);
+        }
+        d.join("ca.pem")
+    }
+
+    /// Writes an agent config for `node` of `site` trusting `peers`' CAs; returns its path.
+    pub fn agent_config(&self, site: &str, node: &str, peers: &[&str], data_dir: &Path) -> PathBuf {
+        self.ca(site);
+        let d = self.dir.path().join(site);
+        let cert = d.join(format!("{node}.pem"));
+        if !cert.exists() {
+            self.run(&[
+                "pki",
+                "issue",
+                node,
+                "--ca-dir",
+                d.to_str().expect("utf8"),
+                "--out",
+                d.to_str().expect("utf8"),
+            ]);
+        }
+        let cas: Vec<String> = peers
+            .iter()
+            .map(|p| format!("{:?}", self.ca(p).display().to_string()))
+            .collect();
+        let text = format!(
+            "data_dir = {:?}\n[net]\nlisten = \"127.0.0.1:0\"\ncert = {:?}\nkey = {:?}\npeer_cas = [{}]\n",
+            data_dir.display().to_string(),
+            cert.display().to_string(),
+            d.join(format!("{node}.key")).display().to_string(),
+            cas.join(", ")
+        );
+        let path = self.dir.path().join(format!("{site}-{node}.toml"));
+        std::fs::write(&path, text).expect("write config");
+        path
+    }
+}
+
+impl Default for Pki {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A running `ferry-agent serve`, killed (SIGKILL) on drop.
+pub struct Served {
+    pub child: Child,
+    pub addr: std::net::SocketAddr,
+}
+
+impl Served {
+    /// Starts `ferry-agent --config CONFIG serve` and waits for its listening line.
+    pub fn start(config: &Path) -> Served {
+        use std::io::BufRead;
+        let mut child = Command::new(bin("ferry-agent"))
+            .arg("--config")
+            .arg(config)
+            .arg("serve")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read listening line");
+        let addr = line
+            .trim()
+            .rsplit(' ')
+            .next()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no listening address in {line:?}"));
+        Served { child, addr }
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -37,6 +37,40 @@ impl Hello {
     }
 }
 
+/// Limit on one encoded [`Control`] message.
+pub const CONTROL_LIMIT: usize = 64 << 10;
+
+/// Messages on a connection's control stream after the handshake.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Control {
+    /// Liveness and round-trip check; answered with [`Control::Pong`].
+    Ping {
+        nonce: u64,
+    },
+    Pong {
+        nonce: u64,
+    },
+    /// The sender refuses the request and says why.
+    Error {
+        code: u32,
+        message: String,
+    },
+}
+
+/// Application error codes carried when a connection is closed.
+pub mod close {
+    /// Normal end of a session.
+    pub const DONE: u32 = 0;
+    /// The peer broke the protocol (bad frame, bad message, out of order).
+    pub const PROTOCOL: u32 = 1;
+    /// The peer's identity is not acceptable.
+    pub const IDENTITY: u32 = 2;
+    /// No common protocol version.
+    pub const VERSION: u32 = 3;
+    /// The process is shutting down.
+    pub const SHUTDOWN: u32 = 4;
+}
+
 /// No common protocol version.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("no common protocol version: we speak {our_min}..={our_max}, the peer {their_min}..={their_max}")]
@@ -75,6 +109,25 @@ mod tests {
             node: Name::new("n").expect("name"),
             site: Name::new("s").expect("name"),
         }
+    }
+
+    #[test]
+    fn control_round_trip() {
+        for m in [
+            Control::Ping { nonce: 7 },
+            Control::Pong { nonce: u64::MAX },
+            Control::Error {
+                code: 2,
+                message: "no".into(),
+            },
+        ] {
+            let b = codec::encode(&m).expect("encode");
+            assert_eq!(
+                codec::decode::<Control>(&b, CONTROL_LIMIT).expect("decode"),
+                m
+            );
+        }
+        assert!(codec::decode::<Control>(&[9, 9, 9], CONTROL_LIMIT).is_err());
     }
 
     #[test]

@@ -1,0 +1,219 @@
+//! The agent's QUIC endpoint: mutual TLS between paired sites, the handshake, and peers that
+//! misbehave. Real processes, real certificates (made with `ferry-agent pki`), loopback UDP.
+
+use std::time::Duration;
+
+use ferry_agent::config::AgentConfig;
+use ferry_agent::net;
+use ferry_agent::server::load_tls;
+use ferry_tests::{bin, Pki, Served};
+use ferry_wire::msg::{close, Hello};
+use serde_json::Value;
+
+fn ping(config: &std::path::Path, addr: std::net::SocketAddr) -> std::process::Output {
+    std::process::Command::new(bin("ferry-agent"))
+        .arg("--config")
+        .arg(config)
+        .args(["--json", "ping", &addr.to_string(), "--count", "2"])
+        .output()
+        .expect("run ping")
+}
+
+struct Sites {
+    pki: Pki,
+    data: tempfile::TempDir,
+    served: Served,
+    a: std::path::PathBuf,
+}
+
+/// Site b serves and trusts site a; site a's node n1 trusts b.
+fn sites() -> Sites {
+    let pki = Pki::new();
+    let data = tempfile::tempdir().expect("tempdir");
+    let b = pki.agent_config("site-b", "m1", &["site-a"], &data.path().join("b"));
+    let a = pki.agent_config("site-a", "n1", &["site-b"], &data.path().join("a"));
+    let served = Served::start(&b);
+    Sites {
+        pki,
+        data,
+        served,
+        a,
+    }
+}
+
+#[test]
+fn paired_sites_connect_with_mutual_tls() {
+    let s = sites();
+    let out = ping(&s.a, s.served.addr);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["peer_node"], "m1");
+    assert_eq!(v["peer_site"], "site-b");
+    assert_eq!(v["version"], 1);
+    assert_eq!(v["rtt_ms"].as_array().map(Vec::len), Some(2));
+}
+
+#[test]
+fn unknown_ca_is_refused_both_ways() {
+    let s = sites();
+    // A node of site c, which b does not trust.
+    let c = s
+        .pki
+        .agent_config("site-c", "x1", &["site-b"], &s.data.path().join("c"));
+    let out = ping(&c, s.served.addr);
+    assert_eq!(out.status.code(), Some(1));
+    let v: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["error"]["kind"], "peer_refused", "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("certificate"),
+        "{v}"
+    );
+    // A node of site a that does not trust b's CA refuses b.
+    let wary = s
+        .pki
+        .agent_config("site-a", "n2", &["site-c"], &s.data.path().join("a2"));
+    let out = ping(&wary, s.served.addr);
+    let v: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["error"]["kind"], "peer_refused", "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("UnknownIssuer"),
+        "{v}"
+    );
+    // The server is unaffected.
+    assert!(ping(&s.a, s.served.addr).status.success());
+}
+
+/// Connects as site a's n1 at the TLS level and returns the raw connection.
+async fn raw_connection(s: &Sites) -> (quinn::Endpoint, quinn::Connection) {
+    let cfg = AgentConfig::load(&s.a).expect("config");
+    let (id, trust) = load_tls(&cfg).expect("tls");
+    let ep = net::client_endpoint(
+        s.served.addr,
+        net::client_config(&id, &trust).expect("client config"),
+    )
+    .expect("endpoint");
+    let conn = ep
+        .connect(s.served.addr, ferry_agent::pki::SERVER_NAME)
+        .expect("connect")
+        .await
+        .expect("tls handshake");
+    (ep, conn)
+}
+
+async fn closed_code(conn: &quinn::Connection) -> (u32, String) {
+    match tokio::time::timeout(Duration::from_secs(10), conn.closed())
+        .await
+        .expect("server closes the connection")
+    {
+        quinn::ConnectionError::ApplicationClosed(c) => (
+            u32::try_from(u64::from(c.error_code)).expect("small code"),
+            String::from_utf8_lossy(&c.reason).into_owned(),
+        ),
+        other => panic!("unexpected close: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn misbehaving_peers_are_disconnected() {
+    let s = sites();
+    // 1. A frame claiming 4 GiB instead of a Hello.
+    let (_ep, conn) = raw_connection(&s).await;
+    let (mut send, _recv) = conn.open_bi().await.expect("stream");
+    send.write_all(&u32::MAX.to_be_bytes())
+        .await
+        .expect("write");
+    let (code, reason) = closed_code(&conn).await;
+    assert_eq!(code, close::PROTOCOL);
+    assert!(reason.contains("exceeds the limit"), "{reason}");
+
+    // 2. A well-framed but malformed message.
+    let (_ep, conn) = raw_connection(&s).await;
+    let (mut send, _recv) = conn.open_bi().await.expect("stream");
+    net::write_frame(&mut send, &[0xff; 64])
+        .await
+        .expect("write");
+    let (code, reason) = closed_code(&conn).await;
+    assert_eq!(code, close::PROTOCOL);
+    assert!(reason.contains("malformed"), "{reason}");
+
+    // 3. A Hello that contradicts the certificate (n1@site-a claiming to be n9).
+    let (_ep, conn) = raw_connection(&s).await;
+    let (mut send, _recv) = conn.open_bi().await.expect("stream");
+    let lie = Hello::new("n9".parse().expect("name"), "site-a".parse().expect("name"));
+    net::send_msg(&mut send, &lie).await.expect("write");
+    let (code, reason) = closed_code(&conn).await;
+    assert_eq!(code, close::IDENTITY);
+    assert!(reason.contains("certificate is n1@site-a"), "{reason}");
+
+    // 4. A peer that connects and says nothing is dropped at the handshake timeout; meanwhile
+    //    and afterwards, well-behaved peers are served.
+    let (_ep, silent) = raw_connection(&s).await;
+    let a = s.a.clone();
+    let addr = s.served.addr;
+    let ok = tokio::task::spawn_blocking(move || ping(&a, addr).status.success())
+        .await
+        .expect("join");
+    assert!(ok, "the server must keep serving others");
+    let (code, _) = closed_code(&silent).await;
+    assert_eq!(code, close::PROTOCOL);
+}
+
+#[test]
+fn serve_and_pki_errors_are_clear() {
+    let pki = Pki::new();
+    let data = tempfile::tempdir().expect("tempdir");
+    let cfg = data.path().join("bare.toml");
+    std::fs::write(
+        &cfg,
+        format!("data_dir = {:?}\n", data.path().display().to_string()),
+    )
+    .expect("write");
+    let out = std::process::Command::new(bin("ferry-agent"))
+        .arg("--config")
+        .arg(&cfg)
+        .arg("serve")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("net.cert and net.key"));
+    let ca_dir = pki.dir.path().join("s");
+    pki.ca("s");
+    let out = std::process::Command::new(bin("ferry-agent"))
+        .args([
+            "--json",
+            "pki",
+            "ca",
+            "s",
+            "--dir",
+            ca_dir.to_str().expect("utf8"),
+        ])
+        .output()
+        .expect("run");
+    let v: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["error"]["kind"], "already_exists", "{v}");
+    let out = std::process::Command::new(bin("ferry-agent"))
+        .args([
+            "--json",
+            "pki",
+            "issue",
+            "../evil",
+            "--ca-dir",
+            ca_dir.to_str().expect("utf8"),
+            "--out",
+            "/tmp",
+        ])
+        .output()
+        .expect("run");
+    let v: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["error"]["kind"], "invalid_name", "{v}");
+}
