@@ -23,6 +23,7 @@ pub mod hash;
 pub mod hashfile;
 pub mod msg;
 pub mod name;
+pub mod repl;
 pub mod units;
 
 pub use hash::{BlockHash, LEAF_SIZE};
