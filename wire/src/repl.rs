@@ -244,6 +244,15 @@ pub enum Resolution<L> {
     Need,
 }
 
+/// The receiver's answer to an offer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OfferPlan<L> {
+    /// Blocks to ask the sender for.
+    pub need: Vec<u64>,
+    /// Blocks to copy from local data.
+    pub copies: Vec<(u64, L)>,
+}
+
 /// The receiver's bookkeeping: which blocks it asked for and their hashes.
 #[derive(Debug)]
 pub struct ReceiverCore {
@@ -270,7 +279,7 @@ impl ReceiverCore {
         &mut self,
         blocks: &[(u64, BlockHash)],
         mut resolve: impl FnMut(u64, &BlockHash) -> Resolution<L>,
-    ) -> Result<(Vec<u64>, Vec<(u64, L)>), ReceiveError> {
+    ) -> Result<OfferPlan<L>, ReceiveError> {
         let mut need = Vec::new();
         let mut copies = Vec::new();
         for &(i, h) in blocks {
@@ -292,7 +301,7 @@ impl ReceiverCore {
         if self.pending.len() > self.limit {
             return Err(ReceiveError::TooManyPending(self.limit));
         }
-        Ok((need, copies))
+        Ok(OfferPlan { need, copies })
     }
 
     /// Checks a received block; on success it may be written at `index * block_size`.
@@ -431,7 +440,7 @@ mod tests {
                         }
                     }
                     SenderStep::Offer(offer) => {
-                        let (need, copies) = r
+                        let OfferPlan { need, copies } = r
                             .on_offer(&offer, |i, hh| {
                                 if receiver_has[i as usize] == *hh {
                                     Resolution::Present
@@ -482,10 +491,10 @@ mod tests {
         let g = Geometry::new(16384, 16384 * 4).expect("geometry");
         let mut r = ReceiverCore::new(g);
         let data = vec![7u8; 16384];
-        let (need, _) = r
+        let plan = r
             .on_offer::<()>(&[(1, BlockHash::of(&data))], |_, _| Resolution::Need)
             .expect("offer");
-        assert_eq!(need, vec![1]);
+        assert_eq!(plan.need, vec![1]);
         assert_eq!(r.on_block(2, &data), Err(ReceiveError::Unexpected(2)));
         assert_eq!(
             r.on_block(1, &data[..100]),
