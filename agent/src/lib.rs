@@ -20,6 +20,8 @@ pub mod hooks;
 pub mod manifest;
 pub mod net;
 pub mod pki;
+pub mod receive;
+pub mod replicate;
 pub mod server;
 pub mod store;
 

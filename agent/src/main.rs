@@ -54,6 +54,20 @@ enum Cmd {
         #[arg(long)]
         listen: Option<std::net::SocketAddr>,
     },
+    /// Send a snapshot to a mirror volume on a peer agent (changed blocks only).
+    Replicate {
+        volume: String,
+        snapshot: String,
+        /// The peer agent, HOST:PORT.
+        #[arg(long)]
+        to: String,
+        /// Name of the mirror volume at the peer (default: the volume's name).
+        #[arg(long = "as")]
+        mirror: Option<String>,
+        /// Retries of network failures (with backoff from 1 s to 30 s).
+        #[arg(long, default_value_t = 5)]
+        retries: u32,
+    },
     /// Connect to a peer agent, check mutual TLS and the handshake, measure round trips.
     Ping {
         /// The peer's address, HOST:PORT.
@@ -275,6 +289,42 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let store = Store::open(cfg.clone()).map_err(anyhow::Error::new)?;
     match cli.cmd {
         Cmd::Pki(_) | Cmd::Serve { .. } | Cmd::Ping { .. } => unreachable!("handled above"),
+        Cmd::Replicate {
+            volume,
+            snapshot,
+            to,
+            mirror,
+            retries,
+        } => {
+            let addr = resolve(&to)?;
+            let store = std::sync::Arc::new(store);
+            let r = runtime()?.block_on(ferry_agent::replicate::replicate_with_retries(
+                &cfg,
+                store,
+                &volume,
+                &snapshot,
+                addr,
+                mirror.as_deref(),
+                retries,
+            ))?;
+            emit(json, &r, |o| {
+                if r.already_there {
+                    return writeln!(
+                        o,
+                        "{}@{} is already at {} as {}",
+                        r.volume, r.snapshot, r.peer, r.mirror
+                    );
+                }
+                writeln!(
+                    o,
+                    "{}@{} -> {} as {}: {} ({} of {} blocks sent, {} zero, base {}) in {:.1} ms; root {}",
+                    r.volume, r.snapshot, r.peer, r.mirror,
+                    format_size(r.sent_bytes), r.sent_blocks, r.blocks, r.zero_blocks,
+                    r.base.as_ref().map_or("none".to_string(), |b| b.to_string()),
+                    r.elapsed_ms, r.root
+                )
+            })
+        }
         Cmd::Info => {
             let v = serde_json::json!({
                 "data_dir": store.root(),

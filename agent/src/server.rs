@@ -15,6 +15,8 @@ use crate::config::AgentConfig;
 use crate::error::{Result, StoreError};
 use crate::net::{self, NetError, Session};
 use crate::pki::{Identity, Trust};
+use crate::receive::{self, Registry};
+use crate::store::{MirrorInfo, Store};
 
 /// The TLS identity and trust of this node, from the `[net]` config.
 pub fn load_tls(cfg: &AgentConfig) -> Result<(Identity, Trust)> {
@@ -46,6 +48,7 @@ fn net_err(e: NetError) -> StoreError {
 /// A bound endpoint, ready to serve.
 pub struct Server {
     endpoint: quinn::Endpoint,
+    store: Arc<Store>,
     id: Arc<Identity>,
     trust: Arc<Trust>,
     limit: Arc<Semaphore>,
@@ -63,6 +66,7 @@ impl Server {
     /// Binds the endpoint (call inside a tokio runtime).
     pub fn bind(cfg: &AgentConfig) -> Result<Server> {
         let (id, trust) = load_tls(cfg)?;
+        let store = Arc::new(Store::open(cfg.clone())?);
         let sc = net::server_config(&id, &trust).map_err(net_err)?;
         let endpoint = quinn::Endpoint::server(sc, cfg.net.listen).map_err(|e| StoreError::Io {
             op: "listen on".into(),
@@ -71,6 +75,7 @@ impl Server {
         })?;
         Ok(Server {
             endpoint,
+            store,
             id: Arc::new(id),
             trust: Arc::new(trust),
             limit: Arc::new(Semaphore::new(cfg.net.max_connections)),
@@ -102,11 +107,11 @@ impl Server {
                         incoming.refuse();
                         continue;
                     };
-                    let (id, trust) = (self.id.clone(), self.trust.clone());
+                    let (id, trust, store) = (self.id.clone(), self.trust.clone(), self.store.clone());
                     tokio::spawn(async move {
                         let remote = incoming.remote_address();
                         match incoming.await {
-                            Ok(conn) => serve_connection(conn, &id, &trust).await,
+                            Ok(conn) => serve_connection(conn, &id, &trust, store).await,
                             Err(e) => tracing::info!(%remote, error = %e, "connection failed during TLS"),
                         }
                         drop(permit);
@@ -121,7 +126,12 @@ impl Server {
     }
 }
 
-async fn serve_connection(conn: quinn::Connection, id: &Identity, trust: &Trust) {
+async fn serve_connection(
+    conn: quinn::Connection,
+    id: &Identity,
+    trust: &Trust,
+    store: Arc<Store>,
+) {
     let remote = conn.remote_address();
     let mut s = match net::accept_session(conn, id, trust).await {
         Ok(s) => s,
@@ -131,6 +141,18 @@ async fn serve_connection(conn: quinn::Connection, id: &Identity, trust: &Trust)
         }
     };
     tracing::info!(%remote, peer = %format!("{}@{}", s.peer_node, s.peer_site), version = s.version, "peer connected");
+    let peer = MirrorInfo {
+        site: s.peer_site.clone(),
+        node: s.peer_node.clone(),
+    };
+    let registry = Registry::default();
+    let sessions = tokio::spawn(accept_sessions(
+        s.conn.clone(),
+        store,
+        peer,
+        registry.clone(),
+    ));
+    let data = tokio::spawn(accept_data(s.conn.clone(), registry));
     match control_loop(&mut s).await {
         Ok(()) => {}
         Err(e) if e.is_clean_close() => {}
@@ -139,7 +161,48 @@ async fn serve_connection(conn: quinn::Connection, id: &Identity, trust: &Trust)
             net::close_for(&s.conn, &e);
         }
     }
+    s.conn.closed().await;
+    sessions.abort();
+    data.abort();
     tracing::info!(%remote, "peer disconnected");
+}
+
+/// Each bidirectional stream after the first is one replication session.
+async fn accept_sessions(
+    conn: quinn::Connection,
+    store: Arc<Store>,
+    peer: MirrorInfo,
+    registry: Registry,
+) {
+    while let Ok((send, recv)) = conn.accept_bi().await {
+        let (store, peer, registry, conn) =
+            (store.clone(), peer.clone(), registry.clone(), conn.clone());
+        tokio::spawn(async move {
+            if let Err(e) = receive::serve_session(store, peer, registry, send, recv).await {
+                if !e.is_clean_close() {
+                    tracing::warn!(error = %e, "replication session failed");
+                    net::close_for(&conn, &e);
+                }
+            }
+        });
+    }
+}
+
+/// Unidirectional streams carry block data for the connection's sessions.
+async fn accept_data(conn: quinn::Connection, registry: Registry) {
+    while let Ok(recv) = conn.accept_uni().await {
+        let (registry, conn) = (registry.clone(), conn.clone());
+        tokio::spawn(async move {
+            if let Err(e) =
+                receive::serve_data(registry, recv, ferry_wire::hash::MAX_BLOCK_SIZE as usize).await
+            {
+                if !e.is_clean_close() {
+                    tracing::warn!(error = %e, "closing connection: bad data stream");
+                    net::close_for(&conn, &e);
+                }
+            }
+        });
+    }
 }
 
 async fn control_loop(s: &mut Session) -> std::result::Result<(), NetError> {

@@ -34,7 +34,7 @@ use std::fs::{self, File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use ferry_wire::hash::check_block_size;
+use ferry_wire::hash::{check_block_size, BlockHash, ZeroTable};
 use ferry_wire::hashfile::{HashFile, Kind};
 use ferry_wire::Name;
 use serde::{Deserialize, Serialize};
@@ -203,6 +203,26 @@ pub struct VolumeMeta {
     pub created_unix_ms: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub origin: Option<Origin>,
+    /// Set on mirror volumes: where the replicated data comes from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<MirrorInfo>,
+}
+
+/// The source of a mirror volume.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MirrorInfo {
+    pub site: Name,
+    pub node: Name,
+}
+
+fn refuse_mirror(meta: &VolumeMeta, op: &str) -> Result<()> {
+    match &meta.mirror {
+        Some(m) => Err(StoreError::Busy(format!(
+            "volume {} is a mirror of {}@{}: mirrors change only by replication ({op} refused); clone a mirror snapshot to get a writable volume",
+            meta.name, m.node, m.site
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// A volume as reported to users.
@@ -217,6 +237,8 @@ pub struct VolumeInfo {
     pub created_unix_ms: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub origin: Option<Origin>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<MirrorInfo>,
 }
 
 /// Membership of a multi-volume snapshot.
@@ -595,6 +617,7 @@ impl Store {
             snapshots,
             created_unix_ms: meta.created_unix_ms,
             origin: meta.origin,
+            mirror: meta.mirror,
         })
     }
 
@@ -677,6 +700,7 @@ impl Store {
                 block_size,
                 created_unix_ms: now_ns() / 1_000_000,
                 origin: None,
+                mirror: None,
             };
             self.commit_volume(&name, &meta, &tmp)
         })();
@@ -744,6 +768,7 @@ impl Store {
             block_size,
             created_unix_ms: now_ns() / 1_000_000,
             origin: None,
+            mirror: None,
         };
         let res = self.commit_volume(&name, &meta, &tmp);
         if res.is_err() {
@@ -852,6 +877,19 @@ impl Store {
         volumes: &[String],
         hooks: &Hooks,
     ) -> Result<Vec<SnapshotMeta>> {
+        self.create_group_with(snap, volumes, hooks, None)
+    }
+
+    /// [`Store::create_group`], for the replication receiver when `expect_root` is given: the
+    /// snapshot commits only if its manifest root equals the sender's, and mirror volumes are
+    /// accepted. Users go through `create_group`, which refuses mirrors (read-only).
+    fn create_group_with(
+        &self,
+        snap: &str,
+        volumes: &[String],
+        hooks: &Hooks,
+        expect_root: Option<BlockHash>,
+    ) -> Result<Vec<SnapshotMeta>> {
         let snap = check_name("snapshot", snap)?;
         let mut names = volumes
             .iter()
@@ -874,6 +912,9 @@ impl Store {
             .map(|n| self.lock_volume(n))
             .collect::<Result<Vec<_>>>()?;
         for g in &guards {
+            if expect_root.is_none() {
+                refuse_mirror(&g.meta, "snapshot")?;
+            }
             if Self::snapshot_dir(&g.dir, &snap).exists() {
                 return Err(StoreError::AlreadyExists {
                     what: "snapshot",
@@ -904,6 +945,7 @@ impl Store {
             hooks,
             &tmp_name,
             &mut committed,
+            expect_root,
         );
         if res.is_err() {
             for g in &guards {
@@ -922,6 +964,7 @@ impl Store {
         res
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn group_steps(
         &self,
         snap: &Name,
@@ -930,6 +973,7 @@ impl Store {
         hooks: &Hooks,
         tmp_name: &str,
         committed: &mut Vec<PathBuf>,
+        expect_root: Option<BlockHash>,
     ) -> Result<Vec<SnapshotMeta>> {
         let env = [
             ("FERRY_SNAPSHOT", snap.to_string()),
@@ -985,7 +1029,8 @@ impl Store {
         post_res?;
         let mut out = Vec::new();
         for (g, (tmp, method, size, created)) in guards.iter().zip(made) {
-            let meta = self.finish_snapshot(g, snap, &tmp, method, size, created, group)?;
+            let meta =
+                self.finish_snapshot(g, snap, &tmp, method, size, created, group, expect_root)?;
             let dst = Self::snapshot_dir(&g.dir, snap);
             fsx::rename_durable(&tmp, &dst).ctx("rename", &tmp)?;
             committed.push(dst);
@@ -1005,6 +1050,7 @@ impl Store {
         size: u64,
         created: u64,
         group: Option<&GroupInfo>,
+        expect_root: Option<BlockHash>,
     ) -> Result<SnapshotMeta> {
         let new_files = SnapshotFiles {
             image: tmp.join(IMAGE),
@@ -1068,6 +1114,18 @@ impl Store {
             },
             group: group.cloned(),
         };
+        if let Some(want) = expect_root {
+            if report.root != want {
+                return Err(StoreError::Corrupt {
+                    what: "mirror snapshot",
+                    path: tmp.to_owned(),
+                    detail: format!(
+                        "manifest root {} differs from the sender's {}; not committed",
+                        report.root, want
+                    ),
+                });
+            }
+        }
         write_json(&tmp.join(SNAPSHOT_META), &meta)?;
         fsx::fsync_dir(tmp).ctx("fsync", tmp)?;
         Ok(meta)
@@ -1195,6 +1253,7 @@ impl Store {
         let v = check_name("volume", volume)?;
         let s = check_name("snapshot", snap)?;
         let g = self.lock_volume(&v)?;
+        refuse_mirror(&g.meta, "rollback")?;
         let m = Self::read_snapshot(&g.dir, &v, &s)?;
         write_json(
             &g.dir.join(ROLLBACK_INTENT),
@@ -1251,6 +1310,7 @@ impl Store {
                     volume: v.clone(),
                     snapshot: s.clone(),
                 }),
+                mirror: None,
             };
             self.commit_volume(&n, &meta, &tmp)
         })();
@@ -1264,4 +1324,157 @@ impl Store {
 fn fs_block_size(path: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
     fs::metadata(path).map_or(4096, |m| m.blksize())
+}
+
+/// Local copies of blocks the receiver holds: hash to (image, byte offset).
+pub type BlockIndex = std::collections::HashMap<BlockHash, (PathBuf, u64)>;
+
+/// Replication support: mirror volumes on the receiving side.
+impl Store {
+    /// The mirror volume `name` for data from `from`, created (empty, sparse) if missing. An
+    /// existing volume must be a mirror of the same site, with the same block size.
+    pub fn ensure_mirror(
+        &self,
+        name: &Name,
+        size: u64,
+        block_size: u32,
+        from: &MirrorInfo,
+    ) -> Result<VolumeInfo> {
+        check_block_size(block_size as u64).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let _lock = self.store_lock()?;
+        let dir = self.volumes_dir().join(name.as_str());
+        if dir.join(VOLUME_META).exists() {
+            let meta: VolumeMeta = read_json(&dir.join(VOLUME_META), "volume metadata")?;
+            match &meta.mirror {
+                Some(m) if m.site == from.site => {}
+                Some(m) => {
+                    return Err(StoreError::Busy(format!(
+                        "volume {name} mirrors site {}, not {}",
+                        m.site, from.site
+                    )))
+                }
+                None => {
+                    return Err(StoreError::Busy(format!(
+                        "volume {name} exists here and is not a mirror"
+                    )))
+                }
+            }
+            if meta.block_size != block_size {
+                return Err(StoreError::Invalid(format!(
+                    "mirror {name} has {}-byte blocks, the source {block_size}",
+                    meta.block_size
+                )));
+            }
+            return self.info(&dir, meta);
+        }
+        let tmp = self.tmp_volume_dir(name)?;
+        let res = (|| {
+            let img = tmp.join(IMAGE);
+            let f = create_new(&img)?;
+            f.set_len(size).ctx("size", &img)?;
+            f.sync_all().ctx("fsync", &img)?;
+            let meta = VolumeMeta {
+                name: name.clone(),
+                kind: VolumeKind::Owned,
+                path: None,
+                block_size,
+                created_unix_ms: now_ns() / 1_000_000,
+                origin: None,
+                mirror: Some(from.clone()),
+            };
+            self.commit_volume(name, &meta, &tmp)
+        })();
+        if res.is_err() {
+            let _ = remove_tree(&tmp);
+        }
+        res
+    }
+
+    /// The lock held by the one replication session receiving into a mirror.
+    pub fn receive_lock(&self, name: &Name) -> Result<FileLock> {
+        let p = self.volumes_dir().join(name.as_str()).join("receive.lock");
+        FileLock::try_exclusive(&p)
+            .ctx("lock", &p)?
+            .ok_or_else(|| StoreError::Busy(format!("mirror {name} is already receiving")))
+    }
+
+    /// Makes a mirror's working copy equal to its snapshot `base`, or all zeros; `size` bytes.
+    /// Returns the working copy's path.
+    pub fn reset_working_copy(
+        &self,
+        name: &Name,
+        base: Option<&Name>,
+        size: u64,
+    ) -> Result<PathBuf> {
+        let g = self.lock_volume(name)?;
+        let img = self.image_path(&g.dir, &g.meta);
+        match base {
+            Some(b) => {
+                Self::read_snapshot(&g.dir, name, b)?;
+                self.backend
+                    .restore(&Self::snapshot_dir(&g.dir, b).join(IMAGE), &img)?;
+            }
+            None => {
+                let f = OpenOptions::new()
+                    .write(true)
+                    .open(&img)
+                    .ctx("open", &img)?;
+                f.set_len(0).ctx("truncate", &img)?;
+                f.sync_all().ctx("fsync", &img)?;
+            }
+        }
+        let f = OpenOptions::new()
+            .write(true)
+            .open(&img)
+            .ctx("open", &img)?;
+        f.set_len(size).ctx("size", &img)?;
+        f.sync_all().ctx("fsync", &img)?;
+        Ok(img)
+    }
+
+    /// Every non-zero block of every committed snapshot with `block_size` blocks, by hash:
+    /// the receiver copies these locally instead of asking for them.
+    pub fn block_index(&self, block_size: u32) -> Result<BlockIndex> {
+        let zero = ZeroTable::new(block_size);
+        let mut index = BlockIndex::new();
+        for v in self.list_volumes()? {
+            let dir = self.volumes_dir().join(v.name.as_str());
+            for m in self.read_snapshots(&dir, &v.name)? {
+                if m.block_size != block_size {
+                    continue;
+                }
+                let sdir = Self::snapshot_dir(&dir, &m.name);
+                let Ok(hf) = HashFile::open(&sdir.join(MANIFEST), Kind::Manifest) else {
+                    continue;
+                };
+                let img = sdir.join(IMAGE);
+                for i in 0..hf.geometry().full_blocks() {
+                    let h = hf.hash(i);
+                    if h != zero.block {
+                        index
+                            .entry(h)
+                            .or_insert_with(|| (img.clone(), i * block_size as u64));
+                    }
+                }
+            }
+        }
+        Ok(index)
+    }
+
+    /// Commits the mirror snapshot `snap` of `name` if its manifest root is `root`.
+    pub fn commit_mirror_snapshot(
+        &self,
+        name: &Name,
+        snap: &Name,
+        root: BlockHash,
+    ) -> Result<SnapshotMeta> {
+        let mut v = self.create_group_with(
+            snap.as_str(),
+            &[name.to_string()],
+            &Hooks::default(),
+            Some(root),
+        )?;
+        v.pop()
+            .ok_or_else(|| StoreError::Invalid("empty group".into()))
+    }
 }

@@ -12,7 +12,7 @@
 //!   Request::Zeros{ranges}          ->     (receiver zeroes them; never sent as data)
 //!   Request::Offer{[(block, hash)]} ->     (changed, non-zero blocks, in batches)
 //!                                   <-     Response::Need{[block]} (what no local copy has)
-//!   data streams: [block u64 BE][bytes]    (receiver checks BLAKE3 before writing)
+//!   data streams: [session u64][block u64][bytes]  (receiver checks BLAKE3 before writing)
 //!   Request::Commit                 ->
 //!                                   <-     Response::Committed{root} | Response::Error
 //! ```
@@ -34,8 +34,8 @@ pub const OFFER_BATCH: usize = 2048;
 pub const MAX_OUTSTANDING_OFFERS: usize = 4;
 /// Limit on one encoded control message.
 pub const REPL_CONTROL_LIMIT: usize = 1 << 20;
-/// Bytes before a block's data in a data frame.
-pub const BLOCK_HEADER: usize = 8;
+/// Bytes before a block's data in a data frame: session id and block index, both u64 BE.
+pub const BLOCK_HEADER: usize = 16;
 
 /// Sender to receiver, on the session's control stream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -82,17 +82,22 @@ pub enum Response {
     },
 }
 
-/// Encodes a data frame's header.
-pub fn block_header(index: u64) -> [u8; BLOCK_HEADER] {
-    index.to_be_bytes()
+/// Encodes a data frame's header. `session` is the id of the session's control stream.
+pub fn block_header(session: u64, index: u64) -> [u8; BLOCK_HEADER] {
+    let mut h = [0u8; BLOCK_HEADER];
+    h[..8].copy_from_slice(&session.to_be_bytes());
+    h[8..].copy_from_slice(&index.to_be_bytes());
+    h
 }
 
-/// Splits a data frame into block index and data.
-pub fn parse_block(frame: &[u8]) -> Option<(u64, &[u8])> {
+/// Splits a data frame into session id, block index and data.
+pub fn parse_block(frame: &[u8]) -> Option<(u64, u64, &[u8])> {
     let (h, data) = frame.split_at_checked(BLOCK_HEADER)?;
+    let mut s = [0u8; 8];
     let mut i = [0u8; 8];
-    i.copy_from_slice(h);
-    Some((u64::from_be_bytes(i), data))
+    s.copy_from_slice(&h[..8]);
+    i.copy_from_slice(&h[8..]);
+    Some((u64::from_be_bytes(s), u64::from_be_bytes(i), data))
 }
 
 /// The base to use: the newest of our snapshots (oldest first in `ours`) that the receiver
@@ -304,8 +309,9 @@ impl ReceiverCore {
         Ok(OfferPlan { need, copies })
     }
 
-    /// Checks a received block; on success it may be written at `index * block_size`.
-    pub fn on_block(&mut self, index: u64, data: &[u8]) -> Result<(), ReceiveError> {
+    /// Checks a received block; on success (its verified hash) it may be written at
+    /// `index * block_size`.
+    pub fn on_block(&mut self, index: u64, data: &[u8]) -> Result<BlockHash, ReceiveError> {
         let Some(want) = self.pending.get(&index) else {
             return Err(ReceiveError::Unexpected(index));
         };
@@ -317,12 +323,13 @@ impl ReceiverCore {
                 want: len,
             });
         }
-        if BlockHash::of(data) != *want {
+        let got = BlockHash::of(data);
+        if got != *want {
             return Err(ReceiveError::HashMismatch { index });
         }
         self.pending.remove(&index);
         self.received += 1;
-        Ok(())
+        Ok(got)
     }
 
     /// Blocks asked for and not yet received.
@@ -375,8 +382,8 @@ mod tests {
                 m
             );
         }
-        let f = [block_header(77).as_slice(), b"data"].concat();
-        assert_eq!(parse_block(&f), Some((77, &b"data"[..])));
+        let f = [block_header(3, 77).as_slice(), b"data"].concat();
+        assert_eq!(parse_block(&f), Some((3, 77, &b"data"[..])));
         assert_eq!(parse_block(&[1, 2]), None);
     }
 
@@ -511,7 +518,7 @@ mod tests {
             Err(ReceiveError::HashMismatch { index: 1 })
         );
         assert_eq!(r.check_complete(), Err(ReceiveError::Missing(1)));
-        assert_eq!(r.on_block(1, &data), Ok(()));
+        assert_eq!(r.on_block(1, &data), Ok(BlockHash::of(&data)));
         assert_eq!(r.check_complete(), Ok(()));
         assert_eq!(
             r.on_block(1, &data),

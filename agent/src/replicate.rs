@@ -1,0 +1,346 @@
+//! The sending end of replication: drives [`SenderCore`] over a QUIC session to a peer agent.
+//!
+//! The control stream carries the session's requests (see `ferry_wire::repl`); block data goes
+//! over several unidirectional streams of the same connection, fed round-robin by one reader
+//! thread through bounded channels, so memory stays at a few dozen blocks whatever the volume.
+//! The reader re-checks every block it reads against the local manifest: a snapshot damaged on
+//! disk is never sent as good data.
+
+use std::net::SocketAddr;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+use std::time::Instant;
+
+use ferry_wire::hashfile::{HashFile, Kind};
+use ferry_wire::repl::{
+    block_header, choose_base, Request, Response, SenderCore, SenderStep, REPL_CONTROL_LIMIT,
+};
+use ferry_wire::{BlockHash, Name};
+use quinn::VarInt;
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::config::AgentConfig;
+use crate::error::{check_name, Result, StoreError};
+use crate::net::{self, NetError};
+use crate::server::load_tls;
+use crate::store::Store;
+
+/// Data streams per session.
+pub const DATA_STREAMS: usize = 4;
+/// Blocks queued per data stream.
+const STREAM_QUEUE: usize = 8;
+
+/// What a replication did.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReplicateReport {
+    pub volume: Name,
+    pub snapshot: Name,
+    pub mirror: Name,
+    pub peer: String,
+    pub base: Option<Name>,
+    pub root: String,
+    pub blocks: u64,
+    pub zero_blocks: u64,
+    pub offered_blocks: u64,
+    pub sent_blocks: u64,
+    pub sent_bytes: u64,
+    pub elapsed_ms: f64,
+    pub already_there: bool,
+}
+
+fn net_err(e: NetError) -> StoreError {
+    StoreError::Net {
+        retryable: e.retryable(),
+        message: e.to_string(),
+    }
+}
+
+fn peer_err(permanent: bool, message: String) -> StoreError {
+    StoreError::Net {
+        retryable: !permanent,
+        message: format!("the receiver refused: {message}"),
+    }
+}
+
+async fn call(s: &mut (quinn::SendStream, quinn::RecvStream), req: &Request) -> Result<Response> {
+    net::send_msg(&mut s.0, req).await.map_err(net_err)?;
+    recv(s).await
+}
+
+async fn recv(s: &mut (quinn::SendStream, quinn::RecvStream)) -> Result<Response> {
+    match net::recv_msg(&mut s.1, REPL_CONTROL_LIMIT)
+        .await
+        .map_err(net_err)?
+    {
+        Response::Error { permanent, message } => Err(peer_err(permanent, message)),
+        r => Ok(r),
+    }
+}
+
+fn unexpected(r: &Response) -> StoreError {
+    StoreError::Net {
+        retryable: false,
+        message: format!("protocol error: unexpected {r:?}"),
+    }
+}
+
+/// [`replicate`], retrying errors that can pass (the network, a busy receiver) up to
+/// `retries` times with exponential backoff (1 s doubling, at most 30 s). Permanent errors
+/// (refused identity, corrupt data, no space) are returned at once.
+pub async fn replicate_with_retries(
+    cfg: &AgentConfig,
+    store: Arc<Store>,
+    volume: &str,
+    snap: &str,
+    peer: SocketAddr,
+    mirror: Option<&str>,
+    retries: u32,
+) -> Result<ReplicateReport> {
+    let mut delay = std::time::Duration::from_secs(1);
+    let mut attempt = 0;
+    loop {
+        match replicate(cfg, store.clone(), volume, snap, peer, mirror).await {
+            Err(StoreError::Net {
+                retryable: true,
+                message,
+            }) if attempt < retries => {
+                attempt += 1;
+                tracing::warn!(attempt, retries, error = %message, delay_s = delay.as_secs(), "replication failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(std::time::Duration::from_secs(30));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Sends snapshot `snap` of `volume` to the agent at `peer`, into its mirror volume `mirror`.
+pub async fn replicate(
+    cfg: &AgentConfig,
+    store: Arc<Store>,
+    volume: &str,
+    snap: &str,
+    peer: SocketAddr,
+    mirror: Option<&str>,
+) -> Result<ReplicateReport> {
+    let started = Instant::now();
+    let meta = store.snapshot(volume, snap)?;
+    let mirror = check_name("mirror volume", mirror.unwrap_or(volume))?;
+    let root = BlockHash::from_hex(&meta.root)
+        .ok_or_else(|| StoreError::Invalid("bad root in snapshot metadata".into()))?;
+    let ours: Vec<(Name, BlockHash)> = store
+        .list_snapshots(volume)?
+        .into_iter()
+        .filter(|m| {
+            m.created_unix_ns < meta.created_unix_ns
+                && m.block_size == meta.block_size
+                && m.size == meta.size
+        })
+        .filter_map(|m| BlockHash::from_hex(&m.root).map(|r| (m.name, r)))
+        .collect();
+    let (image, manifest_path, _) = store.snapshot_paths(volume, snap)?;
+    let new = store.manifest(volume, snap)?;
+
+    let (id, trust) = load_tls(cfg)?;
+    let ep = net::client_endpoint(peer, net::client_config(&id, &trust).map_err(net_err)?)
+        .map_err(net_err)?;
+    let session = net::connect(&ep, peer, &id, &trust)
+        .await
+        .map_err(net_err)?;
+    let conn = session.conn.clone();
+    let mut ctl = conn.open_bi().await.map_err(|e| net_err(e.into()))?;
+    let sid = u64::from(ctl.0.id());
+
+    let mut report = ReplicateReport {
+        volume: meta.volume.clone(),
+        snapshot: meta.name.clone(),
+        mirror: mirror.clone(),
+        peer: format!("{}@{} ({peer})", session.peer_node, session.peer_site),
+        base: None,
+        root: meta.root.clone(),
+        blocks: new.len(),
+        zero_blocks: 0,
+        offered_blocks: 0,
+        sent_blocks: 0,
+        sent_bytes: 0,
+        elapsed_ms: 0.0,
+        already_there: false,
+    };
+    let theirs = match call(
+        &mut ctl,
+        &Request::Snapshots {
+            mirror: mirror.clone(),
+        },
+    )
+    .await?
+    {
+        Response::Snapshots { snapshots } => snapshots,
+        r => return Err(unexpected(&r)),
+    };
+    if let Some((_, r)) = theirs.iter().find(|(n, _)| *n == meta.name) {
+        if *r != root {
+            return Err(StoreError::Corrupt {
+                what: "mirror snapshot",
+                path: mirror.as_str().into(),
+                detail: format!("the peer holds {mirror}@{snap} with root {r}, ours is {root}"),
+            });
+        }
+        report.already_there = true;
+        finish(&conn, &ep).await;
+        report.elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
+        return Ok(report);
+    }
+    let base = choose_base(&ours, &theirs);
+    let base_manifest = match &base {
+        Some(b) => Some(store.manifest(volume, b.as_str())?),
+        None => None,
+    };
+    report.base = base.clone();
+    match call(
+        &mut ctl,
+        &Request::Begin {
+            mirror: mirror.clone(),
+            snapshot: meta.name.clone(),
+            size: meta.size,
+            block_size: meta.block_size,
+            root,
+            base,
+        },
+    )
+    .await?
+    {
+        Response::Begun => {}
+        r => return Err(unexpected(&r)),
+    }
+
+    // Data path: a reader thread feeding DATA_STREAMS stream writers.
+    let (need_tx, mut need_rx) = mpsc::channel::<Vec<u64>>(8);
+    let mut stream_txs = Vec::new();
+    let mut writers = Vec::new();
+    for _ in 0..DATA_STREAMS {
+        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(STREAM_QUEUE);
+        let mut s = conn.open_uni().await.map_err(|e| net_err(e.into()))?;
+        stream_txs.push(tx);
+        writers.push(tokio::spawn(async move {
+            while let Some(frame) = rx.recv().await {
+                net::write_frame(&mut s, &frame).await?;
+            }
+            let _ = s.finish();
+            Ok::<_, NetError>(())
+        }));
+    }
+    let bs = meta.block_size as u64;
+    let size = meta.size;
+    let reader = tokio::task::spawn_blocking(move || -> Result<(u64, u64)> {
+        let file = std::fs::File::open(&image)
+            .map_err(|e| crate::error::io_err(e, "open", image.clone()))?;
+        let manifest =
+            HashFile::open(&manifest_path, Kind::Manifest).map_err(|e| StoreError::Corrupt {
+                what: "manifest",
+                path: manifest_path.clone(),
+                detail: e.to_string(),
+            })?;
+        let (mut blocks, mut bytes, mut next) = (0u64, 0u64, 0usize);
+        while let Some(need) = need_rx.blocking_recv() {
+            for i in need {
+                let at = i * bs;
+                let len = bs.min(size - at) as usize;
+                let mut frame = Vec::with_capacity(ferry_wire::repl::BLOCK_HEADER + len);
+                frame.extend_from_slice(&block_header(sid, i));
+                frame.resize(ferry_wire::repl::BLOCK_HEADER + len, 0);
+                file.read_exact_at(&mut frame[ferry_wire::repl::BLOCK_HEADER..], at)
+                    .map_err(|e| crate::error::io_err(e, "read", image.clone()))?;
+                if BlockHash::of(&frame[ferry_wire::repl::BLOCK_HEADER..]) != manifest.hash(i) {
+                    return Err(StoreError::Corrupt {
+                        what: "snapshot image",
+                        path: image.clone(),
+                        detail: format!("block {i} does not match the manifest; not sending it"),
+                    });
+                }
+                bytes += len as u64;
+                blocks += 1;
+                if stream_txs[next % DATA_STREAMS]
+                    .blocking_send(frame)
+                    .is_err()
+                {
+                    return Err(StoreError::Net {
+                        retryable: true,
+                        message: "data stream closed".into(),
+                    });
+                }
+                next += 1;
+            }
+        }
+        Ok((blocks, bytes))
+    });
+
+    // Control path: offers and needs, driven by the sans-IO core.
+    let new_fn = |i: u64| new.hash(i);
+    let base_fn = |i: u64| {
+        base_manifest
+            .as_ref()
+            .map_or(BlockHash([0; 32]), |m| m.hash(i))
+    };
+    let base_dyn: &dyn Fn(u64) -> BlockHash = &base_fn;
+    let mut core = SenderCore::new(
+        new.geometry(),
+        &new_fn,
+        base_manifest.as_ref().map(|_| base_dyn),
+    );
+    let control: Result<()> = async {
+        loop {
+            match core.poll() {
+                SenderStep::Zeros(ranges) => {
+                    report.zero_blocks += ranges.iter().map(|(a, b)| b - a).sum::<u64>();
+                    net::send_msg(&mut ctl.0, &Request::Zeros { ranges })
+                        .await
+                        .map_err(net_err)?;
+                }
+                SenderStep::Offer(blocks) => {
+                    report.offered_blocks += blocks.len() as u64;
+                    net::send_msg(&mut ctl.0, &Request::Offer { blocks })
+                        .await
+                        .map_err(net_err)?;
+                }
+                SenderStep::Wait => match recv(&mut ctl).await? {
+                    Response::Need { blocks } => {
+                        core.on_need();
+                        if !blocks.is_empty() && need_tx.send(blocks).await.is_err() {
+                            return Ok(()); // the reader failed; its error is reported below
+                        }
+                    }
+                    r => return Err(unexpected(&r)),
+                },
+                SenderStep::Done => return Ok(()),
+            }
+        }
+    }
+    .await;
+    drop(need_tx);
+    let read = reader
+        .await
+        .map_err(|e| StoreError::Invalid(format!("reader thread: {e}")))?;
+    for w in writers {
+        w.await
+            .map_err(|e| StoreError::Invalid(format!("stream writer: {e}")))?
+            .map_err(net_err)?;
+    }
+    control?;
+    let (blocks, bytes) = read?;
+    report.sent_blocks = blocks;
+    report.sent_bytes = bytes;
+    match call(&mut ctl, &Request::Commit).await? {
+        Response::Committed { root: r } if r == root => {}
+        r => return Err(unexpected(&r)),
+    }
+    let _ = ctl.0.finish();
+    finish(&conn, &ep).await;
+    report.elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
+    Ok(report)
+}
+
+async fn finish(conn: &quinn::Connection, ep: &quinn::Endpoint) {
+    conn.close(VarInt::from_u32(ferry_wire::msg::close::DONE), b"done");
+    ep.wait_idle().await;
+}
