@@ -169,10 +169,23 @@ pub fn punch_hole(file: &File, off: u64, len: u64) -> io::Result<()> {
 
 /// Copies `[off, off + len)` from `src` to the same offsets of `dst`, in the kernel where it can.
 pub fn copy_range(src: &File, dst: &File, off: u64, len: u64) -> io::Result<()> {
+    copy_between(src, off, dst, off, len)
+}
+
+/// Copies `len` bytes from `src` at `src_off` to `dst` at `dst_off` with copy_file_range, which
+/// shares the extents instead of copying where the filesystem can (XFS, btrfs, aligned
+/// ranges); falls back to reading and writing.
+pub fn copy_between(
+    src: &File,
+    src_off: u64,
+    dst: &File,
+    dst_off: u64,
+    len: u64,
+) -> io::Result<()> {
     let mut done = 0u64;
     while done < len {
-        let mut so = (off + done) as libc::loff_t;
-        let mut dof = so;
+        let mut so = (src_off + done) as libc::loff_t;
+        let mut dof = (dst_off + done) as libc::loff_t;
         let want = (len - done).min(1 << 30) as usize;
         // SAFETY: copy_file_range between two open descriptors with explicit offsets.
         let n = unsafe {
@@ -187,7 +200,13 @@ pub fn copy_range(src: &File, dst: &File, off: u64, len: u64) -> io::Result<()> 
                     | Some(libc::ENOSYS)
                     | Some(libc::EOPNOTSUPP)
             ) {
-                return copy_range_userspace(src, dst, off + done, len - done);
+                return copy_between_userspace(
+                    src,
+                    src_off + done,
+                    dst,
+                    dst_off + done,
+                    len - done,
+                );
             }
             return Err(e);
         }
@@ -202,14 +221,20 @@ pub fn copy_range(src: &File, dst: &File, off: u64, len: u64) -> io::Result<()> 
     Ok(())
 }
 
-fn copy_range_userspace(src: &File, dst: &File, off: u64, len: u64) -> io::Result<()> {
-    let mut buf = vec![0u8; 1 << 20];
-    let mut at = off;
-    while at < off + len {
-        let n = (off + len - at).min(buf.len() as u64) as usize;
-        src.read_exact_at(&mut buf[..n], at)?;
-        dst.write_all_at(&buf[..n], at)?;
-        at += n as u64;
+fn copy_between_userspace(
+    src: &File,
+    src_off: u64,
+    dst: &File,
+    dst_off: u64,
+    len: u64,
+) -> io::Result<()> {
+    let mut buf = vec![0u8; len.min(1 << 20) as usize];
+    let mut done = 0u64;
+    while done < len {
+        let n = (len - done).min(buf.len() as u64) as usize;
+        src.read_exact_at(&mut buf[..n], src_off + done)?;
+        dst.write_all_at(&buf[..n], dst_off + done)?;
+        done += n as u64;
     }
     Ok(())
 }

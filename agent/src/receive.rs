@@ -21,8 +21,8 @@ use std::time::Duration;
 use ferry_wire::hash::Geometry;
 use ferry_wire::hashfile::HashFile;
 use ferry_wire::repl::{
-    parse_block, OfferPlan, ReceiverCore, Request, Resolution, Response, BLOCK_HEADER,
-    REPL_CONTROL_LIMIT,
+    apply_pages, parse_block, OfferPlan, Payload, ReceiverCore, Request, Resolution, Response,
+    BLOCK_HEADER, PAGE_SIZE, REPL_CONTROL_LIMIT,
 };
 use ferry_wire::Name;
 use quinn::{RecvStream, SendStream};
@@ -279,16 +279,13 @@ async fn handle(
                         },
                     };
                     let (at, len) = b.geometry.block_range(i);
-                    let mut buf = vec![0u8; len as usize];
-                    src.read_exact_at(&mut buf, off)
-                        .and_then(|_| b.session.file.write_all_at(&buf, at))
-                        .map_err(|e| {
-                            store_err(crate::error::io_err(
-                                e,
-                                "copy block into",
-                                PathBuf::from(b.mirror.as_str()),
-                            ))
-                        })?;
+                    fsx::copy_between(src, off, &b.session.file, at, len).map_err(|e| {
+                        store_err(crate::error::io_err(
+                            e,
+                            "copy block into",
+                            PathBuf::from(b.mirror.as_str()),
+                        ))
+                    })?;
                 }
                 Ok(())
             })?;
@@ -319,21 +316,14 @@ async fn handle(
                     });
                 }
             }
+            tracing::debug!(mirror = %b.mirror, deferred = b.deferred.len(), "all blocks received");
             let meta = blocking(|| {
                 let bs = b.session.block_size;
-                let mut buf = vec![0u8; bs as usize];
                 for &(to, from) in &b.deferred {
-                    b.session
-                        .file
-                        .read_exact_at(&mut buf, from * bs)
-                        .and_then(|_| b.session.file.write_all_at(&buf, to * bs))
-                        .map_err(|e| {
-                            crate::error::io_err(
-                                e,
-                                "copy block in",
-                                PathBuf::from(b.mirror.as_str()),
-                            )
-                        })?;
+                    let f = &b.session.file;
+                    fsx::copy_between(f, from * bs, f, to * bs, bs).map_err(|e| {
+                        crate::error::io_err(e, "copy block in", PathBuf::from(b.mirror.as_str()))
+                    })?;
                 }
                 b.session.file.sync_all().map_err(|e| {
                     crate::error::io_err(e, "fsync", PathBuf::from(b.mirror.as_str()))
@@ -354,18 +344,44 @@ pub async fn serve_data(
     max_block: usize,
 ) -> Result<(), NetError> {
     while let Some(frame) = net::read_frame(&mut recv, BLOCK_HEADER + max_block).await? {
-        let (sid, index, data) =
+        let (sid, index, kind, payload) =
             parse_block(&frame).ok_or(NetError::Frame(ferry_wire::frame::FrameError::Empty))?;
         let session = registry
             .lock()
             .ok()
             .and_then(|r| r.get(&sid).cloned())
             .ok_or_else(|| NetError::Identity(format!("data for unknown session {sid}")))?;
-        let checked = session.core.lock().map(|mut c| c.on_block(index, data));
+        let at = index * session.block_size;
+        // A page delta applies to the base block the working copy holds at `index`.
+        let (block, pages) = match kind {
+            Payload::Full => (std::borrow::Cow::Borrowed(payload), None),
+            Payload::Pages => {
+                let mut block = vec![0u8; session.block_size as usize];
+                blocking(|| session.file.read_exact_at(&mut block, at)).map_err(NetError::Io)?;
+                match apply_pages(&mut block, payload) {
+                    Some(changed) => (std::borrow::Cow::Owned(block), Some(changed)),
+                    None => {
+                        let why = format!("malformed page delta for block {index}");
+                        fail(&session, why.clone());
+                        return Err(NetError::Identity(why));
+                    }
+                }
+            }
+        };
+        let checked = session.core.lock().map(|mut c| c.on_block(index, &block));
         match checked {
             Ok(Ok(_)) => {
-                let at = index * session.block_size;
-                if let Err(e) = blocking(|| session.file.write_all_at(data, at)) {
+                // Write only what changed, so a reflinked working copy keeps sharing the rest.
+                let written = blocking(|| match &pages {
+                    None => session.file.write_all_at(&block, at),
+                    Some(changed) => changed.iter().try_for_each(|&p| {
+                        let r = p * PAGE_SIZE..(p + 1) * PAGE_SIZE;
+                        session
+                            .file
+                            .write_all_at(&block[r], at + (p * PAGE_SIZE) as u64)
+                    }),
+                });
+                if let Err(e) = written {
                     fail(&session, format!("write block {index}: {e}"));
                     return Err(NetError::Io(e));
                 }

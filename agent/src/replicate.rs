@@ -13,7 +13,8 @@ use std::time::Instant;
 
 use ferry_wire::hashfile::{HashFile, Kind};
 use ferry_wire::repl::{
-    block_header, choose_base, Request, Response, SenderCore, SenderStep, REPL_CONTROL_LIMIT,
+    block_header, choose_base, page_delta, Payload, Request, Response, SenderCore, SenderStep,
+    BLOCK_HEADER, REPL_CONTROL_LIMIT,
 };
 use ferry_wire::{BlockHash, Name};
 use quinn::VarInt;
@@ -196,6 +197,10 @@ pub async fn replicate(
         Some(b) => Some(store.manifest(volume, b.as_str())?),
         None => None,
     };
+    let base_image = match &base {
+        Some(b) => Some(store.snapshot_paths(volume, b.as_str())?.0),
+        None => None,
+    };
     report.base = base.clone();
     match call(
         &mut ctl,
@@ -241,24 +246,42 @@ pub async fn replicate(
                 path: manifest_path.clone(),
                 detail: e.to_string(),
             })?;
+        // With a base, the receiver's working copy holds the base block of every block it
+        // asks for: send only the pages that differ when that is clearly smaller.
+        let base_file = match &base_image {
+            Some(p) => Some(
+                std::fs::File::open(p).map_err(|e| crate::error::io_err(e, "open", p.clone()))?,
+            ),
+            None => None,
+        };
+        let mut base_block = vec![0u8; bs as usize];
         let (mut blocks, mut bytes, mut next) = (0u64, 0u64, 0usize);
         while let Some(need) = need_rx.blocking_recv() {
             for i in need {
                 let at = i * bs;
                 let len = bs.min(size - at) as usize;
-                let mut frame = Vec::with_capacity(ferry_wire::repl::BLOCK_HEADER + len);
-                frame.extend_from_slice(&block_header(sid, i));
-                frame.resize(ferry_wire::repl::BLOCK_HEADER + len, 0);
-                file.read_exact_at(&mut frame[ferry_wire::repl::BLOCK_HEADER..], at)
+                let mut frame = Vec::with_capacity(BLOCK_HEADER + len);
+                frame.extend_from_slice(&block_header(sid, i, Payload::Full));
+                frame.resize(BLOCK_HEADER + len, 0);
+                file.read_exact_at(&mut frame[BLOCK_HEADER..], at)
                     .map_err(|e| crate::error::io_err(e, "read", image.clone()))?;
-                if BlockHash::of(&frame[ferry_wire::repl::BLOCK_HEADER..]) != manifest.hash(i) {
+                if BlockHash::of(&frame[BLOCK_HEADER..]) != manifest.hash(i) {
                     return Err(StoreError::Corrupt {
                         what: "snapshot image",
                         path: image.clone(),
                         detail: format!("block {i} does not match the manifest; not sending it"),
                     });
                 }
-                bytes += len as u64;
+                if let (Some(bf), true) = (&base_file, len as u64 == bs) {
+                    bf.read_exact_at(&mut base_block, at)
+                        .map_err(|e| crate::error::io_err(e, "read base of", image.clone()))?;
+                    if let Some(delta) = page_delta(&base_block, &frame[BLOCK_HEADER..]) {
+                        frame.truncate(0);
+                        frame.extend_from_slice(&block_header(sid, i, Payload::Pages));
+                        frame.extend_from_slice(&delta);
+                    }
+                }
+                bytes += (frame.len() - BLOCK_HEADER) as u64;
                 blocks += 1;
                 if stream_txs[next % DATA_STREAMS]
                     .blocking_send(frame)

@@ -9,7 +9,7 @@ use ferry_agent::config::AgentConfig;
 use ferry_agent::net;
 use ferry_agent::server::load_tls;
 use ferry_tests::{bin, file_hash, random_page_writes, rng, write_random, Pki, Served};
-use ferry_wire::repl::{block_header, Request, Response, REPL_CONTROL_LIMIT};
+use ferry_wire::repl::{block_header, Payload, Request, Response, REPL_CONTROL_LIMIT};
 use ferry_wire::BlockHash;
 use serde_json::Value;
 
@@ -252,7 +252,7 @@ async fn a_corrupt_block_is_caught_and_nothing_is_committed() {
         Response::Need { blocks: vec![0] }
     );
     let mut data = session.conn.open_uni().await.expect("uni");
-    let frame = [block_header(sid, 0).as_slice(), &bad].concat();
+    let frame = [block_header(sid, 0, Payload::Full).as_slice(), &bad].concat();
     net::write_frame(&mut data, &frame).await.expect("write");
     let _ = data.finish();
     let closed = tokio::time::timeout(Duration::from_secs(10), session.conn.closed())

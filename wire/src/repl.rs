@@ -12,7 +12,10 @@
 //!   Request::Zeros{ranges}          ->     (receiver zeroes them; never sent as data)
 //!   Request::Offer{[(block, hash)]} ->     (changed, non-zero blocks, in batches)
 //!                                   <-     Response::Need{[block]} (what no local copy has)
-//!   data streams: [session u64][block u64][bytes]  (receiver checks BLAKE3 before writing)
+//!   data streams: [session u64][block u64][kind u8][bytes]
+//!                 kind 0: the block; kind 1: a page bitmap and the pages that differ from
+//!                 the base block the receiver holds. The receiver checks the whole block's
+//!                 BLAKE3 before writing anything.
 //!   Request::Commit                 ->
 //!                                   <-     Response::Committed{root} | Response::Error
 //! ```
@@ -34,8 +37,21 @@ pub const OFFER_BATCH: usize = 2048;
 pub const MAX_OUTSTANDING_OFFERS: usize = 4;
 /// Limit on one encoded control message.
 pub const REPL_CONTROL_LIMIT: usize = 1 << 20;
-/// Bytes before a block's data in a data frame: session id and block index, both u64 BE.
-pub const BLOCK_HEADER: usize = 16;
+/// Bytes before a block's payload in a data frame: session id (u64 BE), block index (u64 BE),
+/// payload kind (u8).
+pub const BLOCK_HEADER: usize = 17;
+/// Size of the pages a changed block may be sent as.
+pub const PAGE_SIZE: usize = 4096;
+
+/// How a block travels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Payload {
+    /// The whole block.
+    Full = 0,
+    /// Only the pages that differ from the base block the receiver holds: a bitmap of
+    /// `block_size / PAGE_SIZE` bits (least significant bit first), then those pages in order.
+    Pages = 1,
+}
 
 /// Sender to receiver, on the session's control stream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -83,21 +99,68 @@ pub enum Response {
 }
 
 /// Encodes a data frame's header. `session` is the id of the session's control stream.
-pub fn block_header(session: u64, index: u64) -> [u8; BLOCK_HEADER] {
+pub fn block_header(session: u64, index: u64, payload: Payload) -> [u8; BLOCK_HEADER] {
     let mut h = [0u8; BLOCK_HEADER];
     h[..8].copy_from_slice(&session.to_be_bytes());
-    h[8..].copy_from_slice(&index.to_be_bytes());
+    h[8..16].copy_from_slice(&index.to_be_bytes());
+    h[16] = payload as u8;
     h
 }
 
-/// Splits a data frame into session id, block index and data.
-pub fn parse_block(frame: &[u8]) -> Option<(u64, u64, &[u8])> {
+/// Splits a data frame into session id, block index, payload kind and payload.
+pub fn parse_block(frame: &[u8]) -> Option<(u64, u64, Payload, &[u8])> {
     let (h, data) = frame.split_at_checked(BLOCK_HEADER)?;
     let mut s = [0u8; 8];
     let mut i = [0u8; 8];
     s.copy_from_slice(&h[..8]);
-    i.copy_from_slice(&h[8..]);
-    Some((u64::from_be_bytes(s), u64::from_be_bytes(i), data))
+    i.copy_from_slice(&h[8..16]);
+    let kind = match h[16] {
+        0 => Payload::Full,
+        1 => Payload::Pages,
+        _ => return None,
+    };
+    Some((u64::from_be_bytes(s), u64::from_be_bytes(i), kind, data))
+}
+
+/// The page-delta payload of `new` against `base` (same length, a multiple of [`PAGE_SIZE`]),
+/// or `None` when it would not be smaller than three quarters of the block.
+pub fn page_delta(base: &[u8], new: &[u8]) -> Option<Vec<u8>> {
+    if base.len() != new.len() || new.len() % PAGE_SIZE != 0 {
+        return None;
+    }
+    let pages = new.len() / PAGE_SIZE;
+    let mut out = vec![0u8; pages.div_ceil(8)];
+    for p in 0..pages {
+        let r = p * PAGE_SIZE..(p + 1) * PAGE_SIZE;
+        if base[r.clone()] != new[r.clone()] {
+            out[p / 8] |= 1 << (p % 8);
+            out.extend_from_slice(&new[r]);
+            if out.len() * 4 >= new.len() * 3 {
+                return None;
+            }
+        }
+    }
+    Some(out)
+}
+
+/// Applies a page-delta payload to `block` (which holds the base); returns the changed page
+/// numbers, or `None` if the payload is malformed.
+pub fn apply_pages(block: &mut [u8], payload: &[u8]) -> Option<Vec<usize>> {
+    if block.len() % PAGE_SIZE != 0 {
+        return None;
+    }
+    let pages = block.len() / PAGE_SIZE;
+    let (bitmap, mut data) = payload.split_at_checked(pages.div_ceil(8))?;
+    let mut changed = Vec::new();
+    for p in 0..pages {
+        if bitmap[p / 8] & (1 << (p % 8)) != 0 {
+            let (page, rest) = data.split_at_checked(PAGE_SIZE)?;
+            block[p * PAGE_SIZE..(p + 1) * PAGE_SIZE].copy_from_slice(page);
+            changed.push(p);
+            data = rest;
+        }
+    }
+    data.is_empty().then_some(changed)
 }
 
 /// The base to use: the newest of our snapshots (oldest first in `ours`) that the receiver
@@ -382,9 +445,35 @@ mod tests {
                 m
             );
         }
-        let f = [block_header(3, 77).as_slice(), b"data"].concat();
-        assert_eq!(parse_block(&f), Some((3, 77, &b"data"[..])));
+        let f = [block_header(3, 77, Payload::Pages).as_slice(), b"data"].concat();
+        assert_eq!(parse_block(&f), Some((3, 77, Payload::Pages, &b"data"[..])));
+        let mut bad = f.clone();
+        bad[16] = 9;
+        assert_eq!(parse_block(&bad), None);
         assert_eq!(parse_block(&[1, 2]), None);
+    }
+
+    #[test]
+    fn page_deltas() {
+        let base: Vec<u8> = (0..65536u32).map(|i| (i % 251) as u8).collect();
+        let mut new = base.clone();
+        new[5000] ^= 1; // page 1
+        new[65535] ^= 1; // page 15
+        let d = page_delta(&base, &new).expect("small delta");
+        assert_eq!(d.len(), 2 + 2 * PAGE_SIZE);
+        let mut rebuilt = base.clone();
+        assert_eq!(apply_pages(&mut rebuilt, &d), Some(vec![1, 15]));
+        assert_eq!(rebuilt, new);
+        // Mostly changed: not worth it.
+        let other: Vec<u8> = base.iter().map(|b| b ^ 0xff).collect();
+        assert_eq!(page_delta(&base, &other), None);
+        // Malformed payloads.
+        let mut b2 = base.clone();
+        assert_eq!(apply_pages(&mut b2, &d[..d.len() - 1]), None);
+        assert_eq!(apply_pages(&mut b2, &[0xff]), None);
+        let mut extra = d.clone();
+        extra.push(0);
+        assert_eq!(apply_pages(&mut b2, &extra), None);
     }
 
     #[test]
