@@ -219,7 +219,11 @@ pub async fn replicate(
         r => return Err(unexpected(&r)),
     }
 
-    // Data path: a reader thread feeding DATA_STREAMS stream writers.
+    // Data path: a reader thread feeding DATA_STREAMS stream writers; it counts what it sent
+    // so the control path can keep the number of needed-but-unsent blocks bounded.
+    let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let progress = Arc::new(tokio::sync::Notify::new());
+    let (reader_sent, reader_progress) = (sent.clone(), progress.clone());
     let (need_tx, mut need_rx) = mpsc::channel::<Vec<u64>>(8);
     let mut stream_txs = Vec::new();
     let mut writers = Vec::new();
@@ -238,6 +242,14 @@ pub async fn replicate(
     let bs = meta.block_size as u64;
     let size = meta.size;
     let reader = tokio::task::spawn_blocking(move || -> Result<(u64, u64)> {
+        // Wake the control loop when the reader stops, whatever the reason.
+        struct WakeOnExit(Arc<tokio::sync::Notify>);
+        impl Drop for WakeOnExit {
+            fn drop(&mut self) {
+                self.0.notify_one();
+            }
+        }
+        let _wake = WakeOnExit(reader_progress.clone());
         let file = std::fs::File::open(&image)
             .map_err(|e| crate::error::io_err(e, "open", image.clone()))?;
         let manifest =
@@ -293,10 +305,34 @@ pub async fn replicate(
                     });
                 }
                 next += 1;
+                reader_sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                reader_progress.notify_one();
             }
         }
         Ok((blocks, bytes))
     });
+    // Responses are read by their own task, so the control loop can wait for either a
+    // response or send progress without cancelling a half-read frame.
+    let (resp_tx, mut resp_rx) = mpsc::channel::<Result<Response>>(8);
+    let mut ctl_recv = ctl.1;
+    let responses = tokio::spawn(async move {
+        loop {
+            let r = match net::recv_msg(&mut ctl_recv, REPL_CONTROL_LIMIT).await {
+                Ok(Response::Error { permanent, message }) => Err(peer_err(permanent, message)),
+                Ok(r) => Ok(r),
+                Err(e) => Err(net_err(e)),
+            };
+            let stop = r.is_err();
+            if resp_tx.send(r).await.is_err() || stop {
+                break;
+            }
+        }
+    });
+    let mut ctl_send = ctl.0;
+    let closed = || StoreError::Net {
+        retryable: true,
+        message: "control stream closed".into(),
+    };
 
     // Control path: offers and needs, driven by the sans-IO core.
     let new_fn = |i: u64| new.hash(i);
@@ -313,28 +349,36 @@ pub async fn replicate(
     );
     let control: Result<()> = async {
         loop {
+            core.on_sent(sent.swap(0, std::sync::atomic::Ordering::Relaxed));
             match core.poll() {
                 SenderStep::Zeros(ranges) => {
                     report.zero_blocks += ranges.iter().map(|(a, b)| b - a).sum::<u64>();
-                    net::send_msg(&mut ctl.0, &Request::Zeros { ranges })
+                    net::send_msg(&mut ctl_send, &Request::Zeros { ranges })
                         .await
                         .map_err(net_err)?;
                 }
                 SenderStep::Offer(blocks) => {
                     report.offered_blocks += blocks.len() as u64;
-                    net::send_msg(&mut ctl.0, &Request::Offer { blocks })
+                    net::send_msg(&mut ctl_send, &Request::Offer { blocks })
                         .await
                         .map_err(net_err)?;
                 }
-                SenderStep::Wait => match recv(&mut ctl).await? {
-                    Response::Need { blocks } => {
-                        core.on_need();
-                        if !blocks.is_empty() && need_tx.send(blocks).await.is_err() {
-                            return Ok(()); // the reader failed; its error is reported below
-                        }
+                SenderStep::Wait if core.awaiting_need() => {
+                    tokio::select! {
+                        r = resp_rx.recv() => match r.ok_or_else(closed)?? {
+                            Response::Need { blocks } => {
+                                core.on_need(blocks.len());
+                                if !blocks.is_empty() && need_tx.send(blocks).await.is_err() {
+                                    return Ok(()); // the reader failed; its error is reported below
+                                }
+                            }
+                            r => return Err(unexpected(&r)),
+                        },
+                        _ = progress.notified() => {}
                     }
-                    r => return Err(unexpected(&r)),
-                },
+                }
+                SenderStep::Wait if reader.is_finished() => return Ok(()), // reported below
+                SenderStep::Wait => progress.notified().await,
                 SenderStep::Done => return Ok(()),
             }
         }
@@ -353,11 +397,15 @@ pub async fn replicate(
     let (blocks, bytes) = read?;
     report.sent_blocks = blocks;
     report.sent_bytes = bytes;
-    match call(&mut ctl, &Request::Commit).await? {
+    net::send_msg(&mut ctl_send, &Request::Commit)
+        .await
+        .map_err(net_err)?;
+    match resp_rx.recv().await.ok_or_else(closed)?? {
         Response::Committed { root: r } if r == root => {}
         r => return Err(unexpected(&r)),
     }
-    let _ = ctl.0.finish();
+    let _ = ctl_send.finish();
+    responses.abort();
     finish(&conn, &ep).await;
     report.elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
     Ok(report)

@@ -52,6 +52,19 @@ enum Cmd {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
+    /// Replication: ferry full and incremental against rsync, restic, borg and the raw QUIC
+    /// ceiling, in the same run.
+    Replication {
+        /// Working directory (XFS with reflink=1).
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value = "4G", value_parser = |s: &str| parse_size(s).map_err(|e| e.to_string()))]
+        size: u64,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
 }
 
 /// One measured row.
@@ -66,10 +79,10 @@ struct Row {
     note: String,
 }
 
-fn cpu_self() -> f64 {
+pub(crate) fn cpu_self() -> f64 {
     rusage(libc::RUSAGE_SELF)
 }
-fn cpu_children() -> f64 {
+pub(crate) fn cpu_children() -> f64 {
     rusage(libc::RUSAGE_CHILDREN)
 }
 fn rusage(who: libc::c_int) -> f64 {
@@ -85,7 +98,7 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     // SAFETY: no preconditions.
     unsafe { libc::geteuid() == 0 }
 }
@@ -96,7 +109,7 @@ fn drop_caches() -> Result<()> {
     std::fs::write("/proc/sys/vm/drop_caches", "3").context("drop page cache (needs root)")
 }
 
-fn agent_bin() -> Result<PathBuf> {
+pub(crate) fn agent_bin() -> Result<PathBuf> {
     let p = std::env::current_exe()?.with_file_name("ferry-agent");
     if !p.exists() {
         bail!(
@@ -125,8 +138,8 @@ fn agent(data: &Path, args: &[&str]) -> Result<serde_json::Value> {
 }
 
 /// Writes the VM-like image: per 1 MiB segment, 25% hole, 50% random, 25% a copy of an earlier
-/// random segment shifted by a multiple of 64 KiB.
-fn generate(path: &Path, size: u64, seed: u64) -> Result<()> {
+/// random segment shifted by a multiple of `align`.
+pub(crate) fn generate(path: &Path, size: u64, seed: u64, align: u64) -> Result<()> {
     let f = OpenOptions::new().read(true).write(true).open(path)?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let seg = 1usize << 20;
@@ -144,7 +157,7 @@ fn generate(path: &Path, size: u64, seed: u64) -> Result<()> {
             randoms.push(off);
         } else {
             let src = randoms[rng.gen_range(0..randoms.len())];
-            let shift = rng.gen_range(0..16u64) * 65536;
+            let shift = rng.gen_range(0..(1u64 << 20) / align) * align;
             let len = (n as u64).min(size - src.max(src + shift).min(size)) as usize;
             let mut tmp = vec![0u8; len];
             f.read_exact_at(&mut tmp, (src + shift).min(size - len as u64))
@@ -267,7 +280,7 @@ fn manifest_bench(dir: &Path, size: u64, out: &Path, runs: usize, seed: u64) -> 
             .unwrap_or_default(),
     );
     eprintln!("generating a {} VM-like image", format_size(size));
-    generate(&vol, size, seed)?;
+    generate(&vol, size, seed, 65536)?;
     agent(&data, &["snapshot", "create", "vm", "s0"])?;
     let snap = data.join("volumes/vm/snapshots/s0/data.img");
     let snap_s = snap.to_str().unwrap_or_default().to_string();
@@ -534,6 +547,8 @@ fn manifest_bench(dir: &Path, size: u64, out: &Path, runs: usize, seed: u64) -> 
     Ok(())
 }
 
+mod replication;
+
 fn main() -> Result<()> {
     match Cli::parse().cmd {
         Cmd::Manifest {
@@ -543,5 +558,11 @@ fn main() -> Result<()> {
             runs,
             seed,
         } => manifest_bench(&dir, size, &out, runs.max(1), seed),
+        Cmd::Replication {
+            dir,
+            size,
+            out,
+            seed,
+        } => replication::run(&dir, size, &out, seed),
     }
 }

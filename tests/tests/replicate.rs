@@ -323,3 +323,26 @@ fn a_killed_sender_leaves_the_mirror_intact_and_a_retry_completes() {
     assert_eq!(file_hash(&p.mirror_image("v", "s2")), file_hash(&v));
     assert_eq!(p.b(&["snapshot", "verify", "v", "s1"])["ok"], true);
 }
+
+#[test]
+fn a_large_transfer_stays_within_flow_control() {
+    // 15,360 needed 16 KiB blocks: more than a receiver accepts pending at once, so the
+    // sender must pace its offers by what it has sent.
+    let p = Pair::new();
+    let mut r = rng("large");
+    p.a(&[
+        "volume",
+        "create",
+        "big",
+        "--size",
+        "256M",
+        "--block-size",
+        "16K",
+    ]);
+    let v = p.path("big");
+    write_random(&v, 0, 240 * MIB as usize, &mut r);
+    p.a(&["snapshot", "create", "big", "s1"]);
+    let full = p.replicate("big", "s1", &[]);
+    assert_eq!(full["sent_blocks"], 15360, "{full}");
+    assert_eq!(file_hash(&p.mirror_image("big", "s1")), file_hash(&v));
+}

@@ -35,6 +35,11 @@ use crate::name::Name;
 pub const OFFER_BATCH: usize = 2048;
 /// Offers a sender may have outstanding (not yet answered with a `Need`).
 pub const MAX_OUTSTANDING_OFFERS: usize = 4;
+/// Needed blocks a sender may have not yet sent before it stops offering.
+pub const MAX_UNSENT: u64 = 2 * OFFER_BATCH as u64;
+/// Blocks that may be in flight in the transport (the 256 MiB connection window at the
+/// smallest, 16 KiB, block size).
+pub const MAX_IN_TRANSIT: usize = 16384;
 /// Limit on one encoded control message.
 pub const REPL_CONTROL_LIMIT: usize = 1 << 20;
 /// Bytes before a block's payload in a data frame: session id (u64 BE), block index (u64 BE),
@@ -180,6 +185,7 @@ pub struct SenderCore<'a> {
     zero: BlockHash,
     next: u64,
     outstanding: usize,
+    unsent: u64,
 }
 
 impl std::fmt::Debug for SenderCore<'_> {
@@ -216,6 +222,7 @@ impl<'a> SenderCore<'a> {
             zero: crate::hash::ZeroTable::new(geometry.block_size).block,
             next: 0,
             outstanding: 0,
+            unsent: 0,
         }
     }
 
@@ -234,7 +241,7 @@ impl<'a> SenderCore<'a> {
         let count = self.geometry.block_count();
         let mut zeros: Vec<(u64, u64)> = Vec::new();
         let mut offer = Vec::new();
-        if self.outstanding >= MAX_OUTSTANDING_OFFERS {
+        if self.outstanding >= MAX_OUTSTANDING_OFFERS || self.unsent >= MAX_UNSENT {
             return SenderStep::Wait;
         }
         // One run of one kind: zero ranges or offered blocks, stopping before the first block
@@ -271,16 +278,28 @@ impl<'a> SenderCore<'a> {
             self.outstanding += 1;
             return SenderStep::Offer(offer);
         }
-        if self.outstanding > 0 {
+        if self.outstanding > 0 || self.unsent > 0 {
             SenderStep::Wait
         } else {
             SenderStep::Done
         }
     }
 
-    /// A `Need` arrived for one outstanding offer.
-    pub fn on_need(&mut self) {
+    /// A `Need` for `needed` blocks arrived for one outstanding offer.
+    pub fn on_need(&mut self, needed: usize) {
         self.outstanding = self.outstanding.saturating_sub(1);
+        self.unsent += needed as u64;
+    }
+
+    /// `n` needed blocks went out.
+    pub fn on_sent(&mut self, n: u64) {
+        self.unsent = self.unsent.saturating_sub(n);
+    }
+
+    /// Whether a `Wait` can only end by a `Need` arriving (offers are outstanding); otherwise
+    /// it ends as blocks are sent.
+    pub fn awaiting_need(&self) -> bool {
+        self.outstanding > 0
     }
 }
 
@@ -336,7 +355,8 @@ impl ReceiverCore {
         ReceiverCore {
             geometry,
             pending: HashMap::new(),
-            limit: OFFER_BATCH * (MAX_OUTSTANDING_OFFERS + 1),
+            // What a sender keeping to the limits above can have requested and not delivered.
+            limit: OFFER_BATCH * MAX_OUTSTANDING_OFFERS + MAX_UNSENT as usize + MAX_IN_TRANSIT,
             received: 0,
             copied: 0,
         }
@@ -550,6 +570,7 @@ mod tests {
                         for (i, from) in copies {
                             receiver_has[i as usize] = receiver_has[from as usize];
                         }
+                        let n = need.len();
                         for i in need {
                             // "Send" the block: the data is anything hashing to new(i) in this
                             // model, so check bookkeeping through the pending table.
@@ -560,9 +581,12 @@ mod tests {
                             receiver_has[i as usize] = hh;
                             known.insert(hh, i);
                         }
-                        s.on_need();
+                        s.on_need(n);
+                        s.on_sent(n as u64);
                     }
-                    SenderStep::Wait => panic!("cores must not stall with answers given"),
+                    SenderStep::Wait => {
+                        panic!("cores must not stall with answers given and blocks sent")
+                    }
                     SenderStep::Done => break,
                 }
             }
@@ -580,6 +604,31 @@ mod tests {
             }
             assert!(sent < blocks, "dedup must avoid resending repeats");
         }
+    }
+
+    #[test]
+    fn sender_stops_offering_while_needed_blocks_are_unsent() {
+        let g = Geometry::new(16384, 16384 * 100_000).expect("geometry");
+        let new = |i: u64| h(i);
+        let mut s = SenderCore::new(g, &new, None);
+        let mut offers = 0;
+        loop {
+            match s.poll() {
+                SenderStep::Offer(b) => {
+                    offers += 1;
+                    s.on_need(b.len()); // the receiver needs everything; nothing is sent yet
+                }
+                SenderStep::Wait => break,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert!(!s.awaiting_need());
+        assert_eq!(
+            offers, 2,
+            "at most MAX_UNSENT needed blocks may wait to be sent"
+        );
+        s.on_sent(MAX_UNSENT * 2);
+        assert!(matches!(s.poll(), SenderStep::Offer(_)));
     }
 
     #[test]
