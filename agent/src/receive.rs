@@ -357,7 +357,10 @@ pub async fn serve_data(
             Payload::Full => (std::borrow::Cow::Borrowed(payload), None),
             Payload::Pages => {
                 let mut block = vec![0u8; session.block_size as usize];
-                blocking(|| session.file.read_exact_at(&mut block, at)).map_err(NetError::Io)?;
+                session
+                    .file
+                    .read_exact_at(&mut block, at)
+                    .map_err(NetError::Io)?;
                 match apply_pages(&mut block, payload) {
                     Some(changed) => (std::borrow::Cow::Owned(block), Some(changed)),
                     None => {
@@ -372,7 +375,10 @@ pub async fn serve_data(
         match checked {
             Ok(Ok(_)) => {
                 // Write only what changed, so a reflinked working copy keeps sharing the rest.
-                let written = blocking(|| match &pages {
+                // One block into the page cache takes microseconds: written in place, since
+                // handing the worker off (block_in_place) per block cost more than the write
+                // (context switches dominated the receiver's profile).
+                let written = match &pages {
                     None => session.file.write_all_at(&block, at),
                     Some(changed) => changed.iter().try_for_each(|&p| {
                         let r = p * PAGE_SIZE..(p + 1) * PAGE_SIZE;
@@ -380,7 +386,7 @@ pub async fn serve_data(
                             .file
                             .write_all_at(&block[r], at + (p * PAGE_SIZE) as u64)
                     }),
-                });
+                };
                 if let Err(e) = written {
                     fail(&session, format!("write block {index}: {e}"));
                     return Err(NetError::Io(e));
