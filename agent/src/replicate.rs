@@ -21,7 +21,8 @@ use quinn::VarInt;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use crate::config::AgentConfig;
+use crate::config::{AgentConfig, Cache};
+use crate::engine::ReadJob;
 use crate::error::{check_name, Result, StoreError};
 use crate::net::{self, NetError};
 use crate::server::load_tls;
@@ -241,6 +242,7 @@ pub async fn replicate(
     }
     let bs = meta.block_size as u64;
     let size = meta.size;
+    let io = cfg.io.clone();
     let reader = tokio::task::spawn_blocking(move || -> Result<(u64, u64)> {
         // Wake the control loop when the reader stops, whatever the reason.
         struct WakeOnExit(Arc<tokio::sync::Notify>);
@@ -250,8 +252,6 @@ pub async fn replicate(
             }
         }
         let _wake = WakeOnExit(reader_progress.clone());
-        let file = std::fs::File::open(&image)
-            .map_err(|e| crate::error::io_err(e, "open", image.clone()))?;
         let manifest =
             HashFile::open(&manifest_path, Kind::Manifest).map_err(|e| StoreError::Corrupt {
                 what: "manifest",
@@ -266,48 +266,98 @@ pub async fn replicate(
             ),
             None => None,
         };
-        let mut base_block = vec![0u8; bs as usize];
         let (mut blocks, mut bytes, mut next) = (0u64, 0u64, 0usize);
+        let per_read = (io.read_size / bs).max(1);
         while let Some(need) = need_rx.blocking_recv() {
-            for i in need {
-                let at = i * bs;
-                let len = bs.min(size - at) as usize;
-                let mut frame = Vec::with_capacity(BLOCK_HEADER + len);
-                frame.extend_from_slice(&block_header(sid, i, Payload::Full));
-                frame.resize(BLOCK_HEADER + len, 0);
-                file.read_exact_at(&mut frame[BLOCK_HEADER..], at)
-                    .map_err(|e| crate::error::io_err(e, "read", image.clone()))?;
-                if BlockHash::of(&frame[BLOCK_HEADER..]) != manifest.hash(i) {
-                    return Err(StoreError::Corrupt {
-                        what: "snapshot image",
-                        path: image.clone(),
-                        detail: format!("block {i} does not match the manifest; not sending it"),
-                    });
-                }
-                if let (Some(bf), true) = (&base_file, len as u64 == bs) {
-                    bf.read_exact_at(&mut base_block, at)
-                        .map_err(|e| crate::error::io_err(e, "read base of", image.clone()))?;
-                    if let Some(delta) = page_delta(&base_block, &frame[BLOCK_HEADER..]) {
-                        frame.truncate(0);
-                        frame.extend_from_slice(&block_header(sid, i, Payload::Pages));
-                        frame.extend_from_slice(&delta);
-                    }
-                }
-                bytes += (frame.len() - BLOCK_HEADER) as u64;
-                blocks += 1;
-                if stream_txs[next % DATA_STREAMS]
-                    .blocking_send(frame)
-                    .is_err()
+            // Runs of consecutive needed blocks, read through io_uring (O_DIRECT: a fresh
+            // clone has nothing in the page cache) in pieces of up to `read_size`, hashed and
+            // framed on the hashing threads. Each batch is read to its end before the next is
+            // taken, so the reader never waits for needs with reads in flight.
+            let mut jobs = Vec::new();
+            let mut k = 0;
+            while k < need.len() {
+                let start = need[k];
+                let mut n = 1u64;
+                while k + (n as usize) < need.len()
+                    && need[k + n as usize] == start + n
+                    && n < per_read
                 {
-                    return Err(StoreError::Net {
-                        retryable: true,
-                        message: "data stream closed".into(),
-                    });
+                    n += 1;
                 }
-                next += 1;
-                reader_sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                reader_progress.notify_one();
+                let at = start * bs;
+                jobs.push(ReadJob {
+                    offset: at,
+                    len: (n * bs).min(size - at) as usize,
+                    tag: 0,
+                });
+                k += n as usize;
             }
+            let frame_blocks =
+                |job: &ReadJob, data: &[u8]| -> std::io::Result<Vec<(u64, BlockHash, Vec<u8>)>> {
+                    let mut out = Vec::new();
+                    let mut base_block = Vec::new();
+                    for (j, chunk) in data.chunks(bs as usize).enumerate() {
+                        let i = job.offset / bs + j as u64;
+                        let hash = BlockHash::of(chunk);
+                        let mut frame = Vec::new();
+                        // With a base, the receiver's working copy holds the base block of every
+                        // block it asks for: send only the pages that differ when that is clearly
+                        // smaller.
+                        if let (Some(bf), true) = (&base_file, chunk.len() as u64 == bs) {
+                            base_block.resize(bs as usize, 0);
+                            bf.read_exact_at(&mut base_block, i * bs)?;
+                            if let Some(delta) = page_delta(&base_block, chunk) {
+                                frame.extend_from_slice(&block_header(sid, i, Payload::Pages));
+                                frame.extend_from_slice(&delta);
+                            }
+                        }
+                        if frame.is_empty() {
+                            frame.reserve_exact(BLOCK_HEADER + chunk.len());
+                            frame.extend_from_slice(&block_header(sid, i, Payload::Full));
+                            frame.extend_from_slice(chunk);
+                        }
+                        out.push((i, hash, frame));
+                    }
+                    Ok(out)
+                };
+            crate::engine::run(
+                &image,
+                &io,
+                Cache::Cold,
+                (per_read * bs) as usize,
+                jobs,
+                frame_blocks,
+                |_, framed| {
+                    for (i, hash, frame) in framed
+                        .map_err(|e| crate::error::io_err(e, "read base of", image.clone()))?
+                    {
+                        if hash != manifest.hash(i) {
+                            return Err(StoreError::Corrupt {
+                                what: "snapshot image",
+                                path: image.clone(),
+                                detail: format!(
+                                    "block {i} does not match the manifest; not sending it"
+                                ),
+                            });
+                        }
+                        bytes += (frame.len() - BLOCK_HEADER) as u64;
+                        blocks += 1;
+                        if stream_txs[next % DATA_STREAMS]
+                            .blocking_send(frame)
+                            .is_err()
+                        {
+                            return Err(StoreError::Net {
+                                retryable: true,
+                                message: "data stream closed".into(),
+                            });
+                        }
+                        next += 1;
+                        reader_sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        reader_progress.notify_one();
+                    }
+                    Ok(())
+                },
+            )?;
         }
         Ok((blocks, bytes))
     });
