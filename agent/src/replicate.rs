@@ -13,8 +13,8 @@ use std::time::Instant;
 
 use ferry_wire::hashfile::{HashFile, Kind};
 use ferry_wire::repl::{
-    block_header, choose_base, page_delta, Payload, Request, Response, SenderCore, SenderStep,
-    BLOCK_HEADER, REPL_CONTROL_LIMIT,
+    block_header, choose_base, page_delta, pages_payload, Payload, Request, Response, SenderCore,
+    SenderStep, BLOCK_HEADER, PAGE_SIZE, REPL_CONTROL_LIMIT,
 };
 use ferry_wire::{BlockHash, Name};
 use quinn::VarInt;
@@ -198,9 +198,18 @@ pub async fn replicate(
         Some(b) => Some(store.manifest(volume, b.as_str())?),
         None => None,
     };
-    let base_image = match &base {
-        Some(b) => Some(store.snapshot_paths(volume, b.as_str())?.0),
-        None => None,
+    // The changed 4 KiB pages of each block, when the backend's diff is exact (reflink):
+    // page deltas then need no read of the base. Otherwise the base image is read to find them.
+    let (page_masks, base_image) = match &base {
+        Some(b) => {
+            let d = store.diff(volume, b.as_str(), snap)?;
+            if d.method == "fiemap" {
+                (Some(page_masks(&d.ranges, meta.block_size as u64)), None)
+            } else {
+                (None, Some(store.snapshot_paths(volume, b.as_str())?.0))
+            }
+        }
+        None => (None, None),
     };
     report.base = base.clone();
     match call(
@@ -303,13 +312,21 @@ pub async fn replicate(
                         // With a base, the receiver's working copy holds the base block of every
                         // block it asks for: send only the pages that differ when that is clearly
                         // smaller.
-                        if let (Some(bf), true) = (&base_file, chunk.len() as u64 == bs) {
-                            base_block.resize(bs as usize, 0);
-                            bf.read_exact_at(&mut base_block, i * bs)?;
-                            if let Some(delta) = page_delta(&base_block, chunk) {
-                                frame.extend_from_slice(&block_header(sid, i, Payload::Pages));
-                                frame.extend_from_slice(&delta);
+                        let full = chunk.len() as u64 == bs;
+                        let delta = match (&page_masks, &base_file) {
+                            (Some(masks), _) if full => {
+                                masks.get(&i).and_then(|m| pages_payload(chunk, m))
                             }
+                            (None, Some(bf)) if full => {
+                                base_block.resize(bs as usize, 0);
+                                bf.read_exact_at(&mut base_block, i * bs)?;
+                                page_delta(&base_block, chunk)
+                            }
+                            _ => None,
+                        };
+                        if let Some(delta) = delta {
+                            frame.extend_from_slice(&block_header(sid, i, Payload::Pages));
+                            frame.extend_from_slice(&delta);
                         }
                         if frame.is_empty() {
                             frame.reserve_exact(BLOCK_HEADER + chunk.len());
@@ -459,6 +476,23 @@ pub async fn replicate(
     finish(&conn, &ep).await;
     report.elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
     Ok(report)
+}
+
+/// Bitmaps of changed 4 KiB pages per block (the page-delta payload's bitmap layout), from
+/// sorted changed byte ranges.
+fn page_masks(ranges: &[(u64, u64)], bs: u64) -> std::collections::HashMap<u64, Vec<u8>> {
+    let page = PAGE_SIZE as u64;
+    let pages = (bs / page) as usize;
+    let mut masks = std::collections::HashMap::new();
+    for &(start, end) in ranges {
+        for p in start / page..end.div_ceil(page) {
+            let (block, idx) = (p * page / bs, ((p * page % bs) / page) as usize);
+            masks
+                .entry(block)
+                .or_insert_with(|| vec![0u8; pages.div_ceil(8)])[idx / 8] |= 1 << (idx % 8);
+        }
+    }
+    masks
 }
 
 async fn finish(conn: &quinn::Connection, ep: &quinn::Endpoint) {

@@ -26,8 +26,13 @@ struct Pair {
 
 impl Pair {
     fn new() -> Pair {
+        Self::new_in(&std::env::temp_dir())
+    }
+
+    /// Both agents' data directories under `parent` (an XFS mount for the reflink paths).
+    fn new_in(parent: &Path) -> Pair {
         let pki = Pki::new();
-        let dir = tempfile::tempdir().expect("tempdir");
+        let dir = tempfile::tempdir_in(parent).expect("tempdir");
         let b_data = dir.path().join("b");
         let a_cfg = pki.agent_config("site-a", "n1", &["site-b"], &dir.path().join("a"));
         let b_cfg = pki.agent_config("site-b", "m1", &["site-a"], &b_data);
@@ -129,8 +134,22 @@ impl Pair {
 }
 
 #[test]
-fn full_incremental_dedup_and_rebuild() {
-    let p = Pair::new();
+fn full_incremental_dedup_and_rebuild_copy() {
+    full_incremental_dedup_and_rebuild(Pair::new());
+}
+
+/// On XFS the sender takes changed pages from the FIEMAP diff and local copies share extents.
+#[test]
+fn full_incremental_dedup_and_rebuild_reflink() {
+    let xfs = std::env::var("FERRY_TEST_XFS")
+        .ok()
+        .filter(|v| !v.is_empty());
+    if ferry_tests::require(xfs.is_some(), "an XFS reflink mount in FERRY_TEST_XFS") {
+        full_incremental_dedup_and_rebuild(Pair::new_in(Path::new(&xfs.expect("checked"))));
+    }
+}
+
+fn full_incremental_dedup_and_rebuild(p: Pair) {
     let mut r = rng("replicate");
     p.a(&["volume", "create", "v", "--size", "32M"]);
     let v = p.path("v");

@@ -148,6 +148,24 @@ pub fn page_delta(base: &[u8], new: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// The page-delta payload of `block` for the pages set in `mask` (bit `p` of byte `p / 8`,
+/// as in the payload), when known from elsewhere (a filesystem diff), or `None` when it
+/// would not be smaller than three quarters of the block.
+pub fn pages_payload(block: &[u8], mask: &[u8]) -> Option<Vec<u8>> {
+    let pages = block.len() / PAGE_SIZE;
+    if block.len() % PAGE_SIZE != 0 || mask.len() != pages.div_ceil(8) {
+        return None;
+    }
+    let mut out = mask.to_vec();
+    for p in (0..pages).filter(|p| mask[p / 8] & (1 << (p % 8)) != 0) {
+        out.extend_from_slice(&block[p * PAGE_SIZE..(p + 1) * PAGE_SIZE]);
+        if out.len() * 4 >= block.len() * 3 {
+            return None;
+        }
+    }
+    Some(out)
+}
+
 /// Applies a page-delta payload to `block` (which holds the base); returns the changed page
 /// numbers, or `None` if the payload is malformed.
 pub fn apply_pages(block: &mut [u8], payload: &[u8]) -> Option<Vec<usize>> {
@@ -484,6 +502,14 @@ mod tests {
         let mut rebuilt = base.clone();
         assert_eq!(apply_pages(&mut rebuilt, &d), Some(vec![1, 15]));
         assert_eq!(rebuilt, new);
+        // The same payload from a known mask.
+        assert_eq!(pages_payload(&new, &[0b10, 0b1000_0000]), Some(d.clone()));
+        assert_eq!(
+            pages_payload(&new, &[0xff, 0xff]),
+            None,
+            "all pages: send the block"
+        );
+        assert_eq!(pages_payload(&new, &[0]), None, "mask of the wrong size");
         // Mostly changed: not worth it.
         let other: Vec<u8> = base.iter().map(|b| b ^ 0xff).collect();
         assert_eq!(page_delta(&base, &other), None);
