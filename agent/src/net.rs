@@ -301,18 +301,36 @@ fn check_hello(trust: &Trust, conn: &Connection, hello: &Hello) -> Result<(Name,
     Ok((node, site))
 }
 
-/// Server side of the ferry handshake on an accepted connection.
-pub async fn accept_session(
+/// Which end of a connection runs the handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// The server: accepts the control stream, checks the client's Hello, then answers.
+    Accept,
+    /// The client: opens the control stream and speaks first.
+    Open,
+}
+
+/// The ferry handshake on a TLS-established connection; closes it with a reason on failure.
+async fn handshake(
     conn: Connection,
     id: &Identity,
     trust: &Trust,
+    role: Role,
 ) -> Result<Session, NetError> {
     let ours = Hello::new(id.node.clone(), id.site.clone());
     let res = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
-        let (mut send, mut recv) = conn.accept_bi().await?;
+        let (mut send, mut recv) = match role {
+            Role::Accept => conn.accept_bi().await?,
+            Role::Open => conn.open_bi().await?,
+        };
+        if role == Role::Open {
+            send_msg(&mut send, &ours).await?;
+        }
         let theirs: Hello = recv_msg(&mut recv, HELLO_LIMIT).await?;
         let (peer_node, peer_site) = check_hello(trust, &conn, &theirs)?;
-        send_msg(&mut send, &ours).await?;
+        if role == Role::Accept {
+            send_msg(&mut send, &ours).await?;
+        }
         let version = msg::negotiate(&ours, &theirs)?;
         Ok::<_, NetError>((send, recv, peer_node, peer_site, version))
     })
@@ -334,6 +352,15 @@ pub async fn accept_session(
     }
 }
 
+/// Server side of the ferry handshake on an accepted connection.
+pub async fn accept_session(
+    conn: Connection,
+    id: &Identity,
+    trust: &Trust,
+) -> Result<Session, NetError> {
+    handshake(conn, id, trust, Role::Accept).await
+}
+
 /// Client side: connects to `addr` and completes the ferry handshake.
 pub async fn connect(
     endpoint: &quinn::Endpoint,
@@ -344,32 +371,7 @@ pub async fn connect(
     let connecting = endpoint
         .connect(addr, SERVER_NAME)
         .map_err(|source| NetError::Connect { addr, source })?;
-    let conn = connecting.await?;
-    let ours = Hello::new(id.node.clone(), id.site.clone());
-    let res = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
-        let (mut send, mut recv) = conn.open_bi().await?;
-        send_msg(&mut send, &ours).await?;
-        let theirs: Hello = recv_msg(&mut recv, HELLO_LIMIT).await?;
-        let (peer_node, peer_site) = check_hello(trust, &conn, &theirs)?;
-        let version = msg::negotiate(&ours, &theirs)?;
-        Ok::<_, NetError>((send, recv, peer_node, peer_site, version))
-    })
-    .await
-    .unwrap_or(Err(NetError::Timeout(HANDSHAKE_TIMEOUT)));
-    match res {
-        Ok((send, recv, peer_node, peer_site, version)) => Ok(Session {
-            conn,
-            send,
-            recv,
-            peer_node,
-            peer_site,
-            version,
-        }),
-        Err(e) => {
-            close_for(&conn, &e);
-            Err(e)
-        }
-    }
+    handshake(connecting.await?, id, trust, Role::Open).await
 }
 
 /// A client endpoint on an ephemeral port of the right address family.

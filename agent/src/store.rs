@@ -671,6 +671,38 @@ impl Store {
         Ok(tmp)
     }
 
+    /// Builds an owned, sparse volume (optionally a mirror) and commits it; the caller holds
+    /// the store lock and has checked the name is free.
+    fn new_sparse_volume(
+        &self,
+        name: &Name,
+        size: u64,
+        block_size: u32,
+        mirror: Option<MirrorInfo>,
+    ) -> Result<VolumeInfo> {
+        let tmp = self.tmp_volume_dir(name)?;
+        let res = (|| {
+            let img = tmp.join(IMAGE);
+            let f = create_new(&img)?;
+            f.set_len(size).ctx("size", &img)?;
+            f.sync_all().ctx("fsync", &img)?;
+            let meta = VolumeMeta {
+                name: name.clone(),
+                kind: VolumeKind::Owned,
+                path: None,
+                block_size,
+                created_unix_ms: now_ns() / 1_000_000,
+                origin: None,
+                mirror,
+            };
+            self.commit_volume(name, &meta, &tmp)
+        })();
+        if res.is_err() {
+            let _ = remove_tree(&tmp);
+        }
+        res
+    }
+
     /// Creates an owned, sparse volume of `size` bytes.
     pub fn create_volume(
         &self,
@@ -687,27 +719,7 @@ impl Store {
         let block_size = self.block_size(block_size)?;
         let _lock = self.store_lock()?;
         self.check_new_volume(&name)?;
-        let tmp = self.tmp_volume_dir(&name)?;
-        let res = (|| {
-            let img = tmp.join(IMAGE);
-            let f = create_new(&img)?;
-            f.set_len(size).ctx("size", &img)?;
-            f.sync_all().ctx("fsync", &img)?;
-            let meta = VolumeMeta {
-                name: name.clone(),
-                kind: VolumeKind::Owned,
-                path: None,
-                block_size,
-                created_unix_ms: now_ns() / 1_000_000,
-                origin: None,
-                mirror: None,
-            };
-            self.commit_volume(&name, &meta, &tmp)
-        })();
-        if res.is_err() {
-            let _ = remove_tree(&tmp);
-        }
-        res
+        self.new_sparse_volume(&name, size, block_size, None)
     }
 
     /// Adopts an existing image file (a LUN's backing file, a file in an NFS export, a VM disk).
@@ -1367,27 +1379,7 @@ impl Store {
             }
             return self.info(&dir, meta);
         }
-        let tmp = self.tmp_volume_dir(name)?;
-        let res = (|| {
-            let img = tmp.join(IMAGE);
-            let f = create_new(&img)?;
-            f.set_len(size).ctx("size", &img)?;
-            f.sync_all().ctx("fsync", &img)?;
-            let meta = VolumeMeta {
-                name: name.clone(),
-                kind: VolumeKind::Owned,
-                path: None,
-                block_size,
-                created_unix_ms: now_ns() / 1_000_000,
-                origin: None,
-                mirror: Some(from.clone()),
-            };
-            self.commit_volume(name, &meta, &tmp)
-        })();
-        if res.is_err() {
-            let _ = remove_tree(&tmp);
-        }
-        res
+        self.new_sparse_volume(name, size, block_size, Some(from.clone()))
     }
 
     /// The lock held by the one replication session receiving into a mirror.
