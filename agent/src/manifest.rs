@@ -226,6 +226,21 @@ pub struct Source<'a> {
     pub block_size: u32,
 }
 
+/// Writes the headers of a leaf index and a manifest and syncs both; returns the manifest root.
+fn finish_files(
+    leaves: HashFileWriter,
+    manifest: HashFileWriter,
+    leaves_path: &Path,
+    manifest_path: &Path,
+) -> Result<BlockHash> {
+    leaves
+        .finish()
+        .map_err(|e| format_err(e, "leaf index", leaves_path))?;
+    manifest
+        .finish()
+        .map_err(|e| format_err(e, "manifest", manifest_path))
+}
+
 /// Builds the manifest and leaf index of the snapshot image `src`, writing them to
 /// `out_manifest` and `out_leaves` (temporary paths the caller renames into place).
 pub fn build(
@@ -313,12 +328,7 @@ fn build_full(
         }
         Ok(())
     })?;
-    leaves
-        .finish()
-        .map_err(|e| format_err(e, "leaf index", out_leaves))?;
-    let root = manifest
-        .finish()
-        .map_err(|e| format_err(e, "manifest", out_manifest))?;
+    let root = finish_files(leaves, manifest, out_leaves, out_manifest)?;
     Ok(report(root, BuildMode::Full, &g, stats, started))
 }
 
@@ -399,12 +409,7 @@ fn build_incremental(
         manifest.set(b, &block_hash_from_leaves(&cvs).0);
     }
     let t_merge = Instant::now();
-    leaves
-        .finish()
-        .map_err(|e| format_err(e, "leaf index", out_leaves))?;
-    let root = manifest
-        .finish()
-        .map_err(|e| format_err(e, "manifest", out_manifest))?;
+    let root = finish_files(leaves, manifest, out_leaves, out_manifest)?;
     tracing::debug!(
         ranges = leaf_ranges.len(),
         reads = stats.reads,
