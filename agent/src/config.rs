@@ -146,6 +146,9 @@ pub struct NetConfig {
     pub peer_cas: Vec<PathBuf>,
     /// Most connections served at once; more are refused.
     pub max_connections: usize,
+    /// Bytes per second each outgoing transfer may send, e.g. "100MiB"; 0 = unlimited.
+    #[serde(deserialize_with = "de_size")]
+    pub bandwidth_limit: u64,
 }
 
 impl Default for NetConfig {
@@ -156,6 +159,7 @@ impl Default for NetConfig {
             key: None,
             peer_cas: Vec::new(),
             max_connections: 256,
+            bandwidth_limit: 0,
         }
     }
 }

@@ -20,6 +20,7 @@ pub mod hooks;
 pub mod manifest;
 pub mod net;
 pub mod pki;
+pub mod ratelimit;
 pub mod receive;
 pub mod replicate;
 pub mod server;

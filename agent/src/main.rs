@@ -67,6 +67,12 @@ enum Cmd {
         /// Retries of network failures (with backoff from 1 s to 30 s).
         #[arg(long, default_value_t = 5)]
         retries: u32,
+        /// Bytes per second for this transfer, e.g. 50MiB (default: net.bandwidth_limit).
+        #[arg(long, value_parser = size_arg)]
+        bwlimit: Option<u64>,
+        /// Print progress to stderr every second (default: when stderr is a terminal).
+        #[arg(long)]
+        progress: bool,
     },
     /// Connect to a peer agent, check mutual TLS and the handshake, measure round trips.
     Ping {
@@ -295,17 +301,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             to,
             mirror,
             retries,
+            bwlimit,
+            progress,
         } => {
-            let addr = resolve(&to)?;
+            let target = ferry_agent::replicate::Target {
+                peer: resolve(&to)?,
+                mirror,
+                bandwidth_limit: bwlimit,
+                progress: progress || std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            };
             let store = std::sync::Arc::new(store);
             let r = runtime()?.block_on(ferry_agent::replicate::replicate_with_retries(
-                &cfg,
-                store,
-                &volume,
-                &snapshot,
-                addr,
-                mirror.as_deref(),
-                retries,
+                &cfg, store, &volume, &snapshot, &target, retries,
             ))?;
             emit(json, &r, |o| {
                 if r.already_there {

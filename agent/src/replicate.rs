@@ -27,6 +27,7 @@ use crate::error::{check_name, Result, StoreError};
 use crate::net::{self, NetError};
 use crate::server::load_tls;
 use crate::store::Store;
+use ferry_wire::units::format_size;
 
 /// Data streams per session.
 pub const DATA_STREAMS: usize = 4;
@@ -87,6 +88,19 @@ fn unexpected(r: &Response) -> StoreError {
     }
 }
 
+/// Where and how a snapshot is sent.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The peer agent.
+    pub peer: SocketAddr,
+    /// Name of the mirror volume there (default: the volume's own name).
+    pub mirror: Option<String>,
+    /// Bytes per second for this transfer (the lower of this and `net.bandwidth_limit`).
+    pub bandwidth_limit: Option<u64>,
+    /// Print progress (bytes, rate, ETA) to stderr every second.
+    pub progress: bool,
+}
+
 /// [`replicate`], retrying errors that can pass (the network, a busy receiver) up to
 /// `retries` times with exponential backoff (1 s doubling, at most 30 s). Permanent errors
 /// (refused identity, corrupt data, no space) are returned at once.
@@ -95,14 +109,13 @@ pub async fn replicate_with_retries(
     store: Arc<Store>,
     volume: &str,
     snap: &str,
-    peer: SocketAddr,
-    mirror: Option<&str>,
+    target: &Target,
     retries: u32,
 ) -> Result<ReplicateReport> {
     let mut delay = std::time::Duration::from_secs(1);
     let mut attempt = 0;
     loop {
-        match replicate(cfg, store.clone(), volume, snap, peer, mirror).await {
+        match replicate(cfg, store.clone(), volume, snap, target).await {
             Err(StoreError::Net {
                 retryable: true,
                 message,
@@ -123,12 +136,19 @@ pub async fn replicate(
     store: Arc<Store>,
     volume: &str,
     snap: &str,
-    peer: SocketAddr,
-    mirror: Option<&str>,
+    target: &Target,
 ) -> Result<ReplicateReport> {
     let started = Instant::now();
+    let peer = target.peer;
     let meta = store.snapshot(volume, snap)?;
-    let mirror = check_name("mirror volume", mirror.unwrap_or(volume))?;
+    let mirror = check_name("mirror volume", target.mirror.as_deref().unwrap_or(volume))?;
+    let limit = [
+        target.bandwidth_limit,
+        (cfg.net.bandwidth_limit > 0).then_some(cfg.net.bandwidth_limit),
+    ]
+    .into_iter()
+    .flatten()
+    .min();
     let root = BlockHash::from_hex(&meta.root)
         .ok_or_else(|| StoreError::Invalid("bad root in snapshot metadata".into()))?;
     let ours: Vec<(Name, BlockHash)> = store
@@ -232,6 +252,7 @@ pub async fn replicate(
     // Data path: a reader thread feeding DATA_STREAMS stream writers; it counts what it sent
     // so the control path can keep the number of needed-but-unsent blocks bounded.
     let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let total_sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let progress = Arc::new(tokio::sync::Notify::new());
     let (reader_sent, reader_progress) = (sent.clone(), progress.clone());
     let (need_tx, mut need_rx) = mpsc::channel::<Vec<u64>>(8);
@@ -252,6 +273,9 @@ pub async fn replicate(
     let bs = meta.block_size as u64;
     let size = meta.size;
     let io = cfg.io.clone();
+    let sent_bytes = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let reader_bytes = sent_bytes.clone();
+    let mut bucket = limit.map(|l| crate::ratelimit::TokenBucket::new(l, Instant::now()));
     let reader = tokio::task::spawn_blocking(move || -> Result<(u64, u64)> {
         // Wake the control loop when the reader stops, whatever the reason.
         struct WakeOnExit(Arc<tokio::sync::Notify>);
@@ -359,6 +383,16 @@ pub async fn replicate(
                         }
                         bytes += (frame.len() - BLOCK_HEADER) as u64;
                         blocks += 1;
+                        if let Some(b) = bucket.as_mut() {
+                            let wait = b.take(frame.len() as u64, Instant::now());
+                            if !wait.is_zero() {
+                                std::thread::sleep(wait);
+                            }
+                        }
+                        reader_bytes.fetch_add(
+                            (frame.len() - BLOCK_HEADER) as u64,
+                            std::sync::atomic::Ordering::Relaxed,
+                        );
                         if stream_txs[next % DATA_STREAMS]
                             .blocking_send(frame)
                             .is_err()
@@ -414,9 +448,49 @@ pub async fn replicate(
         &new_fn,
         base_manifest.as_ref().map(|_| base_dyn),
     );
+    // Progress: scanned blocks (control loop), needed blocks, bytes sent (reader).
+    let scanned = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let needed = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let ticker = target.progress.then(|| {
+        let (scanned, needed, sent_bytes, sent_blocks) = (
+            scanned.clone(),
+            needed.clone(),
+            sent_bytes.clone(),
+            total_sent.clone(),
+        );
+        let total = new.len().max(1);
+        tokio::spawn(async move {
+            let t0 = Instant::now();
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                let ld =
+                    |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+                let (sc, nd, sb, sk) =
+                    (ld(&scanned), ld(&needed), ld(&sent_bytes), ld(&sent_blocks));
+                let done =
+                    (sc as f64 / total as f64) * if nd > 0 { sk as f64 / nd as f64 } else { 1.0 };
+                let secs = t0.elapsed().as_secs_f64();
+                let eta = if done > 0.0 {
+                    secs * (1.0 - done) / done
+                } else {
+                    f64::NAN
+                };
+                eprintln!(
+                    "progress: {:.0}% scanned, {} sent ({}/s), ETA {:.0} s",
+                    100.0 * sc as f64 / total as f64,
+                    format_size(sb),
+                    format_size((sb as f64 / secs) as u64),
+                    eta
+                );
+            }
+        })
+    });
     let control: Result<()> = async {
         loop {
-            core.on_sent(sent.swap(0, std::sync::atomic::Ordering::Relaxed));
+            let n = sent.swap(0, std::sync::atomic::Ordering::Relaxed);
+            core.on_sent(n);
+            total_sent.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+            scanned.store(core.position(), std::sync::atomic::Ordering::Relaxed);
             match core.poll() {
                 SenderStep::Zeros(ranges) => {
                     report.zero_blocks += ranges.iter().map(|(a, b)| b - a).sum::<u64>();
@@ -435,6 +509,7 @@ pub async fn replicate(
                         r = resp_rx.recv() => match r.ok_or_else(closed)?? {
                             Response::Need { blocks } => {
                                 core.on_need(blocks.len());
+                                needed.fetch_add(blocks.len() as u64, std::sync::atomic::Ordering::Relaxed);
                                 if !blocks.is_empty() && need_tx.send(blocks).await.is_err() {
                                     return Ok(()); // the reader failed; its error is reported below
                                 }
@@ -452,6 +527,9 @@ pub async fn replicate(
     }
     .await;
     drop(need_tx);
+    if let Some(t) = ticker {
+        t.abort();
+    }
     let read = reader
         .await
         .map_err(|e| StoreError::Invalid(format!("reader thread: {e}")))?;

@@ -365,3 +365,45 @@ fn a_large_transfer_stays_within_flow_control() {
     assert_eq!(full["sent_blocks"], 15360, "{full}");
     assert_eq!(file_hash(&p.mirror_image("big", "s1")), file_hash(&v));
 }
+
+#[test]
+fn bandwidth_limit_and_progress() {
+    let p = Pair::new();
+    let mut r = rng("bwlimit");
+    p.a(&["volume", "create", "v", "--size", "32M"]);
+    write_random(&p.path("v"), 0, 24 * MIB as usize, &mut r);
+    p.a(&["snapshot", "create", "v", "s1"]);
+    let addr = p.addr();
+    let t0 = std::time::Instant::now();
+    let out = Command::new(bin("ferry-agent"))
+        .arg("--config")
+        .arg(&p.a_cfg)
+        .args([
+            "--json",
+            "replicate",
+            "v",
+            "s1",
+            "--to",
+            &addr,
+            "--bwlimit",
+            "8MiB",
+            "--progress",
+        ])
+        .output()
+        .expect("run");
+    let secs = t0.elapsed().as_secs_f64();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // 24 MiB at 8 MiB/s with a 1 MiB burst cannot take less than about 2.9 s.
+    assert!(secs >= 2.5, "the limit was not applied: {secs:.2} s");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("progress:") && stderr.contains("ETA"),
+        "{stderr}"
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["sent_bytes"].as_u64(), Some(24 * MIB));
+}

@@ -314,6 +314,11 @@ impl<'a> SenderCore<'a> {
         self.unsent = self.unsent.saturating_sub(n);
     }
 
+    /// How many blocks have been scanned (for progress reports).
+    pub fn position(&self) -> u64 {
+        self.next
+    }
+
     /// Whether a `Wait` can only end by a `Need` arriving (offers are outstanding); otherwise
     /// it ends as blocks are sent.
     pub fn awaiting_need(&self) -> bool {
