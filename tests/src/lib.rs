@@ -497,3 +497,85 @@ impl Drop for Served {
         let _ = self.child.wait();
     }
 }
+
+/// A UDP relay on loopback that drops a share of datagrams and delays the rest, each way:
+/// network impairment for QUIC tests where the kernel has no netem. Stops when dropped.
+pub struct LossyRelay {
+    pub addr: std::net::SocketAddr,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl LossyRelay {
+    /// Relays to `target`, dropping `loss` (0..1) of datagrams and delaying each by `delay`.
+    pub fn start(
+        target: std::net::SocketAddr,
+        loss: f64,
+        delay: std::time::Duration,
+        seed: u64,
+    ) -> LossyRelay {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let front = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind relay");
+        let back = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind relay");
+        let addr = front.local_addr().expect("addr");
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                front.set_nonblocking(true).expect("nonblocking");
+                back.set_nonblocking(true).expect("nonblocking");
+                let front =
+                    std::sync::Arc::new(tokio::net::UdpSocket::from_std(front).expect("socket"));
+                let back =
+                    std::sync::Arc::new(tokio::net::UdpSocket::from_std(back).expect("socket"));
+                let mut rng = StdRng::seed_from_u64(seed);
+                let mut client: Option<std::net::SocketAddr> = None;
+                let (mut a, mut b) = (vec![0u8; 65536], vec![0u8; 65536]);
+                while !stop2.load(Ordering::Relaxed) {
+                    tokio::select! {
+                        r = front.recv_from(&mut a) => {
+                            let Ok((n, from)) = r else { continue };
+                            client = Some(from);
+                            if rng.gen::<f64>() >= loss {
+                                let (sock, data) = (back.clone(), a[..n].to_vec());
+                                tokio::spawn(async move {
+                                    tokio::time::sleep(delay).await;
+                                    let _ = sock.send_to(&data, target).await;
+                                });
+                            }
+                        }
+                        r = back.recv_from(&mut b) => {
+                            let Ok((n, _)) = r else { continue };
+                            if let (Some(c), true) = (client, rng.gen::<f64>() >= loss) {
+                                let (sock, data) = (front.clone(), b[..n].to_vec());
+                                tokio::spawn(async move {
+                                    tokio::time::sleep(delay).await;
+                                    let _ = sock.send_to(&data, c).await;
+                                });
+                            }
+                        }
+                        _ = tokio::time::sleep(std::time::Duration::from_millis(100)) => {}
+                    }
+                }
+            });
+        });
+        LossyRelay {
+            addr,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for LossyRelay {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

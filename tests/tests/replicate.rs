@@ -407,3 +407,39 @@ fn bandwidth_limit_and_progress() {
     let v: Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(v["sent_bytes"].as_u64(), Some(24 * MIB));
 }
+
+#[test]
+fn five_percent_loss_and_100ms_delay_still_completes() {
+    // This kernel has no netem: a relay on loopback drops 5% of datagrams each way and
+    // delays each by 50 ms each way (100 ms round trip).
+    let p = Pair::new();
+    let mut r = rng("lossy");
+    p.a(&["volume", "create", "v", "--size", "16M"]);
+    let v = p.path("v");
+    write_random(&v, 0, 4 * MIB as usize, &mut r);
+    p.a(&["snapshot", "create", "v", "s1"]);
+    let relay = ferry_tests::LossyRelay::start(
+        p.served.as_ref().expect("served").addr,
+        0.05,
+        Duration::from_millis(50),
+        7,
+    );
+    let addr = relay.addr.to_string();
+    let full = p.a(&["replicate", "v", "s1", "--to", &addr]);
+    assert_eq!(full["sent_bytes"].as_u64(), Some(4 * MIB));
+    random_page_writes(&v, 16 * MIB, 50, &mut r);
+    p.a(&["snapshot", "create", "v", "s2"]);
+    let inc = p.a(&["replicate", "v", "s2", "--to", &addr]);
+    assert_eq!(inc["base"], "s1");
+    drop(relay);
+    for s in ["s1", "s2"] {
+        assert_eq!(
+            p.mirror_snapshots("v")
+                .iter()
+                .find(|m| m.0 == s)
+                .map(|m| m.1.clone()),
+            Some(p.root_a("v", s))
+        );
+    }
+    assert_eq!(file_hash(&p.mirror_image("v", "s2")), file_hash(&v));
+}
