@@ -303,8 +303,7 @@ fn build_full(
         manifest.set(i, &hasher.zero.block.0);
     }
     if g.tail_len() > 0 {
-        let zeros = vec![0u8; g.tail_len() as usize];
-        manifest.set(g.full_blocks(), &BlockHash::of(&zeros).0);
+        manifest.set(g.full_blocks(), &hasher.zero.hash(g.tail_len()).0);
     }
     let lpb = g.leaves_per_block() as u64;
     let tail_job = tail_job(&g, tail_has_data);
@@ -498,11 +497,7 @@ pub fn verify(
         pos = e;
     }
     if g.tail_len() > 0 && !tail_has_data {
-        check(
-            g.full_blocks(),
-            &BlockHash::of(&vec![0u8; g.tail_len() as usize]),
-            &mut bad,
-        );
+        check(g.full_blocks(), &hasher.zero.hash(g.tail_len()), &mut bad);
     }
     let tail_job = tail_job(&g, tail_has_data);
     let jobs = cut(&ranges, block_chunk(io, &g), TAG_BLOCKS).chain(tail_job);

@@ -220,23 +220,9 @@ fn full_disk_is_reported_and_loses_nothing() {
         .write(true)
         .open(&vol)
         .expect("open");
-    ferry_tests_punch(&f, 0, 14 * MIB);
+    ferry_agent::fsx::punch_hole(&f, 0, 14 * MIB).expect("punch hole");
     env.ok(&["snapshot", "create", "v", "s1"]);
     assert_eq!(env.ok(&["snapshot", "verify", "v", "s1"])["ok"], true);
-}
-
-fn ferry_tests_punch(f: &std::fs::File, off: u64, len: u64) {
-    use std::os::fd::AsRawFd;
-    // SAFETY: fallocate on an open file.
-    let r = unsafe {
-        libc::fallocate(
-            f.as_raw_fd(),
-            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-            off as libc::off_t,
-            len as libc::off_t,
-        )
-    };
-    assert_eq!(r, 0, "punch hole");
 }
 
 #[test]

@@ -171,6 +171,7 @@ pub struct ZeroTable {
     pub leaf_cvs: Vec<LeafCv>,
     /// Hash of an all-zero full block.
     pub block: BlockHash,
+    block_size: u32,
 }
 
 impl ZeroTable {
@@ -181,15 +182,16 @@ impl ZeroTable {
         ZeroTable {
             leaf_cvs,
             block: BlockHash::of(&vec![0u8; block_size as usize]),
+            block_size,
         }
     }
 
-    /// Whether `h`, the hash of a block of `len` bytes, is the hash of zeros.
-    pub fn is_zero_block(&self, h: &BlockHash, len: u64, block_size: u32) -> bool {
-        if len == block_size as u64 {
-            *h == self.block
+    /// The hash of `len` zero bytes (the precomputed one for a full block).
+    pub fn hash(&self, len: u64) -> BlockHash {
+        if len == self.block_size as u64 {
+            self.block
         } else {
-            *h == BlockHash::of(&vec![0u8; len as usize])
+            BlockHash::of(&vec![0u8; len as usize])
         }
     }
 }
@@ -256,7 +258,8 @@ mod tests {
             let zeros = vec![0u8; bs as usize];
             assert_eq!(z.block, BlockHash::of(&zeros));
             assert_eq!(block_hash_from_leaves(&z.leaf_cvs), z.block);
-            assert!(z.is_zero_block(&BlockHash::of(&zeros[..1000]), 1000, bs));
+            assert_eq!(z.hash(1000), BlockHash::of(&zeros[..1000]));
+            assert_eq!(z.hash(bs as u64), z.block);
         }
     }
 

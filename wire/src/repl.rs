@@ -200,7 +200,7 @@ pub struct SenderCore<'a> {
     geometry: Geometry,
     new: &'a dyn Fn(u64) -> BlockHash,
     base: Option<&'a dyn Fn(u64) -> BlockHash>,
-    zero: BlockHash,
+    zero: crate::hash::ZeroTable,
     next: u64,
     outstanding: usize,
     unsent: u64,
@@ -237,7 +237,7 @@ impl<'a> SenderCore<'a> {
             geometry,
             new,
             base,
-            zero: crate::hash::ZeroTable::new(geometry.block_size).block,
+            zero: crate::hash::ZeroTable::new(geometry.block_size),
             next: 0,
             outstanding: 0,
             unsent: 0,
@@ -245,12 +245,7 @@ impl<'a> SenderCore<'a> {
     }
 
     fn is_zero(&self, i: u64, h: &BlockHash) -> bool {
-        let (_, len) = self.geometry.block_range(i);
-        if len == self.geometry.block_size as u64 {
-            *h == self.zero
-        } else {
-            *h == BlockHash::of(&vec![0u8; len as usize])
-        }
+        *h == self.zero.hash(self.geometry.block_range(i).1)
     }
 
     /// The next thing to send. Zero runs come as `Zeros`, changed blocks as `Offer`s of at most
@@ -369,8 +364,6 @@ pub struct ReceiverCore {
     geometry: Geometry,
     pending: HashMap<u64, BlockHash>,
     limit: usize,
-    pub received: u64,
-    pub copied: u64,
 }
 
 impl ReceiverCore {
@@ -380,8 +373,6 @@ impl ReceiverCore {
             pending: HashMap::new(),
             // What a sender keeping to the limits above can have requested and not delivered.
             limit: OFFER_BATCH * MAX_OUTSTANDING_OFFERS + MAX_UNSENT as usize + MAX_IN_TRANSIT,
-            received: 0,
-            copied: 0,
         }
     }
 
@@ -399,10 +390,7 @@ impl ReceiverCore {
             }
             match resolve(i, &h) {
                 Resolution::Present => {}
-                Resolution::Copy(l) => {
-                    self.copied += 1;
-                    copies.push((i, l));
-                }
+                Resolution::Copy(l) => copies.push((i, l)),
                 Resolution::Need => {
                     self.pending.insert(i, h);
                     need.push(i);
@@ -434,7 +422,6 @@ impl ReceiverCore {
             return Err(ReceiveError::HashMismatch { index });
         }
         self.pending.remove(&index);
-        self.received += 1;
         Ok(got)
     }
 
@@ -608,7 +595,6 @@ mod tests {
                             sent += 1;
                             let hh = r.pending.get(&i).copied().expect("pending");
                             r.pending.remove(&i);
-                            r.received += 1;
                             receiver_has[i as usize] = hh;
                             known.insert(hh, i);
                         }
