@@ -48,6 +48,8 @@ pub struct ReplicateReport {
     pub offered_blocks: u64,
     pub sent_blocks: u64,
     pub sent_bytes: u64,
+    /// Blocks the receiver already held from an interrupted transfer of this snapshot.
+    pub resumed_blocks: u64,
     pub elapsed_ms: f64,
     pub already_there: bool,
 }
@@ -186,6 +188,7 @@ pub async fn replicate(
         offered_blocks: 0,
         sent_blocks: 0,
         sent_bytes: 0,
+        resumed_blocks: 0,
         elapsed_ms: 0.0,
         already_there: false,
     };
@@ -245,7 +248,7 @@ pub async fn replicate(
     )
     .await?
     {
-        Response::Begun => {}
+        Response::Begun { resumed } => report.resumed_blocks = resumed,
         r => return Err(unexpected(&r)),
     }
 

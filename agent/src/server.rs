@@ -15,7 +15,7 @@ use crate::config::AgentConfig;
 use crate::error::{Result, StoreError};
 use crate::net::{self, NetError, Session};
 use crate::pki::{Identity, Trust};
-use crate::receive::{self, Registry};
+use crate::receive::{self, Receivers, Registry};
 use crate::store::{MirrorInfo, Store};
 
 /// The TLS identity and trust of this node, from the `[net]` config.
@@ -52,6 +52,7 @@ pub struct Server {
     id: Arc<Identity>,
     trust: Arc<Trust>,
     limit: Arc<Semaphore>,
+    receivers: Receivers,
 }
 
 impl std::fmt::Debug for Server {
@@ -79,6 +80,7 @@ impl Server {
             id: Arc::new(id),
             trust: Arc::new(trust),
             limit: Arc::new(Semaphore::new(cfg.net.max_connections)),
+            receivers: Receivers::default(),
         })
     }
 
@@ -108,10 +110,11 @@ impl Server {
                         continue;
                     };
                     let (id, trust, store) = (self.id.clone(), self.trust.clone(), self.store.clone());
+                    let receivers = self.receivers.clone();
                     tokio::spawn(async move {
                         let remote = incoming.remote_address();
                         match incoming.await {
-                            Ok(conn) => serve_connection(conn, &id, &trust, store).await,
+                            Ok(conn) => serve_connection(conn, &id, &trust, store, receivers).await,
                             Err(e) => tracing::info!(%remote, error = %e, "connection failed during TLS"),
                         }
                         drop(permit);
@@ -131,6 +134,7 @@ async fn serve_connection(
     id: &Identity,
     trust: &Trust,
     store: Arc<Store>,
+    receivers: Receivers,
 ) {
     let remote = conn.remote_address();
     let mut s = match net::accept_session(conn, id, trust).await {
@@ -151,6 +155,7 @@ async fn serve_connection(
         store,
         peer,
         registry.clone(),
+        receivers,
     ));
     let data = tokio::spawn(accept_data(s.conn.clone(), registry));
     match control_loop(&mut s).await {
@@ -173,12 +178,16 @@ async fn accept_sessions(
     store: Arc<Store>,
     peer: MirrorInfo,
     registry: Registry,
+    receivers: Receivers,
 ) {
     while let Ok((send, recv)) = conn.accept_bi().await {
         let (store, peer, registry, conn) =
             (store.clone(), peer.clone(), registry.clone(), conn.clone());
+        let receivers = receivers.clone();
         tokio::spawn(async move {
-            if let Err(e) = receive::serve_session(store, peer, registry, send, recv).await {
+            if let Err(e) =
+                receive::serve_session(store, peer, registry, receivers, send, recv).await
+            {
                 if !e.is_clean_close() {
                     tracing::warn!(error = %e, "replication session failed");
                     net::close_for(&conn, &e);

@@ -1390,6 +1390,19 @@ impl Store {
             .ok_or_else(|| StoreError::Busy(format!("mirror {name} is already receiving")))
     }
 
+    /// Where a mirror's receive journal lives (see `ferry_wire::journal`).
+    pub fn receive_journal_path(&self, name: &Name) -> PathBuf {
+        self.volumes_dir()
+            .join(name.as_str())
+            .join("receive.journal")
+    }
+
+    /// A mirror's working copy, as it is (to resume an interrupted transfer into it).
+    pub fn working_copy(&self, name: &Name) -> Result<PathBuf> {
+        let g = self.lock_volume(name)?;
+        Ok(self.image_path(&g.dir, &g.meta))
+    }
+
     /// Makes a mirror's working copy equal to its snapshot `base`, or all zeros; `size` bytes.
     /// Returns the working copy's path.
     pub fn reset_working_copy(

@@ -254,7 +254,7 @@ async fn a_corrupt_block_is_caught_and_nothing_is_committed() {
         net::recv_msg::<Response>(&mut recv, REPL_CONTROL_LIMIT)
             .await
             .expect("begun"),
-        Response::Begun
+        Response::Begun { resumed: 0 }
     );
     net::send_msg(
         &mut send,
@@ -296,51 +296,127 @@ async fn a_corrupt_block_is_caught_and_nothing_is_committed() {
     p.replicate("v", "s", &[]);
 }
 
+/// Replications killed (SIGKILL) at random points, the sender or the receiver, over and over:
+/// every attempt is killed before it could have sent everything at its bandwidth limit, so the
+/// transfer only completes because each attempt resumes where the last one stopped. After every
+/// kill the previous mirror snapshot verifies and the new one is either absent or complete;
+/// both end byte-identical with equal roots, and no journal or scratch file is left behind.
 #[test]
-fn a_killed_sender_leaves_the_mirror_intact_and_a_retry_completes() {
+fn kills_at_random_points_resume_and_end_identical() {
+    use rand::Rng;
     let mut p = Pair::new();
-    let mut r = rng("killed-sender");
-    p.a(&["volume", "create", "v", "--size", "256M"]);
+    let mut r = rng("kill-resume");
+    p.a(&["volume", "create", "v", "--size", "160M"]);
     let v = p.path("v");
-    write_random(&v, 0, 200 * MIB as usize, &mut r);
+    write_random(&v, 0, 128 * MIB as usize, &mut r);
     p.a(&["snapshot", "create", "v", "s1"]);
-    p.replicate("v", "s1", &[]);
-    write_random(&v, 0, 150 * MIB as usize, &mut r);
-    p.a(&["snapshot", "create", "v", "s2"]);
-    for round in 0..3 {
-        let addr = p.addr();
-        let mut child = Command::new(bin("ferry-agent"))
-            .arg("--config")
-            .arg(&p.a_cfg)
-            .args(["replicate", "v", "s2", "--to", &addr])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("spawn");
-        std::thread::sleep(Duration::from_millis(150 + 100 * round));
-        let _ = child.kill();
-        let _ = child.wait();
-        let names: Vec<String> = p.mirror_snapshots("v").into_iter().map(|s| s.0).collect();
-        assert!(names.contains(&"s1".to_string()));
-        assert_eq!(
-            p.b(&["snapshot", "verify", "v", "s1"])["ok"],
-            true,
-            "s1 intact after kill {round}"
-        );
-        if names.contains(&"s2".to_string()) {
-            break; // it finished before the kill
+    // Bytes a single attempt may send before it is killed, at most.
+    const RATE: u64 = 48 * MIB;
+    let max_life_ms = 1800;
+    let attempts = std::cell::Cell::new(0);
+    let killed = std::cell::Cell::new((0, 0));
+    let phase = |p: &mut Pair, snap: &str, prev: Option<&str>, r: &mut rand::rngs::StdRng| {
+        let want = file_hash(&v);
+        let mut last = None;
+        for attempt in 0..40 {
+            if p.mirror_snapshots("v").iter().any(|(n, _)| n == snap) {
+                break;
+            }
+            attempts.set(attempts.get() + 1);
+            let addr = p.addr();
+            let rate = format!("{RATE}");
+            let mut child = Command::new(bin("ferry-agent"))
+                .arg("--config")
+                .arg(&p.a_cfg)
+                .args(["--json", "replicate", "v", snap, "--to", &addr])
+                .args(["--retries", "0", "--bwlimit", &rate])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("spawn");
+            let life = Duration::from_millis(r.gen_range(200..max_life_ms));
+            let t0 = std::time::Instant::now();
+            while t0.elapsed() < life && child.try_wait().expect("wait").is_none() {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if child.try_wait().expect("wait").is_some() {
+                let out = child.wait_with_output().expect("output");
+                last = serde_json::from_slice::<Value>(&out.stdout).ok();
+                continue;
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            if r.gen_bool(0.35) {
+                // Kill the receiver too, and start it again (a new port: the mirror's
+                // journal, not the address, carries the resume).
+                killed.set((killed.get().0, killed.get().1 + 1));
+                drop(p.served.take());
+                p.served = Some(Served::start(&p.b_cfg));
+            } else {
+                killed.set((killed.get().0 + 1, killed.get().1));
+            }
+            let names: Vec<String> = p.mirror_snapshots("v").into_iter().map(|s| s.0).collect();
+            if let Some(prev) = prev {
+                assert!(
+                    names.iter().any(|n| n == prev),
+                    "attempt {attempt}: {names:?}"
+                );
+                assert_eq!(p.b(&["snapshot", "verify", "v", prev])["ok"], true);
+            }
+            if names.iter().any(|n| n == snap) {
+                assert_eq!(
+                    file_hash(&p.mirror_image("v", snap)),
+                    want,
+                    "complete or absent"
+                );
+            }
         }
-    }
-    // Kill the receiver too, restart it, and retry.
-    drop(p.served.take());
-    p.served = Some(Served::start(&p.b_cfg));
-    let done = p.replicate("v", "s2", &[]);
+        // Only resuming lets a run of short-lived attempts finish.
+        let finished = last.is_some() || p.mirror_snapshots("v").iter().any(|(n, _)| n == snap);
+        assert!(
+            finished,
+            "{snap} never completed in {} attempts",
+            attempts.get()
+        );
+        let done = last.unwrap_or_else(|| p.replicate("v", snap, &[]));
+        assert_eq!(file_hash(&p.mirror_image("v", snap)), want);
+        let root = p.root_a("v", snap);
+        let theirs = p.mirror_snapshots("v");
+        assert_eq!(
+            theirs.iter().find(|(n, _)| n == snap).map(|s| &s.1),
+            Some(&root)
+        );
+        done
+    };
+    phase(&mut p, "s1", None, &mut r);
+    let full_attempts = attempts.get();
+    // 128 MiB at 48 MiB/s takes over 2.6 s: no attempt lived that long.
     assert!(
-        done["already_there"] == true || done["base"] == "s1",
-        "{done}"
+        full_attempts >= 2,
+        "the full transfer needed {full_attempts} attempt(s)"
     );
-    assert_eq!(file_hash(&p.mirror_image("v", "s2")), file_hash(&v));
+    // Incremental: rewrite 96 MiB of it.
+    write_random(&v, 16 * MIB, 96 * MIB as usize, &mut r);
+    p.a(&["snapshot", "create", "v", "s2"]);
+    phase(&mut p, "s2", Some("s1"), &mut r);
+    eprintln!(
+        "attempts: {full_attempts} full, {} incremental; killed {:?} (sender, receiver)",
+        attempts.get() - full_attempts,
+        killed.get()
+    );
     assert_eq!(p.b(&["snapshot", "verify", "v", "s1"])["ok"], true);
+    assert_eq!(p.b(&["snapshot", "verify", "v", "s2"])["ok"], true);
+    assert!(
+        !p.b_data.join("volumes/v/receive.journal").exists(),
+        "the journal goes with the commit"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(p.b_data.join("volumes"))
+        .expect("list")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
 }
 
 #[test]

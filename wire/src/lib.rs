@@ -21,6 +21,7 @@ pub mod codec;
 pub mod frame;
 pub mod hash;
 pub mod hashfile;
+pub mod journal;
 pub mod msg;
 pub mod name;
 pub mod repl;

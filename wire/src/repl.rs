@@ -8,7 +8,8 @@
 //!                                   <-     Response::Snapshots{[(name, root)]}
 //!   (pick the base: the newest snapshot both hold with the same root; none = full)
 //!   Request::Begin{mirror, snapshot, size, block_size, root, base}  ->
-//!                                   <-     Response::Begun
+//!                                   <-     Response::Begun{resumed} (blocks already in place
+//!                                          from an interrupted transfer: see `journal`)
 //!   Request::Zeros{ranges}          ->     (receiver zeroes them; never sent as data)
 //!   Request::Offer{[(block, hash)]} ->     (changed, non-zero blocks, in batches)
 //!                                   <-     Response::Need{[block]} (what no local copy has)
@@ -87,7 +88,11 @@ pub enum Response {
     Snapshots {
         snapshots: Vec<(Name, BlockHash)>,
     },
-    Begun,
+    /// The session began; `resumed` blocks are already in place from an interrupted
+    /// transfer of the same snapshot (they will be answered as present).
+    Begun {
+        resumed: u64,
+    },
     /// Blocks of the last offer that must be sent (the others were found locally).
     Need {
         blocks: Vec<u64>,
@@ -338,6 +343,27 @@ pub enum ReceiveError {
     TooManyPending(usize),
 }
 
+/// Checks a block's length and hash against what was offered.
+pub fn verify_block(
+    index: u64,
+    want: BlockHash,
+    len: u64,
+    data: &[u8],
+) -> Result<BlockHash, ReceiveError> {
+    if data.len() as u64 != len {
+        return Err(ReceiveError::BadLength {
+            index,
+            got: data.len(),
+            want: len,
+        });
+    }
+    let got = BlockHash::of(data);
+    if got != want {
+        return Err(ReceiveError::HashMismatch { index });
+    }
+    Ok(got)
+}
+
 /// What the receiver does with an offered block.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Resolution<L> {
@@ -404,25 +430,30 @@ impl ReceiverCore {
     }
 
     /// Checks a received block; on success (its verified hash) it may be written at
-    /// `index * block_size`.
+    /// `index * block_size`. The same as [`Self::expected`], [`verify_block`] and
+    /// [`Self::received`] in one step; IO shells split it so that hashing runs unlocked.
     pub fn on_block(&mut self, index: u64, data: &[u8]) -> Result<BlockHash, ReceiveError> {
-        let Some(want) = self.pending.get(&index) else {
-            return Err(ReceiveError::Unexpected(index));
-        };
-        let (_, len) = self.geometry.block_range(index);
-        if data.len() as u64 != len {
-            return Err(ReceiveError::BadLength {
-                index,
-                got: data.len(),
-                want: len,
-            });
-        }
-        let got = BlockHash::of(data);
-        if got != *want {
-            return Err(ReceiveError::HashMismatch { index });
-        }
-        self.pending.remove(&index);
+        let (want, len) = self.expected(index)?;
+        let got = verify_block(index, want, len, data)?;
+        self.received(index)?;
         Ok(got)
+    }
+
+    /// The hash and length a block that was asked for must have.
+    pub fn expected(&self, index: u64) -> Result<(BlockHash, u64), ReceiveError> {
+        let want = self
+            .pending
+            .get(&index)
+            .ok_or(ReceiveError::Unexpected(index))?;
+        Ok((*want, self.geometry.block_range(index).1))
+    }
+
+    /// A checked block is written: it is no longer pending.
+    pub fn received(&mut self, index: u64) -> Result<(), ReceiveError> {
+        self.pending
+            .remove(&index)
+            .map(|_| ())
+            .ok_or(ReceiveError::Unexpected(index))
     }
 
     /// Blocks asked for and not yet received.
