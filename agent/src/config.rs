@@ -146,9 +146,46 @@ pub struct NetConfig {
     pub peer_cas: Vec<PathBuf>,
     /// Most connections served at once; more are refused.
     pub max_connections: usize,
-    /// Bytes per second each outgoing transfer may send, e.g. "100MiB"; 0 = unlimited.
+    /// Bytes per second all outgoing transfers of this agent may send together, e.g.
+    /// "100MiB"; 0 = unlimited. A transfer may have a lower limit of its own (`--bwlimit`).
     #[serde(deserialize_with = "de_size")]
     pub bandwidth_limit: u64,
+    /// Per-block compression of outgoing data: "off", "zstd" (level 1) or "zstd:LEVEL"
+    /// (1 to 19). A block travels compressed only when that saves at least an eighth of it.
+    pub compress: Compression,
+}
+
+/// Per-block compression of replication data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Compression {
+    #[default]
+    Off,
+    /// zstd at this level.
+    Zstd(i32),
+}
+
+impl std::str::FromStr for Compression {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let bad = || {
+            format!("compression must be \"off\", \"zstd\" or \"zstd:LEVEL\" (1 to 19), not {s:?}")
+        };
+        match s {
+            "off" | "none" => Ok(Compression::Off),
+            "zstd" => Ok(Compression::Zstd(1)),
+            _ => match s.strip_prefix("zstd:").map(str::parse::<i32>) {
+                Some(Ok(l)) if (1..=19).contains(&l) => Ok(Compression::Zstd(l)),
+                _ => Err(bad()),
+            },
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Compression {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 impl Default for NetConfig {
@@ -160,6 +197,7 @@ impl Default for NetConfig {
             peer_cas: Vec::new(),
             max_connections: 256,
             bandwidth_limit: 0,
+            compress: Compression::Off,
         }
     }
 }

@@ -56,18 +56,28 @@ enum Cmd {
     },
     /// Send a snapshot to a mirror volume on a peer agent (changed blocks only).
     Replicate {
-        volume: String,
-        snapshot: String,
+        /// VOLUME SNAPSHOT, or several such pairs: they run at once as sessions of one
+        /// connection and share it fairly (JSON output: then an array, one entry per pair).
+        #[arg(required = true, num_args = 2.., value_names = ["VOLUME", "SNAPSHOT"])]
+        pairs: Vec<String>,
         /// The peer agent, HOST:PORT.
         #[arg(long)]
         to: String,
-        /// Name of the mirror volume at the peer (default: the volume's name).
+        /// Name of the mirror volume at the peer (default: the volume's name; one pair only).
         #[arg(long = "as")]
         mirror: Option<String>,
+        /// Send relative to this snapshot, which the peer must hold with the same root
+        /// (default: the newest snapshot both hold; one pair only).
+        #[arg(long)]
+        base: Option<String>,
+        /// Per-block compression: off, zstd or zstd:LEVEL (default: net.compress).
+        #[arg(long)]
+        compress: Option<ferry_agent::config::Compression>,
         /// Retries of network failures (with backoff from 1 s to 30 s).
         #[arg(long, default_value_t = 5)]
         retries: u32,
-        /// Bytes per second for this transfer, e.g. 50MiB (default: net.bandwidth_limit).
+        /// Bytes per second for each transfer, e.g. 50MiB, on top of net.bandwidth_limit
+        /// (which all transfers of the agent share).
         #[arg(long, value_parser = size_arg)]
         bwlimit: Option<u64>,
         /// Print progress to stderr every second (default: when stderr is a terminal).
@@ -220,6 +230,7 @@ fn main() -> ExitCode {
         .init();
     let json = cli.json;
     match run(cli) {
+        Ok(()) if PARTIAL_FAILURE.load(std::sync::atomic::Ordering::Relaxed) => ExitCode::FAILURE,
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let kind = e
@@ -237,6 +248,30 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Set when a command printed its results but some of them are failures: exit non-zero.
+static PARTIAL_FAILURE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn replicate_line(
+    o: &mut dyn Write,
+    r: &ferry_agent::replicate::ReplicateReport,
+) -> std::io::Result<()> {
+    if r.already_there {
+        return writeln!(
+            o,
+            "{}@{} is already at {} as {}",
+            r.volume, r.snapshot, r.peer, r.mirror
+        );
+    }
+    writeln!(
+        o,
+        "{}@{} -> {} as {}: {} ({} of {} blocks sent, {} zero, {} resumed, base {}) in {:.1} ms; root {}",
+        r.volume, r.snapshot, r.peer, r.mirror,
+        format_size(r.sent_bytes), r.sent_blocks, r.blocks, r.zero_blocks, r.resumed_blocks,
+        r.base.as_ref().map_or("none".to_string(), |b| b.to_string()),
+        r.elapsed_ms, r.root
+    )
 }
 
 fn emit<T: Serialize>(
@@ -296,41 +331,101 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Pki(_) | Cmd::Serve { .. } | Cmd::Ping { .. } => unreachable!("handled above"),
         Cmd::Replicate {
-            volume,
-            snapshot,
+            pairs,
             to,
             mirror,
+            base,
+            compress,
             retries,
             bwlimit,
             progress,
         } => {
+            if pairs.len() % 2 != 0 {
+                anyhow::bail!(
+                    "replicate takes VOLUME SNAPSHOT pairs; {} is missing its snapshot",
+                    pairs[pairs.len() - 1]
+                );
+            }
+            let many = pairs.len() > 2;
+            if many && (mirror.is_some() || base.is_some()) {
+                anyhow::bail!("--as and --base name one volume's mirror and base: give one VOLUME SNAPSHOT pair");
+            }
             let target = ferry_agent::replicate::Target {
                 peer: resolve(&to)?,
                 mirror,
+                base,
                 bandwidth_limit: bwlimit,
+                compress: compress.unwrap_or(cfg.net.compress),
                 progress: progress || std::io::IsTerminal::is_terminal(&std::io::stderr()),
             };
             let store = std::sync::Arc::new(store);
-            let r = runtime()?.block_on(ferry_agent::replicate::replicate_with_retries(
-                &cfg, store, &volume, &snapshot, &target, retries,
-            ))?;
-            emit(json, &r, |o| {
-                if r.already_there {
-                    return writeln!(
-                        o,
-                        "{}@{} is already at {} as {}",
-                        r.volume, r.snapshot, r.peer, r.mirror
+            let results = runtime()?.block_on(async {
+                let peers = std::sync::Arc::new(ferry_agent::replicate::Peers::new(&cfg)?);
+                let budget = ferry_agent::replicate::Budget::new(cfg.net.bandwidth_limit);
+                let mut set = tokio::task::JoinSet::new();
+                for (k, pair) in pairs.chunks(2).enumerate() {
+                    let (cfg, store, peers, budget, target) = (
+                        cfg.clone(),
+                        store.clone(),
+                        peers.clone(),
+                        budget.clone(),
+                        target.clone(),
                     );
+                    let (volume, snapshot) = (pair[0].clone(), pair[1].clone());
+                    set.spawn(async move {
+                        let r = ferry_agent::replicate::replicate_with_retries(
+                            &cfg,
+                            store,
+                            (&peers, &budget),
+                            &volume,
+                            &snapshot,
+                            &target,
+                            retries,
+                        )
+                        .await;
+                        (k, volume, snapshot, r)
+                    });
                 }
-                writeln!(
-                    o,
-                    "{}@{} -> {} as {}: {} ({} of {} blocks sent, {} zero, base {}) in {:.1} ms; root {}",
-                    r.volume, r.snapshot, r.peer, r.mirror,
-                    format_size(r.sent_bytes), r.sent_blocks, r.blocks, r.zero_blocks,
-                    r.base.as_ref().map_or("none".to_string(), |b| b.to_string()),
-                    r.elapsed_ms, r.root
-                )
-            })
+                let mut out = Vec::new();
+                while let Some(r) = set.join_next().await {
+                    out.push(r?);
+                }
+                peers.close().await;
+                out.sort_by_key(|r| r.0);
+                anyhow::Ok(out)
+            })?;
+            if !many {
+                let r = results
+                    .into_iter()
+                    .next()
+                    .map(|r| r.3)
+                    .ok_or_else(|| anyhow::anyhow!("no transfer ran"))??;
+                return emit(json, &r, |o| replicate_line(o, &r));
+            }
+            let failed = results.iter().filter(|r| r.3.is_err()).count();
+            let rows: Vec<serde_json::Value> = results
+                .iter()
+                .map(|(_, volume, snapshot, r)| match r {
+                    Ok(rep) => serde_json::to_value(rep).unwrap_or_default(),
+                    Err(e) => serde_json::json!({
+                        "volume": volume, "snapshot": snapshot,
+                        "error": { "kind": e.kind(), "message": e.to_string() }
+                    }),
+                })
+                .collect();
+            emit(json, &rows, |o| {
+                for (_, volume, snapshot, r) in &results {
+                    match r {
+                        Ok(rep) => replicate_line(o, rep)?,
+                        Err(e) => writeln!(o, "{volume}@{snapshot}: error: {e}")?,
+                    }
+                }
+                Ok(())
+            })?;
+            if failed > 0 {
+                PARTIAL_FAILURE.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            Ok(())
         }
         Cmd::Info => {
             let v = serde_json::json!({

@@ -615,10 +615,35 @@ pub async fn serve_data(
             .and_then(|r| r.get(&sid).cloned())
             .ok_or_else(|| NetError::Identity(format!("data for unknown session {sid}")))?;
         let at = index * session.block_size;
+        // A compressed payload is unpacked into a buffer no larger than its uncompressed
+        // kind may be; anything bigger is refused by zstd itself.
+        let unpacked;
+        let (kind, payload) = match kind {
+            Payload::ZstdFull | Payload::ZstdPages => {
+                let (plain, cap) = match kind {
+                    Payload::ZstdFull => (Payload::Full, session.block_size as usize),
+                    _ => (
+                        Payload::Pages,
+                        session.block_size as usize
+                            + (session.block_size as usize / PAGE_SIZE).div_ceil(8),
+                    ),
+                };
+                unpacked = match unzstd(payload, cap) {
+                    Some(d) => d,
+                    None => {
+                        let why = format!("malformed compressed payload for block {index}");
+                        fail(&session, why.clone());
+                        return Err(NetError::Identity(why));
+                    }
+                };
+                (plain, unpacked.as_slice())
+            }
+            k => (k, payload),
+        };
         // A page delta applies to the base block the working copy holds at `index`.
         let (block, pages) = match kind {
-            Payload::Full => (std::borrow::Cow::Borrowed(payload), None),
-            Payload::Pages => {
+            Payload::Full | Payload::ZstdFull => (std::borrow::Cow::Borrowed(payload), None),
+            Payload::Pages | Payload::ZstdPages => {
                 let mut block = vec![0u8; session.block_size as usize];
                 session
                     .file
@@ -686,6 +711,21 @@ pub async fn serve_data(
         session.progress.notify_waiters();
     }
     Ok(())
+}
+
+/// Decompresses one zstd frame into at most `cap` bytes (one context per thread).
+fn unzstd(data: &[u8], cap: usize) -> Option<Vec<u8>> {
+    thread_local! {
+        static CTX: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    CTX.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.is_none() {
+            *c = zstd::bulk::Decompressor::new().ok();
+        }
+        c.as_mut()?.decompress(data, cap).ok()
+    })
 }
 
 fn fail(session: &RecvSession, why: String) {

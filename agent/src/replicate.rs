@@ -1,15 +1,22 @@
 //! The sending end of replication: drives [`SenderCore`] over a QUIC session to a peer agent.
 //!
+//! Connections are kept per peer in [`Peers`] and shared: several transfers to one peer run as
+//! sessions of one connection, each with its own control stream (at a higher priority than
+//! data) and data streams, which QUIC serves round-robin, so they share the link fairly. All
+//! transfers of the agent draw from one bandwidth [`Budget`]; a transfer may have a lower
+//! limit of its own.
+//!
 //! The control stream carries the session's requests (see `ferry_wire::repl`); block data goes
 //! over several unidirectional streams of the same connection, fed round-robin by one reader
 //! thread through bounded channels, so memory stays at a few dozen blocks whatever the volume.
 //! The reader re-checks every block it reads against the local manifest: a snapshot damaged on
 //! disk is never sent as good data.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::unix::fs::FileExt;
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use ferry_wire::hashfile::{HashFile, Kind};
 use ferry_wire::repl::{
@@ -21,10 +28,12 @@ use quinn::VarInt;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use crate::config::{AgentConfig, Cache};
+use crate::config::{AgentConfig, Cache, Compression};
 use crate::engine::ReadJob;
 use crate::error::{check_name, Result, StoreError};
 use crate::net::{self, NetError};
+use crate::pki::{Identity, Trust};
+use crate::ratelimit::TokenBucket;
 use crate::server::load_tls;
 use crate::store::Store;
 use ferry_wire::units::format_size;
@@ -48,6 +57,9 @@ pub struct ReplicateReport {
     pub offered_blocks: u64,
     pub sent_blocks: u64,
     pub sent_bytes: u64,
+    /// Blocks sent compressed, and the bytes their compression saved.
+    pub compressed_blocks: u64,
+    pub compression_saved_bytes: u64,
     /// Blocks the receiver already held from an interrupted transfer of this snapshot.
     pub resumed_blocks: u64,
     pub elapsed_ms: f64,
@@ -97,10 +109,114 @@ pub struct Target {
     pub peer: SocketAddr,
     /// Name of the mirror volume there (default: the volume's own name).
     pub mirror: Option<String>,
-    /// Bytes per second for this transfer (the lower of this and `net.bandwidth_limit`).
+    /// Send relative to this snapshot, which the peer must hold with the same root (default:
+    /// the newest snapshot both hold).
+    pub base: Option<String>,
+    /// Bytes per second for this transfer, on top of the agent's [`Budget`].
     pub bandwidth_limit: Option<u64>,
+    /// Per-block compression.
+    pub compress: Compression,
     /// Print progress (bytes, rate, ETA) to stderr every second.
     pub progress: bool,
+}
+
+/// The bandwidth all outgoing transfers of an agent share (`net.bandwidth_limit`).
+#[derive(Debug, Clone, Default)]
+pub struct Budget(Option<Arc<Mutex<TokenBucket>>>);
+
+impl Budget {
+    /// `bytes_per_sec` of 0 means unlimited.
+    pub fn new(bytes_per_sec: u64) -> Budget {
+        Budget(
+            (bytes_per_sec > 0)
+                .then(|| Arc::new(Mutex::new(TokenBucket::new(bytes_per_sec, Instant::now())))),
+        )
+    }
+
+    /// Takes `n` bytes; returns how long to wait before sending them.
+    fn take(&self, n: u64) -> Duration {
+        self.0
+            .as_ref()
+            .and_then(|b| b.lock().ok().map(|mut b| b.take(n, Instant::now())))
+            .unwrap_or(Duration::ZERO)
+    }
+}
+
+/// One connection to a peer agent, after mutual TLS and the ferry handshake.
+struct Link {
+    ep: quinn::Endpoint,
+    conn: quinn::Connection,
+    label: String,
+    /// The connection's first stream (pings); kept open for the connection's life.
+    _control: (quinn::SendStream, quinn::RecvStream),
+}
+
+/// Connections to peer agents, one per address, shared by every transfer to that peer.
+pub struct Peers {
+    id: Identity,
+    trust: Trust,
+    cc: quinn::ClientConfig,
+    links: tokio::sync::Mutex<HashMap<SocketAddr, Link>>,
+}
+
+impl std::fmt::Debug for Peers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Peers")
+            .field("node", &self.id.node)
+            .finish()
+    }
+}
+
+impl Peers {
+    /// The node's TLS identity and trust from the `[net]` config.
+    pub fn new(cfg: &AgentConfig) -> Result<Peers> {
+        let (id, trust) = load_tls(cfg)?;
+        let cc = net::client_config(&id, &trust).map_err(net_err)?;
+        Ok(Peers {
+            id,
+            trust,
+            cc,
+            links: tokio::sync::Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// A live connection to `peer` and the peer's name, connecting if there is none.
+    pub async fn connection(&self, peer: SocketAddr) -> Result<(quinn::Connection, String)> {
+        let mut links = self.links.lock().await;
+        if let Some(l) = links.get(&peer) {
+            if l.conn.close_reason().is_none() {
+                return Ok((l.conn.clone(), l.label.clone()));
+            }
+            links.remove(&peer);
+        }
+        let ep = net::client_endpoint(peer, self.cc.clone()).map_err(net_err)?;
+        let s = net::connect(&ep, peer, &self.id, &self.trust)
+            .await
+            .map_err(net_err)?;
+        let label = format!("{}@{} ({peer})", s.peer_node, s.peer_site);
+        tracing::info!(peer = %label, "connected to peer");
+        let out = (s.conn.clone(), label.clone());
+        links.insert(
+            peer,
+            Link {
+                ep,
+                conn: s.conn,
+                label,
+                _control: (s.send, s.recv),
+            },
+        );
+        Ok(out)
+    }
+
+    /// Closes every connection and waits until the peers have been told.
+    pub async fn close(&self) {
+        let links: Vec<Link> = self.links.lock().await.drain().map(|(_, l)| l).collect();
+        for l in links {
+            l.conn
+                .close(VarInt::from_u32(ferry_wire::msg::close::DONE), b"done");
+            l.ep.wait_idle().await;
+        }
+    }
 }
 
 /// [`replicate`], retrying errors that can pass (the network, a busy receiver) up to
@@ -109,6 +225,7 @@ pub struct Target {
 pub async fn replicate_with_retries(
     cfg: &AgentConfig,
     store: Arc<Store>,
+    link: (&Peers, &Budget),
     volume: &str,
     snap: &str,
     target: &Target,
@@ -117,7 +234,7 @@ pub async fn replicate_with_retries(
     let mut delay = std::time::Duration::from_secs(1);
     let mut attempt = 0;
     loop {
-        match replicate(cfg, store.clone(), volume, snap, target).await {
+        match replicate(cfg, store.clone(), link, volume, snap, target).await {
             Err(StoreError::Net {
                 retryable: true,
                 message,
@@ -132,10 +249,12 @@ pub async fn replicate_with_retries(
     }
 }
 
-/// Sends snapshot `snap` of `volume` to the agent at `peer`, into its mirror volume `mirror`.
+/// Sends snapshot `snap` of `volume` to the agent at `target.peer`, into its mirror volume,
+/// over the peer's shared connection, within the agent's bandwidth budget.
 pub async fn replicate(
     cfg: &AgentConfig,
     store: Arc<Store>,
+    (peers, budget): (&Peers, &Budget),
     volume: &str,
     snap: &str,
     target: &Target,
@@ -144,13 +263,10 @@ pub async fn replicate(
     let peer = target.peer;
     let meta = store.snapshot(volume, snap)?;
     let mirror = check_name("mirror volume", target.mirror.as_deref().unwrap_or(volume))?;
-    let limit = [
-        target.bandwidth_limit,
-        (cfg.net.bandwidth_limit > 0).then_some(cfg.net.bandwidth_limit),
-    ]
-    .into_iter()
-    .flatten()
-    .min();
+    let want_base = match &target.base {
+        Some(b) => Some(check_name("base snapshot", b)?),
+        None => None,
+    };
     let root = BlockHash::from_hex(&meta.root)
         .ok_or_else(|| StoreError::Invalid("bad root in snapshot metadata".into()))?;
     let ours: Vec<(Name, BlockHash)> = store
@@ -166,21 +282,17 @@ pub async fn replicate(
     let (image, manifest_path, _) = store.snapshot_paths(volume, snap)?;
     let new = store.manifest(volume, snap)?;
 
-    let (id, trust) = load_tls(cfg)?;
-    let ep = net::client_endpoint(peer, net::client_config(&id, &trust).map_err(net_err)?)
-        .map_err(net_err)?;
-    let session = net::connect(&ep, peer, &id, &trust)
-        .await
-        .map_err(net_err)?;
-    let conn = session.conn.clone();
+    let (conn, peer_label) = peers.connection(peer).await?;
     let mut ctl = conn.open_bi().await.map_err(|e| net_err(e.into()))?;
+    // Offers and needs go ahead of block data on the shared connection.
+    let _ = ctl.0.set_priority(1);
     let sid = u64::from(ctl.0.id());
 
     let mut report = ReplicateReport {
         volume: meta.volume.clone(),
         snapshot: meta.name.clone(),
         mirror: mirror.clone(),
-        peer: format!("{}@{} ({peer})", session.peer_node, session.peer_site),
+        peer: peer_label,
         base: None,
         root: meta.root.clone(),
         blocks: new.len(),
@@ -188,6 +300,8 @@ pub async fn replicate(
         offered_blocks: 0,
         sent_blocks: 0,
         sent_bytes: 0,
+        compressed_blocks: 0,
+        compression_saved_bytes: 0,
         resumed_blocks: 0,
         elapsed_ms: 0.0,
         already_there: false,
@@ -212,11 +326,27 @@ pub async fn replicate(
             });
         }
         report.already_there = true;
-        finish(&conn, &ep).await;
+        let _ = ctl.0.finish();
         report.elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
         return Ok(report);
     }
-    let base = choose_base(&ours, &theirs);
+    let base = match want_base {
+        None => choose_base(&ours, &theirs),
+        Some(b) => {
+            let Some((_, r)) = ours.iter().find(|(n, _)| *n == b) else {
+                return Err(StoreError::Invalid(format!(
+                    "base {volume}@{b} is not an older snapshot of the same size and block size as {snap}"
+                )));
+            };
+            if !theirs.iter().any(|(n, tr)| *n == b && tr == r) {
+                return Err(StoreError::Invalid(format!(
+                    "the peer does not hold {mirror}@{b} with the same root; \
+                     omit --base to use the newest snapshot both hold"
+                )));
+            }
+            Some(b)
+        }
+    };
     let base_manifest = match &base {
         Some(b) => Some(store.manifest(volume, b.as_str())?),
         None => None,
@@ -278,8 +408,13 @@ pub async fn replicate(
     let io = cfg.io.clone();
     let sent_bytes = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let reader_bytes = sent_bytes.clone();
-    let mut bucket = limit.map(|l| crate::ratelimit::TokenBucket::new(l, Instant::now()));
-    let reader = tokio::task::spawn_blocking(move || -> Result<(u64, u64)> {
+    let mut bucket = target
+        .bandwidth_limit
+        .map(|l| TokenBucket::new(l, Instant::now()));
+    let budget = budget.clone();
+    let compress = target.compress;
+    let mut compressed = (0u64, 0u64);
+    let reader = tokio::task::spawn_blocking(move || -> Result<(u64, u64, (u64, u64))> {
         // Wake the control loop when the reader stops, whatever the reason.
         struct WakeOnExit(Arc<tokio::sync::Notify>);
         impl Drop for WakeOnExit {
@@ -328,42 +463,49 @@ pub async fn replicate(
                 });
                 k += n as usize;
             }
-            let frame_blocks =
-                |job: &ReadJob, data: &[u8]| -> std::io::Result<Vec<(u64, BlockHash, Vec<u8>)>> {
-                    let mut out = Vec::new();
-                    let mut base_block = Vec::new();
-                    for (j, chunk) in data.chunks(bs as usize).enumerate() {
-                        let i = job.offset / bs + j as u64;
-                        let hash = BlockHash::of(chunk);
-                        let mut frame = Vec::new();
-                        // With a base, the receiver's working copy holds the base block of every
-                        // block it asks for: send only the pages that differ when that is clearly
-                        // smaller.
-                        let full = chunk.len() as u64 == bs;
-                        let delta = match (&page_masks, &base_file) {
-                            (Some(masks), _) if full => {
-                                masks.get(&i).and_then(|m| pages_payload(chunk, m))
-                            }
-                            (None, Some(bf)) if full => {
-                                base_block.resize(bs as usize, 0);
-                                bf.read_exact_at(&mut base_block, i * bs)?;
-                                page_delta(&base_block, chunk)
-                            }
-                            _ => None,
-                        };
-                        if let Some(delta) = delta {
-                            frame.extend_from_slice(&block_header(sid, i, Payload::Pages));
-                            frame.extend_from_slice(&delta);
+            let frame_blocks = |job: &ReadJob, data: &[u8]| -> std::io::Result<Vec<Framed>> {
+                let mut out = Vec::new();
+                let mut base_block = Vec::new();
+                for (j, chunk) in data.chunks(bs as usize).enumerate() {
+                    let i = job.offset / bs + j as u64;
+                    let hash = BlockHash::of(chunk);
+                    let mut frame = Vec::new();
+                    // With a base, the receiver's working copy holds the base block of every
+                    // block it asks for: send only the pages that differ when that is clearly
+                    // smaller.
+                    let full = chunk.len() as u64 == bs;
+                    let delta = match (&page_masks, &base_file) {
+                        (Some(masks), _) if full => {
+                            masks.get(&i).and_then(|m| pages_payload(chunk, m))
                         }
-                        if frame.is_empty() {
-                            frame.reserve_exact(BLOCK_HEADER + chunk.len());
-                            frame.extend_from_slice(&block_header(sid, i, Payload::Full));
-                            frame.extend_from_slice(chunk);
+                        (None, Some(bf)) if full => {
+                            base_block.resize(bs as usize, 0);
+                            bf.read_exact_at(&mut base_block, i * bs)?;
+                            page_delta(&base_block, chunk)
                         }
-                        out.push((i, hash, frame));
-                    }
-                    Ok(out)
-                };
+                        _ => None,
+                    };
+                    let (kind, payload) = match &delta {
+                        Some(d) => (Payload::Pages, d.as_slice()),
+                        None => (Payload::Full, chunk),
+                    };
+                    let packed = match compress {
+                        Compression::Zstd(level) => zstd_smaller(payload, level),
+                        Compression::Off => None,
+                    };
+                    let saved = packed.as_ref().map_or(0, |p| payload.len() - p.len()) as u64;
+                    let (kind, payload) = match (&packed, kind) {
+                        (Some(p), Payload::Pages) => (Payload::ZstdPages, p.as_slice()),
+                        (Some(p), _) => (Payload::ZstdFull, p.as_slice()),
+                        (None, k) => (k, payload),
+                    };
+                    frame.reserve_exact(BLOCK_HEADER + payload.len());
+                    frame.extend_from_slice(&block_header(sid, i, kind));
+                    frame.extend_from_slice(payload);
+                    out.push((i, hash, frame, saved));
+                }
+                Ok(out)
+            };
             crate::engine::run(
                 &image,
                 &io,
@@ -372,7 +514,7 @@ pub async fn replicate(
                 jobs,
                 frame_blocks,
                 |_, framed| {
-                    for (i, hash, frame) in framed
+                    for (i, hash, frame, saved) in framed
                         .map_err(|e| crate::error::io_err(e, "read base of", image.clone()))?
                     {
                         if hash != manifest.hash(i) {
@@ -386,11 +528,17 @@ pub async fn replicate(
                         }
                         bytes += (frame.len() - BLOCK_HEADER) as u64;
                         blocks += 1;
-                        if let Some(b) = bucket.as_mut() {
-                            let wait = b.take(frame.len() as u64, Instant::now());
-                            if !wait.is_zero() {
-                                std::thread::sleep(wait);
-                            }
+                        if saved > 0 {
+                            compressed.0 += 1;
+                            compressed.1 += saved;
+                        }
+                        let n = frame.len() as u64;
+                        let wait = bucket
+                            .as_mut()
+                            .map_or(Duration::ZERO, |b| b.take(n, Instant::now()))
+                            .max(budget.take(n));
+                        if !wait.is_zero() {
+                            std::thread::sleep(wait);
                         }
                         reader_bytes.fetch_add(
                             (frame.len() - BLOCK_HEADER) as u64,
@@ -413,7 +561,7 @@ pub async fn replicate(
                 },
             )?;
         }
-        Ok((blocks, bytes))
+        Ok((blocks, bytes, compressed))
     });
     // Responses are read by their own task, so the control loop can wait for either a
     // response or send progress without cancelling a half-read frame.
@@ -445,7 +593,7 @@ pub async fn replicate(
             .as_ref()
             .map_or(BlockHash([0; 32]), |m| m.hash(i))
     };
-    let base_dyn: &dyn Fn(u64) -> BlockHash = &base_fn;
+    let base_dyn: &(dyn Fn(u64) -> BlockHash + Sync) = &base_fn;
     let mut core = SenderCore::new(
         new.geometry(),
         &new_fn,
@@ -542,9 +690,11 @@ pub async fn replicate(
             .map_err(net_err)?;
     }
     control?;
-    let (blocks, bytes) = read?;
+    let (blocks, bytes, (packed, saved)) = read?;
     report.sent_blocks = blocks;
     report.sent_bytes = bytes;
+    report.compressed_blocks = packed;
+    report.compression_saved_bytes = saved;
     net::send_msg(&mut ctl_send, &Request::Commit)
         .await
         .map_err(net_err)?;
@@ -554,9 +704,29 @@ pub async fn replicate(
     }
     let _ = ctl_send.finish();
     responses.abort();
-    finish(&conn, &ep).await;
     report.elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
     Ok(report)
+}
+
+/// A block ready to send: index, hash, data frame, bytes compression saved.
+type Framed = (u64, BlockHash, Vec<u8>, u64);
+
+/// `data` compressed with zstd at `level`, if that saves at least an eighth of it. One
+/// compression context per thread (making one per block would cost more than compressing).
+fn zstd_smaller(data: &[u8], level: i32) -> Option<Vec<u8>> {
+    thread_local! {
+        static CTX: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    CTX.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.as_ref().is_none_or(|(l, _)| *l != level) {
+            *c = Some((level, zstd::bulk::Compressor::new(level).ok()?));
+        }
+        let (_, z) = c.as_mut()?;
+        let out = z.compress(data).ok()?;
+        (out.len() <= data.len() - data.len() / 8).then_some(out)
+    })
 }
 
 /// Bitmaps of changed 4 KiB pages per block (the page-delta payload's bitmap layout), from
@@ -574,9 +744,4 @@ fn page_masks(ranges: &[(u64, u64)], bs: u64) -> std::collections::HashMap<u64, 
         }
     }
     masks
-}
-
-async fn finish(conn: &quinn::Connection, ep: &quinn::Endpoint) {
-    conn.close(VarInt::from_u32(ferry_wire::msg::close::DONE), b"done");
-    ep.wait_idle().await;
 }

@@ -53,7 +53,7 @@ fn paired_sites_connect_with_mutual_tls() {
     let v: Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(v["peer_node"], "m1");
     assert_eq!(v["peer_site"], "site-b");
-    assert_eq!(v["version"], 1);
+    assert_eq!(v["version"], ferry_wire::msg::PROTOCOL_VERSION);
     assert_eq!(v["rtt_ms"].as_array().map(Vec::len), Some(2));
 }
 

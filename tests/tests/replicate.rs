@@ -223,9 +223,51 @@ fn full_incremental_dedup_and_rebuild(p: Pair) {
 }
 
 /// A sender with a valid certificate that offers one hash and sends other data.
+/// A sender with a valid certificate that offers one block and sends something else: data
+/// that fails the hash, a compressed payload that would unpack beyond a block (a zstd bomb),
+/// and a compressed payload that is not zstd at all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupt_block_is_caught_and_nothing_is_committed() {
     let p = Pair::new();
+    let good = vec![0x5au8; 65536];
+    let bad = vec![0xa5u8; 65536];
+    let bomb = zstd::bulk::compress(&vec![0x5au8; 16 << 20], 3).expect("compress");
+    let cases: [(&str, Payload, &[u8], &str); 3] = [
+        ("evil1", Payload::Full, &bad, "does not match its hash"),
+        (
+            "evil2",
+            Payload::ZstdFull,
+            &bomb,
+            "malformed compressed payload",
+        ),
+        (
+            "evil3",
+            Payload::ZstdFull,
+            b"not zstd at all",
+            "malformed compressed payload",
+        ),
+    ];
+    for (mirror, kind, payload, reason) in cases {
+        send_bad_block(&p, mirror, &good, kind, payload, reason).await;
+        assert!(
+            p.mirror_snapshots(mirror).is_empty(),
+            "nothing may be committed"
+        );
+    }
+    // The server still serves honest peers.
+    p.a(&["volume", "create", "v", "--size", "1M"]);
+    p.a(&["snapshot", "create", "v", "s"]);
+    p.replicate("v", "s", &[]);
+}
+
+async fn send_bad_block(
+    p: &Pair,
+    mirror: &str,
+    good: &[u8],
+    kind: Payload,
+    payload: &[u8],
+    reason: &str,
+) {
     let addr = p.served.as_ref().expect("served").addr;
     let cfg = AgentConfig::load(&p.a_cfg).expect("config");
     let (id, trust) = load_tls(&cfg).expect("tls");
@@ -233,14 +275,11 @@ async fn a_corrupt_block_is_caught_and_nothing_is_committed() {
     let session = net::connect(&ep, addr, &id, &trust).await.expect("connect");
     let (mut send, mut recv) = session.conn.open_bi().await.expect("bi");
     let sid = u64::from(send.id());
-    let good = vec![0x5au8; 65536];
-    let bad = vec![0xa5u8; 65536];
     let root = BlockHash([1; 32]);
-    let mirror: ferry_wire::Name = "evil".parse().expect("name");
     net::send_msg(
         &mut send,
         &Request::Begin {
-            mirror: mirror.clone(),
+            mirror: mirror.parse().expect("name"),
             snapshot: "s1".parse().expect("name"),
             size: 65536 * 2,
             block_size: 65536,
@@ -259,7 +298,7 @@ async fn a_corrupt_block_is_caught_and_nothing_is_committed() {
     net::send_msg(
         &mut send,
         &Request::Offer {
-            blocks: vec![(0, BlockHash::of(&good))],
+            blocks: vec![(0, BlockHash::of(good))],
         },
     )
     .await
@@ -271,7 +310,7 @@ async fn a_corrupt_block_is_caught_and_nothing_is_committed() {
         Response::Need { blocks: vec![0] }
     );
     let mut data = session.conn.open_uni().await.expect("uni");
-    let frame = [block_header(sid, 0, Payload::Full).as_slice(), &bad].concat();
+    let frame = [block_header(sid, 0, kind).as_slice(), payload].concat();
     net::write_frame(&mut data, &frame).await.expect("write");
     let _ = data.finish();
     let closed = tokio::time::timeout(Duration::from_secs(10), session.conn.closed())
@@ -280,20 +319,12 @@ async fn a_corrupt_block_is_caught_and_nothing_is_committed() {
     match closed {
         quinn::ConnectionError::ApplicationClosed(c) => {
             assert!(
-                String::from_utf8_lossy(&c.reason).contains("does not match its hash"),
-                "{c:?}"
+                String::from_utf8_lossy(&c.reason).contains(reason),
+                "{mirror}: {c:?}"
             );
         }
-        other => panic!("unexpected {other:?}"),
+        other => panic!("{mirror}: unexpected {other:?}"),
     }
-    assert!(
-        p.mirror_snapshots("evil").is_empty(),
-        "nothing may be committed"
-    );
-    // The server still serves honest peers.
-    p.a(&["volume", "create", "v", "--size", "1M"]);
-    p.a(&["snapshot", "create", "v", "s"]);
-    p.replicate("v", "s", &[]);
 }
 
 /// Replications killed (SIGKILL) at random points, the sender or the receiver, over and over:
@@ -417,6 +448,134 @@ fn kills_at_random_points_resume_and_end_identical() {
         .filter(|n| n.starts_with('.'))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+/// Two volumes in one command: one connection (one handshake in the sender's log), two
+/// sessions progressing together, and the agent's bandwidth budget shared by both.
+#[test]
+fn several_volumes_share_one_connection_and_the_agent_budget() {
+    let p = Pair::new();
+    let mut r = rng("share");
+    let mut text = std::fs::read_to_string(&p.a_cfg).expect("config");
+    text.push_str("bandwidth_limit = \"16MiB\"\n");
+    std::fs::write(&p.a_cfg, text).expect("config");
+    for v in ["v1", "v2"] {
+        p.a(&["volume", "create", v, "--size", "24M"]);
+        write_random(&p.path(v), 0, 24 * MIB as usize, &mut r);
+        p.a(&["snapshot", "create", v, "s"]);
+    }
+    let addr = p.addr();
+    let out = Command::new(bin("ferry-agent"))
+        .arg("--config")
+        .arg(&p.a_cfg)
+        .args(["--json", "replicate", "v1", "s", "v2", "s", "--to", &addr])
+        .env("FERRY_LOG", "ferry_agent=info")
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reports: Value = serde_json::from_slice(&out.stdout).expect("json");
+    let reports = reports.as_array().expect("one report per pair");
+    assert_eq!(reports.len(), 2);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(log.matches("connected to peer").count(), 1, "{log}");
+    let ms: Vec<f64> = reports
+        .iter()
+        .map(|r| r["elapsed_ms"].as_f64().expect("elapsed"))
+        .collect();
+    // 48 MiB at 16 MiB/s for the agent: about 3 s whoever sends it. Sent one after the
+    // other, the first would end at half the time of the second.
+    let (first, last) = (ms[0].min(ms[1]), ms[0].max(ms[1]));
+    assert!(last >= 2500.0, "the agent's budget was not applied: {ms:?}");
+    assert!(
+        first >= 0.75 * last,
+        "the sessions did not share fairly: {ms:?}"
+    );
+    for v in ["v1", "v2"] {
+        assert_eq!(file_hash(&p.mirror_image(v, "s")), file_hash(&p.path(v)));
+    }
+}
+
+/// Compressible data travels compressed with `--compress zstd` and arrives identical;
+/// `--base` picks the base snapshot, and a base the peer lacks is refused clearly.
+#[test]
+fn compression_and_an_explicit_base() {
+    use rand::Rng;
+    let p = Pair::new();
+    let mut r = rng("compress");
+    p.a(&["volume", "create", "v", "--size", "8M"]);
+    let v = p.path("v");
+    // Text-like data: random decimal digits compress to well under half.
+    let digits: Vec<u8> = (0..8 * MIB).map(|_| b'0' + r.gen_range(0..10u8)).collect();
+    std::fs::write(&v, &digits).expect("write");
+    p.a(&["snapshot", "create", "v", "s1"]);
+    let full = p.replicate("v", "s1", &["--compress", "zstd"]);
+    assert_eq!(full["compressed_blocks"], full["sent_blocks"], "{full}");
+    let sent = full["sent_bytes"].as_u64().expect("bytes");
+    assert!(sent < 8 * MIB / 2 + 4096, "{full}");
+    assert_eq!(file_hash(&p.mirror_image("v", "s1")), file_hash(&v));
+    // Not compressible: sent as is.
+    p.a(&["volume", "create", "w", "--size", "2M"]);
+    write_random(&p.path("w"), 0, 2 * MIB as usize, &mut r);
+    p.a(&["snapshot", "create", "w", "w1"]);
+    let raw = p.replicate("w", "w1", &["--compress", "zstd:3"]);
+    assert_eq!(raw["compressed_blocks"], 0, "{raw}");
+
+    write_random(&v, 0, 64 * 1024, &mut r);
+    p.a(&["snapshot", "create", "v", "s2"]);
+    write_random(&v, MIB, 64 * 1024, &mut r);
+    p.a(&["snapshot", "create", "v", "s3"]);
+    let inc = p.replicate("v", "s2", &[]);
+    assert_eq!(inc["base"], "s1");
+    let from_s1 = p.replicate("v", "s3", &["--base", "s1"]);
+    assert_eq!(from_s1["base"], "s1", "{from_s1}");
+    // Both blocks changed since s1 are offered; the one s2 changed is found in the mirror's
+    // s2 and copied there, not sent.
+    assert_eq!(from_s1["offered_blocks"], 2, "{from_s1}");
+    assert_eq!(from_s1["sent_blocks"], 1, "{from_s1}");
+    assert_eq!(file_hash(&p.mirror_image("v", "s3")), file_hash(&v));
+    // Refused: a base the peer does not hold, a base that is not older, a bad value.
+    p.a(&["snapshot", "create", "v", "s4"]);
+    p.a(&["snapshot", "create", "v", "s5"]);
+    let addr = p.addr();
+    for (base, says) in [
+        ("s4", "does not hold"),
+        ("s5", "not an older snapshot"),
+        ("../x", "base snapshot"),
+    ] {
+        let out = Pair::run(
+            &p.a_cfg,
+            &["replicate", "v", "s5", "--to", &addr, "--base", base],
+        );
+        assert_eq!(out.status.code(), Some(1), "--base {base}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains(says), "--base {base}: {text}");
+    }
+    let out = Pair::run(
+        &p.a_cfg,
+        &["replicate", "v", "s5", "--to", &addr, "--compress", "lz4"],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("zstd:LEVEL"));
+    let out = Pair::run(
+        &p.a_cfg,
+        &[
+            "replicate",
+            "v",
+            "s5",
+            "w",
+            "w1",
+            "--to",
+            &addr,
+            "--base",
+            "s1",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("one VOLUME SNAPSHOT pair"));
 }
 
 #[test]

@@ -14,6 +14,8 @@
 //!   bounded by a size limit.
 //! * [`frame`]: length-prefixed framing, sans-IO, refusing oversized frames before allocating.
 //! * [`msg`]: protocol messages and the version handshake.
+//! * [`repl`]: the replication protocol and its sans-IO sender and receiver cores.
+//! * [`journal`]: the receive journal's format (what an interrupted transfer already wrote).
 //!
 //! This crate knows nothing of sockets, async runtimes, or the agent's directory layout.
 

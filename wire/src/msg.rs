@@ -8,10 +8,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::name::Name;
 
-/// Newest protocol version this build speaks.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// Newest protocol version this build speaks. 2: resumable sessions (`Begun { resumed }`)
+/// and zstd block payloads; 1 was never released.
+pub const PROTOCOL_VERSION: u32 = 2;
 /// Oldest protocol version this build still speaks.
-pub const MIN_PROTOCOL_VERSION: u32 = 1;
+pub const MIN_PROTOCOL_VERSION: u32 = 2;
 /// Limit on an encoded [`Hello`].
 pub const HELLO_LIMIT: usize = 4096;
 

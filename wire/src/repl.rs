@@ -15,8 +15,9 @@
 //!                                   <-     Response::Need{[block]} (what no local copy has)
 //!   data streams: [session u64][block u64][kind u8][bytes]
 //!                 kind 0: the block; kind 1: a page bitmap and the pages that differ from
-//!                 the base block the receiver holds. The receiver checks the whole block's
-//!                 BLAKE3 before writing anything.
+//!                 the base block the receiver holds; kinds 2 and 3: those two compressed
+//!                 with zstd. The receiver decompresses into a bounded buffer and checks the
+//!                 whole block's BLAKE3 before writing anything.
 //!   Request::Commit                 ->
 //!                                   <-     Response::Committed{root} | Response::Error
 //! ```
@@ -57,6 +58,10 @@ pub enum Payload {
     /// Only the pages that differ from the base block the receiver holds: a bitmap of
     /// `block_size / PAGE_SIZE` bits (least significant bit first), then those pages in order.
     Pages = 1,
+    /// A `Full` payload compressed with zstd (one frame).
+    ZstdFull = 2,
+    /// A `Pages` payload compressed with zstd (one frame).
+    ZstdPages = 3,
 }
 
 /// Sender to receiver, on the session's control stream.
@@ -127,6 +132,8 @@ pub fn parse_block(frame: &[u8]) -> Option<(u64, u64, Payload, &[u8])> {
     let kind = match h[16] {
         0 => Payload::Full,
         1 => Payload::Pages,
+        2 => Payload::ZstdFull,
+        3 => Payload::ZstdPages,
         _ => return None,
     };
     Some((u64::from_be_bytes(s), u64::from_be_bytes(i), kind, data))
@@ -203,8 +210,8 @@ pub fn choose_base(ours: &[(Name, BlockHash)], theirs: &[(Name, BlockHash)]) -> 
 /// What the sender does next, from the manifests alone.
 pub struct SenderCore<'a> {
     geometry: Geometry,
-    new: &'a dyn Fn(u64) -> BlockHash,
-    base: Option<&'a dyn Fn(u64) -> BlockHash>,
+    new: &'a (dyn Fn(u64) -> BlockHash + Sync),
+    base: Option<&'a (dyn Fn(u64) -> BlockHash + Sync)>,
     zero: crate::hash::ZeroTable,
     next: u64,
     outstanding: usize,
@@ -235,8 +242,8 @@ impl<'a> SenderCore<'a> {
     /// `new(i)` and `base(i)` give block hashes of the snapshot and of the base (same geometry).
     pub fn new(
         geometry: Geometry,
-        new: &'a dyn Fn(u64) -> BlockHash,
-        base: Option<&'a dyn Fn(u64) -> BlockHash>,
+        new: &'a (dyn Fn(u64) -> BlockHash + Sync),
+        base: Option<&'a (dyn Fn(u64) -> BlockHash + Sync)>,
     ) -> Self {
         SenderCore {
             geometry,
@@ -591,7 +598,7 @@ mod tests {
                 .map(|i| if with_base { base(i) } else { h(u64::MAX) })
                 .collect();
             let mut known: HashMap<BlockHash, u64> = HashMap::new();
-            let base_fn: &dyn Fn(u64) -> BlockHash = &base;
+            let base_fn: &(dyn Fn(u64) -> BlockHash + Sync) = &base;
             let mut s = SenderCore::new(g, &new, with_base.then_some(base_fn));
             let mut r = ReceiverCore::new(g);
             let mut sent = 0u64;
