@@ -397,7 +397,7 @@ pub async fn replicate(
         stream_txs.push(tx);
         writers.push(tokio::spawn(async move {
             while let Some(frame) = rx.recv().await {
-                net::write_frame(&mut s, &frame).await?;
+                net::write_framed(&mut s, frame).await?;
             }
             let _ = s.finish();
             Ok::<_, NetError>(())
@@ -499,7 +499,8 @@ pub async fn replicate(
                         (Some(p), _) => (Payload::ZstdFull, p.as_slice()),
                         (None, k) => (k, payload),
                     };
-                    frame.reserve_exact(BLOCK_HEADER + payload.len());
+                    frame.reserve_exact(net::FRAME_PREFIX + BLOCK_HEADER + payload.len());
+                    frame.extend_from_slice(&[0; net::FRAME_PREFIX]);
                     frame.extend_from_slice(&block_header(sid, i, kind));
                     frame.extend_from_slice(payload);
                     out.push((i, hash, frame, saved));
@@ -526,7 +527,7 @@ pub async fn replicate(
                                 ),
                             });
                         }
-                        bytes += (frame.len() - BLOCK_HEADER) as u64;
+                        bytes += (frame.len() - net::FRAME_PREFIX - BLOCK_HEADER) as u64;
                         blocks += 1;
                         if saved > 0 {
                             compressed.0 += 1;
@@ -541,7 +542,7 @@ pub async fn replicate(
                             std::thread::sleep(wait);
                         }
                         reader_bytes.fetch_add(
-                            (frame.len() - BLOCK_HEADER) as u64,
+                            (frame.len() - net::FRAME_PREFIX - BLOCK_HEADER) as u64,
                             std::sync::atomic::Ordering::Relaxed,
                         );
                         if stream_txs[next % DATA_STREAMS]
@@ -704,6 +705,15 @@ pub async fn replicate(
     }
     let _ = ctl_send.finish();
     responses.abort();
+    let stats = conn.stats();
+    tracing::debug!(
+        mtu = stats.path.current_mtu,
+        rtt_us = stats.path.rtt.as_micros() as u64,
+        lost = stats.path.lost_packets,
+        sent_packets = stats.path.sent_packets,
+        cwnd = stats.path.cwnd,
+        "transfer path"
+    );
     report.elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
     Ok(report)
 }

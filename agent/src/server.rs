@@ -69,7 +69,7 @@ impl Server {
         let (id, trust) = load_tls(cfg)?;
         let store = Arc::new(Store::open(cfg.clone())?);
         let sc = net::server_config(&id, &trust).map_err(net_err)?;
-        let endpoint = quinn::Endpoint::server(sc, cfg.net.listen).map_err(|e| StoreError::Io {
+        let endpoint = net::endpoint(cfg.net.listen, Some(sc)).map_err(|e| StoreError::Io {
             op: "listen on".into(),
             path: Path::new(&cfg.net.listen.to_string()).to_owned(),
             source: e,

@@ -336,9 +336,9 @@ fn quic_ceiling(dir: &Path, bytes: u64, rows: &mut Vec<Row>) -> Result<f64> {
         .build()?;
     let c0 = cpu_self();
     let wall = rt.block_on(async {
-        let server = quinn::Endpoint::server(
-            ferry_agent::net::server_config(&server_id, &trust)?,
+        let server = ferry_agent::net::endpoint(
             SocketAddr::from(([127, 0, 0, 1], 0)),
+            Some(ferry_agent::net::server_config(&server_id, &trust)?),
         )?;
         let addr = server.local_addr()?;
         let received = Arc::new(std::sync::atomic::AtomicU64::new(0));
