@@ -52,6 +52,14 @@ enum Cmd {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
+    /// Write the benchmarks' VM-like image into an existing file (for profiling by hand).
+    Generate {
+        file: PathBuf,
+        #[arg(long, default_value = "4G", value_parser = |s: &str| parse_size(s).map_err(|e| e.to_string()))]
+        size: u64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
     /// Replication: ferry full and incremental against rsync, restic, borg and the raw QUIC
     /// ceiling, in the same run.
     Replication {
@@ -558,6 +566,7 @@ fn main() -> Result<()> {
             runs,
             seed,
         } => manifest_bench(&dir, size, &out, runs.max(1), seed),
+        Cmd::Generate { file, size, seed } => generate(&file, size, seed, 4096),
         Cmd::Replication {
             dir,
             size,

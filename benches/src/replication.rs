@@ -147,8 +147,12 @@ fn ferry_rows(
         .arg("--config")
         .arg(&b_cfg)
         .arg("serve")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
+        .stdout(Stdio::piped());
+    // FERRY_BENCH_SERVE_LOG=FILE keeps the receiver's log (its level from FERRY_LOG).
+    match std::env::var_os("FERRY_BENCH_SERVE_LOG") {
+        Some(p) => serve.stderr(std::fs::File::create(p)?),
+        None => serve.stderr(Stdio::null()),
+    };
     let mut child = serve.spawn()?;
     let stdout = child.stdout.take().context("serve stdout")?;
     let server = Killed(child);
@@ -424,8 +428,11 @@ pub fn run(dir: &Path, size: u64, out: &Path, seed: u64) -> Result<()> {
     std::fs::create_dir_all(&work)?;
     let mut rows = Vec::new();
     let (v1, v2, ideal) = ferry_rows(&work, size, seed, &mut rows)?;
-    rsync_rows(&work, &v1, &v2, &mut rows)?;
-    repo_rows(&work, &v1, &v2, &mut rows)?;
+    // FERRY_BENCH_FERRY_ONLY=1: ferry and the QUIC ceiling only (for profiling sessions).
+    if std::env::var_os("FERRY_BENCH_FERRY_ONLY").is_none() {
+        rsync_rows(&work, &v1, &v2, &mut rows)?;
+        repo_rows(&work, &v1, &v2, &mut rows)?;
+    }
     let ferry_full_bytes = rows
         .iter()
         .find(|r| r.tool == "ferry" && r.phase == "full")
