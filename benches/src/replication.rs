@@ -64,8 +64,18 @@ fn dir_size(p: &Path) -> u64 {
     total
 }
 
-/// Runs a command, returning (wall, CPU of it and its children, stdout).
+/// Lets every tool start from a quiet machine: writes still in flight (a just generated
+/// image, the previous tool's output) are flushed first, outside the timing. Without it the
+/// first tool measured (ferry) paid for writing back the 4 GiB generated image: 20 s instead
+/// of 13 s for its full replication. Caches are kept (dropping them would also drop the
+/// loop device's backing file and measure this VM's shared disk, too noisy to compare).
+fn settle() {
+    let _ = Command::new("sync").status();
+}
+
+/// Runs a command, returning (wall, CPU of it and its children, stdout), after [`settle`].
 fn timed(cmd: &mut Command) -> Result<(f64, f64, String)> {
+    settle();
     let c0 = cpu_children();
     let t0 = Instant::now();
     let out = cmd.output().with_context(|| format!("run {cmd:?}"))?;
