@@ -579,3 +579,103 @@ impl Drop for LossyRelay {
         }
     }
 }
+
+/// A real etcd server (Debian's `etcd-server`) on free loopback ports, its data on a temp
+/// dir (in /dev/shm when there is one, so its fsyncs cost nothing), killed on drop.
+pub struct Etcd {
+    child: Child,
+    pub endpoint: String,
+    _dir: tempfile::TempDir,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+impl Etcd {
+    /// Starts etcd and waits until it answers `/health`; `None` (with a message, or a
+    /// failure under `CI`) when there is no etcd binary.
+    pub fn start() -> Option<Etcd> {
+        let bin = ["/usr/bin/etcd", "/usr/local/bin/etcd"]
+            .into_iter()
+            .map(PathBuf::from)
+            .find(|p| p.exists());
+        if !require(bin.is_some(), "etcd (Debian package etcd-server)") {
+            return None;
+        }
+        let shm = Path::new("/dev/shm");
+        let dir = if shm.is_dir() {
+            tempfile::tempdir_in(shm)
+        } else {
+            tempfile::tempdir()
+        }
+        .expect("etcd dir");
+        for _attempt in 0..5 {
+            let (client, peer) = (free_port(), free_port());
+            let endpoint = format!("http://127.0.0.1:{client}");
+            let peer_url = format!("http://127.0.0.1:{peer}");
+            let data = dir.path().join(format!("data-{client}"));
+            let mut child = Command::new(bin.as_ref().expect("checked"))
+                .args(["--name", "ferry-test", "--data-dir"])
+                .arg(&data)
+                .args(["--listen-client-urls", &endpoint])
+                .args(["--advertise-client-urls", &endpoint])
+                .args(["--listen-peer-urls", &peer_url])
+                .args(["--initial-advertise-peer-urls", &peer_url])
+                .args(["--initial-cluster", &format!("ferry-test={peer_url}")])
+                .args(["--heartbeat-interval", "10", "--election-timeout", "100"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn etcd");
+            let t0 = std::time::Instant::now();
+            while t0.elapsed() < std::time::Duration::from_secs(10) {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break; // a port was taken meanwhile: try others
+                }
+                if etcd_healthy(client) {
+                    return Some(Etcd {
+                        child,
+                        endpoint,
+                        _dir: dir,
+                    });
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("etcd did not become healthy");
+    }
+
+    /// Kills etcd with SIGKILL (as a crash would).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn etcd_healthy(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(std::time::Duration::from_millis(500)));
+    if s.write_all(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut body = String::new();
+    let _ = s.read_to_string(&mut body);
+    body.contains("\"health\":\"true\"")
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

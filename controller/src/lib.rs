@@ -1,0 +1,5 @@
+//! `ferry-controller`: the control plane of one site (see `../shared/design/blueprint.md`,
+//! "Control plane"). Built so far: the state store ([`store`]), one interface over etcd and
+//! an embedded redb file, tested with one suite against both.
+
+pub mod store;

@@ -1,0 +1,190 @@
+//! The etcd store: the same operations on an etcd cluster (`etcd-client`), for several
+//! controllers sharing one state. Revisions are etcd's own; compare-and-swap is an etcd
+//! transaction (`create_revision == 0` for "absent", `mod_revision == r` otherwise); a watch
+//! is an etcd prefix watch from the given revision, and a watch whose start revision was
+//! compacted away is reported as [`StoreError::WatchLagged`].
+
+use std::time::Duration;
+
+use etcd_client::{
+    Client, Compare as ECompare, CompareOp, ConnectOptions, EventType, GetOptions, TxnOp,
+    WatchOptions,
+};
+
+use super::{Compare, Event, KeyValue, Op, Result, StoreError, Txn, TxnOutcome, Watch};
+
+/// The etcd store; cheap to clone (the client multiplexes one channel; boxed, since it is
+/// large and the store is passed around by value).
+#[derive(Clone)]
+pub struct EtcdStore {
+    client: Box<Client>,
+}
+
+impl std::fmt::Debug for EtcdStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdStore").finish_non_exhaustive()
+    }
+}
+
+fn err(e: etcd_client::Error) -> StoreError {
+    StoreError::Etcd(e.to_string())
+}
+
+fn kv(k: &etcd_client::KeyValue) -> Result<KeyValue> {
+    Ok(KeyValue {
+        key: k
+            .key_str()
+            .map_err(|_| StoreError::Etcd("a key is not UTF-8".into()))?
+            .to_string(),
+        value: k.value().to_vec(),
+        mod_revision: k.mod_revision(),
+    })
+}
+
+fn revision_of(h: Option<&etcd_client::ResponseHeader>) -> i64 {
+    h.map_or(0, |h| h.revision())
+}
+
+impl EtcdStore {
+    /// Connects to `endpoints` (e.g. `http://127.0.0.1:2379`).
+    pub async fn connect(endpoints: &[String]) -> Result<EtcdStore> {
+        let opts = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(5))
+            .with_timeout(Duration::from_secs(10));
+        let client = Client::connect(endpoints, Some(opts)).await.map_err(err)?;
+        Ok(EtcdStore {
+            client: Box::new(client),
+        })
+    }
+
+    pub(super) async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
+        let r = (*self.client).clone().get(key, None).await.map_err(err)?;
+        r.kvs().first().map(kv).transpose()
+    }
+
+    pub(super) async fn put(&self, key: &str, value: &[u8]) -> Result<i64> {
+        let r = self
+            .client
+            .as_ref()
+            .clone()
+            .put(key, value, None)
+            .await
+            .map_err(err)?;
+        Ok(revision_of(r.header()))
+    }
+
+    pub(super) async fn delete(&self, key: &str) -> Result<bool> {
+        let r = (*self.client)
+            .clone()
+            .delete(key, None)
+            .await
+            .map_err(err)?;
+        Ok(r.deleted() > 0)
+    }
+
+    pub(super) async fn list(&self, prefix: &str) -> Result<Vec<KeyValue>> {
+        let r = self
+            .client
+            .as_ref()
+            .clone()
+            .get(prefix, Some(GetOptions::new().with_prefix()))
+            .await
+            .map_err(err)?;
+        r.kvs().iter().map(kv).collect()
+    }
+
+    pub(super) async fn revision(&self) -> Result<i64> {
+        let r = self
+            .client
+            .as_ref()
+            .clone()
+            .get("\u{1}", Some(GetOptions::new().with_count_only()))
+            .await
+            .map_err(err)?;
+        Ok(revision_of(r.header()))
+    }
+
+    pub(super) async fn txn(&self, txn: Txn) -> Result<TxnOutcome> {
+        let when: Vec<ECompare> = txn
+            .when
+            .iter()
+            .map(|c| match c {
+                Compare::Absent(k) => ECompare::create_revision(k.as_str(), CompareOp::Equal, 0),
+                Compare::ModRevision(k, r) => {
+                    ECompare::mod_revision(k.as_str(), CompareOp::Equal, *r)
+                }
+            })
+            .collect();
+        let then: Vec<TxnOp> = txn
+            .then
+            .iter()
+            .map(|op| match op {
+                Op::Put(k, v) => TxnOp::put(k.as_str(), v.clone(), None),
+                Op::Delete(k) => TxnOp::delete(k.as_str(), None),
+            })
+            .collect();
+        let r = self
+            .client
+            .as_ref()
+            .clone()
+            .txn(etcd_client::Txn::new().when(when).and_then(then))
+            .await
+            .map_err(err)?;
+        Ok(TxnOutcome {
+            succeeded: r.succeeded(),
+            revision: revision_of(r.header()),
+        })
+    }
+
+    pub(super) async fn watch(&self, prefix: &str, after: i64) -> Result<Watch> {
+        let mut opts = WatchOptions::new().with_prefix();
+        if after > 0 {
+            opts = opts.with_start_revision(after + 1);
+        }
+        let mut stream = self
+            .client
+            .as_ref()
+            .clone()
+            .watch(prefix, Some(opts))
+            .await
+            .map_err(err)?;
+        let (tx, rx) = tokio::sync::mpsc::channel(1024);
+        tokio::spawn(async move {
+            // The stream owns the watch; dropping it (when the receiver goes) cancels it.
+            loop {
+                let msg = match stream.message().await {
+                    Ok(Some(m)) => m,
+                    Ok(None) => return,
+                    Err(e) => {
+                        let _ = tx.send(Err(err(e))).await;
+                        return;
+                    }
+                };
+                if msg.canceled() {
+                    let why = if msg.compact_revision() > 0 {
+                        StoreError::WatchLagged
+                    } else {
+                        StoreError::Etcd(format!("watch canceled: {}", msg.cancel_reason()))
+                    };
+                    let _ = tx.send(Err(why)).await;
+                    return;
+                }
+                // The first message only says the watch was created; it carries no events.
+                for e in msg.events() {
+                    let Some(k) = e.kv() else { continue };
+                    let ev = match e.event_type() {
+                        EventType::Put => kv(k).map(Event::Put),
+                        EventType::Delete => kv(k).map(|k| Event::Delete {
+                            key: k.key,
+                            mod_revision: k.mod_revision,
+                        }),
+                    };
+                    if tx.send(ev).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Watch { rx })
+    }
+}
