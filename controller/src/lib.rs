@@ -2,5 +2,7 @@
 //! "Control plane"). Built so far: the state store ([`store`]), one interface over etcd and
 //! an embedded redb file, tested with one suite against both.
 
+pub mod model;
+pub mod retention;
 pub mod schedule;
 pub mod store;

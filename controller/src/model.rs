@@ -1,0 +1,631 @@
+//! The inventory of protected objects and protection plans, with their validation: pure
+//! functions, table-tested. Every validation error names the field (`objects[1]`,
+//! `kind.disks[0].volume.node`) and says what is wrong with it.
+//!
+//! Objects (the seed's four kinds) refer to volumes on agents by node and volume name:
+//! * a virtual volume: one volume;
+//! * an iSCSI LUN: target IQN, LUN id, backing volume;
+//! * an NFS file: export, path within it, backing volume;
+//! * a VM: vCPUs, memory, disks (volumes; CD-ROM and shared disks are marked and excluded
+//!   from protection), NICs on named virtual switches.
+
+use ferry_wire::Name;
+use serde::{Deserialize, Serialize};
+
+use crate::schedule::{Every, Schedule};
+
+/// A validation failure: the field's path and the problem.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {problem}")]
+pub struct FieldError {
+    pub field: String,
+    pub problem: String,
+}
+
+fn bad(field: impl Into<String>, problem: impl Into<String>) -> FieldError {
+    FieldError {
+        field: field.into(),
+        problem: problem.into(),
+    }
+}
+
+/// A volume on an agent.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct VolumeRef {
+    pub node: Name,
+    pub volume: Name,
+}
+
+/// What a VM disk is; only `Disk` is protected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DiskRole {
+    #[default]
+    Disk,
+    Cdrom,
+    Shared,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmDisk {
+    pub volume: VolumeRef,
+    #[serde(default)]
+    pub role: DiskRole,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Nic {
+    /// The virtual switch the NIC is on (a backup plan needs it mapped at each target).
+    pub switch: Name,
+    #[serde(default)]
+    pub mac: Option<String>,
+}
+
+/// The four kinds of protected object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ObjectKind {
+    VirtualVolume {
+        volume: VolumeRef,
+    },
+    IscsiLun {
+        target_iqn: String,
+        lun: u32,
+        volume: VolumeRef,
+    },
+    NfsFile {
+        export: String,
+        path: String,
+        volume: VolumeRef,
+    },
+    Vm {
+        vcpus: u32,
+        memory_mib: u64,
+        disks: Vec<VmDisk>,
+        #[serde(default)]
+        nics: Vec<Nic>,
+    },
+}
+
+/// A protected object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Object {
+    pub name: Name,
+    pub kind: ObjectKind,
+}
+
+/// Largest LUN id (SAM's flat addressing).
+pub const MAX_LUN: u32 = 16383;
+
+impl Object {
+    /// The volumes a snapshot of this object covers (a VM's CD-ROM and shared disks are not).
+    pub fn protected_volumes(&self) -> Vec<&VolumeRef> {
+        match &self.kind {
+            ObjectKind::VirtualVolume { volume }
+            | ObjectKind::IscsiLun { volume, .. }
+            | ObjectKind::NfsFile { volume, .. } => vec![volume],
+            ObjectKind::Vm { disks, .. } => disks
+                .iter()
+                .filter(|d| d.role == DiskRole::Disk)
+                .map(|d| &d.volume)
+                .collect(),
+        }
+    }
+
+    /// The virtual switches the object's NICs use.
+    pub fn switches(&self) -> Vec<&Name> {
+        match &self.kind {
+            ObjectKind::Vm { nics, .. } => nics.iter().map(|n| &n.switch).collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Checks everything names cannot check by themselves.
+    pub fn validate(&self) -> Result<(), FieldError> {
+        match &self.kind {
+            ObjectKind::VirtualVolume { .. } => Ok(()),
+            ObjectKind::IscsiLun {
+                target_iqn, lun, ..
+            } => {
+                check_iqn(target_iqn).map_err(|p| bad("kind.target_iqn", p))?;
+                if *lun > MAX_LUN {
+                    return Err(bad(
+                        "kind.lun",
+                        format!("must be 0 to {MAX_LUN}, not {lun}"),
+                    ));
+                }
+                Ok(())
+            }
+            ObjectKind::NfsFile { export, path, .. } => {
+                check_abs_path(export).map_err(|p| bad("kind.export", p))?;
+                check_rel_path(path).map_err(|p| bad("kind.path", p))
+            }
+            ObjectKind::Vm {
+                vcpus,
+                memory_mib,
+                disks,
+                nics,
+            } => {
+                if !(1..=1024).contains(vcpus) {
+                    return Err(bad("kind.vcpus", format!("must be 1 to 1024, not {vcpus}")));
+                }
+                if !(16..=(64 << 20)).contains(memory_mib) {
+                    return Err(bad(
+                        "kind.memory_mib",
+                        format!("must be 16 to {} MiB, not {memory_mib}", 64u64 << 20),
+                    ));
+                }
+                if !disks.iter().any(|d| d.role == DiskRole::Disk) {
+                    return Err(bad(
+                        "kind.disks",
+                        "a VM needs at least one disk that is not a CD-ROM or shared",
+                    ));
+                }
+                let mut seen = std::collections::BTreeSet::new();
+                for (i, d) in disks.iter().enumerate() {
+                    if !seen.insert(&d.volume) {
+                        return Err(bad(
+                            format!("kind.disks[{i}].volume"),
+                            format!("{}/{} is attached twice", d.volume.node, d.volume.volume),
+                        ));
+                    }
+                }
+                for (i, n) in nics.iter().enumerate() {
+                    if let Some(mac) = &n.mac {
+                        check_mac(mac).map_err(|p| bad(format!("kind.nics[{i}].mac"), p))?;
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// `iqn.YYYY-MM.reversed.domain[:anything]` (RFC 3720, 3.2.6.3.1).
+fn check_iqn(iqn: &str) -> Result<(), String> {
+    let want = || format!("{iqn:?} is not an IQN like iqn.2026-11.com.example:storage.lun1");
+    if iqn.len() > 223 || !iqn.is_ascii() || iqn.chars().any(|c| c.is_ascii_uppercase()) {
+        return Err(want());
+    }
+    let rest = iqn.strip_prefix("iqn.").ok_or_else(want)?;
+    let (date, rest) = rest.split_at_checked(7).ok_or_else(want)?;
+    let b = date.as_bytes();
+    let date_ok = b[..4].iter().all(u8::is_ascii_digit)
+        && b[4] == b'-'
+        && b[5..].iter().all(u8::is_ascii_digit)
+        && (1..=12).contains(&date[5..].parse::<u8>().unwrap_or(0));
+    let authority = rest.strip_prefix('.').ok_or_else(want)?;
+    let naming = authority.split(':').next().unwrap_or_default();
+    let naming_ok = !naming.is_empty()
+        && naming
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-');
+    let all_ok = iqn
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || ".-:".contains(c));
+    if date_ok && naming_ok && all_ok {
+        Ok(())
+    } else {
+        Err(want())
+    }
+}
+
+fn check_abs_path(p: &str) -> Result<(), String> {
+    if !p.starts_with('/') || p.len() > 1024 || p.chars().any(char::is_control) {
+        return Err(format!("{p:?} must be an absolute path"));
+    }
+    if p.split('/').any(|c| c == "." || c == "..") {
+        return Err(format!("{p:?} must not contain . or .."));
+    }
+    Ok(())
+}
+
+fn check_rel_path(p: &str) -> Result<(), String> {
+    if p.is_empty() || p.starts_with('/') || p.len() > 1024 || p.chars().any(char::is_control) {
+        return Err(format!("{p:?} must be a path relative to the export"));
+    }
+    if p.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
+        return Err(format!("{p:?} must not contain empty, . or .. parts"));
+    }
+    Ok(())
+}
+
+fn check_mac(m: &str) -> Result<(), String> {
+    let parts: Vec<&str> = m.split(':').collect();
+    let ok = parts.len() == 6
+        && parts
+            .iter()
+            .all(|p| p.len() == 2 && p.chars().all(|c| c.is_ascii_hexdigit()));
+    ok.then_some(())
+        .ok_or_else(|| format!("{m:?} is not a MAC address like 52:54:00:12:34:56"))
+}
+
+/// When a plan runs, as users write it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleSpec {
+    /// hourly, daily, weekly or monthly.
+    pub every: String,
+    /// Wall-clock start, e.g. 2026-11-24T02:30.
+    pub start: String,
+    /// IANA time zone; UTC if omitted.
+    #[serde(default = "utc")]
+    pub timezone: String,
+    /// Optional wall-clock end after which the plan stops by itself.
+    #[serde(default)]
+    pub end: Option<String>,
+}
+
+fn utc() -> String {
+    "UTC".into()
+}
+
+/// Commands run around a plan's snapshot on each node (e.g. fsfreeze).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HookSpec {
+    #[serde(default)]
+    pub pre: Option<String>,
+    #[serde(default)]
+    pub post: Option<String>,
+    #[serde(default)]
+    pub timeout_secs: Option<u64>,
+}
+
+/// A protection plan as users write it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlanSpec {
+    pub name: Name,
+    pub objects: Vec<Name>,
+    pub schedule: ScheduleSpec,
+    /// Snapshot groups kept (a change applies at the next prune).
+    pub retention: u32,
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    #[serde(default)]
+    pub hooks: HookSpec,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Most snapshot groups a plan may keep.
+pub const MAX_RETENTION: u32 = 10_000;
+/// Most objects in one plan.
+pub const MAX_PLAN_OBJECTS: usize = 1024;
+/// Longest hook timeout.
+pub const MAX_HOOK_TIMEOUT_SECS: u64 = 3600;
+
+impl PlanSpec {
+    /// Checks the plan against the inventory (`object` looks one up by name); returns its
+    /// schedule.
+    pub fn validate<'a>(
+        &self,
+        object: impl Fn(&Name) -> Option<&'a Object>,
+    ) -> Result<Schedule, FieldError> {
+        if self.objects.is_empty() {
+            return Err(bad("objects", "a plan protects at least one object"));
+        }
+        if self.objects.len() > MAX_PLAN_OBJECTS {
+            return Err(bad(
+                "objects",
+                format!("at most {MAX_PLAN_OBJECTS} objects per plan"),
+            ));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        let mut volumes = std::collections::BTreeMap::new();
+        for (i, name) in self.objects.iter().enumerate() {
+            if !seen.insert(name) {
+                return Err(bad(
+                    format!("objects[{i}]"),
+                    format!("{name} is listed twice"),
+                ));
+            }
+            let Some(o) = object(name) else {
+                return Err(bad(
+                    format!("objects[{i}]"),
+                    format!("no object named {name}"),
+                ));
+            };
+            for v in o.protected_volumes() {
+                if let Some(other) = volumes.insert(v, name) {
+                    return Err(bad(
+                        format!("objects[{i}]"),
+                        format!("volume {}/{} is also in object {other}", v.node, v.volume),
+                    ));
+                }
+            }
+        }
+        if !(1..=MAX_RETENTION).contains(&self.retention) {
+            return Err(bad(
+                "retention",
+                format!("must be 1 to {MAX_RETENTION}, not {}", self.retention),
+            ));
+        }
+        if let Some(t) = self.hooks.timeout_secs {
+            if !(1..=MAX_HOOK_TIMEOUT_SECS).contains(&t) {
+                return Err(bad(
+                    "hooks.timeout_secs",
+                    format!("must be 1 to {MAX_HOOK_TIMEOUT_SECS}, not {t}"),
+                ));
+            }
+        }
+        for (field, cmd) in [
+            ("hooks.pre", &self.hooks.pre),
+            ("hooks.post", &self.hooks.post),
+        ] {
+            if let Some(c) = cmd {
+                if c.trim().is_empty() || c.len() > 4096 || c.contains('\0') {
+                    return Err(bad(
+                        field,
+                        "must be a non-empty command of at most 4096 bytes",
+                    ));
+                }
+            }
+        }
+        let every: Every = self
+            .schedule
+            .every
+            .parse()
+            .map_err(|e: crate::schedule::ScheduleError| bad(e.field, e.problem))?;
+        Schedule::new(
+            every,
+            &self.schedule.start,
+            &self.schedule.timezone,
+            self.schedule.end.as_deref(),
+        )
+        .map_err(|e| bad(e.field, e.problem))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn n(s: &str) -> Name {
+        Name::new(s).expect("name")
+    }
+    fn vol(node: &str, v: &str) -> VolumeRef {
+        VolumeRef {
+            node: n(node),
+            volume: n(v),
+        }
+    }
+
+    fn vm(disks: Vec<VmDisk>) -> Object {
+        Object {
+            name: n("web"),
+            kind: ObjectKind::Vm {
+                vcpus: 4,
+                memory_mib: 8192,
+                disks,
+                nics: vec![Nic {
+                    switch: n("vsw-prod"),
+                    mac: Some("52:54:00:12:34:56".into()),
+                }],
+            },
+        }
+    }
+
+    fn disk(v: &str, role: DiskRole) -> VmDisk {
+        VmDisk {
+            volume: vol("n1", v),
+            role,
+        }
+    }
+
+    #[test]
+    fn objects_table() {
+        let lun = |iqn: &str, lun: u32| Object {
+            name: n("lun"),
+            kind: ObjectKind::IscsiLun {
+                target_iqn: iqn.into(),
+                lun,
+                volume: vol("n1", "v1"),
+            },
+        };
+        let nfs = |export: &str, path: &str| Object {
+            name: n("file"),
+            kind: ObjectKind::NfsFile {
+                export: export.into(),
+                path: path.into(),
+                volume: vol("n1", "v2"),
+            },
+        };
+        let cases: Vec<(Object, Option<&str>)> = vec![
+            (lun("iqn.2026-11.com.example:storage.lun1", 0), None),
+            (lun("iqn.2026-11.com.example", MAX_LUN), None),
+            (lun("iqn.2026-13.com.example", 1), Some("kind.target_iqn")),
+            (lun("eui.02004567A425678D", 1), Some("kind.target_iqn")),
+            (lun("iqn.2026-11.Com.Example", 1), Some("kind.target_iqn")),
+            (lun("iqn.2026-11.", 1), Some("kind.target_iqn")),
+            (
+                lun("iqn.2026-11.com.example", MAX_LUN + 1),
+                Some("kind.lun"),
+            ),
+            (nfs("/exports/vms", "images/disk0.raw"), None),
+            (nfs("exports", "disk0.raw"), Some("kind.export")),
+            (nfs("/exports/../etc", "disk0.raw"), Some("kind.export")),
+            (nfs("/exports", "/abs.raw"), Some("kind.path")),
+            (nfs("/exports", "a/../../b"), Some("kind.path")),
+            (nfs("/exports", "a//b"), Some("kind.path")),
+            (
+                vm(vec![
+                    disk("d0", DiskRole::Disk),
+                    disk("iso", DiskRole::Cdrom),
+                ]),
+                None,
+            ),
+            (vm(vec![disk("iso", DiskRole::Cdrom)]), Some("kind.disks")),
+            (
+                vm(vec![
+                    disk("d0", DiskRole::Disk),
+                    disk("d0", DiskRole::Shared),
+                ]),
+                Some("kind.disks[1].volume"),
+            ),
+        ];
+        for (o, want) in cases {
+            assert_eq!(
+                o.validate().err().map(|e| e.field),
+                want.map(String::from),
+                "{o:?}"
+            );
+        }
+        let mut bad_vm = vm(vec![disk("d0", DiskRole::Disk)]);
+        if let ObjectKind::Vm { vcpus, .. } = &mut bad_vm.kind {
+            *vcpus = 0;
+        }
+        assert_eq!(bad_vm.validate().expect_err("vcpus").field, "kind.vcpus");
+        let mut bad_mac = vm(vec![disk("d0", DiskRole::Disk)]);
+        if let ObjectKind::Vm { nics, .. } = &mut bad_mac.kind {
+            nics[0].mac = Some("52:54:00:12:34".into());
+        }
+        assert_eq!(
+            bad_mac.validate().expect_err("mac").field,
+            "kind.nics[0].mac"
+        );
+    }
+
+    #[test]
+    fn cdrom_and_shared_disks_are_not_protected() {
+        let o = vm(vec![
+            disk("d0", DiskRole::Disk),
+            disk("iso", DiskRole::Cdrom),
+            disk("quorum", DiskRole::Shared),
+            disk("d1", DiskRole::Disk),
+        ]);
+        let v: Vec<&str> = o
+            .protected_volumes()
+            .iter()
+            .map(|v| v.volume.as_str())
+            .collect();
+        assert_eq!(v, ["d0", "d1"]);
+        assert_eq!(o.switches(), [&n("vsw-prod")]);
+    }
+
+    #[test]
+    fn objects_decode_from_json_and_refuse_unknown_fields() {
+        let o: Object = serde_json::from_str(
+            r#"{"name":"db","kind":{"type":"iscsi_lun","target_iqn":"iqn.2026-11.com.example:db","lun":3,"volume":{"node":"n1","volume":"db0"}}}"#,
+        )
+        .expect("decode");
+        assert!(o.validate().is_ok());
+        let e = serde_json::from_str::<Object>(
+            r#"{"name":"db","kind":{"type":"virtual_volume","volume":{"node":"n1","volume":"v"},"extra":1}}"#,
+        );
+        assert!(e.is_err());
+        let e = serde_json::from_str::<Object>(
+            r#"{"name":"../etc","kind":{"type":"virtual_volume","volume":{"node":"n1","volume":"v"}}}"#,
+        );
+        assert!(e.is_err(), "names are validated while decoding");
+    }
+
+    #[test]
+    fn plans_table() {
+        let inventory = [
+            Object {
+                name: n("a"),
+                kind: ObjectKind::VirtualVolume {
+                    volume: vol("n1", "va"),
+                },
+            },
+            Object {
+                name: n("b"),
+                kind: ObjectKind::VirtualVolume {
+                    volume: vol("n2", "vb"),
+                },
+            },
+            Object {
+                name: n("a-again"),
+                kind: ObjectKind::VirtualVolume {
+                    volume: vol("n1", "va"),
+                },
+            },
+        ];
+        let lookup = |name: &Name| inventory.iter().find(|o| &o.name == name);
+        let plan =
+            |objects: &[&str], every: &str, start: &str, tz: &str, retention: u32| PlanSpec {
+                name: n("p"),
+                objects: objects.iter().map(|o| n(o)).collect(),
+                schedule: ScheduleSpec {
+                    every: every.into(),
+                    start: start.into(),
+                    timezone: tz.into(),
+                    end: None,
+                },
+                retention,
+                enabled: true,
+                hooks: HookSpec::default(),
+            };
+        let cases: Vec<(PlanSpec, Option<&str>)> = vec![
+            (
+                plan(&["a", "b"], "daily", "2026-11-24T02:30", "Europe/Berlin", 7),
+                None,
+            ),
+            (
+                plan(&[], "daily", "2026-11-24T02:30", "UTC", 7),
+                Some("objects"),
+            ),
+            (
+                plan(&["a", "a"], "daily", "2026-11-24T02:30", "UTC", 7),
+                Some("objects[1]"),
+            ),
+            (
+                plan(&["a", "zz"], "daily", "2026-11-24T02:30", "UTC", 7),
+                Some("objects[1]"),
+            ),
+            (
+                plan(&["a", "a-again"], "daily", "2026-11-24T02:30", "UTC", 7),
+                Some("objects[1]"),
+            ),
+            (
+                plan(&["a"], "daily", "2026-11-24T02:30", "UTC", 0),
+                Some("retention"),
+            ),
+            (
+                plan(
+                    &["a"],
+                    "daily",
+                    "2026-11-24T02:30",
+                    "UTC",
+                    MAX_RETENTION + 1,
+                ),
+                Some("retention"),
+            ),
+            (
+                plan(&["a"], "yearly", "2026-11-24T02:30", "UTC", 7),
+                Some("schedule.every"),
+            ),
+            (
+                plan(&["a"], "daily", "tomorrow", "UTC", 7),
+                Some("schedule.start"),
+            ),
+            (
+                plan(&["a"], "daily", "2026-11-24T02:30", "Nowhere/City", 7),
+                Some("schedule.timezone"),
+            ),
+        ];
+        for (p, want) in cases {
+            assert_eq!(
+                p.validate(lookup).err().map(|e| e.field),
+                want.map(String::from),
+                "{p:?}"
+            );
+        }
+        let mut hooked = plan(&["a"], "hourly", "2026-11-24T00:00", "UTC", 3);
+        hooked.hooks.timeout_secs = Some(0);
+        assert_eq!(
+            hooked.validate(lookup).expect_err("t").field,
+            "hooks.timeout_secs"
+        );
+        hooked.hooks.timeout_secs = Some(30);
+        hooked.hooks.pre = Some("  ".into());
+        assert_eq!(hooked.validate(lookup).expect_err("pre").field, "hooks.pre");
+    }
+}
