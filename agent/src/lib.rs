@@ -25,6 +25,7 @@ pub mod receive;
 pub mod replicate;
 pub mod server;
 pub mod store;
+pub mod tasks;
 
 pub use config::AgentConfig;
 pub use error::StoreError;

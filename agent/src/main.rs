@@ -84,6 +84,9 @@ enum Cmd {
         #[arg(long)]
         progress: bool,
     },
+    /// Controller tasks, run at most once per task id (the ledger is in the data dir).
+    #[command(subcommand)]
+    Task(TaskCmd),
     /// Connect to a peer agent, check mutual TLS and the handshake, measure round trips.
     Ping {
         /// The peer's address, HOST:PORT.
@@ -91,6 +94,14 @@ enum Cmd {
         #[arg(long, default_value_t = 3)]
         count: usize,
     },
+}
+
+#[derive(Subcommand)]
+enum TaskCmd {
+    /// Run the task in FILE (JSON; - for stdin) unless its id already ran; print its state.
+    Run { file: PathBuf },
+    /// The recorded state of a task id.
+    Show { id: String },
 }
 
 #[derive(Subcommand)]
@@ -426,6 +437,41 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 PARTIAL_FAILURE.store(true, std::sync::atomic::Ordering::Relaxed);
             }
             Ok(())
+        }
+        Cmd::Task(TaskCmd::Run { file }) => {
+            let text = if file.as_os_str() == "-" {
+                let mut s = String::new();
+                std::io::Read::read_to_string(&mut std::io::stdin().lock(), &mut s)
+                    .context("read the task from stdin")?;
+                s
+            } else {
+                std::fs::read_to_string(&file)
+                    .with_context(|| format!("read the task from {}", file.display()))?
+            };
+            if text.len() > ferry_wire::task::TASK_LIMIT {
+                anyhow::bail!("a task is at most {} bytes", ferry_wire::task::TASK_LIMIT);
+            }
+            let task: ferry_wire::task::Task =
+                serde_json::from_str(&text).context("not a valid task")?;
+            let ledger = ferry_agent::tasks::Ledger::open(&store)?;
+            let state = ledger.run(&store, &task)?;
+            if !matches!(state, ferry_wire::task::TaskState::Done { .. }) {
+                PARTIAL_FAILURE.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            emit(json, &state, |o| writeln!(o, "task {}: {state:?}", task.id))
+        }
+        Cmd::Task(TaskCmd::Show { id }) => {
+            let id = ferry_agent::error::check_name("task id", &id)?;
+            let ledger = ferry_agent::tasks::Ledger::open(&store)?;
+            let rec = ledger
+                .get(&id)?
+                .ok_or_else(|| ferry_agent::error::StoreError::NotFound {
+                    what: "task",
+                    name: id.to_string(),
+                })?;
+            emit(json, &rec, |o| {
+                writeln!(o, "task {}: {:?}", rec.task.id, rec.state)
+            })
         }
         Cmd::Info => {
             let v = serde_json::json!({

@@ -27,6 +27,7 @@ pub mod journal;
 pub mod msg;
 pub mod name;
 pub mod repl;
+pub mod task;
 pub mod units;
 
 pub use hash::{BlockHash, LEAF_SIZE};

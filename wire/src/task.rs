@@ -1,0 +1,144 @@
+//! Tasks: the data-layer work a controller gives an agent, and what the agent reports back.
+//!
+//! A task carries an id (unique, chosen by the controller) and the issuing controller's
+//! generation. An agent executes each task id at most once: it records the task as started,
+//! durably, before acting, so a task it finds started but not finished after a crash is
+//! reported [`TaskState::Interrupted`], never run again. A task from a generation older than
+//! the newest the agent has seen comes from a deposed controller and is refused.
+//!
+//! Enums are externally tagged (`{"snapshot_group": {...}}` in JSON): bincode, the wire
+//! codec, cannot decode internally tagged ones.
+
+use serde::{Deserialize, Serialize};
+
+use crate::name::Name;
+
+/// Limit on one encoded task or task report.
+pub const TASK_LIMIT: usize = 256 << 10;
+
+/// One unit of data-layer work.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Task {
+    pub id: Name,
+    /// The issuing controller's generation (leadership term); higher wins.
+    pub generation: u64,
+    pub kind: TaskKind,
+}
+
+/// What a task does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskKind {
+    /// Create an owned, sparse volume.
+    CreateVolume {
+        volume: Name,
+        size: u64,
+        block_size: Option<u64>,
+    },
+    /// One snapshot of several volumes under one name, all or nothing, with hooks around it.
+    SnapshotGroup {
+        snapshot: Name,
+        volumes: Vec<Name>,
+        pre_hook: Option<String>,
+        post_hook: Option<String>,
+        hook_timeout_secs: Option<u64>,
+    },
+    DeleteSnapshot {
+        volume: Name,
+        snapshot: Name,
+    },
+    /// Roll a volume back to a snapshot in place.
+    Rollback {
+        volume: Name,
+        snapshot: Name,
+    },
+    /// A new, writable volume from a snapshot (a rebuild, at a target).
+    Clone {
+        volume: Name,
+        snapshot: Name,
+        new_volume: Name,
+    },
+}
+
+/// A snapshot a task made.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotRecord {
+    pub volume: Name,
+    pub snapshot: Name,
+    pub size: u64,
+    /// Manifest root, hex.
+    pub root: String,
+}
+
+/// What a finished task produced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskResult {
+    VolumeCreated { volume: Name, size: u64 },
+    SnapshotGroup { snapshots: Vec<SnapshotRecord> },
+    SnapshotDeleted,
+    RolledBack,
+    Cloned { volume: Name },
+}
+
+/// Where a task stands, as the agent reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskState {
+    /// Recorded as started; running now.
+    Running,
+    Done {
+        result: TaskResult,
+    },
+    /// It ran and failed; `kind` is the agent's stable error kind.
+    Failed {
+        kind: String,
+        message: String,
+    },
+    /// The agent stopped (crashed, was killed) while running it. It will not run again; the
+    /// controller decides what to do (the store's own recovery has made the volumes
+    /// consistent: an interrupted group snapshot is rolled back, a rollback completed).
+    Interrupted,
+    /// Refused without running: the controller that sent it has been superseded.
+    Stale {
+        generation: u64,
+        newest: u64,
+    },
+}
+
+impl TaskState {
+    /// Whether the task is over (anything but `Running`).
+    pub fn is_final(&self) -> bool {
+        !matches!(self, TaskState::Running)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tasks_round_trip_through_the_codec() {
+        let n = |s: &str| Name::new(s).expect("name");
+        let t = Task {
+            id: n("t-0001"),
+            generation: 3,
+            kind: TaskKind::SnapshotGroup {
+                snapshot: n("hourly-2026-11-24T10"),
+                volumes: vec![n("v1"), n("v2")],
+                pre_hook: Some("fsfreeze -f /mnt".into()),
+                post_hook: None,
+                hook_timeout_secs: Some(30),
+            },
+        };
+        let b = crate::codec::encode(&t).expect("encode");
+        assert_eq!(
+            crate::codec::decode::<Task>(&b, TASK_LIMIT).expect("decode"),
+            t
+        );
+        let s = TaskState::Done {
+            result: TaskResult::Cloned { volume: n("r") },
+        };
+        assert!(s.is_final() && !TaskState::Running.is_final());
+    }
+}
