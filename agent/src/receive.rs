@@ -649,9 +649,11 @@ async fn handle(
                         crate::error::io_err(e, "copy block in", PathBuf::from(b.mirror.as_str()))
                     })?;
                 }
+                let t0 = std::time::Instant::now();
                 b.session.file.sync_all().map_err(|e| {
                     crate::error::io_err(e, "fsync", PathBuf::from(b.mirror.as_str()))
                 })?;
+                tracing::debug!(mirror = %b.mirror, ms = t0.elapsed().as_secs_f64() * 1e3, "working copy synced");
                 let meta = store
                     .commit_mirror_snapshot(&b.mirror, &b.snapshot, b.root)
                     .inspect_err(|e| {

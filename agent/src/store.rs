@@ -1028,7 +1028,9 @@ impl Store {
                 let src = self.image_path(&g.dir, &g.meta);
                 let size = fs::metadata(&src).ctx("stat", &src)?.len();
                 let created = now_ns();
+                let t0 = std::time::Instant::now();
                 let method = self.backend.snapshot(&src, &tmp.join(IMAGE))?;
+                tracing::debug!(volume = %g.meta.name, ms = t0.elapsed().as_secs_f64() * 1e3, "snapshot image taken");
                 made.push((tmp, method, size, created));
             }
             Ok(())
@@ -1078,7 +1080,10 @@ impl Store {
                     size: b.size,
                     method: b.method,
                 };
-                self.backend.changed(&bf, &new_files)?.map(|c| (bdir, c))
+                let t0 = std::time::Instant::now();
+                let c = self.backend.changed(&bf, &new_files)?;
+                tracing::debug!(volume = %g.meta.name, ms = t0.elapsed().as_secs_f64() * 1e3, ranges = c.as_ref().map_or(0, Vec::len), "changed ranges found");
+                c.map(|c| (bdir, c))
             }
             None => None,
         };
