@@ -4,5 +4,6 @@
 
 pub mod model;
 pub mod retention;
+pub mod run;
 pub mod schedule;
 pub mod store;
