@@ -2,7 +2,9 @@
 //! "Control plane"). Built so far: the state store ([`store`]), one interface over etcd and
 //! an embedded redb file, tested with one suite against both.
 
+pub mod api;
 pub mod model;
+pub mod openapi;
 pub mod retention;
 pub mod run;
 pub mod schedule;

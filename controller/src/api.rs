@@ -1,0 +1,524 @@
+//! The HTTP API (`/v1`, JSON): inventory objects and protection plans, kept in the state
+//! store; bearer tokens with admin and read-only roles; `/healthz`; the OpenAPI document at
+//! `/v1/openapi.json`.
+//!
+//! Every bad request gets a 4xx with `{"error": {"code", "message"}}` saying what is wrong
+//! (validation errors name the field); a store failure is a 503, never a panic. Bodies are
+//! parsed here, not by an extractor, so malformed JSON gets the same error shape.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use ferry_wire::Name;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::model::{Object, PlanSpec};
+use crate::store::{Compare, Op, Store, StoreError, Txn};
+
+/// Largest request body.
+pub const MAX_BODY: usize = 1 << 20;
+const OBJECTS: &str = "/ferry/objects/";
+const PLANS: &str = "/ferry/plans/";
+
+/// What a token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Admin,
+    ReadOnly,
+}
+
+/// A configured token: its name (for logs; the token itself is never logged or stored) and
+/// the BLAKE3 hash of its value.
+#[derive(Debug, Clone)]
+pub struct TokenEntry {
+    pub name: String,
+    pub role: Role,
+    pub hash: [u8; 32],
+}
+
+/// Shared state of the API handlers.
+#[derive(Debug)]
+pub struct ApiState {
+    pub store: Store,
+    pub tokens: Vec<TokenEntry>,
+}
+
+/// An API error: status, stable code, message.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+    fn bad(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid", message)
+    }
+    fn not_found(what: &str, name: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no {what} named {name}"),
+        )
+    }
+    fn conflict(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "conflict", message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({ "error": { "code": self.code, "message": self.message } });
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::BadKey(_) | StoreError::TooLarge(_) | StoreError::TooManyOps(_) => {
+                ApiError::bad(e.to_string())
+            }
+            _ => {
+                tracing::warn!(error = %e, "state store unavailable");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store_unavailable",
+                    format!("the state store is unavailable: {e}"),
+                )
+            }
+        }
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// The API's routes over `state`.
+pub fn router(state: Arc<ApiState>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/v1/openapi.json", get(openapi))
+        .route("/v1/objects", get(list_objects).post(create_object))
+        .route(
+            "/v1/objects/{name}",
+            get(get_object).put(put_object).delete(delete_object),
+        )
+        .route("/v1/plans", get(list_plans).post(create_plan))
+        .route(
+            "/v1/plans/{name}",
+            get(get_plan).put(put_plan).delete(delete_plan),
+        )
+        .route("/v1/plans/{name}/pause", post(pause_plan))
+        .route("/v1/plans/{name}/resume", post(resume_plan))
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+        })
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
+
+/// Checks the bearer token; a write needs the admin role.
+fn auth(state: &ApiState, headers: &HeaderMap, write: bool) -> ApiResult<()> {
+    let unauthorized = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", m);
+    let value = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .ok_or_else(|| unauthorized("missing Authorization: Bearer <token>"))?
+        .to_str()
+        .map_err(|_| unauthorized("malformed Authorization header"))?;
+    let token = value
+        .strip_prefix("Bearer ")
+        .ok_or_else(|| unauthorized("the Authorization header must be Bearer <token>"))?;
+    let hash = blake3::hash(token.trim().as_bytes());
+    // blake3::Hash compares in constant time.
+    let entry = state
+        .tokens
+        .iter()
+        .find(|t| blake3::Hash::from(t.hash) == hash)
+        .ok_or_else(|| unauthorized("unknown token"))?;
+    if write && entry.role != Role::Admin {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("token {} is read-only", entry.name),
+        ));
+    }
+    Ok(())
+}
+
+fn name_param(what: &str, raw: &str) -> ApiResult<Name> {
+    Name::new(raw).map_err(|e| ApiError::bad(format!("{what} name: {e}")))
+}
+
+fn parse<T: serde::de::DeserializeOwned>(body: &Bytes) -> ApiResult<T> {
+    serde_json::from_slice(body).map_err(|e| ApiError::bad(format!("request body: {e}")))
+}
+
+fn body(raw: Result<Bytes, axum::extract::rejection::BytesRejection>) -> ApiResult<Bytes> {
+    raw.map_err(|e| {
+        let status = e.status();
+        let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
+            "too_large"
+        } else {
+            "invalid"
+        };
+        ApiError::new(status, code, format!("request body: {}", e.body_text()))
+    })
+}
+
+async fn healthz(State(s): State<Arc<ApiState>>) -> ApiResult<Json<Value>> {
+    let revision = s.store.revision().await?;
+    let store = match s.store {
+        Store::Etcd(_) => "etcd",
+        Store::Embedded(_) => "embedded",
+    };
+    Ok(Json(
+        json!({ "ok": true, "store": store, "revision": revision }),
+    ))
+}
+
+async fn openapi() -> Json<Value> {
+    Json(crate::openapi::document())
+}
+
+// ---- objects ----
+
+async fn load_objects(store: &Store) -> ApiResult<Vec<Object>> {
+    let mut out = Vec::new();
+    for kv in store.list(OBJECTS).await? {
+        match serde_json::from_slice(&kv.value) {
+            Ok(o) => out.push(o),
+            Err(e) => tracing::warn!(key = %kv.key, error = %e, "skipping an unreadable object"),
+        }
+    }
+    Ok(out)
+}
+
+async fn list_objects(
+    State(s): State<Arc<ApiState>>,
+    headers: HeaderMap,
+) -> ApiResult<Json<Vec<Object>>> {
+    auth(&s, &headers, false)?;
+    Ok(Json(load_objects(&s.store).await?))
+}
+
+async fn get_object(
+    State(s): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Object>> {
+    auth(&s, &headers, false)?;
+    let name = name_param("object", &name)?;
+    let kv = s
+        .store
+        .get(&format!("{OBJECTS}{name}"))
+        .await?
+        .ok_or_else(|| ApiError::not_found("object", name.as_str()))?;
+    Ok(Json(parse(&Bytes::from(kv.value))?))
+}
+
+fn checked_object(raw: &Bytes) -> ApiResult<Object> {
+    let o: Object = parse(raw)?;
+    o.validate().map_err(|e| ApiError::bad(e.to_string()))?;
+    Ok(o)
+}
+
+fn encode<T: Serialize>(v: &T) -> ApiResult<Vec<u8>> {
+    serde_json::to_vec(v).map_err(|e| ApiError::bad(format!("cannot encode: {e}")))
+}
+
+async fn create_object(
+    State(s): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    raw: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> ApiResult<(StatusCode, Json<Object>)> {
+    auth(&s, &headers, true)?;
+    let o = checked_object(&body(raw)?)?;
+    let key = format!("{OBJECTS}{}", o.name);
+    let done = s
+        .store
+        .txn(Txn {
+            when: vec![Compare::Absent(key.clone())],
+            then: vec![Op::Put(key, encode(&o)?)],
+        })
+        .await?;
+    if !done.succeeded {
+        return Err(ApiError::conflict(format!("object {} exists", o.name)));
+    }
+    tracing::info!(object = %o.name, "object created");
+    Ok((StatusCode::CREATED, Json(o)))
+}
+
+async fn put_object(
+    State(s): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    raw: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> ApiResult<Json<Object>> {
+    auth(&s, &headers, true)?;
+    let name = name_param("object", &name)?;
+    let o = checked_object(&body(raw)?)?;
+    if o.name != name {
+        return Err(ApiError::bad(format!(
+            "name: the body names {}, the path {name}",
+            o.name
+        )));
+    }
+    let key = format!("{OBJECTS}{name}");
+    let cur = s
+        .store
+        .get(&key)
+        .await?
+        .ok_or_else(|| ApiError::not_found("object", name.as_str()))?;
+    let done = s
+        .store
+        .txn(Txn {
+            when: vec![Compare::ModRevision(key.clone(), cur.mod_revision)],
+            then: vec![Op::Put(key, encode(&o)?)],
+        })
+        .await?;
+    if !done.succeeded {
+        return Err(ApiError::conflict(format!(
+            "object {name} changed meanwhile; read it again"
+        )));
+    }
+    Ok(Json(o))
+}
+
+async fn delete_object(
+    State(s): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> ApiResult<StatusCode> {
+    auth(&s, &headers, true)?;
+    let name = name_param("object", &name)?;
+    for p in load_plans(&s.store).await? {
+        if p.spec.objects.contains(&name) {
+            return Err(ApiError::conflict(format!(
+                "object {name} is protected by plan {}; remove it from the plan first",
+                p.spec.name
+            )));
+        }
+    }
+    if !s.store.delete(&format!("{OBJECTS}{name}")).await? {
+        return Err(ApiError::not_found("object", name.as_str()));
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ---- plans ----
+
+/// A plan as kept and returned.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PlanRecord {
+    pub spec: PlanSpec,
+    pub paused: bool,
+    /// The next scheduled run (RFC 3339), when not paused and not ended.
+    #[serde(default, skip_deserializing)]
+    pub next_run: Option<String>,
+}
+
+async fn load_plans(store: &Store) -> ApiResult<Vec<PlanRecord>> {
+    let mut out = Vec::new();
+    for kv in store.list(PLANS).await? {
+        match serde_json::from_slice(&kv.value) {
+            Ok(p) => out.push(p),
+            Err(e) => tracing::warn!(key = %kv.key, error = %e, "skipping an unreadable plan"),
+        }
+    }
+    Ok(out)
+}
+
+/// Validates a plan against the current inventory.
+async fn checked_plan(
+    store: &Store,
+    raw: &Bytes,
+) -> ApiResult<(PlanSpec, crate::schedule::Schedule)> {
+    let spec: PlanSpec = parse(raw)?;
+    let objects = load_objects(store).await?;
+    let schedule = spec
+        .validate(|n| objects.iter().find(|o| &o.name == n))
+        .map_err(|e| ApiError::bad(e.to_string()))?;
+    Ok((spec, schedule))
+}
+
+fn with_next_run(mut p: PlanRecord) -> PlanRecord {
+    p.next_run = None;
+    if p.paused {
+        return p;
+    }
+    // Saved plans were validated; a schedule that no longer parses (a time zone removed
+    // from the database) simply has no next run to show.
+    let sched = &p.spec.schedule;
+    if let Ok(every) = sched.every.parse() {
+        if let Ok(s) = crate::schedule::Schedule::new(
+            every,
+            &sched.start,
+            &sched.timezone,
+            sched.end.as_deref(),
+        ) {
+            p.next_run = s.next_after(jiff::Timestamp::now()).map(|t| t.to_string());
+        }
+    }
+    p
+}
+
+async fn list_plans(
+    State(s): State<Arc<ApiState>>,
+    headers: HeaderMap,
+) -> ApiResult<Json<Vec<PlanRecord>>> {
+    auth(&s, &headers, false)?;
+    Ok(Json(
+        load_plans(&s.store)
+            .await?
+            .into_iter()
+            .map(with_next_run)
+            .collect(),
+    ))
+}
+
+async fn read_plan(store: &Store, name: &Name) -> ApiResult<(PlanRecord, i64)> {
+    let kv = store
+        .get(&format!("{PLANS}{name}"))
+        .await?
+        .ok_or_else(|| ApiError::not_found("plan", name.as_str()))?;
+    let rec: PlanRecord = serde_json::from_slice(&kv.value)
+        .map_err(|e| ApiError::conflict(format!("plan {name} is unreadable: {e}")))?;
+    Ok((rec, kv.mod_revision))
+}
+
+async fn get_plan(
+    State(s): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> ApiResult<Json<PlanRecord>> {
+    auth(&s, &headers, false)?;
+    let name = name_param("plan", &name)?;
+    Ok(Json(with_next_run(read_plan(&s.store, &name).await?.0)))
+}
+
+async fn create_plan(
+    State(s): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    raw: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> ApiResult<(StatusCode, Json<PlanRecord>)> {
+    auth(&s, &headers, true)?;
+    let (spec, _) = checked_plan(&s.store, &body(raw)?).await?;
+    let key = format!("{PLANS}{}", spec.name);
+    let rec = PlanRecord {
+        paused: !spec.enabled,
+        spec,
+        next_run: None,
+    };
+    let done = s
+        .store
+        .txn(Txn {
+            when: vec![Compare::Absent(key.clone())],
+            then: vec![Op::Put(key, encode(&rec)?)],
+        })
+        .await?;
+    if !done.succeeded {
+        return Err(ApiError::conflict(format!("plan {} exists", rec.spec.name)));
+    }
+    tracing::info!(plan = %rec.spec.name, "plan created");
+    Ok((StatusCode::CREATED, Json(with_next_run(rec))))
+}
+
+async fn put_plan(
+    State(s): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    raw: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> ApiResult<Json<PlanRecord>> {
+    auth(&s, &headers, true)?;
+    let name = name_param("plan", &name)?;
+    let (spec, _) = checked_plan(&s.store, &body(raw)?).await?;
+    if spec.name != name {
+        return Err(ApiError::bad(format!(
+            "name: the body names {}, the path {name}",
+            spec.name
+        )));
+    }
+    let (cur, rev) = read_plan(&s.store, &name).await?;
+    let rec = PlanRecord {
+        paused: cur.paused,
+        spec,
+        next_run: None,
+    };
+    update_plan(&s.store, &name, rev, &rec).await?;
+    Ok(Json(with_next_run(rec)))
+}
+
+async fn update_plan(store: &Store, name: &Name, rev: i64, rec: &PlanRecord) -> ApiResult<()> {
+    let key = format!("{PLANS}{name}");
+    let done = store
+        .txn(Txn {
+            when: vec![Compare::ModRevision(key.clone(), rev)],
+            then: vec![Op::Put(key, encode(rec)?)],
+        })
+        .await?;
+    if !done.succeeded {
+        return Err(ApiError::conflict(format!(
+            "plan {name} changed meanwhile; read it again"
+        )));
+    }
+    Ok(())
+}
+
+async fn set_paused(
+    s: &ApiState,
+    headers: &HeaderMap,
+    name: &str,
+    paused: bool,
+) -> ApiResult<Json<PlanRecord>> {
+    auth(s, headers, true)?;
+    let name = name_param("plan", name)?;
+    let (mut rec, rev) = read_plan(&s.store, &name).await?;
+    rec.paused = paused;
+    update_plan(&s.store, &name, rev, &rec).await?;
+    tracing::info!(plan = %name, paused, "plan paused or resumed");
+    Ok(Json(with_next_run(rec)))
+}
+
+async fn pause_plan(
+    State(s): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> ApiResult<Json<PlanRecord>> {
+    set_paused(&s, &headers, &name, true).await
+}
+
+async fn resume_plan(
+    State(s): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> ApiResult<Json<PlanRecord>> {
+    set_paused(&s, &headers, &name, false).await
+}
+
+async fn delete_plan(
+    State(s): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> ApiResult<StatusCode> {
+    auth(&s, &headers, true)?;
+    let name = name_param("plan", &name)?;
+    if !s.store.delete(&format!("{PLANS}{name}")).await? {
+        return Err(ApiError::not_found("plan", name.as_str()));
+    }
+    Ok(StatusCode::NO_CONTENT)
+}

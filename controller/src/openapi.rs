@@ -1,0 +1,116 @@
+//! The OpenAPI 3.0 document of the HTTP API, served at `/v1/openapi.json`. A test checks that
+//! every route the router serves is described here.
+
+use serde_json::{json, Value};
+
+fn error_response(description: &str) -> Value {
+    json!({ "description": description,
+            "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } })
+}
+
+fn body(schema: &str) -> Value {
+    json!({ "required": true,
+            "content": { "application/json": { "schema": { "$ref": format!("#/components/schemas/{schema}") } } } })
+}
+
+fn ok(description: &str, schema: Value) -> Value {
+    json!({ "description": description, "content": { "application/json": { "schema": schema } } })
+}
+
+fn reference(name: &str) -> Value {
+    json!({ "$ref": format!("#/components/schemas/{name}") })
+}
+
+/// The document.
+pub fn document() -> Value {
+    let errors = |mut v: Value| {
+        for (code, d) in [
+            (
+                "400",
+                "invalid request: the message names the field and the problem",
+            ),
+            ("401", "missing or unknown bearer token"),
+            ("403", "the token is read-only"),
+            ("404", "not found"),
+            ("409", "conflict: exists, in use, or changed meanwhile"),
+            ("413", "request body too large"),
+            ("503", "the state store is unavailable"),
+        ] {
+            v[code] = error_response(d);
+        }
+        v
+    };
+    let name_param = |what: &str| {
+        json!([{ "name": "name", "in": "path", "required": true,
+                 "description": format!("the {what}'s name: 1-128 of [A-Za-z0-9._-], starting with a letter or digit"),
+                 "schema": { "type": "string" } }])
+    };
+    json!({
+        "openapi": "3.0.3",
+        "info": { "title": "ferry controller API", "version": "1",
+                  "description": "Protection plans, inventory objects, runs and snapshot groups of one site." },
+        "components": {
+            "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } },
+            "schemas": {
+                "Error": { "type": "object", "required": ["error"], "properties": {
+                    "error": { "type": "object", "required": ["code", "message"], "properties": {
+                        "code": { "type": "string" }, "message": { "type": "string" } } } } },
+                "VolumeRef": { "type": "object", "required": ["node", "volume"], "properties": {
+                    "node": { "type": "string" }, "volume": { "type": "string" } } },
+                "Object": { "type": "object", "required": ["name", "kind"], "properties": {
+                    "name": { "type": "string" },
+                    "kind": { "type": "object", "required": ["type"], "description":
+                        "type virtual_volume {volume}; iscsi_lun {target_iqn, lun, volume}; nfs_file {export, path, volume}; vm {vcpus, memory_mib, disks: [{volume, role: disk|cdrom|shared}], nics: [{switch, mac}]}",
+                        "properties": { "type": { "type": "string", "enum": ["virtual_volume", "iscsi_lun", "nfs_file", "vm"] } } } } },
+                "Schedule": { "type": "object", "required": ["every", "start"], "properties": {
+                    "every": { "type": "string", "enum": ["hourly", "daily", "weekly", "monthly"] },
+                    "start": { "type": "string", "example": "2026-11-24T02:30" },
+                    "timezone": { "type": "string", "example": "Europe/Berlin", "default": "UTC" },
+                    "end": { "type": "string", "nullable": true } } },
+                "PlanSpec": { "type": "object", "required": ["name", "objects", "schedule", "retention"], "properties": {
+                    "name": { "type": "string" },
+                    "objects": { "type": "array", "items": { "type": "string" } },
+                    "schedule": reference("Schedule"),
+                    "retention": { "type": "integer", "minimum": 1, "maximum": 10000 },
+                    "enabled": { "type": "boolean", "default": true },
+                    "hooks": { "type": "object", "properties": {
+                        "pre": { "type": "string" }, "post": { "type": "string" },
+                        "timeout_secs": { "type": "integer" } } } } },
+                "Plan": { "type": "object", "required": ["spec", "paused"], "properties": {
+                    "spec": reference("PlanSpec"), "paused": { "type": "boolean" },
+                    "next_run": { "type": "string", "nullable": true } } }
+            }
+        },
+        "security": [ { "bearer": [] } ],
+        "paths": {
+            "/healthz": { "get": { "summary": "liveness and store reachability", "security": [],
+                "responses": errors(json!({ "200": ok("healthy", json!({ "type": "object" })) })) } },
+            "/v1/openapi.json": { "get": { "summary": "this document", "security": [],
+                "responses": { "200": ok("the document", json!({ "type": "object" })) } } },
+            "/v1/objects": {
+                "get": { "summary": "list objects", "responses": errors(json!({ "200": ok("objects", json!({ "type": "array", "items": reference("Object") })) })) },
+                "post": { "summary": "create an object", "requestBody": body("Object"),
+                          "responses": errors(json!({ "201": ok("created", reference("Object")) })) } },
+            "/v1/objects/{name}": {
+                "parameters": name_param("object"),
+                "get": { "summary": "one object", "responses": errors(json!({ "200": ok("the object", reference("Object")) })) },
+                "put": { "summary": "replace an object", "requestBody": body("Object"),
+                         "responses": errors(json!({ "200": ok("replaced", reference("Object")) })) },
+                "delete": { "summary": "delete an object no plan uses", "responses": errors(json!({ "204": { "description": "deleted" } })) } },
+            "/v1/plans": {
+                "get": { "summary": "list plans", "responses": errors(json!({ "200": ok("plans", json!({ "type": "array", "items": reference("Plan") })) })) },
+                "post": { "summary": "create a plan", "requestBody": body("PlanSpec"),
+                          "responses": errors(json!({ "201": ok("created", reference("Plan")) })) } },
+            "/v1/plans/{name}": {
+                "parameters": name_param("plan"),
+                "get": { "summary": "one plan, with its next run", "responses": errors(json!({ "200": ok("the plan", reference("Plan")) })) },
+                "put": { "summary": "replace a plan's spec", "requestBody": body("PlanSpec"),
+                         "responses": errors(json!({ "200": ok("replaced", reference("Plan")) })) },
+                "delete": { "summary": "delete a plan", "responses": errors(json!({ "204": { "description": "deleted" } })) } },
+            "/v1/plans/{name}/pause": { "parameters": name_param("plan"),
+                "post": { "summary": "pause a plan's schedule", "responses": errors(json!({ "200": ok("paused", reference("Plan")) })) } },
+            "/v1/plans/{name}/resume": { "parameters": name_param("plan"),
+                "post": { "summary": "resume a plan's schedule", "responses": errors(json!({ "200": ok("resumed", reference("Plan")) })) } }
+        }
+    })
+}

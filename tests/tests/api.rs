@@ -1,0 +1,406 @@
+//! The controller's HTTP API, as a real `ferry-controller serve` process, on the embedded store
+//! and on a real etcd: objects and plans, every kind of bad input (a 4xx with a JSON error
+//! that says what is wrong, never a 500), and tokens (none, unknown, read-only, admin).
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+
+use ferry_tests::{bin, Etcd};
+use serde_json::{json, Value};
+
+const ADMIN: &str = "admin-token-for-tests-0123456789";
+const READER: &str = "reader-token-for-tests-0123456789";
+
+struct Controller {
+    child: Child,
+    addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Controller {
+    fn start(store: &str) -> Controller {
+        use std::io::BufRead;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let hash = |t: &str| blake3::hash(t.as_bytes()).to_hex().to_string();
+        let cfg = format!(
+            "listen = \"127.0.0.1:0\"\n{store}\n\
+             [[tokens]]\nname = \"ops\"\nrole = \"admin\"\nblake3 = \"{}\"\n\
+             [[tokens]]\nname = \"monitoring\"\nrole = \"read_only\"\nblake3 = \"{}\"\n",
+            hash(ADMIN),
+            hash(READER)
+        )
+        .replace("DIR", &dir.path().display().to_string());
+        let path = dir.path().join("controller.toml");
+        std::fs::write(&path, cfg).expect("config");
+        let mut child = Command::new(bin("ferry-controller"))
+            .arg("serve")
+            .arg("--config")
+            .arg(&path)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn controller");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("read");
+        let addr = line
+            .trim()
+            .rsplit(' ')
+            .next()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no address in {line:?}"));
+        Controller {
+            child,
+            addr,
+            _dir: dir,
+        }
+    }
+
+    /// One HTTP/1.1 request; returns (status, JSON body or Null).
+    fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&[u8]>,
+    ) -> (u16, Value) {
+        let mut s = std::net::TcpStream::connect(self.addr).expect("connect");
+        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: ferry\r\nConnection: close\r\n");
+        if let Some(t) = token {
+            req.push_str(&format!("Authorization: Bearer {t}\r\n"));
+        }
+        let body = body.unwrap_or_default();
+        req.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        ));
+        s.write_all(req.as_bytes()).expect("write");
+        s.write_all(body).expect("write body");
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        let text = String::from_utf8_lossy(&out);
+        let status: u16 = text
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or_else(|| panic!("no status in {text:?}"));
+        let body = text.split("\r\n\r\n").nth(1).unwrap_or_default();
+        (status, serde_json::from_str(body).unwrap_or(Value::Null))
+    }
+
+    fn admin(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let b = body.map(|v| serde_json::to_vec(&v).expect("json"));
+        self.call(method, path, Some(ADMIN), b.as_deref())
+    }
+}
+
+/// A 4xx whose JSON error mentions `says`.
+fn refused(r: (u16, Value), status: u16, says: &str) {
+    assert_eq!(r.0, status, "{}", r.1);
+    let msg = r.1["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        !r.1["error"]["code"].as_str().unwrap_or_default().is_empty(),
+        "{}",
+        r.1
+    );
+    assert!(msg.contains(says), "expected {says:?} in {msg:?}");
+}
+
+fn volume(node: &str, v: &str) -> Value {
+    json!({"node": node, "volume": v})
+}
+
+fn suite(c: &Controller) {
+    // Health and the OpenAPI document need no token; everything else does.
+    let (code, h) = c.call("GET", "/healthz", None, None);
+    assert_eq!((code, &h["ok"]), (200, &json!(true)), "{h}");
+    let (code, doc) = c.call("GET", "/v1/openapi.json", None, None);
+    assert_eq!(code, 200);
+    for p in [
+        "/v1/objects",
+        "/v1/objects/{name}",
+        "/v1/plans",
+        "/v1/plans/{name}",
+        "/v1/plans/{name}/pause",
+        "/v1/plans/{name}/resume",
+    ] {
+        assert!(doc["paths"][p].is_object(), "{p} undocumented");
+    }
+    refused(c.call("GET", "/v1/plans", None, None), 401, "missing");
+    refused(
+        c.call("GET", "/v1/plans", Some("guess"), None),
+        401,
+        "unknown token",
+    );
+    let obj =
+        json!({"name": "db", "kind": {"type": "virtual_volume", "volume": volume("n1", "db0")}});
+    let body = serde_json::to_vec(&obj).expect("json");
+    refused(
+        c.call("POST", "/v1/objects", Some(READER), Some(&body)),
+        403,
+        "read-only",
+    );
+    assert_eq!(c.call("GET", "/v1/objects", Some(READER), None).0, 200);
+
+    // Objects.
+    assert_eq!(c.admin("POST", "/v1/objects", Some(obj.clone())).0, 201);
+    refused(
+        c.admin("POST", "/v1/objects", Some(obj.clone())),
+        409,
+        "exists",
+    );
+    let vm = json!({"name": "web", "kind": {"type": "vm", "vcpus": 2, "memory_mib": 4096,
+        "disks": [{"volume": volume("n1", "web0")}, {"volume": volume("n2", "iso"), "role": "cdrom"}],
+        "nics": [{"switch": "vsw-prod"}]}});
+    assert_eq!(c.admin("POST", "/v1/objects", Some(vm)).0, 201);
+    let (code, got) = c.call("GET", "/v1/objects/db", Some(READER), None);
+    assert_eq!((code, got), (200, obj.clone()));
+    refused(
+        c.admin("GET", "/v1/objects/nope", None),
+        404,
+        "no object named nope",
+    );
+    refused(c.admin("GET", "/v1/objects/..", None), 400, "object name");
+    // Bad objects: each kind of mistake, each named.
+    let bad_objects = [
+        (
+            json!({"name": "../x", "kind": {"type": "virtual_volume", "volume": volume("n1", "v")}}),
+            "name",
+        ),
+        (
+            json!({"name": "l", "kind": {"type": "iscsi_lun", "target_iqn": "nonsense", "lun": 1, "volume": volume("n1", "v")}}),
+            "kind.target_iqn",
+        ),
+        (
+            json!({"name": "l", "kind": {"type": "iscsi_lun", "target_iqn": "iqn.2026-11.com.example", "lun": 99999, "volume": volume("n1", "v")}}),
+            "kind.lun",
+        ),
+        (
+            json!({"name": "f", "kind": {"type": "nfs_file", "export": "/e", "path": "../../etc/passwd", "volume": volume("n1", "v")}}),
+            "kind.path",
+        ),
+        (
+            json!({"name": "m", "kind": {"type": "vm", "vcpus": 0, "memory_mib": 1024, "disks": [{"volume": volume("n1", "v")}]}}),
+            "kind.vcpus",
+        ),
+        (
+            json!({"name": "m", "kind": {"type": "vm", "vcpus": 1, "memory_mib": 1024, "disks": [{"volume": volume("n1", "v"), "role": "cdrom"}]}}),
+            "kind.disks",
+        ),
+        (
+            json!({"name": "t", "kind": {"type": "tape", "volume": volume("n1", "v")}}),
+            "unknown variant",
+        ),
+        (
+            json!({"name": "u", "kind": {"type": "virtual_volume", "volume": volume("n1", "v")}, "colour": "red"}),
+            "unknown field",
+        ),
+    ];
+    for (o, says) in bad_objects {
+        refused(c.admin("POST", "/v1/objects", Some(o)), 400, says);
+    }
+    refused(
+        c.call("POST", "/v1/objects", Some(ADMIN), Some(b"{not json")),
+        400,
+        "request body",
+    );
+    refused(
+        c.call("POST", "/v1/objects", Some(ADMIN), Some(b"")),
+        400,
+        "request body",
+    );
+    let huge = vec![b' '; 2 << 20];
+    refused(
+        c.call("POST", "/v1/objects", Some(ADMIN), Some(&huge)),
+        413,
+        "request body",
+    );
+    refused(
+        c.admin(
+            "PUT",
+            "/v1/objects/db",
+            Some(json!({"name": "other", "kind": obj["kind"]})),
+        ),
+        400,
+        "the body names other",
+    );
+    refused(
+        c.admin("DELETE", "/v1/nowhere", None),
+        404,
+        "no such endpoint",
+    );
+
+    // Plans.
+    let plan = json!({"name": "nightly", "objects": ["db", "web"],
+        "schedule": {"every": "daily", "start": "2026-11-24T02:30", "timezone": "Europe/Berlin"},
+        "retention": 7});
+    let (code, p) = c.admin("POST", "/v1/plans", Some(plan.clone()));
+    assert_eq!(code, 201, "{p}");
+    assert_eq!(p["paused"], false);
+    assert!(
+        p["next_run"].as_str().is_some_and(|t| t.ends_with("Z")),
+        "{p}"
+    );
+    refused(
+        c.admin("POST", "/v1/plans", Some(plan.clone())),
+        409,
+        "exists",
+    );
+    let with = |field: &str, v: Value| {
+        let mut p = plan.clone();
+        p[field] = v;
+        p
+    };
+    let bad_plans = [
+        (
+            with("objects", json!([])),
+            "objects: a plan protects at least one object",
+        ),
+        (
+            with("objects", json!(["db", "ghost"])),
+            "objects[1]: no object named ghost",
+        ),
+        (
+            with("objects", json!(["db", "db"])),
+            "objects[1]: db is listed twice",
+        ),
+        (with("retention", json!(0)), "retention"),
+        (with("retention", json!(-1)), "request body"),
+        (
+            with(
+                "schedule",
+                json!({"every": "yearly", "start": "2026-11-24T02:30"}),
+            ),
+            "schedule.every",
+        ),
+        (
+            with("schedule", json!({"every": "daily", "start": "soon"})),
+            "schedule.start",
+        ),
+        (
+            with(
+                "schedule",
+                json!({"every": "daily", "start": "2026-11-24T02:30", "timezone": "Moon/Base"}),
+            ),
+            "schedule.timezone",
+        ),
+        (
+            with(
+                "schedule",
+                json!({"every": "daily", "start": "2026-11-24T02:30", "end": "2026-01-01T00:00"}),
+            ),
+            "schedule.end",
+        ),
+        (
+            with("hooks", json!({"timeout_secs": 0})),
+            "hooks.timeout_secs",
+        ),
+    ];
+    for (p, says) in bad_plans {
+        refused(c.admin("POST", "/v1/plans", Some(p)), 400, says);
+    }
+    // Update, pause, resume.
+    let (code, p) = c.admin(
+        "PUT",
+        "/v1/plans/nightly",
+        Some(with("retention", json!(14))),
+    );
+    assert_eq!((code, &p["spec"]["retention"]), (200, &json!(14)));
+    refused(
+        c.admin("PUT", "/v1/plans/ghost", Some(with("name", json!("ghost")))),
+        404,
+        "no plan named ghost",
+    );
+    let (code, p) = c.admin("POST", "/v1/plans/nightly/pause", None);
+    assert_eq!(
+        (code, &p["paused"], &p["next_run"]),
+        (200, &json!(true), &Value::Null)
+    );
+    refused(
+        c.call("POST", "/v1/plans/nightly/resume", Some(READER), None),
+        403,
+        "read-only",
+    );
+    let (code, p) = c.admin("POST", "/v1/plans/nightly/resume", None);
+    assert_eq!((code, &p["paused"]), (200, &json!(false)));
+    let (code, list) = c.call("GET", "/v1/plans", Some(READER), None);
+    assert_eq!((code, list.as_array().map(Vec::len)), (200, Some(1)));
+    // An object in use cannot go; a plan can, then the object can.
+    refused(
+        c.admin("DELETE", "/v1/objects/db", None),
+        409,
+        "protected by plan nightly",
+    );
+    assert_eq!(c.admin("DELETE", "/v1/plans/nightly", None).0, 204);
+    refused(
+        c.admin("DELETE", "/v1/plans/nightly", None),
+        404,
+        "no plan named nightly",
+    );
+    assert_eq!(c.admin("DELETE", "/v1/objects/db", None).0, 204);
+}
+
+#[test]
+fn api_on_the_embedded_store() {
+    let c = Controller::start("[store]\nkind = \"embedded\"\npath = \"DIR/state.redb\"");
+    suite(&c);
+}
+
+#[test]
+fn api_on_etcd() {
+    let Some(etcd) = Etcd::start() else { return };
+    let c = Controller::start(&format!(
+        "[store]\nkind = \"etcd\"\nendpoints = [\"{}\"]",
+        etcd.endpoint
+    ));
+    suite(&c);
+    // The store gone: a clear 503, not a hang or a 500.
+    drop(etcd);
+    let (code, v) = c.call("GET", "/v1/plans", Some(READER), None);
+    assert_eq!(code, 503, "{v}");
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("state store"));
+}
+
+#[test]
+fn bad_configurations_are_refused_clearly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (cfg, says) in [
+        ("listen = \"127.0.0.1:0\"\n[store]\nkind = \"embedded\"\npath = \"/tmp/x.redb\"\n", "no [[tokens]]"),
+        ("listen = \"127.0.0.1:0\"\n[store]\nkind = \"floppy\"\n", "floppy"),
+        ("listen = \"127.0.0.1:0\"\nsecret = 1\n", "secret"),
+        ("listen = \"127.0.0.1:0\"\n[store]\nkind = \"embedded\"\npath = \"/tmp/x.redb\"\n[[tokens]]\nname = \"a\"\nrole = \"admin\"\nblake3 = \"xyz\"\n", "64 hex digits"),
+    ] {
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, cfg).expect("write");
+        let out = Command::new(bin("ferry-controller"))
+            .args(["serve", "--config"])
+            .arg(&p)
+            .output()
+            .expect("run");
+        assert_eq!(out.status.code(), Some(1), "{cfg}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{says:?} not in {err}");
+    }
+    let out = Command::new(bin("ferry-controller"))
+        .args(["--json", "token"])
+        .output()
+        .expect("run");
+    let v: Value = serde_json::from_slice(&out.stdout).expect("json");
+    let token = v["token"].as_str().expect("token");
+    assert_eq!(
+        blake3::hash(token.as_bytes()).to_hex().as_str(),
+        v["blake3"].as_str().expect("hash")
+    );
+}
