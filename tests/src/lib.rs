@@ -679,3 +679,110 @@ impl Drop for Etcd {
         self.kill();
     }
 }
+
+/// A real `ferry-controller serve` with an admin and a read-only token, and a minimal HTTP
+/// client for it.
+pub mod controller {
+    use std::io::{Read, Write};
+    use std::net::SocketAddr;
+    use std::process::{Child, Command, Stdio};
+
+    use serde_json::Value;
+
+    use crate::bin;
+
+    pub const ADMIN: &str = "admin-token-for-tests-0123456789";
+    pub const READER: &str = "reader-token-for-tests-0123456789";
+
+    pub struct Controller {
+        child: Child,
+        pub addr: SocketAddr,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Drop for Controller {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    impl Controller {
+        pub fn start(store: &str) -> Controller {
+            use std::io::BufRead;
+            let dir = tempfile::tempdir().expect("tempdir");
+            let hash = |t: &str| blake3::hash(t.as_bytes()).to_hex().to_string();
+            let cfg = format!(
+                "listen = \"127.0.0.1:0\"\n{store}\n\
+                 [[tokens]]\nname = \"ops\"\nrole = \"admin\"\nblake3 = \"{}\"\n\
+                 [[tokens]]\nname = \"monitoring\"\nrole = \"read_only\"\nblake3 = \"{}\"\n",
+                hash(ADMIN),
+                hash(READER)
+            )
+            .replace("DIR", &dir.path().display().to_string());
+            let path = dir.path().join("controller.toml");
+            std::fs::write(&path, cfg).expect("config");
+            let mut child = Command::new(bin("ferry-controller"))
+                .arg("serve")
+                .arg("--config")
+                .arg(&path)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn controller");
+            let mut line = String::new();
+            std::io::BufReader::new(child.stdout.take().expect("stdout"))
+                .read_line(&mut line)
+                .expect("read");
+            let addr = line
+                .trim()
+                .rsplit(' ')
+                .next()
+                .and_then(|a| a.parse().ok())
+                .unwrap_or_else(|| panic!("no address in {line:?}"));
+            Controller {
+                child,
+                addr,
+                _dir: dir,
+            }
+        }
+
+        /// One HTTP/1.1 request; returns (status, JSON body or Null).
+        pub fn call(
+            &self,
+            method: &str,
+            path: &str,
+            token: Option<&str>,
+            body: Option<&[u8]>,
+        ) -> (u16, Value) {
+            let mut s = std::net::TcpStream::connect(self.addr).expect("connect");
+            let mut req =
+                format!("{method} {path} HTTP/1.1\r\nHost: ferry\r\nConnection: close\r\n");
+            if let Some(t) = token {
+                req.push_str(&format!("Authorization: Bearer {t}\r\n"));
+            }
+            let body = body.unwrap_or_default();
+            req.push_str(&format!(
+                "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            ));
+            s.write_all(req.as_bytes()).expect("write");
+            s.write_all(body).expect("write body");
+            let mut out = Vec::new();
+            let _ = s.read_to_end(&mut out);
+            let text = String::from_utf8_lossy(&out);
+            let status: u16 = text
+                .split(' ')
+                .nth(1)
+                .and_then(|c| c.parse().ok())
+                .unwrap_or_else(|| panic!("no status in {text:?}"));
+            let body = text.split("\r\n\r\n").nth(1).unwrap_or_default();
+            (status, serde_json::from_str(body).unwrap_or(Value::Null))
+        }
+
+        pub fn admin(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+            let b = body.map(|v| serde_json::to_vec(&v).expect("json"));
+            self.call(method, path, Some(ADMIN), b.as_deref())
+        }
+    }
+}

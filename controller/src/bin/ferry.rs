@@ -1,0 +1,327 @@
+//! `ferry`: the command line of the controller's HTTP API (nothing else: every command is one
+//! or a few API calls). The address and token come from `--addr`/`--token`, else
+//! `FERRY_ADDR`/`FERRY_TOKEN`, else `~/.config/ferry/cli.toml` (`addr = "..."`,
+//! `token = "..."`). `--json` prints the API's JSON as it is.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use clap::{Parser, Subcommand};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+
+#[derive(Parser)]
+#[command(
+    name = "ferry",
+    version,
+    about = "ferry: protection plans, objects, runs"
+)]
+struct Cli {
+    /// The controller's API, e.g. http://127.0.0.1:7480 (or FERRY_ADDR).
+    #[arg(long, global = true)]
+    addr: Option<String>,
+    /// API token (or FERRY_TOKEN).
+    #[arg(long, global = true)]
+    token: Option<String>,
+    /// Print the API's JSON.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Protected objects: virtual volumes, iSCSI LUNs, NFS files, VMs.
+    #[command(subcommand)]
+    Objects(Crud),
+    /// Protection plans.
+    #[command(subcommand)]
+    Plans(PlanCmd),
+}
+
+#[derive(Subcommand)]
+enum Crud {
+    List,
+    Get {
+        name: String,
+    },
+    /// Create from a JSON file (- for stdin).
+    Create {
+        file: PathBuf,
+    },
+    /// Replace from a JSON file (- for stdin).
+    Update {
+        name: String,
+        file: PathBuf,
+    },
+    Delete {
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum PlanCmd {
+    #[command(flatten)]
+    Crud(Crud),
+    /// Stop running the plan on its schedule.
+    Pause { name: String },
+    /// Run the plan on its schedule again.
+    Resume { name: String },
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    addr: Option<String>,
+    token: Option<String>,
+}
+
+fn settings(cli: &Cli) -> anyhow::Result<(String, String)> {
+    let file: FileConfig = match std::env::var_os("HOME") {
+        Some(h) => {
+            let p = PathBuf::from(h).join(".config/ferry/cli.toml");
+            match std::fs::read_to_string(&p) {
+                Ok(t) => toml::from_str(&t).with_context(|| format!("{}", p.display()))?,
+                Err(_) => FileConfig::default(),
+            }
+        }
+        None => FileConfig::default(),
+    };
+    let addr = cli
+        .addr
+        .clone()
+        .or_else(|| std::env::var("FERRY_ADDR").ok())
+        .or(file.addr)
+        .unwrap_or_else(|| "http://127.0.0.1:7480".into());
+    let token = cli
+        .token
+        .clone()
+        .or_else(|| std::env::var("FERRY_TOKEN").ok())
+        .or(file.token)
+        .context(
+            "no API token: give --token, set FERRY_TOKEN, or put token in ~/.config/ferry/cli.toml",
+        )?;
+    if !addr.starts_with("http://") {
+        bail!("--addr must be an http:// URL, not {addr:?}");
+    }
+    Ok((addr.trim_end_matches('/').to_string(), token))
+}
+
+struct Api {
+    addr: String,
+    token: String,
+    client: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+}
+
+impl Api {
+    /// One call; a non-2xx answer becomes the API's error message.
+    async fn call(&self, method: &str, path: &str, body: Option<Vec<u8>>) -> anyhow::Result<Value> {
+        let req = hyper::Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.addr))
+            .header("authorization", format!("Bearer {}", self.token))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .context("build the request")?;
+        let resp = tokio::time::timeout(Duration::from_secs(30), self.client.request(req))
+            .await
+            .with_context(|| format!("{} did not answer within 30 s", self.addr))?
+            .with_context(|| format!("cannot reach the controller at {}", self.addr))?;
+        let status = resp.status();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .context("read the answer")?
+            .to_bytes();
+        let v: Value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .context("the controller answered something that is not JSON")?
+        };
+        if !status.is_success() {
+            let msg = v["error"]["message"].as_str().unwrap_or("no message");
+            bail!("{} ({})", msg, status.as_u16());
+        }
+        Ok(v)
+    }
+}
+
+fn read_file(p: &PathBuf) -> anyhow::Result<Vec<u8>> {
+    let bytes = if p.as_os_str() == "-" {
+        let mut b = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin().lock(), &mut b).context("read stdin")?;
+        b
+    } else {
+        std::fs::read(p).with_context(|| format!("read {}", p.display()))?
+    };
+    serde_json::from_slice::<Value>(&bytes)
+        .with_context(|| format!("{} is not JSON", p.display()))?;
+    Ok(bytes)
+}
+
+fn print_plans(v: &Value) {
+    println!(
+        "{:<24} {:<8} {:<7} {:>9}  NEXT RUN",
+        "NAME", "EVERY", "STATE", "RETENTION"
+    );
+    for p in v.as_array().into_iter().flatten() {
+        println!(
+            "{:<24} {:<8} {:<7} {:>9}  {}",
+            p["spec"]["name"].as_str().unwrap_or("?"),
+            p["spec"]["schedule"]["every"].as_str().unwrap_or("?"),
+            if p["paused"] == true {
+                "paused"
+            } else {
+                "active"
+            },
+            p["spec"]["retention"],
+            p["next_run"].as_str().unwrap_or("-"),
+        );
+    }
+}
+
+fn print_objects(v: &Value) {
+    println!("{:<24} {:<15} VOLUMES", "NAME", "TYPE");
+    for o in v.as_array().into_iter().flatten() {
+        let k = &o["kind"];
+        let vol = |v: &Value| {
+            format!(
+                "{}/{}",
+                v["node"].as_str().unwrap_or("?"),
+                v["volume"].as_str().unwrap_or("?")
+            )
+        };
+        let volumes = match k["type"].as_str() {
+            Some("vm") => k["disks"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|d| {
+                    let role = d["role"].as_str().unwrap_or("disk");
+                    if role == "disk" {
+                        vol(&d["volume"])
+                    } else {
+                        format!("{} ({role}, not protected)", vol(&d["volume"]))
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(", "),
+            _ => vol(&k["volume"]),
+        };
+        println!(
+            "{:<24} {:<15} {volumes}",
+            o["name"].as_str().unwrap_or("?"),
+            k["type"].as_str().unwrap_or("?")
+        );
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let (addr, token) = settings(&cli)?;
+    let api = Api {
+        addr,
+        token,
+        client: Client::builder(TokioExecutor::new()).build_http(),
+    };
+    let (out, kind) = match &cli.cmd {
+        Cmd::Objects(c) => (crud(&api, "objects", c).await?, "objects"),
+        Cmd::Plans(PlanCmd::Crud(c)) => (crud(&api, "plans", c).await?, "plans"),
+        Cmd::Plans(PlanCmd::Pause { name }) => (
+            api.call("POST", &format!("/v1/plans/{}/pause", checked(name)?), None)
+                .await?,
+            "plan",
+        ),
+        Cmd::Plans(PlanCmd::Resume { name }) => (
+            api.call(
+                "POST",
+                &format!("/v1/plans/{}/resume", checked(name)?),
+                None,
+            )
+            .await?,
+            "plan",
+        ),
+    };
+    if cli.json {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    match (&out, kind) {
+        (Value::Null, _) => println!("done"),
+        (Value::Array(_), "plans") => print_plans(&out),
+        (Value::Array(_), _) => print_objects(&out),
+        (v, "plans" | "plan") if v.get("spec").is_some() => {
+            print_plans(&Value::Array(vec![v.clone()]))
+        }
+        (v, _) => print_objects(&Value::Array(vec![v.clone()])),
+    }
+    Ok(())
+}
+
+/// A name from the command line, checked before it goes into a URL.
+fn checked(name: &str) -> anyhow::Result<&str> {
+    ferry_wire::Name::new(name).with_context(|| format!("{name:?} is not a valid name"))?;
+    Ok(name)
+}
+
+async fn crud(api: &Api, what: &str, c: &Crud) -> anyhow::Result<Value> {
+    let c = match c {
+        Crud::Get { name } | Crud::Update { name, .. } | Crud::Delete { name } => {
+            checked(name)?;
+            c
+        }
+        _ => c,
+    };
+    match c {
+        Crud::List => api.call("GET", &format!("/v1/{what}"), None).await,
+        Crud::Get { name } => api.call("GET", &format!("/v1/{what}/{name}"), None).await,
+        Crud::Create { file } => {
+            api.call("POST", &format!("/v1/{what}"), Some(read_file(file)?))
+                .await
+        }
+        Crud::Update { name, file } => {
+            api.call("PUT", &format!("/v1/{what}/{name}"), Some(read_file(file)?))
+                .await
+        }
+        Crud::Delete { name } => {
+            api.call("DELETE", &format!("/v1/{what}/{name}"), None)
+                .await
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let json = cli.json;
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "error": { "message": format!("{e:#}") } })
+                );
+            } else {
+                eprintln!("error: {e:#}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
