@@ -23,8 +23,7 @@ use crate::store::{Compare, Op, Store, StoreError, Txn};
 
 /// Largest request body.
 pub const MAX_BODY: usize = 1 << 20;
-const OBJECTS: &str = "/ferry/objects/";
-const PLANS: &str = "/ferry/plans/";
+use crate::scheduler::{OBJECTS, PLANS, RUNS};
 
 /// What a token may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -48,6 +47,8 @@ pub struct TokenEntry {
 pub struct ApiState {
     pub store: Store,
     pub tokens: Vec<TokenEntry>,
+    /// This controller's generation (stamped on the tasks of runs it starts).
+    pub generation: u64,
 }
 
 /// An API error: status, stable code, message.
@@ -124,6 +125,9 @@ pub fn router(state: Arc<ApiState>) -> Router {
             get(get_plan).put(put_plan).delete(delete_plan),
         )
         .route("/v1/plans/{name}/pause", post(pause_plan))
+        .route("/v1/plans/{name}/run", post(run_now))
+        .route("/v1/plans/{name}/runs", get(plan_runs))
+        .route("/v1/runs", get(all_runs))
         .route("/v1/plans/{name}/resume", post(resume_plan))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
@@ -521,4 +525,58 @@ async fn delete_plan(
         return Err(ApiError::not_found("plan", name.as_str()));
     }
     Ok(StatusCode::NO_CONTENT)
+}
+
+// ---- runs ----
+
+async fn load_runs(store: &Store, prefix: &str) -> ApiResult<Vec<crate::scheduler::RunRecord>> {
+    let mut out: Vec<crate::scheduler::RunRecord> = Vec::new();
+    for kv in store.list(prefix).await? {
+        match serde_json::from_slice(&kv.value) {
+            Ok(r) => out.push(r),
+            Err(e) => tracing::warn!(key = %kv.key, error = %e, "skipping an unreadable run"),
+        }
+    }
+    out.sort_by(|a, b| a.created.cmp(&b.created));
+    Ok(out)
+}
+
+async fn all_runs(
+    State(s): State<Arc<ApiState>>,
+    headers: HeaderMap,
+) -> ApiResult<Json<Vec<crate::scheduler::RunRecord>>> {
+    auth(&s, &headers, false)?;
+    Ok(Json(load_runs(&s.store, RUNS).await?))
+}
+
+async fn plan_runs(
+    State(s): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Vec<crate::scheduler::RunRecord>>> {
+    auth(&s, &headers, false)?;
+    let name = name_param("plan", &name)?;
+    read_plan(&s.store, &name).await?;
+    Ok(Json(load_runs(&s.store, &format!("{RUNS}{name}/")).await?))
+}
+
+/// Starts a run of the plan now (paused or not), outside its schedule.
+async fn run_now(
+    State(s): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> ApiResult<(StatusCode, Json<crate::scheduler::RunRecord>)> {
+    auth(&s, &headers, true)?;
+    let name = name_param("plan", &name)?;
+    let (plan, _) = read_plan(&s.store, &name).await?;
+    let objects = load_objects(&s.store).await?;
+    let rec =
+        crate::scheduler::new_run(&plan, &objects, jiff::Timestamp::now(), None, s.generation);
+    if !crate::scheduler::store_run(&s.store, &rec).await? {
+        return Err(ApiError::conflict(
+            "a run of this plan was started this very millisecond",
+        ));
+    }
+    tracing::info!(plan = %name, run = %rec.run.id, "run started by request");
+    Ok((StatusCode::ACCEPTED, Json(rec)))
 }

@@ -8,4 +8,5 @@ pub mod openapi;
 pub mod retention;
 pub mod run;
 pub mod schedule;
+pub mod scheduler;
 pub mod store;

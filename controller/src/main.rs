@@ -99,10 +99,22 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
                 .context("connect to etcd")?,
         ),
     };
+    // One controller per store for now; leader election (etcd) will raise this per term.
+    let generation = 1;
     let state = Arc::new(ApiState {
-        store,
+        store: store.clone(),
         tokens: tokens(&cfg)?,
+        generation,
     });
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let scheduler = tokio::spawn(ferry_controller::scheduler::run(
+        store,
+        generation,
+        async move {
+            let mut rx = stop_rx;
+            let _ = rx.wait_for(|s| *s).await;
+        },
+    ));
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("listen on {}", cfg.listen))?;
@@ -122,7 +134,10 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             }
         })
         .await
-        .context("serve")
+        .context("serve")?;
+    let _ = stop_tx.send(true);
+    let _ = scheduler.await;
+    Ok(())
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {

@@ -76,6 +76,11 @@ pub fn document() -> Value {
                     "hooks": { "type": "object", "properties": {
                         "pre": { "type": "string" }, "post": { "type": "string" },
                         "timeout_secs": { "type": "integer" } } } } },
+                "Run": { "type": "object", "required": ["run", "trigger", "created"], "properties": {
+                    "run": { "type": "object", "description": "id, plan, group (the snapshot name), generation, step (snapshot, compensate, prune, done, failed), nodes (per node: volumes and state), error" },
+                    "trigger": { "type": "string", "enum": ["schedule", "manual"] },
+                    "slot": { "type": "string", "nullable": true },
+                    "created": { "type": "string" } } },
                 "Plan": { "type": "object", "required": ["spec", "paused"], "properties": {
                     "spec": reference("PlanSpec"), "paused": { "type": "boolean" },
                     "next_run": { "type": "string", "nullable": true } } }
@@ -110,7 +115,13 @@ pub fn document() -> Value {
             "/v1/plans/{name}/pause": { "parameters": name_param("plan"),
                 "post": { "summary": "pause a plan's schedule", "responses": errors(json!({ "200": ok("paused", reference("Plan")) })) } },
             "/v1/plans/{name}/resume": { "parameters": name_param("plan"),
-                "post": { "summary": "resume a plan's schedule", "responses": errors(json!({ "200": ok("resumed", reference("Plan")) })) } }
+                "post": { "summary": "resume a plan's schedule", "responses": errors(json!({ "200": ok("resumed", reference("Plan")) })) } },
+            "/v1/plans/{name}/run": { "parameters": name_param("plan"),
+                "post": { "summary": "start a run now, outside the schedule", "responses": errors(json!({ "202": ok("the run", reference("Run")) })) } },
+            "/v1/plans/{name}/runs": { "parameters": name_param("plan"),
+                "get": { "summary": "the plan's runs, oldest first", "responses": errors(json!({ "200": ok("runs", json!({ "type": "array", "items": reference("Run") })) })) } },
+            "/v1/runs": {
+                "get": { "summary": "every run, oldest first", "responses": errors(json!({ "200": ok("runs", json!({ "type": "array", "items": reference("Run") })) })) } }
         }
     })
 }

@@ -309,3 +309,105 @@ fn bad_configurations_are_refused_clearly() {
         v["blake3"].as_str().expect("hash")
     );
 }
+
+/// Waits until `f` holds (the scheduler works in the background), at most 10 s.
+fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let t0 = std::time::Instant::now();
+    while !f() {
+        assert!(t0.elapsed() < std::time::Duration::from_secs(10), "{what}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+fn runs(c: &Controller, plan: &str) -> Vec<Value> {
+    let (code, v) = c.call("GET", &format!("/v1/plans/{plan}/runs"), Some(READER), None);
+    assert_eq!(code, 200, "{v}");
+    v.as_array().cloned().unwrap_or_default()
+}
+
+/// Missed slots run once, a restart fires nothing twice, paused and future plans do not run,
+/// and "run now" starts a run at once.
+fn scheduling(store: &str) {
+    let start_cfg = || Controller::start(store);
+    let c = start_cfg();
+    let two_days_ago = jiff::Timestamp::now() - jiff::SignedDuration::from_hours(48);
+    let past = two_days_ago.strftime("%Y-%m-%dT%H:%M").to_string();
+    let future = (jiff::Timestamp::now() + jiff::SignedDuration::from_hours(48))
+        .strftime("%Y-%m-%dT%H:%M")
+        .to_string();
+    let obj =
+        json!({"name": "vol", "kind": {"type": "virtual_volume", "volume": volume("n1", "v")}});
+    assert_eq!(c.admin("POST", "/v1/objects", Some(obj)).0, 201);
+    let plan = |name: &str, start: &str, enabled: bool| {
+        json!({"name": name, "objects": ["vol"],
+        "schedule": {"every": "hourly", "start": start}, "retention": 3, "enabled": enabled})
+    };
+    assert_eq!(
+        c.admin("POST", "/v1/plans", Some(plan("missed", &past, true)))
+            .0,
+        201
+    );
+    assert_eq!(
+        c.admin("POST", "/v1/plans", Some(plan("paused", &past, false)))
+            .0,
+        201
+    );
+    assert_eq!(
+        c.admin("POST", "/v1/plans", Some(plan("later", &future, true)))
+            .0,
+        201
+    );
+    // 48 missed hourly slots: one run, for the latest.
+    eventually("the missed plan runs", || !runs(&c, "missed").is_empty());
+    let first = runs(&c, "missed");
+    assert_eq!(first.len(), 1, "{first:?}");
+    let r = &first[0];
+    assert_eq!(r["trigger"], "schedule");
+    assert_eq!(r["run"]["step"], "snapshot");
+    assert_eq!(r["run"]["nodes"]["n1"]["volumes"], json!(["v"]));
+    let slot: jiff::Timestamp = r["slot"].as_str().expect("slot").parse().expect("time");
+    assert!(
+        jiff::Timestamp::now().as_second() - slot.as_second() < 3600,
+        "{slot}"
+    );
+    // A restart on the same store fires nothing again.
+    drop(c);
+    let c = start_cfg();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(runs(&c, "missed").len(), 1);
+    assert!(runs(&c, "paused").is_empty() && runs(&c, "later").is_empty());
+    // Run now, even paused.
+    let (code, m) = c.admin("POST", "/v1/plans/paused/run", None);
+    assert_eq!((code, &m["trigger"]), (202, &json!("manual")), "{m}");
+    assert_eq!(runs(&c, "paused").len(), 1);
+    refused(
+        c.call("POST", "/v1/plans/missed/run", Some(READER), None),
+        403,
+        "read-only",
+    );
+    refused(
+        c.admin("POST", "/v1/plans/ghost/run", None),
+        404,
+        "no plan named ghost",
+    );
+    let (code, all) = c.call("GET", "/v1/runs", Some(READER), None);
+    assert_eq!((code, all.as_array().map(Vec::len)), (200, Some(2)));
+}
+
+#[test]
+fn scheduling_on_the_embedded_store() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    scheduling(&format!(
+        "[store]\nkind = \"embedded\"\npath = \"{}\"",
+        dir.path().join("state.redb").display()
+    ));
+}
+
+#[test]
+fn scheduling_on_etcd() {
+    let Some(etcd) = Etcd::start() else { return };
+    scheduling(&format!(
+        "[store]\nkind = \"etcd\"\nendpoints = [\"{}\"]",
+        etcd.endpoint
+    ));
+}
