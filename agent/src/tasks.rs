@@ -58,6 +58,14 @@ impl Ledger {
         fsx::atomic_write(path, &bytes).ctx("write", path)
     }
 
+    fn save(&self, task: &Task, state: &TaskState) -> Result<()> {
+        let rec = Record {
+            task: task.clone(),
+            state: state.clone(),
+        };
+        self.write(&self.record_path(task), &rec)
+    }
+
     fn newest_generation(&self) -> Result<u64> {
         let p = self.dir.join("generation");
         match fs::read_to_string(&p) {
@@ -91,7 +99,6 @@ impl Ledger {
     pub fn run(&self, store: &Store, task: &Task) -> Result<TaskState> {
         let lock_path = self.dir.join("lock");
         let _lock = FileLock::exclusive(&lock_path).ctx("lock", &lock_path)?;
-        let path = self.record_path(task);
         if let Some(mut rec) = self.get(&task.id)? {
             if rec.task != *task {
                 return Err(StoreError::Invalid(format!(
@@ -102,7 +109,7 @@ impl Ledger {
             if rec.state == TaskState::Running {
                 tracing::warn!(task = %task.id, "task was interrupted by a restart; not running it again");
                 rec.state = TaskState::Interrupted;
-                self.write(&path, &rec)?;
+                self.save(task, &rec.state)?;
             }
             return Ok(rec.state);
         }
@@ -112,26 +119,14 @@ impl Ledger {
                 generation: task.generation,
                 newest,
             };
-            self.write(
-                &path,
-                &Record {
-                    task: task.clone(),
-                    state: state.clone(),
-                },
-            )?;
+            self.save(task, &state)?;
             return Ok(state);
         }
         if task.generation > newest {
             let p = self.dir.join("generation");
             fsx::atomic_write(&p, task.generation.to_string().as_bytes()).ctx("write", &p)?;
         }
-        self.write(
-            &path,
-            &Record {
-                task: task.clone(),
-                state: TaskState::Running,
-            },
-        )?;
+        self.save(task, &TaskState::Running)?;
         let state = match execute(store, &task.kind) {
             Ok(result) => TaskState::Done { result },
             Err(e) => TaskState::Failed {
@@ -139,13 +134,7 @@ impl Ledger {
                 message: e.to_string(),
             },
         };
-        self.write(
-            &path,
-            &Record {
-                task: task.clone(),
-                state: state.clone(),
-            },
-        )?;
+        self.save(task, &state)?;
         Ok(state)
     }
 }

@@ -202,14 +202,7 @@ async fn openapi() -> Json<Value> {
 // ---- objects ----
 
 async fn load_objects(store: &Store) -> ApiResult<Vec<Object>> {
-    let mut out = Vec::new();
-    for kv in store.list(OBJECTS).await? {
-        match serde_json::from_slice(&kv.value) {
-            Ok(o) => out.push(o),
-            Err(e) => tracing::warn!(key = %kv.key, error = %e, "skipping an unreadable object"),
-        }
-    }
-    Ok(out)
+    Ok(crate::scheduler::load(store, OBJECTS).await?)
 }
 
 async fn list_objects(
@@ -337,14 +330,7 @@ pub struct PlanRecord {
 }
 
 async fn load_plans(store: &Store) -> ApiResult<Vec<PlanRecord>> {
-    let mut out = Vec::new();
-    for kv in store.list(PLANS).await? {
-        match serde_json::from_slice(&kv.value) {
-            Ok(p) => out.push(p),
-            Err(e) => tracing::warn!(key = %kv.key, error = %e, "skipping an unreadable plan"),
-        }
-    }
-    Ok(out)
+    Ok(crate::scheduler::load(store, PLANS).await?)
 }
 
 /// Validates a plan against the current inventory.
@@ -530,13 +516,7 @@ async fn delete_plan(
 // ---- runs ----
 
 async fn load_runs(store: &Store, prefix: &str) -> ApiResult<Vec<crate::scheduler::RunRecord>> {
-    let mut out: Vec<crate::scheduler::RunRecord> = Vec::new();
-    for kv in store.list(prefix).await? {
-        match serde_json::from_slice(&kv.value) {
-            Ok(r) => out.push(r),
-            Err(e) => tracing::warn!(key = %kv.key, error = %e, "skipping an unreadable run"),
-        }
-    }
+    let mut out: Vec<crate::scheduler::RunRecord> = crate::scheduler::load(store, prefix).await?;
     out.sort_by(|a, b| a.created.cmp(&b.created));
     Ok(out)
 }

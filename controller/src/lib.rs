@@ -3,6 +3,7 @@
 //! an embedded redb file, tested with one suite against both.
 
 pub mod api;
+pub mod exit;
 pub mod model;
 pub mod openapi;
 pub mod retention;

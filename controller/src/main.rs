@@ -174,18 +174,5 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let json = cli.json;
-    match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            if json {
-                println!(
-                    "{}",
-                    serde_json::json!({ "error": { "message": format!("{e:#}") } })
-                );
-            } else {
-                eprintln!("error: {e:#}");
-            }
-            ExitCode::FAILURE
-        }
-    }
+    ferry_controller::exit::finish(json, run(cli))
 }

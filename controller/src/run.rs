@@ -372,6 +372,18 @@ mod tests {
         }
     }
 
+    /// A run whose first node has taken its snapshots.
+    fn node1_done() -> Run {
+        let mut r = run();
+        r.on_report(
+            &n("node1"),
+            &n("r7.node1.snap"),
+            &done("node1", &["a", "b"]),
+        )
+        .expect("report");
+        r
+    }
+
     fn dispatched(actions: &[Action]) -> Vec<String> {
         actions
             .iter()
@@ -455,13 +467,7 @@ mod tests {
 
     #[test]
     fn a_failed_node_undoes_the_others_and_fails_the_run() {
-        let mut r = run();
-        r.on_report(
-            &n("node1"),
-            &n("r7.node1.snap"),
-            &done("node1", &["a", "b"]),
-        )
-        .expect("report");
+        let mut r = node1_done();
         let a = r
             .on_report(
                 &n("node2"),
@@ -555,13 +561,7 @@ mod tests {
 
     #[test]
     fn a_run_survives_a_restart_through_its_json() {
-        let mut r = run();
-        r.on_report(
-            &n("node1"),
-            &n("r7.node1.snap"),
-            &done("node1", &["a", "b"]),
-        )
-        .expect("report");
+        let r = node1_done();
         let saved = serde_json::to_string(&r).expect("save");
         let back: Run = serde_json::from_str(&saved).expect("load");
         assert_eq!(back, r);

@@ -168,7 +168,8 @@ pub async fn store_run(store: &Store, rec: &RunRecord) -> Result<bool, StoreErro
     Ok(done.succeeded)
 }
 
-async fn load<T: serde::de::DeserializeOwned>(
+/// Every readable record under `prefix` (an unreadable one is logged and skipped).
+pub async fn load<T: serde::de::DeserializeOwned>(
     store: &Store,
     prefix: &str,
 ) -> Result<Vec<T>, StoreError> {

@@ -39,13 +39,19 @@ fn group_task(id: &str, generation: u64, snapshot: &str, pre_hook: Option<&str>)
     })
 }
 
-#[test]
-fn a_task_runs_at_most_once() {
-    let Some(env) = Env::new(Fs::Local) else {
-        return;
-    };
+/// An agent with volumes v1 and v2 (`None`: skipped).
+fn two_volumes() -> Option<Env> {
+    let env = Env::new(Fs::Local)?;
     env.ok(&["volume", "create", "v1", "--size", "4M"]);
     env.ok(&["volume", "create", "v2", "--size", "4M"]);
+    Some(env)
+}
+
+#[test]
+fn a_task_runs_at_most_once() {
+    let Some(env) = two_volumes() else {
+        return;
+    };
     let t = task(&env, "t1", &group_task("t-1", 1, "g1", None));
     let (code, first) = run(&env, &t);
     assert_eq!(code, Some(0), "{first}");
@@ -113,11 +119,9 @@ fn a_task_runs_at_most_once() {
 /// never runs again; the store recovered (no half group).
 #[test]
 fn a_task_killed_midway_is_interrupted_not_rerun() {
-    let Some(env) = Env::new(Fs::Local) else {
+    let Some(env) = two_volumes() else {
         return;
     };
-    env.ok(&["volume", "create", "v1", "--size", "4M"]);
-    env.ok(&["volume", "create", "v2", "--size", "4M"]);
     let marker = env.path("hook-started");
     let hook = format!("touch {} && sleep 30", marker.display());
     let t = task(&env, "slow", &group_task("t-slow", 1, "g1", Some(&hook)));

@@ -310,18 +310,5 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            if json {
-                println!(
-                    "{}",
-                    serde_json::json!({ "error": { "message": format!("{e:#}") } })
-                );
-            } else {
-                eprintln!("error: {e:#}");
-            }
-            ExitCode::FAILURE
-        }
-    }
+    ferry_controller::exit::finish(json, rt.block_on(run(cli)))
 }
