@@ -52,6 +52,16 @@ enum Cmd {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
+    /// The controller under load: scheduler drift and API latency, embedded store and etcd.
+    ControllerLoad {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 1000)]
+        plans: usize,
+        /// API requests per second during the firing window.
+        #[arg(long, default_value_t = 100)]
+        rate: u32,
+    },
     /// Write the benchmarks' VM-like image into an existing file (for profiling by hand).
     Generate {
         file: PathBuf,
@@ -555,6 +565,7 @@ fn manifest_bench(dir: &Path, size: u64, out: &Path, runs: usize, seed: u64) -> 
     Ok(())
 }
 
+mod controller_load;
 mod replication;
 
 fn main() -> Result<()> {
@@ -567,6 +578,7 @@ fn main() -> Result<()> {
             seed,
         } => manifest_bench(&dir, size, &out, runs.max(1), seed),
         Cmd::Generate { file, size, seed } => generate(&file, size, seed, 4096),
+        Cmd::ControllerLoad { out, plans, rate } => controller_load::run(&out, plans, rate),
         Cmd::Replication {
             dir,
             size,

@@ -551,7 +551,7 @@ async fn run_now(
     let (plan, _) = read_plan(&s.store, &name).await?;
     let objects = load_objects(&s.store).await?;
     let rec =
-        crate::scheduler::new_run(&plan, &objects, jiff::Timestamp::now(), None, s.generation);
+        crate::scheduler::new_run(&plan, &objects, None, s.generation, jiff::Timestamp::now());
     if !crate::scheduler::store_run(&s.store, &rec).await? {
         return Err(ApiError::conflict(
             "a run of this plan was started this very millisecond",

@@ -81,14 +81,16 @@ fn schedule_of(p: &PlanRecord) -> Option<Schedule> {
     .ok()
 }
 
-/// A new run of `plan` (node -> volumes from its objects), not yet stored.
+/// A new run of `plan` (node -> volumes from its objects), not yet stored: for schedule
+/// `slot`, or (`None`) started by hand at `now`.
 pub fn new_run(
     plan: &PlanRecord,
     objects: &[Object],
-    at: Timestamp,
     slot: Option<Timestamp>,
     generation: u64,
+    now: Timestamp,
 ) -> RunRecord {
+    let at = slot.unwrap_or(now);
     let name = &plan.spec.name;
     let id = run_id(name, at, slot.is_none());
     let group = group_name(name, slot.unwrap_or(at));
@@ -143,7 +145,7 @@ pub fn new_run(
         run,
         trigger: if slot.is_some() { "schedule" } else { "manual" }.into(),
         slot: slot.map(|s| s.to_string()),
-        created: at.to_string(),
+        created: now.to_string(),
     }
 }
 
@@ -207,13 +209,8 @@ pub async fn tick(
             if objects.is_none() {
                 objects = Some(load(store, OBJECTS).await?);
             }
-            let rec = new_run(
-                p,
-                objects.as_deref().unwrap_or_default(),
-                slot,
-                Some(slot),
-                generation,
-            );
+            let objects = objects.as_deref().unwrap_or_default();
+            let rec = new_run(p, objects, Some(slot), generation, Timestamp::now());
             if store_run(store, &rec).await? {
                 tracing::info!(plan = %p.spec.name, run = %rec.run.id, %slot, "scheduled run");
             }

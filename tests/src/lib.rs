@@ -21,11 +21,12 @@ pub use rand::rngs::StdRng;
 /// Directory of the workspace's built binaries (`target/debug` next to the test executable).
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    // target/debug/deps/<test> -> target/debug
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("target directory")
-        .to_path_buf()
+    // target/debug/deps/<test> -> target/debug; target/release/<binary> -> target/release
+    let dir = exe.parent().expect("executable directory");
+    match dir.file_name() {
+        Some(n) if n == "deps" => dir.parent().expect("target directory").to_path_buf(),
+        _ => dir.to_path_buf(),
+    }
 }
 
 /// Path of a workspace binary; fails with a clear message if it was not built.
