@@ -49,6 +49,19 @@ pub struct ApiState {
     pub tokens: Vec<TokenEntry>,
     /// This controller's generation (stamped on the tasks of runs it starts).
     pub generation: u64,
+    /// Request counters for `/metrics`: (route, status) -> (count, seconds).
+    pub requests: std::sync::Mutex<std::collections::BTreeMap<(String, u16), (u64, f64)>>,
+}
+
+impl ApiState {
+    pub fn new(store: Store, tokens: Vec<TokenEntry>, generation: u64) -> ApiState {
+        ApiState {
+            store,
+            tokens,
+            generation,
+            requests: Default::default(),
+        }
+    }
 }
 
 /// An API error: status, stable code, message.
@@ -113,6 +126,7 @@ type ApiResult<T> = Result<T, ApiError>;
 pub fn router(state: Arc<ApiState>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
         .route("/v1/openapi.json", get(openapi))
         .route("/v1/objects", get(list_objects).post(create_object))
         .route(
@@ -133,6 +147,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
         })
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), track))
         .with_state(state)
 }
 
@@ -193,6 +208,122 @@ async fn healthz(State(s): State<Arc<ApiState>>) -> ApiResult<Json<Value>> {
     Ok(Json(
         json!({ "ok": true, "store": store, "revision": revision }),
     ))
+}
+
+/// Counts every request by route template (never the raw path: names stay out of labels)
+/// and status, with the time it took.
+async fn track(
+    State(s): State<Arc<ApiState>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or("unmatched", |m| m.as_str())
+        .to_string();
+    let t0 = std::time::Instant::now();
+    let resp = next.run(req).await;
+    if let Ok(mut m) = s.requests.lock() {
+        let e = m.entry((route, resp.status().as_u16())).or_insert((0, 0.0));
+        e.0 += 1;
+        e.1 += t0.elapsed().as_secs_f64();
+    }
+    resp
+}
+
+/// Escapes a Prometheus label value.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Prometheus metrics: requests, plans, objects, runs by plan and step, the last successful
+/// run per plan, the store's revision.
+async fn metrics(State(s): State<Arc<ApiState>>, headers: HeaderMap) -> ApiResult<Response> {
+    use std::fmt::Write as _;
+    auth(&s, &headers, false)?;
+    let plans = load_plans(&s.store).await?;
+    let objects = load_objects(&s.store).await?;
+    let runs = load_runs(&s.store, RUNS).await?;
+    let revision = s.store.revision().await?;
+    let mut out = String::new();
+    let w = &mut out;
+    let _ = writeln!(w, "# HELP ferry_http_requests_total HTTP API requests by route and status.\n# TYPE ferry_http_requests_total counter");
+    let requests = s.requests.lock().map(|m| m.clone()).unwrap_or_default();
+    for ((route, status), (n, _)) in &requests {
+        let _ = writeln!(
+            w,
+            "ferry_http_requests_total{{route=\"{}\",status=\"{status}\"}} {n}",
+            label(route)
+        );
+    }
+    let _ = writeln!(w, "# HELP ferry_http_request_seconds_total Time spent serving requests.\n# TYPE ferry_http_request_seconds_total counter");
+    for ((route, status), (_, secs)) in &requests {
+        let _ = writeln!(
+            w,
+            "ferry_http_request_seconds_total{{route=\"{}\",status=\"{status}\"}} {secs}",
+            label(route)
+        );
+    }
+    let paused = plans.iter().filter(|p| p.paused).count();
+    let _ = writeln!(
+        w,
+        "# HELP ferry_plans Protection plans.\n# TYPE ferry_plans gauge"
+    );
+    let _ = writeln!(
+        w,
+        "ferry_plans{{state=\"active\"}} {}\nferry_plans{{state=\"paused\"}} {paused}",
+        plans.len() - paused
+    );
+    let _ = writeln!(w, "# HELP ferry_objects Protected objects in the inventory.\n# TYPE ferry_objects gauge\nferry_objects {}", objects.len());
+    let mut by_step: std::collections::BTreeMap<(String, String), u64> = Default::default();
+    let mut last_ok: std::collections::BTreeMap<String, i64> = Default::default();
+    for r in &runs {
+        let step = serde_json::to_value(&r.run.step)
+            .ok()
+            .and_then(|v| v.as_str().map(String::from))
+            .unwrap_or_default();
+        *by_step
+            .entry((r.run.plan.to_string(), step.clone()))
+            .or_default() += 1;
+        if step == "done" {
+            if let Ok(t) = r.created.parse::<jiff::Timestamp>() {
+                let e = last_ok.entry(r.run.plan.to_string()).or_insert(0);
+                *e = (*e).max(t.as_second());
+            }
+        }
+    }
+    let _ = writeln!(
+        w,
+        "# HELP ferry_runs Runs recorded, by plan and step.\n# TYPE ferry_runs gauge"
+    );
+    for ((plan, step), n) in &by_step {
+        let _ = writeln!(
+            w,
+            "ferry_runs{{plan=\"{}\",step=\"{}\"}} {n}",
+            label(plan),
+            label(step)
+        );
+    }
+    let _ = writeln!(w, "# HELP ferry_plan_last_success_timestamp_seconds When the plan's last successful run started.\n# TYPE ferry_plan_last_success_timestamp_seconds gauge");
+    for (plan, t) in &last_ok {
+        let _ = writeln!(
+            w,
+            "ferry_plan_last_success_timestamp_seconds{{plan=\"{}\"}} {t}",
+            label(plan)
+        );
+    }
+    let _ = writeln!(w, "# HELP ferry_store_revision The state store's revision.\n# TYPE ferry_store_revision gauge\nferry_store_revision {revision}");
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        out,
+    )
+        .into_response())
 }
 
 async fn openapi() -> Json<Value> {

@@ -101,11 +101,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     };
     // One controller per store for now; leader election (etcd) will raise this per term.
     let generation = 1;
-    let state = Arc::new(ApiState {
-        store: store.clone(),
-        tokens: tokens(&cfg)?,
-        generation,
-    });
+    let state = Arc::new(ApiState::new(store.clone(), tokens(&cfg)?, generation));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let scheduler = tokio::spawn(ferry_controller::scheduler::run(
         store,

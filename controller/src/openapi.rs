@@ -90,6 +90,8 @@ pub fn document() -> Value {
         "paths": {
             "/healthz": { "get": { "summary": "liveness and store reachability", "security": [],
                 "responses": errors(json!({ "200": ok("healthy", json!({ "type": "object" })) })) } },
+            "/metrics": { "get": { "summary": "Prometheus metrics: requests, plans, objects, runs by plan and step, last success per plan, store revision",
+                "responses": errors(json!({ "200": { "description": "text exposition format", "content": { "text/plain": { "schema": { "type": "string" } } } } })) } },
             "/v1/openapi.json": { "get": { "summary": "this document", "security": [],
                 "responses": { "200": ok("the document", json!({ "type": "object" })) } } },
             "/v1/objects": {

@@ -781,6 +781,18 @@ pub mod controller {
             (status, serde_json::from_str(body).unwrap_or(Value::Null))
         }
 
+        /// A GET whose body is text (the metrics), with `token`.
+        pub fn text(&self, path: &str, token: &str) -> String {
+            let mut s = std::net::TcpStream::connect(self.addr).expect("connect");
+            let req = format!(
+                "GET {path} HTTP/1.1\r\nHost: ferry\r\nConnection: close\r\nAuthorization: Bearer {token}\r\n\r\n"
+            );
+            s.write_all(req.as_bytes()).expect("write");
+            let mut out = String::new();
+            let _ = s.read_to_string(&mut out);
+            out.split("\r\n\r\n").nth(1).unwrap_or_default().to_string()
+        }
+
         pub fn admin(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
             let b = body.map(|v| serde_json::to_vec(&v).expect("json"));
             self.call(method, path, Some(ADMIN), b.as_deref())

@@ -392,6 +392,19 @@ fn scheduling(store: &str) {
     );
     let (code, all) = c.call("GET", "/v1/runs", Some(READER), None);
     assert_eq!((code, all.as_array().map(Vec::len)), (200, Some(2)));
+    // Prometheus metrics, for a read-only token.
+    refused(c.call("GET", "/metrics", None, None), 401, "missing");
+    let text = c.text("/metrics", READER);
+    for want in [
+        "ferry_plans{state=\"active\"} 2",
+        "ferry_plans{state=\"paused\"} 1",
+        "ferry_objects 1",
+        "ferry_runs{plan=\"missed\",step=\"snapshot\"} 1",
+        "ferry_http_requests_total{route=\"/v1/plans/{name}/runs\",status=\"200\"}",
+        "ferry_store_revision ",
+    ] {
+        assert!(text.contains(want), "{want:?} missing from {text}");
+    }
 }
 
 #[test]
