@@ -100,6 +100,18 @@ pub fn io_err(e: io::Error, op: &str, path: PathBuf) -> StoreError {
     }
 }
 
+impl From<ferry_net::pki::PkiError> for StoreError {
+    fn from(e: ferry_net::pki::PkiError) -> Self {
+        use ferry_net::pki::PkiError as P;
+        match e {
+            P::InvalidName { what, name, reason } => StoreError::InvalidName { what, name, reason },
+            P::Invalid(m) => StoreError::Invalid(m),
+            P::AlreadyExists { what, name } => StoreError::AlreadyExists { what, name },
+            P::Io { op, path, source } => io_err(source, &op, path),
+        }
+    }
+}
+
 /// Validates a name for the given role (`volume`, `snapshot`).
 pub fn check_name(what: &'static str, name: &str) -> Result<ferry_wire::Name> {
     ferry_wire::Name::new(name).map_err(|reason| StoreError::InvalidName {

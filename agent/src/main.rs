@@ -515,7 +515,7 @@ fn resolve(peer: &str) -> anyhow::Result<std::net::SocketAddr> {
 fn pki(json: bool, c: PkiCmd) -> anyhow::Result<()> {
     match c {
         PkiCmd::Ca { site, dir, days } => {
-            let cert = ferry_agent::pki::create_ca(&site, &dir, days)?;
+            let cert = ferry_agent::pki::create_ca(&site, &dir, days).map_err(StoreError::from)?;
             emit(
                 json,
                 &serde_json::json!({ "site": site, "cert": cert, "key": dir.join("ca.key") }),
@@ -530,7 +530,8 @@ fn pki(json: bool, c: PkiCmd) -> anyhow::Result<()> {
             out,
             days,
         } => {
-            let (cert, key) = ferry_agent::pki::issue(&ca_dir, &node, &out, days)?;
+            let (cert, key) =
+                ferry_agent::pki::issue(&ca_dir, &node, &out, days).map_err(StoreError::from)?;
             emit(
                 json,
                 &serde_json::json!({ "node": node, "cert": cert, "key": key }),
