@@ -219,6 +219,19 @@ pub struct AgentConfig {
     pub io: IoConfig,
     /// QUIC endpoint and TLS identity.
     pub net: NetConfig,
+    /// The site controller this agent takes tasks from.
+    pub controller: ControllerLink,
+}
+
+/// Where the site's controller is (absent: the agent runs without one).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControllerLink {
+    /// The controller's agent endpoint, HOST:PORT (UDP).
+    pub address: Option<String>,
+    /// This site's CA certificate: only a controller with a certificate it issued is
+    /// accepted.
+    pub ca: Option<PathBuf>,
 }
 
 impl Default for AgentConfig {
@@ -230,6 +243,7 @@ impl Default for AgentConfig {
             hook_timeout_secs: 120,
             io: IoConfig::default(),
             net: NetConfig::default(),
+            controller: ControllerLink::default(),
         }
     }
 }

@@ -12,6 +12,7 @@
 //! The agent knows nothing of plans, schedules or sites: it does what it is told to volumes.
 
 pub mod config;
+pub mod control;
 pub mod diff;
 pub mod engine;
 pub mod error;

@@ -542,6 +542,9 @@ fn pki(json: bool, c: PkiCmd) -> anyhow::Result<()> {
 }
 
 fn serve(cfg: &AgentConfig, json: bool) -> anyhow::Result<()> {
+    if cfg.controller.address.is_some() != cfg.controller.ca.is_some() {
+        anyhow::bail!("controller.address and controller.ca go together (the controller's address and this site's CA certificate)");
+    }
     let rt = runtime()?;
     rt.block_on(async {
         let server = ferry_agent::server::Server::bind(cfg)?;
@@ -552,15 +555,29 @@ fn serve(cfg: &AgentConfig, json: bool) -> anyhow::Result<()> {
             writeln!(o, "{}@{} listening on {addr}", id.node, id.site)
         })?;
         std::io::stdout().flush()?;
-        let shutdown = async {
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        // The link to the site controller, when one is configured.
+        let control = tokio::spawn(ferry_agent::control::run(
+            cfg.clone(),
+            server.store(),
+            stopped(stop_rx.clone()),
+        ));
+        tokio::spawn(async move {
             let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {}
                 _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
             }
-        };
-        server.run(shutdown).await;
-        Ok(())
+            let _ = stop_tx.send(true);
+        });
+        server.run(stopped(stop_rx)).await;
+        match control.await {
+            Ok(Err(e)) => Err(e.into()),
+            _ => Ok(()),
+        }
     })
 }
 

@@ -97,6 +97,11 @@ impl Server {
         &self.id
     }
 
+    /// The store this endpoint serves.
+    pub fn store(&self) -> Arc<Store> {
+        self.store.clone()
+    }
+
     /// Serves until `shutdown` resolves, then closes every connection and waits for them.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);

@@ -142,6 +142,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/plans/{name}/run", post(run_now))
         .route("/v1/plans/{name}/runs", get(plan_runs))
         .route("/v1/runs", get(all_runs))
+        .route("/v1/agents", get(list_agents))
         .route("/v1/plans/{name}/resume", post(resume_plan))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
@@ -690,4 +691,20 @@ async fn run_now(
     }
     tracing::info!(plan = %name, run = %rec.run.id, "run started by request");
     Ok((StatusCode::ACCEPTED, Json(rec)))
+}
+
+// ---- agents ----
+
+async fn list_agents(
+    State(s): State<Arc<ApiState>>,
+    headers: HeaderMap,
+) -> ApiResult<Json<Vec<crate::agents::AgentRecord>>> {
+    auth(&s, &headers, false)?;
+    let now = jiff::Timestamp::now();
+    let mut out: Vec<crate::agents::AgentRecord> =
+        crate::scheduler::load(&s.store, crate::agents::AGENTS).await?;
+    for a in &mut out {
+        a.status = a.status_at(now).to_string();
+    }
+    Ok(Json(out))
 }

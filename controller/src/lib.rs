@@ -2,6 +2,7 @@
 //! "Control plane"). Built so far: the state store ([`store`]), one interface over etcd and
 //! an embedded redb file, tested with one suite against both.
 
+pub mod agents;
 pub mod api;
 pub mod exit;
 pub mod model;

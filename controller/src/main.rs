@@ -41,6 +41,9 @@ struct Config {
     store: StoreConfig,
     #[serde(default)]
     tokens: Vec<TokenConfig>,
+    /// The endpoint this site's agents connect to (absent: no agents).
+    #[serde(default)]
+    agents: Option<ferry_controller::agents::AgentsConfig>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -103,14 +106,28 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     let generation = 1;
     let state = Arc::new(ApiState::new(store.clone(), tokens(&cfg)?, generation));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
     let scheduler = tokio::spawn(ferry_controller::scheduler::run(
-        store,
+        store.clone(),
         generation,
-        async move {
-            let mut rx = stop_rx;
-            let _ = rx.wait_for(|s| *s).await;
-        },
+        stopped(stop_rx.clone()),
     ));
+    let links = Arc::new(ferry_controller::agents::Links::default());
+    let agents = match &cfg.agents {
+        Some(a) => {
+            let bound = ferry_controller::agents::bind(a).context("agent endpoint")?;
+            tracing::info!(addr = %bound.local_addr()?, "agent endpoint up");
+            Some(tokio::spawn(ferry_controller::agents::serve(
+                bound,
+                store,
+                links,
+                stopped(stop_rx),
+            )))
+        }
+        None => None,
+    };
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("listen on {}", cfg.listen))?;
@@ -133,6 +150,9 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         .context("serve")?;
     let _ = stop_tx.send(true);
     let _ = scheduler.await;
+    if let Some(a) = agents {
+        let _ = a.await;
+    }
     Ok(())
 }
 

@@ -20,6 +20,7 @@
 //! This crate knows nothing of sockets, async runtimes, or the agent's directory layout.
 
 pub mod codec;
+pub mod control;
 pub mod frame;
 pub mod hash;
 pub mod hashfile;

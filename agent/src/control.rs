@@ -1,0 +1,195 @@
+//! The agent's link to its site controller: connect out (QUIC, mutual TLS with the site CA,
+//! the ferry handshake), register the node's volumes and free space, heartbeat every
+//! [`HEARTBEAT_SECS`], and run the tasks the controller sends through the at-most-once
+//! [`Ledger`], reporting each one's state. A lost link is re-made with backoff (1 s to 30 s);
+//! tasks already running finish and their reports go out on the next link.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_wire::control::{
+    AgentMsg, ControllerMsg, VolumeReport, CONTROL_LINK_LIMIT, HEARTBEAT_SECS,
+};
+use ferry_wire::task::TaskState;
+use tokio::sync::mpsc;
+
+use crate::config::AgentConfig;
+use crate::error::{Result, StoreError};
+use crate::net::{self, NetError};
+use crate::pki::{Identity, Trust};
+use crate::store::Store;
+use crate::tasks::Ledger;
+
+fn net_err(e: NetError) -> StoreError {
+    StoreError::Net {
+        retryable: e.retryable(),
+        message: e.to_string(),
+    }
+}
+
+/// Free and total bytes of the filesystem holding `dir`.
+fn space(dir: &std::path::Path) -> (u64, u64) {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return (0, 0);
+    };
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid C string and a zeroed out-parameter of the right type.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return (0, 0);
+    }
+    let f = st.f_frsize as u64;
+    (st.f_bavail as u64 * f, st.f_blocks as u64 * f)
+}
+
+fn volumes(store: &Store) -> Vec<VolumeReport> {
+    store
+        .list_volumes()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|v| VolumeReport {
+            name: v.name,
+            size: v.size,
+            snapshots: v.snapshots as u32,
+            mirror: v.mirror.is_some(),
+        })
+        .collect()
+}
+
+/// Keeps the link to the controller up until `shutdown`; returns at once if none is
+/// configured.
+pub async fn run(
+    cfg: AgentConfig,
+    store: Arc<Store>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<()> {
+    let (Some(address), Some(ca)) = (cfg.controller.address.clone(), cfg.controller.ca.clone())
+    else {
+        return Ok(());
+    };
+    let (Some(cert), Some(key)) = (&cfg.net.cert, &cfg.net.key) else {
+        return Err(StoreError::Invalid(
+            "controller.address needs net.cert and net.key (this node's identity)".into(),
+        ));
+    };
+    let id = Identity::load(cert, key)?;
+    let mut trust = Trust::default();
+    trust.add_file(&ca, Some(&id.site))?;
+    let ledger = Arc::new(Ledger::open(&store)?);
+    tokio::pin!(shutdown);
+    let mut delay = Duration::from_secs(1);
+    loop {
+        let attempt = link(&address, &id, &trust, store.clone(), ledger.clone());
+        tokio::select! {
+            r = attempt => {
+                match r {
+                    Ok(()) => delay = Duration::from_secs(1),
+                    Err(e) => tracing::warn!(controller = %address, error = %e, retry_s = delay.as_secs(), "controller link down"),
+                }
+            }
+            _ = &mut shutdown => return Ok(()),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = &mut shutdown => return Ok(()),
+        }
+        delay = (delay * 2).min(Duration::from_secs(30));
+    }
+}
+
+/// One link: connect, register, then heartbeats and tasks until the link fails.
+async fn link(
+    address: &str,
+    id: &Identity,
+    trust: &Trust,
+    store: Arc<Store>,
+    ledger: Arc<Ledger>,
+) -> Result<()> {
+    let addr = tokio::net::lookup_host(address)
+        .await
+        .map_err(|e| StoreError::Invalid(format!("controller address {address}: {e}")))?
+        .next()
+        .ok_or_else(|| {
+            StoreError::Invalid(format!("controller address {address} resolves to nothing"))
+        })?;
+    let ep = net::client_endpoint(addr, net::client_config(id, trust).map_err(net_err)?)
+        .map_err(net_err)?;
+    let mut s = net::connect(&ep, addr, id, trust).await.map_err(net_err)?;
+    if s.peer_site != id.site {
+        return Err(StoreError::Invalid(format!(
+            "{address} is of site {}, not this node's site {}",
+            s.peer_site, id.site
+        )));
+    }
+    tracing::info!(controller = %address, peer = %s.peer_node, "connected to the controller");
+    let (free, total) = space(store.root());
+    let st = store.clone();
+    let vols = tokio::task::spawn_blocking(move || volumes(&st))
+        .await
+        .unwrap_or_default();
+    net::send_msg(
+        &mut s.send,
+        &AgentMsg::Register {
+            volumes: vols,
+            capacity_bytes: total,
+            free_bytes: free,
+        },
+    )
+    .await
+    .map_err(net_err)?;
+    // Reports come from task threads; one writer owns the stream.
+    let (tx, mut rx) = mpsc::channel::<AgentMsg>(64);
+    let mut send = s.send;
+    let root = store.root().to_path_buf();
+    let writer = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(HEARTBEAT_SECS));
+        let mut seq = 0;
+        loop {
+            let msg = tokio::select! {
+                m = rx.recv() => match m { Some(m) => m, None => return Ok::<(), NetError>(()) },
+                _ = tick.tick() => {
+                    seq += 1;
+                    AgentMsg::Heartbeat { seq, running: 0, free_bytes: space(&root).0 }
+                }
+            };
+            net::send_msg(&mut send, &msg).await?;
+        }
+    });
+    let result: Result<()> = async {
+        loop {
+            let msg: ControllerMsg = net::recv_msg(&mut s.recv, CONTROL_LINK_LIMIT)
+                .await
+                .map_err(net_err)?;
+            match msg {
+                ControllerMsg::Task(task) => {
+                    let (store, ledger, tx) = (store.clone(), ledger.clone(), tx.clone());
+                    let _ = tx
+                        .send(AgentMsg::TaskReport {
+                            id: task.id.clone(),
+                            state: TaskState::Running,
+                        })
+                        .await;
+                    tokio::spawn(async move {
+                        let id = task.id.clone();
+                        let state = tokio::task::spawn_blocking(move || ledger.run(&store, &task))
+                            .await
+                            .map_err(|e| StoreError::Invalid(format!("task thread: {e}")))
+                            .and_then(|r| r)
+                            .unwrap_or_else(|e| TaskState::Failed {
+                                kind: e.kind().to_string(),
+                                message: e.to_string(),
+                            });
+                        let _ = tx.send(AgentMsg::TaskReport { id, state }).await;
+                    });
+                }
+            }
+        }
+    }
+    .await;
+    writer.abort();
+    s.conn.close(
+        quinn::VarInt::from_u32(ferry_wire::msg::close::DONE),
+        b"bye",
+    );
+    result
+}

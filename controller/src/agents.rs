@@ -1,0 +1,279 @@
+//! The controller's side of the agent link: a QUIC endpoint that accepts the agents of this
+//! site only (mutual TLS against the site CA, the ferry handshake), records each agent in the
+//! state store (`/ferry/agents/<node>`: volumes, capacity, free space, status, last
+//! heartbeat), keeps the link to send it tasks, and marks an agent down when its link closes
+//! or its heartbeats stop for [`DOWN_AFTER_SECS`].
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ferry_net::pki::{Identity, Trust};
+use ferry_net::quic::{self as net, NetError};
+use ferry_wire::control::{
+    AgentMsg, ControllerMsg, VolumeReport, CONTROL_LINK_LIMIT, DOWN_AFTER_SECS,
+};
+use ferry_wire::task::TaskState;
+use ferry_wire::Name;
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use crate::store::{Store, StoreError};
+
+/// Why the agent endpoint or one agent's link stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error(transparent)]
+    Pki(#[from] ferry_net::pki::PkiError),
+    #[error(transparent)]
+    Net(#[from] NetError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("agent endpoint: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Protocol(String),
+}
+
+pub const AGENTS: &str = "/ferry/agents/";
+
+/// An agent as recorded.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AgentRecord {
+    pub node: Name,
+    pub site: Name,
+    pub address: String,
+    /// `up` or `down`.
+    pub status: String,
+    pub volumes: Vec<VolumeReport>,
+    pub capacity_bytes: u64,
+    pub free_bytes: u64,
+    /// RFC 3339.
+    pub connected: String,
+    pub last_heartbeat: String,
+}
+
+impl AgentRecord {
+    /// `down` when recorded so, or when its last heartbeat is older than
+    /// [`DOWN_AFTER_SECS`] (also after this controller restarted).
+    pub fn status_at(&self, now: Timestamp) -> &'static str {
+        let stale = self.last_heartbeat.parse::<Timestamp>().map_or(true, |t| {
+            now.as_second() - t.as_second() > DOWN_AFTER_SECS as i64
+        });
+        if self.status == "up" && !stale {
+            "up"
+        } else {
+            "down"
+        }
+    }
+}
+
+/// Where the agent endpoint listens and who it is.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentsConfig {
+    /// UDP address agents connect to.
+    pub listen: SocketAddr,
+    /// This controller's certificate and key, issued by the site CA (`ferry-agent pki issue`).
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// The site CA's certificate: only agents it certified are accepted.
+    pub ca: PathBuf,
+}
+
+/// Live links, by node: where to send tasks, and the reports that come back.
+#[derive(Default)]
+pub struct Links {
+    senders: Mutex<HashMap<Name, mpsc::Sender<ControllerMsg>>>,
+    /// Latest report per task id.
+    pub reports: Mutex<HashMap<String, TaskState>>,
+}
+
+impl std::fmt::Debug for Links {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Links").finish_non_exhaustive()
+    }
+}
+
+impl Links {
+    /// Sends a message to a connected agent; false when it is not connected.
+    pub async fn send(&self, node: &Name, msg: ControllerMsg) -> bool {
+        let tx = self.senders.lock().ok().and_then(|m| m.get(node).cloned());
+        match tx {
+            Some(tx) => tx.send(msg).await.is_ok(),
+            None => false,
+        }
+    }
+}
+
+async fn put(store: &Store, rec: &AgentRecord) -> Result<(), StoreError> {
+    let v = serde_json::to_vec(rec).map_err(|e| StoreError::Embedded(e.to_string()))?;
+    store
+        .put(&format!("{AGENTS}{}", rec.node), &v)
+        .await
+        .map(|_| ())
+}
+
+/// A bound agent endpoint: identity, trust and socket checked before anything serves.
+pub struct Bound {
+    ep: quinn::Endpoint,
+    id: Arc<Identity>,
+    trust: Arc<Trust>,
+}
+
+impl std::fmt::Debug for Bound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bound")
+            .field("node", &self.id.node)
+            .finish()
+    }
+}
+
+impl Bound {
+    pub fn local_addr(&self) -> Result<SocketAddr, LinkError> {
+        Ok(self.ep.local_addr()?)
+    }
+}
+
+/// Loads the controller's identity and the site CA and binds the endpoint (call inside a
+/// tokio runtime).
+pub fn bind(cfg: &AgentsConfig) -> Result<Bound, LinkError> {
+    let id = Identity::load(&cfg.cert, &cfg.key)?;
+    let mut trust = Trust::default();
+    trust.add_file(&cfg.ca, Some(&id.site))?;
+    let ep = net::endpoint(cfg.listen, Some(net::server_config(&id, &trust)?))?;
+    Ok(Bound {
+        ep,
+        id: Arc::new(id),
+        trust: Arc::new(trust),
+    })
+}
+
+/// Serves agents until `shutdown`.
+pub async fn serve(
+    bound: Bound,
+    store: Store,
+    links: Arc<Links>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let Bound { ep, id, trust } = bound;
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            inc = ep.accept() => {
+                let Some(inc) = inc else { break };
+                let (id, trust, store, links) = (id.clone(), trust.clone(), store.clone(), links.clone());
+                tokio::spawn(async move {
+                    let remote = inc.remote_address();
+                    match inc.await {
+                        Ok(conn) => {
+                            if let Err(e) = agent_link(conn, &id, &trust, store, links).await {
+                                tracing::info!(%remote, error = %e, "agent link closed");
+                            }
+                        }
+                        Err(e) => tracing::info!(%remote, error = %e, "agent connection failed during TLS"),
+                    }
+                });
+            }
+            _ = &mut shutdown => break,
+        }
+    }
+    ep.close(
+        quinn::VarInt::from_u32(ferry_wire::msg::close::SHUTDOWN),
+        b"shutting down",
+    );
+}
+
+async fn agent_link(
+    conn: quinn::Connection,
+    id: &Identity,
+    trust: &Trust,
+    store: Store,
+    links: Arc<Links>,
+) -> Result<(), LinkError> {
+    let remote = conn.remote_address();
+    let mut s = net::accept_session(conn, id, trust).await?;
+    if s.peer_site != id.site {
+        return Err(LinkError::Protocol(format!(
+            "{} is of site {}, not {}",
+            s.peer_node, s.peer_site, id.site
+        )));
+    }
+    let first: AgentMsg = net::recv_msg(&mut s.recv, CONTROL_LINK_LIMIT).await?;
+    let AgentMsg::Register {
+        volumes,
+        capacity_bytes,
+        free_bytes,
+    } = first
+    else {
+        return Err(LinkError::Protocol(
+            "the first message must be Register".into(),
+        ));
+    };
+    let now = Timestamp::now().to_string();
+    let mut rec = AgentRecord {
+        node: s.peer_node.clone(),
+        site: s.peer_site.clone(),
+        address: remote.to_string(),
+        status: "up".into(),
+        volumes,
+        capacity_bytes,
+        free_bytes,
+        connected: now.clone(),
+        last_heartbeat: now,
+    };
+    put(&store, &rec).await?;
+    tracing::info!(node = %rec.node, %remote, volumes = rec.volumes.len(), "agent registered");
+    let (tx, mut rx) = mpsc::channel::<ControllerMsg>(64);
+    if let Ok(mut m) = links.senders.lock() {
+        m.insert(rec.node.clone(), tx);
+    }
+    let mut send = s.send;
+    let writer = tokio::spawn(async move {
+        while let Some(m) = rx.recv().await {
+            net::send_msg(&mut send, &m).await?;
+        }
+        Ok::<(), NetError>(())
+    });
+    let timeout = Duration::from_secs(DOWN_AFTER_SECS);
+    let result: Result<(), LinkError> = async {
+        loop {
+            let msg: AgentMsg =
+                tokio::time::timeout(timeout, net::recv_msg(&mut s.recv, CONTROL_LINK_LIMIT))
+                    .await
+                    .map_err(|_| {
+                        LinkError::Protocol(format!("no heartbeat for {DOWN_AFTER_SECS} s"))
+                    })??;
+            match msg {
+                AgentMsg::Heartbeat { free_bytes, .. } => {
+                    rec.free_bytes = free_bytes;
+                    rec.last_heartbeat = Timestamp::now().to_string();
+                    put(&store, &rec).await?;
+                }
+                AgentMsg::TaskReport { id, state } => {
+                    tracing::info!(node = %rec.node, task = %id, ?state, "task report");
+                    if let Ok(mut r) = links.reports.lock() {
+                        r.insert(id.to_string(), state);
+                    }
+                }
+                AgentMsg::Register { .. } => {
+                    return Err(LinkError::Protocol("registered twice".into()))
+                }
+            }
+        }
+    }
+    .await;
+    writer.abort();
+    if let Ok(mut m) = links.senders.lock() {
+        m.remove(&rec.node);
+    }
+    rec.status = "down".into();
+    if let Err(e) = put(&store, &rec).await {
+        tracing::warn!(node = %rec.node, error = %e, "cannot record the agent down");
+    }
+    tracing::warn!(node = %rec.node, "agent down");
+    result
+}

@@ -1,0 +1,113 @@
+//! Agents and their controller: a real `ferry-agent serve` connects to a real
+//! `ferry-controller serve` (QUIC, mutual TLS with the site CA), registers its volumes and
+//! heartbeats; killed with SIGKILL, it is reported down; a node of another site is refused.
+
+use std::time::{Duration, Instant};
+
+use ferry_tests::controller::{Controller, READER};
+use ferry_tests::{bin, Pki, Served};
+use serde_json::Value;
+
+fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+fn agents(c: &Controller) -> Vec<Value> {
+    let (code, v) = c.call("GET", "/v1/agents", Some(READER), None);
+    assert_eq!(code, 200, "{v}");
+    v.as_array().cloned().unwrap_or_default()
+}
+
+fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !f() {
+        assert!(t0.elapsed() < Duration::from_secs(secs), "{what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn agents_register_heartbeat_and_are_reported_down_when_killed() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The controller's identity: a certificate of site-a's CA.
+    let ctl_cfg = pki.agent_config(
+        "site-a",
+        "controller1",
+        &["site-b"],
+        &dir.path().join("unused"),
+    );
+    let site_dir = pki.dir.path().join("site-a");
+    let port = free_udp_port();
+    let c = Controller::start(&format!(
+        "[store]\nkind = \"embedded\"\npath = \"DIR/state.redb\"\n\
+         [agents]\nlisten = \"127.0.0.1:{port}\"\ncert = {:?}\nkey = {:?}\nca = {:?}",
+        site_dir.join("controller1.pem").display().to_string(),
+        site_dir.join("controller1.key").display().to_string(),
+        pki.ca("site-a").display().to_string(),
+    ));
+    let _ = ctl_cfg;
+    // An agent of site-a with one volume, linked to the controller.
+    let data = dir.path().join("n1");
+    let cfg = pki.agent_config("site-a", "n1", &["site-b"], &data);
+    let mut text = std::fs::read_to_string(&cfg).expect("config");
+    text.push_str(&format!(
+        "[controller]\naddress = \"127.0.0.1:{port}\"\nca = {:?}\n",
+        pki.ca("site-a").display().to_string()
+    ));
+    std::fs::write(&cfg, text).expect("config");
+    let out = std::process::Command::new(bin("ferry-agent"))
+        .arg("--config")
+        .arg(&cfg)
+        .args(["volume", "create", "v1", "--size", "8M"])
+        .output()
+        .expect("create");
+    assert!(out.status.success());
+    let agent = Served::start(&cfg);
+    wait_for("the agent registers", 15, || {
+        agents(&c)
+            .iter()
+            .any(|a| a["node"] == "n1" && a["status"] == "up")
+    });
+    let a = agents(&c)
+        .into_iter()
+        .find(|a| a["node"] == "n1")
+        .expect("n1");
+    assert_eq!(a["site"], "site-a");
+    assert_eq!(a["volumes"][0]["name"], "v1", "{a}");
+    assert!(a["capacity_bytes"].as_u64().unwrap_or(0) > 0, "{a}");
+    let first = a["last_heartbeat"].clone();
+    wait_for("heartbeats arrive", 10, || {
+        agents(&c)
+            .iter()
+            .any(|a| a["node"] == "n1" && a["last_heartbeat"] != first)
+    });
+
+    // A node of another site is refused by the controller's TLS: site-b's m1 trusts site-a
+    // (so it would accept the controller) but the controller trusts only its own site's CA.
+    let other = pki.agent_config("site-b", "m1", &["site-a"], &dir.path().join("m1"));
+    let out = std::process::Command::new(bin("ferry-agent"))
+        .arg("--config")
+        .arg(&other)
+        .args(["ping", &format!("127.0.0.1:{port}"), "--count", "1"])
+        .output()
+        .expect("ping");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(agents(&c).iter().all(|a| a["node"] != "m1"));
+
+    // SIGKILL: no goodbye; the missing heartbeats mark it down.
+    drop(agent);
+    wait_for("the killed agent is reported down", 20, || {
+        agents(&c)
+            .iter()
+            .any(|a| a["node"] == "n1" && a["status"] == "down")
+    });
+}

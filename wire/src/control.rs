@@ -1,0 +1,93 @@
+//! The agent-controller link: an agent connects out to its site's controller (QUIC, mutual
+//! TLS with the site CA, the [`crate::msg::Hello`] handshake), opens one bidirectional stream
+//! and sends [`AgentMsg::Register`], then heartbeats; the controller sends tasks on the same
+//! stream and the agent reports on them. Every message is one bounded frame.
+
+use serde::{Deserialize, Serialize};
+
+use crate::name::Name;
+use crate::task::{Task, TaskState};
+
+/// Limit on one encoded message of the link.
+pub const CONTROL_LINK_LIMIT: usize = 1 << 20;
+/// Seconds between heartbeats.
+pub const HEARTBEAT_SECS: u64 = 2;
+/// Seconds without a heartbeat after which the controller marks an agent down.
+pub const DOWN_AFTER_SECS: u64 = 10;
+
+/// One volume as an agent reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeReport {
+    pub name: Name,
+    pub size: u64,
+    pub snapshots: u32,
+    /// A mirror of another site's volume (read-only here).
+    pub mirror: bool,
+}
+
+/// What an agent tells its controller.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AgentMsg {
+    /// First message: what this node holds and how much room it has.
+    Register {
+        volumes: Vec<VolumeReport>,
+        capacity_bytes: u64,
+        free_bytes: u64,
+    },
+    /// Sent every [`HEARTBEAT_SECS`].
+    Heartbeat {
+        seq: u64,
+        /// Tasks running now.
+        running: u32,
+        free_bytes: u64,
+    },
+    /// Where a task stands (sent when it starts and when it ends, and again on request).
+    TaskReport { id: Name, state: TaskState },
+}
+
+/// What a controller tells an agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ControllerMsg {
+    /// Run this task (at most once per id; a repeat gets the recorded state back).
+    Task(Task),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec;
+
+    #[test]
+    fn link_messages_round_trip() {
+        let n = |s: &str| Name::new(s).expect("name");
+        let msgs = [
+            AgentMsg::Register {
+                volumes: vec![VolumeReport {
+                    name: n("v1"),
+                    size: 1 << 30,
+                    snapshots: 3,
+                    mirror: false,
+                }],
+                capacity_bytes: 1 << 40,
+                free_bytes: 1 << 39,
+            },
+            AgentMsg::Heartbeat {
+                seq: 9,
+                running: 1,
+                free_bytes: 5,
+            },
+            AgentMsg::TaskReport {
+                id: n("t-1"),
+                state: TaskState::Interrupted,
+            },
+        ];
+        for m in msgs {
+            let b = codec::encode(&m).expect("encode");
+            assert_eq!(
+                codec::decode::<AgentMsg>(&b, CONTROL_LINK_LIMIT).expect("decode"),
+                m
+            );
+        }
+        assert!(codec::decode::<ControllerMsg>(&[9, 9, 9], CONTROL_LINK_LIMIT).is_err());
+    }
+}
