@@ -143,6 +143,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/plans/{name}/runs", get(plan_runs))
         .route("/v1/runs", get(all_runs))
         .route("/v1/agents", get(list_agents))
+        .route("/v1/plans/{name}/groups", get(plan_groups))
         .route("/v1/plans/{name}/resume", post(resume_plan))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
@@ -706,5 +707,18 @@ async fn list_agents(
     for a in &mut out {
         a.status = a.status_at(now).to_string();
     }
+    Ok(Json(out))
+}
+
+async fn plan_groups(
+    State(s): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Vec<crate::executor::GroupRecord>>> {
+    auth(&s, &headers, false)?;
+    let name = name_param("plan", &name)?;
+    let mut out: Vec<crate::executor::GroupRecord> =
+        crate::scheduler::load(&s.store, &format!("{}{name}/", crate::executor::GROUPS)).await?;
+    out.sort_by(|a, b| a.created.cmp(&b.created));
     Ok(Json(out))
 }

@@ -4,6 +4,7 @@
 
 pub mod agents;
 pub mod api;
+pub mod executor;
 pub mod exit;
 pub mod model;
 pub mod openapi;

@@ -115,6 +115,11 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         stopped(stop_rx.clone()),
     ));
     let links = Arc::new(ferry_controller::agents::Links::default());
+    let executor = tokio::spawn(ferry_controller::executor::run(
+        store.clone(),
+        links.clone(),
+        stopped(stop_rx.clone()),
+    ));
     let agents = match &cfg.agents {
         Some(a) => {
             let bound = ferry_controller::agents::bind(a).context("agent endpoint")?;
@@ -150,6 +155,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         .context("serve")?;
     let _ = stop_tx.send(true);
     let _ = scheduler.await;
+    let _ = executor.await;
     if let Some(a) = agents {
         let _ = a.await;
     }

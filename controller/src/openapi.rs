@@ -122,6 +122,10 @@ pub fn document() -> Value {
                 "post": { "summary": "start a run now, outside the schedule", "responses": errors(json!({ "202": ok("the run", reference("Run")) })) } },
             "/v1/plans/{name}/runs": { "parameters": name_param("plan"),
                 "get": { "summary": "the plan's runs, oldest first", "responses": errors(json!({ "200": ok("runs", json!({ "type": "array", "items": reference("Run") })) })) } },
+            "/v1/plans/{name}/groups": { "parameters": name_param("plan"),
+                "get": { "summary": "the plan's kept snapshot groups, oldest first (plan, group, run, created, snapshots per node)", "responses": errors(json!({ "200": ok("groups", json!({ "type": "array", "items": { "type": "object" } })) })) } },
+            "/v1/agents": {
+                "get": { "summary": "this site's agents: node, status (up/down), volumes, capacity, free space, last heartbeat", "responses": errors(json!({ "200": ok("agents", json!({ "type": "array", "items": { "type": "object" } })) })) } },
             "/v1/runs": {
                 "get": { "summary": "every run, oldest first", "responses": errors(json!({ "200": ok("runs", json!({ "type": "array", "items": reference("Run") })) })) } }
         }

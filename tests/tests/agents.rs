@@ -111,3 +111,116 @@ fn agents_register_heartbeat_and_are_reported_down_when_killed() {
             .any(|a| a["node"] == "n1" && a["status"] == "down")
     });
 }
+
+/// A plan over volumes on two agents, run five times by request: every run takes a group on
+/// both nodes and is recorded; retention 2 prunes the rest on the agents themselves.
+#[test]
+fn runs_take_groups_on_every_node_and_retention_prunes() {
+    use serde_json::json;
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    pki.agent_config(
+        "site-a",
+        "controller1",
+        &["site-b"],
+        &dir.path().join("unused"),
+    );
+    let site_dir = pki.dir.path().join("site-a");
+    let port = free_udp_port();
+    let c = Controller::start(&format!(
+        "[store]\nkind = \"embedded\"\npath = \"DIR/state.redb\"\n\
+         [agents]\nlisten = \"127.0.0.1:{port}\"\ncert = {:?}\nkey = {:?}\nca = {:?}",
+        site_dir.join("controller1.pem").display().to_string(),
+        site_dir.join("controller1.key").display().to_string(),
+        pki.ca("site-a").display().to_string(),
+    ));
+    let mut served = Vec::new();
+    let mut cfgs = Vec::new();
+    for (node, vols) in [("n1", vec!["a", "b"]), ("n2", vec!["c"])] {
+        let cfg = pki.agent_config("site-a", node, &["site-b"], &dir.path().join(node));
+        let mut text = std::fs::read_to_string(&cfg).expect("config");
+        text.push_str(&format!(
+            "[controller]\naddress = \"127.0.0.1:{port}\"\nca = {:?}\n",
+            pki.ca("site-a").display().to_string()
+        ));
+        std::fs::write(&cfg, text).expect("config");
+        for v in vols {
+            let out = std::process::Command::new(bin("ferry-agent"))
+                .arg("--config")
+                .arg(&cfg)
+                .args(["volume", "create", v, "--size", "4M"])
+                .output()
+                .expect("create");
+            assert!(out.status.success());
+        }
+        served.push(Served::start(&cfg));
+        cfgs.push(cfg);
+    }
+    wait_for("both agents up", 15, || {
+        agents(&c).iter().filter(|a| a["status"] == "up").count() == 2
+    });
+    let obj = |name: &str, node: &str, v: &str| json!({"name": name, "kind": {"type": "virtual_volume", "volume": {"node": node, "volume": v}}});
+    for (name, node, v) in [("oa", "n1", "a"), ("ob", "n1", "b"), ("oc", "n2", "c")] {
+        assert_eq!(
+            c.admin("POST", "/v1/objects", Some(obj(name, node, v))).0,
+            201
+        );
+    }
+    let plan = json!({"name": "p", "objects": ["oa", "ob", "oc"], "retention": 2, "enabled": false,
+        "schedule": {"every": "daily", "start": "2026-01-01T00:00"}});
+    assert_eq!(c.admin("POST", "/v1/plans", Some(plan)).0, 201);
+    for i in 0..5 {
+        let (code, r) = c.admin("POST", "/v1/plans/p/run", None);
+        assert_eq!(code, 202, "{r}");
+        let id = r["run"]["id"].as_str().expect("id").to_string();
+        wait_for(&format!("run {i} finishes"), 30, || {
+            let (_, runs) = c.call("GET", "/v1/plans/p/runs", Some(READER), None);
+            runs.as_array().into_iter().flatten().any(|x| {
+                x["run"]["id"] == id.as_str()
+                    && (x["run"]["step"] == "done" || x["run"]["step"] == "failed")
+            })
+        });
+        let (_, runs) = c.call("GET", "/v1/plans/p/runs", Some(READER), None);
+        let this = runs
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|x| x["run"]["id"] == id.as_str())
+            .cloned()
+            .expect("run");
+        assert_eq!(this["run"]["step"], "done", "{this}");
+        // Group names carry the second: keep runs apart.
+        std::thread::sleep(Duration::from_millis(1100));
+    }
+    let (_, groups) = c.call("GET", "/v1/plans/p/groups", Some(READER), None);
+    let groups = groups.as_array().cloned().unwrap_or_default();
+    assert_eq!(groups.len(), 2, "retention 2: {groups:?}");
+    let kept: Vec<String> = groups
+        .iter()
+        .map(|g| g["group"].as_str().expect("group").to_string())
+        .collect();
+    assert_eq!(groups[0]["snapshots"].as_array().map(Vec::len), Some(3));
+    // On the agents: exactly the kept groups, on every volume.
+    for (cfg, vols) in [(&cfgs[0], vec!["a", "b"]), (&cfgs[1], vec!["c"])] {
+        for v in vols {
+            let out = std::process::Command::new(bin("ferry-agent"))
+                .arg("--config")
+                .arg(cfg)
+                .args(["--json", "snapshot", "list", v])
+                .output()
+                .expect("list");
+            let list: Value = serde_json::from_slice(&out.stdout).expect("json");
+            let mut names: Vec<String> = list
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|s| s["name"].as_str().expect("name").to_string())
+                .collect();
+            names.sort();
+            let mut want = kept.clone();
+            want.sort();
+            assert_eq!(names, want, "volume {v}");
+        }
+    }
+    drop(served);
+}

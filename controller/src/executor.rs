@@ -1,0 +1,242 @@
+//! The run executor: the IO shell around [`Run`]. Every few hundred milliseconds it takes the
+//! unfinished runs from the store and, for each, sends the tasks the run asks for to the
+//! agents' links, feeds back the reports that arrived, records the group when every node has
+//! its snapshots, computes what retention prunes, and writes the run back (compare-and-swap
+//! on the revision it read). A run is persisted before any action it leads to is taken.
+//!
+//! Sending is idempotent: task ids are derived from the run, and each agent's ledger runs an
+//! id at most once and answers a repeat with its recorded state, so after a controller
+//! restart everything unfinished is simply sent again. A task for an agent that is down fails
+//! the node's part clearly (`agent_down`), which fails the run and undoes what other nodes
+//! made.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ferry_wire::control::ControllerMsg;
+use ferry_wire::task::{SnapshotRecord, TaskState};
+use ferry_wire::Name;
+use serde::{Deserialize, Serialize};
+
+use crate::agents::{AgentRecord, Links, AGENTS};
+use crate::api::PlanRecord;
+use crate::retention::{prune, GroupInfo};
+use crate::run::{Action, Step};
+use crate::scheduler::{load, RunRecord, PLANS, RUNS};
+use crate::store::{Compare, Op, Store, StoreError, Txn};
+
+pub const GROUPS: &str = "/ferry/groups/";
+
+/// A snapshot group as recorded: complete, on every node of its run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GroupRecord {
+    pub plan: Name,
+    pub group: Name,
+    pub run: Name,
+    /// RFC 3339.
+    pub created: String,
+    pub snapshots: Vec<(Name, SnapshotRecord)>,
+}
+
+fn group_key(plan: &Name, group: &Name) -> String {
+    format!("{GROUPS}{plan}/{group}")
+}
+
+fn step_is_final(s: &Step) -> bool {
+    matches!(s, Step::Done | Step::Failed)
+}
+
+/// A task not heard of this long after it was sent is sent again (the link may have dropped
+/// it; the agent's ledger makes the repeat harmless).
+const RESEND_AFTER: Duration = Duration::from_secs(5);
+
+/// The executor's memory between passes: when it sent each task id in this process.
+#[derive(Debug, Default)]
+pub struct Executor {
+    sent: HashMap<String, Instant>,
+    /// Groups a run's prune is deleting, to forget once it is done: run id -> groups.
+    pruning: BTreeMap<String, Vec<Name>>,
+}
+
+impl Executor {
+    /// One pass over the unfinished runs.
+    pub async fn pass(&mut self, store: &Store, links: &Links) -> Result<(), StoreError> {
+        let now = jiff::Timestamp::now();
+        let agents: Vec<AgentRecord> = load(store, AGENTS).await?;
+        let down = |node: &Name| {
+            agents
+                .iter()
+                .find(|a| &a.node == node)
+                .is_none_or(|a| a.status_at(now) == "down")
+        };
+        for kv in store.list(RUNS).await? {
+            let Ok(mut rec) = serde_json::from_slice::<RunRecord>(&kv.value) else {
+                continue;
+            };
+            if step_is_final(&rec.run.step) {
+                continue;
+            }
+            let before = serde_json::to_vec(&rec).unwrap_or_default();
+            let mut actions = rec.run.actions().unwrap_or_default();
+            // Feed back what arrived, and fail the parts of agents that are down.
+            let mut guard = 0;
+            while guard < 64 {
+                guard += 1;
+                let mut fed = false;
+                for a in actions.clone() {
+                    let Action::Dispatch { node, task } = a else {
+                        continue;
+                    };
+                    let report = links
+                        .reports
+                        .lock()
+                        .ok()
+                        .and_then(|r| r.get(task.id.as_str()).cloned())
+                        .filter(TaskState::is_final);
+                    let state = match report {
+                        Some(s) => s,
+                        None if down(&node) => TaskState::Failed {
+                            kind: "agent_down".into(),
+                            message: format!("agent {node} is down"),
+                        },
+                        None => continue,
+                    };
+                    let more = rec
+                        .run
+                        .on_report(&node, &task.id, &state)
+                        .unwrap_or_default();
+                    self.after(store, &mut rec, &more).await?;
+                    fed = true;
+                    actions = rec.run.actions().unwrap_or_default();
+                    break;
+                }
+                if !fed {
+                    break;
+                }
+            }
+            let after = serde_json::to_vec(&rec).unwrap_or_default();
+            if after != before {
+                let done = store
+                    .txn(Txn {
+                        when: vec![Compare::ModRevision(kv.key.clone(), kv.mod_revision)],
+                        then: vec![Op::Put(kv.key.clone(), after)],
+                    })
+                    .await?;
+                if !done.succeeded {
+                    continue; // changed meanwhile: the next pass reads it again
+                }
+                if rec.run.step == Step::Done {
+                    for g in self.pruning.remove(rec.run.id.as_str()).unwrap_or_default() {
+                        store.delete(&group_key(&rec.run.plan, &g)).await?;
+                    }
+                }
+                if step_is_final(&rec.run.step) {
+                    tracing::info!(run = %rec.run.id, plan = %rec.run.plan, step = ?rec.run.step, error = ?rec.run.error, "run finished");
+                    continue;
+                }
+            }
+            // Persisted: now send what it asks for (again after a restart: idempotent).
+            for a in rec.run.actions().unwrap_or_default() {
+                if let Action::Dispatch { node, task } = a {
+                    let heard = links
+                        .reports
+                        .lock()
+                        .ok()
+                        .is_some_and(|r| r.contains_key(task.id.as_str()));
+                    let recent = self
+                        .sent
+                        .get(task.id.as_str())
+                        .is_some_and(|t| t.elapsed() < RESEND_AFTER);
+                    if heard || recent {
+                        continue;
+                    }
+                    if links.send(&node, ControllerMsg::Task(task.clone())).await {
+                        self.sent.insert(task.id.to_string(), Instant::now());
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Handles what a report led to: record the group, then decide what to prune.
+    async fn after(
+        &mut self,
+        store: &Store,
+        rec: &mut RunRecord,
+        actions: &[Action],
+    ) -> Result<(), StoreError> {
+        for a in actions {
+            let Action::RecordGroup { snapshots } = a else {
+                continue;
+            };
+            let plan = rec.run.plan.clone();
+            let g = GroupRecord {
+                plan: plan.clone(),
+                group: rec.run.group.clone(),
+                run: rec.run.id.clone(),
+                created: jiff::Timestamp::now().to_string(),
+                snapshots: snapshots.clone(),
+            };
+            let v = serde_json::to_vec(&g).map_err(|e| StoreError::Embedded(e.to_string()))?;
+            store.put(&group_key(&plan, &g.group), &v).await?;
+            // Retention (read now, so a change applies at this prune).
+            let keep = store
+                .get(&format!("{PLANS}{plan}"))
+                .await?
+                .and_then(|kv| serde_json::from_slice::<PlanRecord>(&kv.value).ok())
+                .map_or(usize::MAX, |p| p.spec.retention as usize);
+            let groups: Vec<GroupRecord> = load(store, &format!("{GROUPS}{plan}/")).await?;
+            let infos: Vec<GroupInfo<'_>> = groups
+                .iter()
+                .map(|g| GroupInfo {
+                    name: g.group.as_str(),
+                    taken: g
+                        .created
+                        .parse::<jiff::Timestamp>()
+                        .map_or(0, |t| t.as_millisecond()),
+                    complete: true,
+                    pinned: false,
+                })
+                .collect();
+            let victims = prune(&infos, keep);
+            let mut by_node: BTreeMap<Name, Vec<(Name, Name)>> = BTreeMap::new();
+            for v in &victims {
+                if let Some(g) = groups.iter().find(|g| g.group.as_str() == *v) {
+                    for (node, s) in &g.snapshots {
+                        by_node
+                            .entry(node.clone())
+                            .or_default()
+                            .push((s.volume.clone(), g.group.clone()));
+                    }
+                }
+            }
+            self.pruning.insert(
+                rec.run.id.to_string(),
+                groups
+                    .iter()
+                    .filter(|g| victims.contains(&g.group.as_str()))
+                    .map(|g| g.group.clone())
+                    .collect(),
+            );
+            let _ = rec.run.prune(&by_node);
+        }
+        Ok(())
+    }
+}
+
+/// Runs the executor until `shutdown`.
+pub async fn run(store: Store, links: Arc<Links>, shutdown: impl std::future::Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    let mut ex = Executor::default();
+    loop {
+        if let Err(e) = ex.pass(&store, &links).await {
+            tracing::warn!(error = %e, "executor pass failed; retrying");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            _ = &mut shutdown => return,
+        }
+    }
+}
