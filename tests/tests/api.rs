@@ -363,12 +363,27 @@ fn scheduling(store: &str) {
     assert_eq!(first.len(), 1, "{first:?}");
     let r = &first[0];
     assert_eq!(r["trigger"], "schedule");
-    assert_eq!(r["run"]["step"], "snapshot");
+    assert!(
+        r["run"]["step"] == "snapshot" || r["run"]["step"] == "failed",
+        "{r}"
+    );
     assert_eq!(r["run"]["nodes"]["n1"]["volumes"], json!(["v"]));
     let slot: jiff::Timestamp = r["slot"].as_str().expect("slot").parse().expect("time");
     assert!(
         jiff::Timestamp::now().as_second() - slot.as_second() < 3600,
         "{slot}"
+    );
+    // No agent n1 is connected: the executor fails the run clearly.
+    eventually("the run fails for want of its agent", || {
+        runs(&c, "missed")[0]["run"]["step"] == "failed"
+    });
+    let failed = &runs(&c, "missed")[0];
+    assert!(
+        failed["run"]["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("agent n1 is down"),
+        "{failed}"
     );
     // A restart on the same store fires nothing again.
     drop(c);
@@ -399,7 +414,7 @@ fn scheduling(store: &str) {
         "ferry_plans{state=\"active\"} 2",
         "ferry_plans{state=\"paused\"} 1",
         "ferry_objects 1",
-        "ferry_runs{plan=\"missed\",step=\"snapshot\"} 1",
+        "ferry_runs{plan=\"missed\",step=\"failed\"} 1",
         "ferry_http_requests_total{route=\"/v1/plans/{name}/runs\",status=\"200\"}",
         "ferry_store_revision ",
     ] {
