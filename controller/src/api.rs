@@ -144,6 +144,10 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/runs", get(all_runs))
         .route("/v1/agents", get(list_agents))
         .route("/v1/plans/{name}/groups", get(plan_groups))
+        .route(
+            "/v1/plans/{name}/rollbacks",
+            get(plan_rollbacks).post(start_rollback),
+        )
         .route("/v1/plans/{name}/resume", post(resume_plan))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
@@ -682,6 +686,11 @@ async fn run_now(
     auth(&s, &headers, true)?;
     let name = name_param("plan", &name)?;
     let (plan, _) = read_plan(&s.store, &name).await?;
+    if rollback_running(&s.store, &name).await? {
+        return Err(ApiError::conflict(format!(
+            "a rollback of plan {name} is in progress"
+        )));
+    }
     let objects = load_objects(&s.store).await?;
     let rec =
         crate::scheduler::new_run(&plan, &objects, None, s.generation, jiff::Timestamp::now());
@@ -721,4 +730,144 @@ async fn plan_groups(
         crate::scheduler::load(&s.store, &format!("{}{name}/", crate::executor::GROUPS)).await?;
     out.sort_by(|a, b| a.created.cmp(&b.created));
     Ok(Json(out))
+}
+
+// ---- rollback ----
+
+async fn rollback_running(store: &Store, plan: &Name) -> ApiResult<bool> {
+    let list: Vec<crate::rollback::Rollback> =
+        crate::scheduler::load(store, &format!("{}{plan}/", crate::executor::ROLLBACKS)).await?;
+    Ok(list
+        .iter()
+        .any(|r| r.step == crate::rollback::RollbackStep::Running))
+}
+
+/// What a rollback request says.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RollbackRequest {
+    /// The kept group to roll back to.
+    group: Name,
+    /// Only these objects of the plan (default: all).
+    #[serde(default)]
+    objects: Option<Vec<Name>>,
+}
+
+async fn plan_rollbacks(
+    State(s): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Vec<crate::rollback::Rollback>>> {
+    auth(&s, &headers, false)?;
+    let name = name_param("plan", &name)?;
+    let mut out: Vec<crate::rollback::Rollback> =
+        crate::scheduler::load(&s.store, &format!("{}{name}/", crate::executor::ROLLBACKS)).await?;
+    out.sort_by(|a, b| a.created.cmp(&b.created));
+    Ok(Json(out))
+}
+
+/// Rolls the plan's objects (or some) back to a kept group; refused while a run of the plan
+/// is in progress.
+async fn start_rollback(
+    State(s): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    raw: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> ApiResult<(StatusCode, Json<crate::rollback::Rollback>)> {
+    auth(&s, &headers, true)?;
+    let name = name_param("plan", &name)?;
+    let req: RollbackRequest = parse(&body(raw)?)?;
+    let (plan, _) = read_plan(&s.store, &name).await?;
+    let runs = load_runs(&s.store, &format!("{RUNS}{name}/")).await?;
+    if let Some(r) = runs.iter().find(|r| {
+        !matches!(
+            r.run.step,
+            crate::run::Step::Done | crate::run::Step::Failed
+        )
+    }) {
+        return Err(ApiError::conflict(format!(
+            "run {} of plan {name} is in progress; roll back when it is over",
+            r.run.id
+        )));
+    }
+    if rollback_running(&s.store, &name).await? {
+        return Err(ApiError::conflict(format!(
+            "a rollback of plan {name} is already in progress"
+        )));
+    }
+    let group: crate::executor::GroupRecord = s
+        .store
+        .get(&format!("{}{name}/{}", crate::executor::GROUPS, req.group))
+        .await?
+        .and_then(|kv| serde_json::from_slice(&kv.value).ok())
+        .ok_or_else(|| {
+            ApiError::bad(format!(
+                "group: plan {name} keeps no group named {}",
+                req.group
+            ))
+        })?;
+    // Which volumes: all of the group's, or those of the named objects.
+    let wanted: Option<Vec<crate::model::VolumeRef>> = match &req.objects {
+        None => None,
+        Some(names) => {
+            let objects = load_objects(&s.store).await?;
+            let mut v = Vec::new();
+            for (i, o) in names.iter().enumerate() {
+                if !plan.spec.objects.contains(o) {
+                    return Err(ApiError::bad(format!(
+                        "objects[{i}]: {o} is not protected by plan {name}"
+                    )));
+                }
+                let obj = objects
+                    .iter()
+                    .find(|x| &x.name == o)
+                    .ok_or_else(|| ApiError::bad(format!("objects[{i}]: no object named {o}")))?;
+                v.extend(obj.protected_volumes().into_iter().cloned());
+            }
+            Some(v)
+        }
+    };
+    let mut volumes: std::collections::BTreeMap<Name, Vec<Name>> = Default::default();
+    for (node, snap) in &group.snapshots {
+        let take = wanted
+            .as_ref()
+            .is_none_or(|w| w.iter().any(|v| &v.node == node && v.volume == snap.volume));
+        if take {
+            volumes
+                .entry(node.clone())
+                .or_default()
+                .push(snap.volume.clone());
+        }
+    }
+    if volumes.is_empty() {
+        return Err(ApiError::bad(
+            "objects: none of them has a snapshot in that group",
+        ));
+    }
+    let now = jiff::Timestamp::now();
+    let id = Name::new(&format!("rb{}", now.as_millisecond()))
+        .map_err(|e| ApiError::bad(e.to_string()))?;
+    let rb = crate::rollback::Rollback::new(
+        id.clone(),
+        name.clone(),
+        req.group.clone(),
+        s.generation,
+        volumes,
+        now.to_string(),
+    );
+    let key = format!("{}{name}/{id}", crate::executor::ROLLBACKS);
+    let done = s
+        .store
+        .txn(Txn {
+            when: vec![Compare::Absent(key.clone())],
+            then: vec![Op::Put(key, encode(&rb)?)],
+        })
+        .await?;
+    if !done.succeeded {
+        return Err(ApiError::conflict(
+            "a rollback was started this very millisecond",
+        ));
+    }
+    tracing::info!(plan = %name, group = %req.group, rollback = %id, "rollback started");
+    Ok((StatusCode::ACCEPTED, Json(rb)))
 }

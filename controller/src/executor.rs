@@ -27,6 +27,7 @@ use crate::scheduler::{load, RunRecord, PLANS, RUNS};
 use crate::store::{Compare, Op, Store, StoreError, Txn};
 
 pub const GROUPS: &str = "/ferry/groups/";
+pub const ROLLBACKS: &str = "/ferry/rollbacks/";
 
 /// A snapshot group as recorded: complete, on every node of its run.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -139,25 +140,89 @@ impl Executor {
             // Persisted: now send what it asks for (again after a restart: idempotent).
             for a in rec.run.actions().unwrap_or_default() {
                 if let Action::Dispatch { node, task } = a {
-                    let heard = links
-                        .reports
-                        .lock()
-                        .ok()
-                        .is_some_and(|r| r.contains_key(task.id.as_str()));
-                    let recent = self
-                        .sent
-                        .get(task.id.as_str())
-                        .is_some_and(|t| t.elapsed() < RESEND_AFTER);
-                    if heard || recent {
-                        continue;
-                    }
-                    if links.send(&node, ControllerMsg::Task(task.clone())).await {
-                        self.sent.insert(task.id.to_string(), Instant::now());
-                    }
+                    self.send(links, &node, task).await;
                 }
             }
         }
         Ok(())
+    }
+
+    /// One pass over the running rollbacks: feed reports, persist, then send.
+    pub async fn rollbacks(&mut self, store: &Store, links: &Links) -> Result<(), StoreError> {
+        let now = jiff::Timestamp::now();
+        let agents: Vec<AgentRecord> = load(store, AGENTS).await?;
+        for kv in store.list(ROLLBACKS).await? {
+            let Ok(mut rb) = serde_json::from_slice::<crate::rollback::Rollback>(&kv.value) else {
+                continue;
+            };
+            if rb.step != crate::rollback::RollbackStep::Running {
+                continue;
+            }
+            let before = rb.clone();
+            for (node, task) in rb.pending() {
+                let report = links
+                    .reports
+                    .lock()
+                    .ok()
+                    .and_then(|r| r.get(task.id.as_str()).cloned())
+                    .filter(TaskState::is_final);
+                let down = agents
+                    .iter()
+                    .find(|a| a.node == node)
+                    .is_none_or(|a| a.status_at(now) == "down");
+                match report {
+                    Some(s) => rb.on_report(&node, &task.id, &s),
+                    None if down => rb.on_report(
+                        &node,
+                        &task.id,
+                        &TaskState::Failed {
+                            kind: "agent_down".into(),
+                            message: format!("agent {node} is down"),
+                        },
+                    ),
+                    None => {}
+                }
+            }
+            if rb != before {
+                let v = serde_json::to_vec(&rb).map_err(|e| StoreError::Embedded(e.to_string()))?;
+                let done = store
+                    .txn(Txn {
+                        when: vec![Compare::ModRevision(kv.key.clone(), kv.mod_revision)],
+                        then: vec![Op::Put(kv.key.clone(), v)],
+                    })
+                    .await?;
+                if !done.succeeded {
+                    continue;
+                }
+                if rb.step != crate::rollback::RollbackStep::Running {
+                    tracing::info!(rollback = %rb.id, plan = %rb.plan, step = ?rb.step, "rollback finished");
+                }
+            }
+            for (node, task) in rb.pending() {
+                self.send(links, &node, task).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends a task unless it was heard of or sent lately.
+    async fn send(&mut self, links: &Links, node: &Name, task: ferry_wire::task::Task) {
+        let heard = links
+            .reports
+            .lock()
+            .ok()
+            .is_some_and(|r| r.contains_key(task.id.as_str()));
+        let recent = self
+            .sent
+            .get(task.id.as_str())
+            .is_some_and(|t| t.elapsed() < RESEND_AFTER);
+        if heard || recent {
+            return;
+        }
+        let id = task.id.to_string();
+        if links.send(node, ControllerMsg::Task(task)).await {
+            self.sent.insert(id, Instant::now());
+        }
     }
 
     /// Handles what a report led to: record the group, then decide what to prune.
@@ -233,6 +298,9 @@ pub async fn run(store: Store, links: Arc<Links>, shutdown: impl std::future::Fu
     loop {
         if let Err(e) = ex.pass(&store, &links).await {
             tracing::warn!(error = %e, "executor pass failed; retrying");
+        }
+        if let Err(e) = ex.rollbacks(&store, &links).await {
+            tracing::warn!(error = %e, "rollback pass failed; retrying");
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(200)) => {}

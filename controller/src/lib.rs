@@ -9,6 +9,7 @@ pub mod exit;
 pub mod model;
 pub mod openapi;
 pub mod retention;
+pub mod rollback;
 pub mod run;
 pub mod schedule;
 pub mod scheduler;

@@ -124,6 +124,12 @@ pub fn document() -> Value {
                 "get": { "summary": "the plan's runs, oldest first", "responses": errors(json!({ "200": ok("runs", json!({ "type": "array", "items": reference("Run") })) })) } },
             "/v1/plans/{name}/groups": { "parameters": name_param("plan"),
                 "get": { "summary": "the plan's kept snapshot groups, oldest first (plan, group, run, created, snapshots per node)", "responses": errors(json!({ "200": ok("groups", json!({ "type": "array", "items": { "type": "object" } })) })) } },
+            "/v1/plans/{name}/rollbacks": { "parameters": name_param("plan"),
+                "get": { "summary": "the plan's rollbacks, oldest first", "responses": errors(json!({ "200": ok("rollbacks", json!({ "type": "array", "items": { "type": "object" } })) })) },
+                "post": { "summary": "roll the plan's objects (or some: objects) back to a kept group; refused while a run is in progress",
+                          "requestBody": { "required": true, "content": { "application/json": { "schema": { "type": "object", "required": ["group"], "properties": {
+                              "group": { "type": "string" }, "objects": { "type": "array", "items": { "type": "string" } } } } } } },
+                          "responses": errors(json!({ "202": ok("the rollback", json!({ "type": "object" })) })) } },
             "/v1/agents": {
                 "get": { "summary": "this site's agents: node, status (up/down), volumes, capacity, free space, last heartbeat", "responses": errors(json!({ "200": ok("agents", json!({ "type": "array", "items": { "type": "object" } })) })) } },
             "/v1/runs": {

@@ -205,7 +205,19 @@ pub async fn tick(
     let mut next: Option<Timestamp> = None;
     for p in plans.iter().filter(|p| !p.paused) {
         let Some(s) = schedule_of(p) else { continue };
-        if let Some(slot) = due(&s, fired.get(p.spec.name.as_str()).copied(), now) {
+        let due_slot = due(&s, fired.get(p.spec.name.as_str()).copied(), now);
+        // Never snapshot volumes half rolled back: the slot fires after the rollback.
+        let rolling_back = match due_slot {
+            Some(_) => load::<crate::rollback::Rollback>(
+                store,
+                &format!("/ferry/rollbacks/{}/", p.spec.name),
+            )
+            .await?
+            .iter()
+            .any(|r| r.step == crate::rollback::RollbackStep::Running),
+            None => false,
+        };
+        if let Some(slot) = due_slot.filter(|_| !rolling_back) {
             if objects.is_none() {
                 objects = Some(load(store, OBJECTS).await?);
             }

@@ -222,5 +222,95 @@ fn runs_take_groups_on_every_node_and_retention_prunes() {
             assert_eq!(names, want, "volume {v}");
         }
     }
+
+    // Rollback: refused while a run is in progress (a slow pre hook holds it), then every
+    // volume back to the newest kept group, byte for byte.
+    let vol_path = |cfg: &std::path::Path, v: &str| {
+        let out = std::process::Command::new(bin("ferry-agent"))
+            .arg("--config")
+            .arg(cfg)
+            .args(["--json", "volume", "path", v])
+            .output()
+            .expect("path");
+        let j: Value = serde_json::from_slice(&out.stdout).expect("json");
+        std::path::PathBuf::from(j["path"].as_str().expect("path"))
+    };
+    let target = kept.last().expect("kept").clone();
+    let snap_hash = |cfg: &std::path::Path, v: &str| ferry_tests::file_hash(&vol_path(cfg, v));
+    let before: Vec<String> = [(&cfgs[0], "a"), (&cfgs[0], "b"), (&cfgs[1], "c")]
+        .iter()
+        .map(|(c, v)| snap_hash(c, v))
+        .collect();
+    let mut r = ferry_tests::rng("rollback");
+    for (cfg, v) in [(&cfgs[0], "a"), (&cfgs[1], "c")] {
+        ferry_tests::write_random(&vol_path(cfg, v), 0, 1 << 20, &mut r);
+    }
+    assert_ne!(snap_hash(&cfgs[0], "a"), before[0]);
+    let slow = json!({"name": "p", "objects": ["oa", "ob", "oc"], "retention": 2, "enabled": false,
+        "schedule": {"every": "daily", "start": "2026-01-01T00:00"}, "hooks": {"pre": "sleep 3"}});
+    assert_eq!(c.admin("PUT", "/v1/plans/p", Some(slow)).0, 200);
+    let (code, run) = c.admin("POST", "/v1/plans/p/run", None);
+    assert_eq!(code, 202);
+    let (code, v) = c.admin(
+        "POST",
+        "/v1/plans/p/rollbacks",
+        Some(json!({"group": target})),
+    );
+    assert_eq!(code, 409, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("in progress"),
+        "{v}"
+    );
+    let run_id = run["run"]["id"].as_str().expect("id").to_string();
+    wait_for("the slow run finishes", 30, || {
+        let (_, runs) = c.call("GET", "/v1/plans/p/runs", Some(READER), None);
+        runs.as_array().into_iter().flatten().any(|x| {
+            x["run"]["id"] == run_id.as_str()
+                && (x["run"]["step"] == "done" || x["run"]["step"] == "failed")
+        })
+    });
+    // That run's snapshots hold the written data; roll back to the group before it.
+    let (code, v) = c.admin(
+        "POST",
+        "/v1/plans/p/rollbacks",
+        Some(json!({"group": "nope"})),
+    );
+    assert_eq!(code, 400, "{v}");
+    let (code, v) = c.admin(
+        "POST",
+        "/v1/plans/p/rollbacks",
+        Some(json!({"group": target, "objects": ["zz"]})),
+    );
+    assert_eq!(code, 400, "{v}");
+    let (code, rb) = c.admin(
+        "POST",
+        "/v1/plans/p/rollbacks",
+        Some(json!({"group": target})),
+    );
+    assert_eq!(code, 202, "{rb}");
+    wait_for("the rollback finishes", 30, || {
+        let (_, list) = c.call("GET", "/v1/plans/p/rollbacks", Some(READER), None);
+        list.as_array()
+            .into_iter()
+            .flatten()
+            .any(|x| x["id"] == rb["id"] && x["step"] != "running")
+    });
+    let (_, list) = c.call("GET", "/v1/plans/p/rollbacks", Some(READER), None);
+    let done = list
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|x| x["id"] == rb["id"])
+        .cloned()
+        .expect("rb");
+    assert_eq!(done["step"], "done", "{done}");
+    let after: Vec<String> = [(&cfgs[0], "a"), (&cfgs[0], "b"), (&cfgs[1], "c")]
+        .iter()
+        .map(|(c, v)| snap_hash(c, v))
+        .collect();
+    assert_eq!(after, before, "byte-identical to the group");
     drop(served);
 }
