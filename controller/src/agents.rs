@@ -59,6 +59,13 @@ pub struct AgentRecord {
 impl AgentRecord {
     /// `down` when recorded so, or when its last heartbeat is older than
     /// [`DOWN_AFTER_SECS`] (also after this controller restarted).
+    /// Whether the agent has been silent for more than `secs` (or never registered).
+    pub fn silent_for(&self, now: Timestamp, secs: u64) -> bool {
+        self.last_heartbeat
+            .parse::<Timestamp>()
+            .map_or(true, |t| now.as_second() - t.as_second() > secs as i64)
+    }
+
     pub fn status_at(&self, now: Timestamp) -> &'static str {
         let stale = self.last_heartbeat.parse::<Timestamp>().map_or(true, |t| {
             now.as_second() - t.as_second() > DOWN_AFTER_SECS as i64

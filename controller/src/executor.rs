@@ -48,6 +48,12 @@ fn step_is_final(s: &Step) -> bool {
     matches!(s, Step::Done | Step::Failed)
 }
 
+/// How long an agent may be silent before the tasks it holds fail as `agent_down`. Longer
+/// than a link's idle timeout plus a reconnect: an agent whose controller restarted comes
+/// back and answers (its ledger knows what it ran), and only then is a task's outcome known.
+/// Failing it sooner could leave a snapshot the run never records.
+pub const AGENT_DEADLINE_SECS: u64 = 90;
+
 /// A task not heard of this long after it was sent is sent again (the link may have dropped
 /// it; the agent's ledger makes the repeat harmless).
 const RESEND_AFTER: Duration = Duration::from_secs(5);
@@ -69,7 +75,7 @@ impl Executor {
             agents
                 .iter()
                 .find(|a| &a.node == node)
-                .is_none_or(|a| a.status_at(now) == "down")
+                .is_none_or(|a| a.silent_for(now, AGENT_DEADLINE_SECS))
         };
         for kv in store.list(RUNS).await? {
             let Ok(mut rec) = serde_json::from_slice::<RunRecord>(&kv.value) else {
@@ -169,7 +175,7 @@ impl Executor {
                 let down = agents
                     .iter()
                     .find(|a| a.node == node)
-                    .is_none_or(|a| a.status_at(now) == "down");
+                    .is_none_or(|a| a.silent_for(now, AGENT_DEADLINE_SECS));
                 match report {
                     Some(s) => rb.on_report(&node, &task.id, &s),
                     None if down => rb.on_report(

@@ -314,3 +314,72 @@ fn runs_take_groups_on_every_node_and_retention_prunes() {
     assert_eq!(after, before, "byte-identical to the group");
     drop(served);
 }
+
+/// SIGKILL of the controller in the middle of a run: a new controller on the same store
+/// resumes the run from its persisted step and nothing is executed twice (the snapshot's
+/// pre hook, which counts its runs, ran once).
+#[test]
+fn a_controller_killed_mid_run_resumes_and_runs_nothing_twice() {
+    use serde_json::json;
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    pki.agent_config(
+        "site-a",
+        "controller1",
+        &["site-b"],
+        &dir.path().join("unused"),
+    );
+    let site_dir = pki.dir.path().join("site-a");
+    let port = free_udp_port();
+    let ctl_cfg = format!(
+        "[store]\nkind = \"embedded\"\npath = {:?}\n\
+         [agents]\nlisten = \"127.0.0.1:{port}\"\ncert = {:?}\nkey = {:?}\nca = {:?}",
+        dir.path().join("state.redb").display().to_string(),
+        site_dir.join("controller1.pem").display().to_string(),
+        site_dir.join("controller1.key").display().to_string(),
+        pki.ca("site-a").display().to_string(),
+    );
+    let c = Controller::start(&ctl_cfg);
+    let cfg = pki.agent_config("site-a", "n1", &["site-b"], &dir.path().join("n1"));
+    let mut text = std::fs::read_to_string(&cfg).expect("config");
+    text.push_str(&format!(
+        "[controller]\naddress = \"127.0.0.1:{port}\"\nca = {:?}\n",
+        pki.ca("site-a").display().to_string()
+    ));
+    std::fs::write(&cfg, text).expect("config");
+    let out = std::process::Command::new(bin("ferry-agent"))
+        .arg("--config")
+        .arg(&cfg)
+        .args(["volume", "create", "v", "--size", "4M"])
+        .output()
+        .expect("create");
+    assert!(out.status.success());
+    let _agent = Served::start(&cfg);
+    wait_for("the agent is up", 15, || {
+        agents(&c).iter().any(|a| a["status"] == "up")
+    });
+    let counter = dir.path().join("hook-runs");
+    let obj = json!({"name": "o", "kind": {"type": "virtual_volume", "volume": {"node": "n1", "volume": "v"}}});
+    assert_eq!(c.admin("POST", "/v1/objects", Some(obj)).0, 201);
+    let plan = json!({"name": "p", "objects": ["o"], "retention": 3, "enabled": false,
+        "schedule": {"every": "daily", "start": "2026-01-01T00:00"},
+        "hooks": {"pre": format!("echo run >> {} && sleep 3", counter.display())}});
+    assert_eq!(c.admin("POST", "/v1/plans", Some(plan)).0, 201);
+    let (code, run) = c.admin("POST", "/v1/plans/p/run", None);
+    assert_eq!(code, 202);
+    let id = run["run"]["id"].as_str().expect("id").to_string();
+    wait_for("the hook starts", 15, || counter.exists());
+    drop(c); // SIGKILL, mid-run
+    let c = Controller::start(&ctl_cfg);
+    wait_for("the run completes under the new controller", 90, || {
+        let (_, runs) = c.call("GET", "/v1/plans/p/runs", Some(READER), None);
+        runs.as_array()
+            .into_iter()
+            .flatten()
+            .any(|x| x["run"]["id"] == id.as_str() && x["run"]["step"] == "done")
+    });
+    let runs = std::fs::read_to_string(&counter).expect("counter");
+    assert_eq!(runs.lines().count(), 1, "the snapshot task ran twice");
+    let (_, groups) = c.call("GET", "/v1/plans/p/groups", Some(READER), None);
+    assert_eq!(groups.as_array().map(Vec::len), Some(1), "{groups}");
+}
