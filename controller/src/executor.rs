@@ -44,6 +44,21 @@ fn group_key(plan: &Name, group: &Name) -> String {
     format!("{GROUPS}{plan}/{group}")
 }
 
+/// Replaces a record read as `kv` unless it changed since; returns whether it was written.
+async fn write_back(
+    store: &Store,
+    kv: &crate::store::KeyValue,
+    value: Vec<u8>,
+) -> Result<bool, StoreError> {
+    let done = store
+        .txn(Txn {
+            when: vec![Compare::ModRevision(kv.key.clone(), kv.mod_revision)],
+            then: vec![Op::Put(kv.key.clone(), value)],
+        })
+        .await?;
+    Ok(done.succeeded)
+}
+
 fn step_is_final(s: &Step) -> bool {
     matches!(s, Step::Done | Step::Failed)
 }
@@ -124,13 +139,7 @@ impl Executor {
             }
             let after = serde_json::to_vec(&rec).unwrap_or_default();
             if after != before {
-                let done = store
-                    .txn(Txn {
-                        when: vec![Compare::ModRevision(kv.key.clone(), kv.mod_revision)],
-                        then: vec![Op::Put(kv.key.clone(), after)],
-                    })
-                    .await?;
-                if !done.succeeded {
+                if !write_back(store, &kv, after).await? {
                     continue; // changed meanwhile: the next pass reads it again
                 }
                 if rec.run.step == Step::Done {
@@ -191,13 +200,7 @@ impl Executor {
             }
             if rb != before {
                 let v = serde_json::to_vec(&rb).map_err(|e| StoreError::Embedded(e.to_string()))?;
-                let done = store
-                    .txn(Txn {
-                        when: vec![Compare::ModRevision(kv.key.clone(), kv.mod_revision)],
-                        then: vec![Op::Put(kv.key.clone(), v)],
-                    })
-                    .await?;
-                if !done.succeeded {
+                if !write_back(store, &kv, v).await? {
                     continue;
                 }
                 if rb.step != crate::rollback::RollbackStep::Running {

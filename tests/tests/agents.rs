@@ -29,44 +29,61 @@ fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
     }
 }
 
-#[test]
-fn agents_register_heartbeat_and_are_reported_down_when_killed() {
-    let pki = Pki::new();
-    let dir = tempfile::tempdir().expect("tempdir");
-    // The controller's identity: a certificate of site-a's CA.
-    let ctl_cfg = pki.agent_config(
-        "site-a",
-        "controller1",
-        &["site-b"],
-        &dir.path().join("unused"),
-    );
+/// A controller of site-a (embedded store at `state`, or DIR/state.redb) with its agent
+/// endpoint on a free UDP port; returns it, its configuration and the port.
+fn site_controller(
+    pki: &Pki,
+    dir: &std::path::Path,
+    state: Option<&std::path::Path>,
+) -> (Controller, String, u16) {
+    pki.agent_config("site-a", "controller1", &["site-b"], &dir.join("unused"));
     let site_dir = pki.dir.path().join("site-a");
     let port = free_udp_port();
-    let c = Controller::start(&format!(
-        "[store]\nkind = \"embedded\"\npath = \"DIR/state.redb\"\n\
+    let path = state.map_or("DIR/state.redb".to_string(), |p| p.display().to_string());
+    let cfg = format!(
+        "[store]\nkind = \"embedded\"\npath = {path:?}\n\
          [agents]\nlisten = \"127.0.0.1:{port}\"\ncert = {:?}\nkey = {:?}\nca = {:?}",
         site_dir.join("controller1.pem").display().to_string(),
         site_dir.join("controller1.key").display().to_string(),
         pki.ca("site-a").display().to_string(),
-    ));
-    let _ = ctl_cfg;
-    // An agent of site-a with one volume, linked to the controller.
-    let data = dir.path().join("n1");
-    let cfg = pki.agent_config("site-a", "n1", &["site-b"], &data);
+    );
+    (Controller::start(&cfg), cfg, port)
+}
+
+/// An agent `node` of site-a linked to the controller on `port`, with 4 MiB volumes `vols`,
+/// serving; returns it and its configuration.
+fn linked_agent(
+    pki: &Pki,
+    dir: &std::path::Path,
+    node: &str,
+    port: u16,
+    vols: &[&str],
+) -> (Served, std::path::PathBuf) {
+    let cfg = pki.agent_config("site-a", node, &["site-b"], &dir.join(node));
     let mut text = std::fs::read_to_string(&cfg).expect("config");
     text.push_str(&format!(
         "[controller]\naddress = \"127.0.0.1:{port}\"\nca = {:?}\n",
         pki.ca("site-a").display().to_string()
     ));
     std::fs::write(&cfg, text).expect("config");
-    let out = std::process::Command::new(bin("ferry-agent"))
-        .arg("--config")
-        .arg(&cfg)
-        .args(["volume", "create", "v1", "--size", "8M"])
-        .output()
-        .expect("create");
-    assert!(out.status.success());
-    let agent = Served::start(&cfg);
+    for v in vols {
+        let out = std::process::Command::new(bin("ferry-agent"))
+            .arg("--config")
+            .arg(&cfg)
+            .args(["volume", "create", v, "--size", "4M"])
+            .output()
+            .expect("create");
+        assert!(out.status.success());
+    }
+    (Served::start(&cfg), cfg)
+}
+
+#[test]
+fn agents_register_heartbeat_and_are_reported_down_when_killed() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (c, _, port) = site_controller(&pki, dir.path(), None);
+    let (agent, _) = linked_agent(&pki, dir.path(), "n1", port, &["v1"]);
     wait_for("the agent registers", 15, || {
         agents(&c)
             .iter()
@@ -119,43 +136,11 @@ fn runs_take_groups_on_every_node_and_retention_prunes() {
     use serde_json::json;
     let pki = Pki::new();
     let dir = tempfile::tempdir().expect("tempdir");
-    pki.agent_config(
-        "site-a",
-        "controller1",
-        &["site-b"],
-        &dir.path().join("unused"),
-    );
-    let site_dir = pki.dir.path().join("site-a");
-    let port = free_udp_port();
-    let c = Controller::start(&format!(
-        "[store]\nkind = \"embedded\"\npath = \"DIR/state.redb\"\n\
-         [agents]\nlisten = \"127.0.0.1:{port}\"\ncert = {:?}\nkey = {:?}\nca = {:?}",
-        site_dir.join("controller1.pem").display().to_string(),
-        site_dir.join("controller1.key").display().to_string(),
-        pki.ca("site-a").display().to_string(),
-    ));
-    let mut served = Vec::new();
-    let mut cfgs = Vec::new();
-    for (node, vols) in [("n1", vec!["a", "b"]), ("n2", vec!["c"])] {
-        let cfg = pki.agent_config("site-a", node, &["site-b"], &dir.path().join(node));
-        let mut text = std::fs::read_to_string(&cfg).expect("config");
-        text.push_str(&format!(
-            "[controller]\naddress = \"127.0.0.1:{port}\"\nca = {:?}\n",
-            pki.ca("site-a").display().to_string()
-        ));
-        std::fs::write(&cfg, text).expect("config");
-        for v in vols {
-            let out = std::process::Command::new(bin("ferry-agent"))
-                .arg("--config")
-                .arg(&cfg)
-                .args(["volume", "create", v, "--size", "4M"])
-                .output()
-                .expect("create");
-            assert!(out.status.success());
-        }
-        served.push(Served::start(&cfg));
-        cfgs.push(cfg);
-    }
+    let (c, _, port) = site_controller(&pki, dir.path(), None);
+    let (s1, n1) = linked_agent(&pki, dir.path(), "n1", port, &["a", "b"]);
+    let (s2, n2) = linked_agent(&pki, dir.path(), "n2", port, &["c"]);
+    let served = vec![s1, s2];
+    let cfgs = [n1, n2];
     wait_for("both agents up", 15, || {
         agents(&c).iter().filter(|a| a["status"] == "up").count() == 2
     });
@@ -323,38 +308,9 @@ fn a_controller_killed_mid_run_resumes_and_runs_nothing_twice() {
     use serde_json::json;
     let pki = Pki::new();
     let dir = tempfile::tempdir().expect("tempdir");
-    pki.agent_config(
-        "site-a",
-        "controller1",
-        &["site-b"],
-        &dir.path().join("unused"),
-    );
-    let site_dir = pki.dir.path().join("site-a");
-    let port = free_udp_port();
-    let ctl_cfg = format!(
-        "[store]\nkind = \"embedded\"\npath = {:?}\n\
-         [agents]\nlisten = \"127.0.0.1:{port}\"\ncert = {:?}\nkey = {:?}\nca = {:?}",
-        dir.path().join("state.redb").display().to_string(),
-        site_dir.join("controller1.pem").display().to_string(),
-        site_dir.join("controller1.key").display().to_string(),
-        pki.ca("site-a").display().to_string(),
-    );
-    let c = Controller::start(&ctl_cfg);
-    let cfg = pki.agent_config("site-a", "n1", &["site-b"], &dir.path().join("n1"));
-    let mut text = std::fs::read_to_string(&cfg).expect("config");
-    text.push_str(&format!(
-        "[controller]\naddress = \"127.0.0.1:{port}\"\nca = {:?}\n",
-        pki.ca("site-a").display().to_string()
-    ));
-    std::fs::write(&cfg, text).expect("config");
-    let out = std::process::Command::new(bin("ferry-agent"))
-        .arg("--config")
-        .arg(&cfg)
-        .args(["volume", "create", "v", "--size", "4M"])
-        .output()
-        .expect("create");
-    assert!(out.status.success());
-    let _agent = Served::start(&cfg);
+    let (c, ctl_cfg, port) =
+        site_controller(&pki, dir.path(), Some(&dir.path().join("state.redb")));
+    let (_agent, _) = linked_agent(&pki, dir.path(), "n1", port, &["v"]);
     wait_for("the agent is up", 15, || {
         agents(&c).iter().any(|a| a["status"] == "up")
     });
