@@ -59,6 +59,35 @@ async fn write_back(
     Ok(done.succeeded)
 }
 
+/// What is known of a sent task: its final report, `agent_down` once its agent has been
+/// silent past [`AGENT_DEADLINE_SECS`] (or never registered), or nothing yet.
+fn outcome(
+    links: &Links,
+    agents: &[AgentRecord],
+    now: jiff::Timestamp,
+    node: &Name,
+    task: &Name,
+) -> Option<TaskState> {
+    let report = links
+        .reports
+        .lock()
+        .ok()
+        .and_then(|r| r.get(task.as_str()).cloned())
+        .filter(TaskState::is_final);
+    let silent = agents
+        .iter()
+        .find(|a| &a.node == node)
+        .is_none_or(|a| a.silent_for(now, AGENT_DEADLINE_SECS));
+    match report {
+        Some(s) => Some(s),
+        None if silent => Some(TaskState::Failed {
+            kind: "agent_down".into(),
+            message: format!("agent {node} is down"),
+        }),
+        None => None,
+    }
+}
+
 fn step_is_final(s: &Step) -> bool {
     matches!(s, Step::Done | Step::Failed)
 }
@@ -86,12 +115,6 @@ impl Executor {
     pub async fn pass(&mut self, store: &Store, links: &Links) -> Result<(), StoreError> {
         let now = jiff::Timestamp::now();
         let agents: Vec<AgentRecord> = load(store, AGENTS).await?;
-        let down = |node: &Name| {
-            agents
-                .iter()
-                .find(|a| &a.node == node)
-                .is_none_or(|a| a.silent_for(now, AGENT_DEADLINE_SECS))
-        };
         for kv in store.list(RUNS).await? {
             let Ok(mut rec) = serde_json::from_slice::<RunRecord>(&kv.value) else {
                 continue;
@@ -110,19 +133,8 @@ impl Executor {
                     let Action::Dispatch { node, task } = a else {
                         continue;
                     };
-                    let report = links
-                        .reports
-                        .lock()
-                        .ok()
-                        .and_then(|r| r.get(task.id.as_str()).cloned())
-                        .filter(TaskState::is_final);
-                    let state = match report {
-                        Some(s) => s,
-                        None if down(&node) => TaskState::Failed {
-                            kind: "agent_down".into(),
-                            message: format!("agent {node} is down"),
-                        },
-                        None => continue,
+                    let Some(state) = outcome(links, &agents, now, &node, &task.id) else {
+                        continue;
                     };
                     let more = rec
                         .run
@@ -175,27 +187,8 @@ impl Executor {
             }
             let before = rb.clone();
             for (node, task) in rb.pending() {
-                let report = links
-                    .reports
-                    .lock()
-                    .ok()
-                    .and_then(|r| r.get(task.id.as_str()).cloned())
-                    .filter(TaskState::is_final);
-                let down = agents
-                    .iter()
-                    .find(|a| a.node == node)
-                    .is_none_or(|a| a.silent_for(now, AGENT_DEADLINE_SECS));
-                match report {
-                    Some(s) => rb.on_report(&node, &task.id, &s),
-                    None if down => rb.on_report(
-                        &node,
-                        &task.id,
-                        &TaskState::Failed {
-                            kind: "agent_down".into(),
-                            message: format!("agent {node} is down"),
-                        },
-                    ),
-                    None => {}
+                if let Some(state) = outcome(links, &agents, now, &node, &task.id) {
+                    rb.on_report(&node, &task.id, &state);
                 }
             }
             if rb != before {

@@ -210,7 +210,7 @@ pub async fn tick(
         let rolling_back = match due_slot {
             Some(_) => load::<crate::rollback::Rollback>(
                 store,
-                &format!("/ferry/rollbacks/{}/", p.spec.name),
+                &format!("{}{}/", crate::executor::ROLLBACKS, p.spec.name),
             )
             .await?
             .iter()
