@@ -51,15 +51,23 @@ pub struct ApiState {
     pub generation: u64,
     /// Request counters for `/metrics`: (route, status) -> (count, seconds).
     pub requests: std::sync::Mutex<std::collections::BTreeMap<(String, u16), (u64, f64)>>,
+    /// Links to the connected agents (to create volumes on them).
+    pub links: Arc<crate::agents::Links>,
 }
 
 impl ApiState {
-    pub fn new(store: Store, tokens: Vec<TokenEntry>, generation: u64) -> ApiState {
+    pub fn new(
+        store: Store,
+        tokens: Vec<TokenEntry>,
+        generation: u64,
+        links: Arc<crate::agents::Links>,
+    ) -> ApiState {
         ApiState {
             store,
             tokens,
             generation,
             requests: Default::default(),
+            links,
         }
     }
 }
@@ -143,6 +151,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/plans/{name}/runs", get(plan_runs))
         .route("/v1/runs", get(all_runs))
         .route("/v1/agents", get(list_agents))
+        .route("/v1/agents/{node}/volumes", post(create_volume))
         .route("/v1/plans/{name}/groups", get(plan_groups))
         .route(
             "/v1/plans/{name}/rollbacks",
@@ -870,4 +879,107 @@ async fn start_rollback(
     }
     tracing::info!(plan = %name, group = %req.group, rollback = %id, "rollback started");
     Ok((StatusCode::ACCEPTED, Json(rb)))
+}
+
+/// A volume to create on an agent.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VolumeRequest {
+    name: Name,
+    /// Bytes, or a size such as "10G".
+    size: Value,
+    #[serde(default)]
+    block_size: Option<u64>,
+}
+
+/// How long a volume creation may take on the agent.
+const CREATE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Creates a volume on a connected agent (a task, answered when the agent reports).
+async fn create_volume(
+    State(s): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path(node): Path<String>,
+    raw: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    auth(&s, &headers, true)?;
+    let node = name_param("node", &node)?;
+    let req: VolumeRequest = parse(&body(raw)?)?;
+    let size = match &req.size {
+        Value::Number(n) => n.as_u64(),
+        Value::String(t) => ferry_wire::units::parse_size(t).ok(),
+        _ => None,
+    }
+    .filter(|n| *n > 0)
+    .ok_or_else(|| ApiError::bad("size: a positive number of bytes, or a size such as \"10G\""))?;
+    let now = jiff::Timestamp::now();
+    let id = Name::new(&format!("cv{}-{node}", now.as_millisecond()))
+        .map_err(|e| ApiError::bad(e.to_string()))?;
+    let task = ferry_wire::task::Task {
+        id: id.clone(),
+        generation: s.generation,
+        kind: ferry_wire::task::TaskKind::CreateVolume {
+            volume: req.name.clone(),
+            size,
+            block_size: req.block_size,
+        },
+    };
+    if !s
+        .links
+        .send(&node, ferry_wire::control::ControllerMsg::Task(task))
+        .await
+    {
+        return Err(ApiError::conflict(format!("agent {node} is not connected")));
+    }
+    let t0 = std::time::Instant::now();
+    let state = loop {
+        let st = s
+            .links
+            .reports
+            .lock()
+            .ok()
+            .and_then(|r| r.get(id.as_str()).cloned())
+            .filter(ferry_wire::task::TaskState::is_final);
+        if let Some(st) = st {
+            break st;
+        }
+        if t0.elapsed() > CREATE_TIMEOUT {
+            return Err(ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "timeout",
+                format!(
+                    "agent {node} did not answer within {} s",
+                    CREATE_TIMEOUT.as_secs()
+                ),
+            ));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    use ferry_wire::task::{TaskResult, TaskState};
+    match state {
+        TaskState::Done {
+            result: TaskResult::VolumeCreated { volume, size },
+        } => Ok((
+            StatusCode::CREATED,
+            Json(json!({ "node": node, "volume": volume, "size": size })),
+        )),
+        TaskState::Failed { kind, message } => {
+            let (status, code) = match kind.as_str() {
+                "already_exists" => (StatusCode::CONFLICT, "conflict"),
+                "invalid_argument" | "invalid_name" => (StatusCode::BAD_REQUEST, "invalid"),
+                "no_space" => (StatusCode::INSUFFICIENT_STORAGE, "no_space"),
+                _ => (StatusCode::BAD_GATEWAY, "agent_failed"),
+            };
+            Err(ApiError::new(
+                status,
+                code,
+                format!("agent {node}: {message}"),
+            ))
+        }
+        other => Err(ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "agent_failed",
+            format!("agent {node} answered {other:?}"),
+        )),
+    }
 }

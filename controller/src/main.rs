@@ -104,7 +104,13 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     };
     // One controller per store for now; leader election (etcd) will raise this per term.
     let generation = 1;
-    let state = Arc::new(ApiState::new(store.clone(), tokens(&cfg)?, generation));
+    let links = Arc::new(ferry_controller::agents::Links::default());
+    let state = Arc::new(ApiState::new(
+        store.clone(),
+        tokens(&cfg)?,
+        generation,
+        links.clone(),
+    ));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
@@ -114,7 +120,6 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         generation,
         stopped(stop_rx.clone()),
     ));
-    let links = Arc::new(ferry_controller::agents::Links::default());
     let executor = tokio::spawn(ferry_controller::executor::run(
         store.clone(),
         links.clone(),

@@ -132,6 +132,12 @@ pub fn document() -> Value {
                           "responses": errors(json!({ "202": ok("the rollback", json!({ "type": "object" })) })) } },
             "/v1/agents": {
                 "get": { "summary": "this site's agents: node, status (up/down), volumes, capacity, free space, last heartbeat", "responses": errors(json!({ "200": ok("agents", json!({ "type": "array", "items": { "type": "object" } })) })) } },
+            "/v1/agents/{node}/volumes": {
+                "parameters": [{ "name": "node", "in": "path", "required": true, "schema": { "type": "string" } }],
+                "post": { "summary": "create a volume on a connected agent (answered when the agent reports)",
+                          "requestBody": { "required": true, "content": { "application/json": { "schema": { "type": "object", "required": ["name", "size"], "properties": {
+                              "name": { "type": "string" }, "size": { "description": "bytes, or a size such as 10G" }, "block_size": { "type": "integer" } } } } } },
+                          "responses": errors(json!({ "201": ok("created", json!({ "type": "object" })), "502": error_response("the agent failed"), "504": error_response("the agent did not answer"), "507": error_response("no space on the agent") })) } },
             "/v1/runs": {
                 "get": { "summary": "every run, oldest first", "responses": errors(json!({ "200": ok("runs", json!({ "type": "array", "items": reference("Run") })) })) } }
         }

@@ -96,6 +96,51 @@ fn agents_register_heartbeat_and_are_reported_down_when_killed() {
     assert_eq!(a["site"], "site-a");
     assert_eq!(a["volumes"][0]["name"], "v1", "{a}");
     assert!(a["capacity_bytes"].as_u64().unwrap_or(0) > 0, "{a}");
+    // Volumes are made on an agent through the API.
+    let (code, v) = c.admin(
+        "POST",
+        "/v1/agents/n1/volumes",
+        Some(serde_json::json!({"name": "v2", "size": "16M"})),
+    );
+    assert_eq!(
+        (code, &v["size"]),
+        (201, &serde_json::json!(16 << 20)),
+        "{v}"
+    );
+    for (body, status, says) in [
+        (
+            serde_json::json!({"name": "v2", "size": "16M"}),
+            409,
+            "already exists",
+        ),
+        (serde_json::json!({"name": "v3", "size": 0}), 400, "size"),
+        (
+            serde_json::json!({"name": "../x", "size": "1M"}),
+            400,
+            "request body",
+        ),
+        (
+            serde_json::json!({"name": "v4", "size": "1M", "colour": 1}),
+            400,
+            "unknown field",
+        ),
+    ] {
+        let (code, v) = c.admin("POST", "/v1/agents/n1/volumes", Some(body));
+        assert_eq!(code, status, "{v}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains(says),
+            "{v}"
+        );
+    }
+    let (code, v) = c.admin(
+        "POST",
+        "/v1/agents/ghost/volumes",
+        Some(serde_json::json!({"name": "v9", "size": "1M"})),
+    );
+    assert_eq!(code, 409, "{v}");
     let first = a["last_heartbeat"].clone();
     wait_for("heartbeats arrive", 10, || {
         agents(&c)
