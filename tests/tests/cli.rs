@@ -76,6 +76,30 @@ fn objects_and_plans_from_the_command_line() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("hourly") && text.contains("active"), "{text}");
 
+    // A run with --wait follows it to the end: here its agent is absent, so it fails clearly.
+    let out = ferry(&c, Some(ADMIN), &["plans", "run", "hourly", "--wait"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("failed") && err.contains("agent n1 is down"),
+        "{err}"
+    );
+    let runs = ferry(&c, Some(READER), &["plans", "runs", "hourly"]);
+    assert!(
+        String::from_utf8_lossy(&runs.stdout).contains(": failed"),
+        "{runs:?}"
+    );
+    assert_eq!(
+        ok(&c, &["plans", "groups", "hourly"]),
+        serde_json::json!([])
+    );
+    fails(
+        &c,
+        Some(ADMIN),
+        &["plans", "rollback", "hourly", "nosuch"],
+        "keeps no group named nosuch (400)",
+    );
+
     // Errors say what is wrong.
     fails(&c, None, &["plans", "list"], "no API token");
     fails(&c, Some("wrong"), &["plans", "list"], "unknown token (401)");

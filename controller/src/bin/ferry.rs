@@ -73,6 +73,94 @@ enum PlanCmd {
     Pause { name: String },
     /// Run the plan on its schedule again.
     Resume { name: String },
+    /// Start a run now; with --wait, show its progress until it is over.
+    Run {
+        name: String,
+        #[arg(long)]
+        wait: bool,
+    },
+    /// The plan's runs.
+    Runs { name: String },
+    /// The plan's kept snapshot groups.
+    Groups { name: String },
+    /// Roll the plan's objects (or --object ones) back to a kept group.
+    Rollback {
+        name: String,
+        group: String,
+        #[arg(long = "object")]
+        objects: Vec<String>,
+        #[arg(long)]
+        wait: bool,
+    },
+}
+
+/// Polls `path` (a list) for the entry with `id` until `over` says so, printing each change
+/// of what `show` makes of it; returns the last entry.
+async fn follow(
+    api: &Api,
+    path: &str,
+    id: &str,
+    key: fn(&Value) -> &Value,
+    over: fn(&Value) -> bool,
+    show: fn(&Value) -> String,
+    json: bool,
+) -> anyhow::Result<Value> {
+    let t0 = std::time::Instant::now();
+    let mut last = String::new();
+    loop {
+        let list = api.call("GET", path, None).await?;
+        let entry = list
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|e| key(e) == id)
+            .cloned()
+            .context("it is no longer listed")?;
+        let line = show(&entry);
+        if !json && line != last {
+            eprintln!("[{:>5.1} s] {line}", t0.elapsed().as_secs_f64());
+            last = line;
+        }
+        if over(&entry) {
+            return Ok(entry);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+fn run_progress(r: &Value) -> String {
+    let nodes = r["run"]["nodes"].as_object().cloned().unwrap_or_default();
+    let done = nodes
+        .values()
+        .filter(|n| n["state"].get("done").is_some())
+        .count();
+    let mut line = format!(
+        "run {}: {} ({done}/{} nodes snapshotted)",
+        r["run"]["id"].as_str().unwrap_or("?"),
+        r["run"]["step"].as_str().unwrap_or("?"),
+        nodes.len()
+    );
+    if let Some(e) = r["run"]["error"].as_str() {
+        line.push_str(&format!(": {e}"));
+    }
+    line
+}
+
+fn rollback_progress(r: &Value) -> String {
+    let vols: Vec<&Value> = r["volumes"]
+        .as_object()
+        .into_iter()
+        .flat_map(|m| m.values())
+        .flat_map(|v| v.as_object().into_iter().flat_map(|m| m.values()))
+        .collect();
+    let done = vols.iter().filter(|v| **v == "done").count();
+    format!(
+        "rollback {} to {}: {} ({done}/{} volumes)",
+        r["id"].as_str().unwrap_or("?"),
+        r["group"].as_str().unwrap_or("?"),
+        r["step"].as_str().unwrap_or("?"),
+        vols.len()
+    )
 }
 
 #[derive(serde::Deserialize, Default)]
@@ -239,6 +327,82 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await?,
             "plan",
         ),
+        Cmd::Plans(PlanCmd::Run { name, wait }) => {
+            let name = checked(name)?;
+            let r = api
+                .call("POST", &format!("/v1/plans/{name}/run"), None)
+                .await?;
+            if !*wait {
+                (r, "raw")
+            } else {
+                let id = r["run"]["id"].as_str().unwrap_or_default().to_string();
+                let end = follow(
+                    &api,
+                    &format!("/v1/plans/{name}/runs"),
+                    &id,
+                    |e| &e["run"]["id"],
+                    |e| e["run"]["step"] == "done" || e["run"]["step"] == "failed",
+                    run_progress,
+                    cli.json,
+                )
+                .await?;
+                if end["run"]["step"] != "done" {
+                    if cli.json {
+                        println!("{}", serde_json::to_string_pretty(&end)?);
+                    }
+                    bail!("{}", run_progress(&end));
+                }
+                (end, "raw")
+            }
+        }
+        Cmd::Plans(PlanCmd::Runs { name }) => (
+            api.call("GET", &format!("/v1/plans/{}/runs", checked(name)?), None)
+                .await?,
+            "raw",
+        ),
+        Cmd::Plans(PlanCmd::Groups { name }) => (
+            api.call("GET", &format!("/v1/plans/{}/groups", checked(name)?), None)
+                .await?,
+            "raw",
+        ),
+        Cmd::Plans(PlanCmd::Rollback {
+            name,
+            group,
+            objects,
+            wait,
+        }) => {
+            let name = checked(name)?;
+            let mut body = serde_json::json!({ "group": group });
+            if !objects.is_empty() {
+                body["objects"] = serde_json::json!(objects);
+            }
+            let r = api
+                .call(
+                    "POST",
+                    &format!("/v1/plans/{name}/rollbacks"),
+                    Some(serde_json::to_vec(&body)?),
+                )
+                .await?;
+            if !*wait {
+                (r, "raw")
+            } else {
+                let id = r["id"].as_str().unwrap_or_default().to_string();
+                let end = follow(
+                    &api,
+                    &format!("/v1/plans/{name}/rollbacks"),
+                    &id,
+                    |e| &e["id"],
+                    |e| e["step"] != "running",
+                    rollback_progress,
+                    cli.json,
+                )
+                .await?;
+                if end["step"] != "done" {
+                    bail!("{}", rollback_progress(&end));
+                }
+                (end, "raw")
+            }
+        }
         Cmd::Plans(PlanCmd::Resume { name }) => (
             api.call(
                 "POST",
@@ -255,6 +419,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     match (&out, kind) {
         (Value::Null, _) => println!("done"),
+        (Value::Array(a), "raw") => {
+            for e in a {
+                println!(
+                    "{}",
+                    if e.get("run").is_some() {
+                        run_progress(e)
+                    } else {
+                        e.to_string()
+                    }
+                );
+            }
+        }
+        (v, "raw") if v.get("run").is_some() => println!("{}", run_progress(v)),
+        (v, "raw") if v.get("volumes").is_some() && v.get("group").is_some() => {
+            println!("{}", rollback_progress(v))
+        }
+        (v, "raw") => println!("{v}"),
         (Value::Array(_), "plans") => print_plans(&out),
         (Value::Array(_), _) => print_objects(&out),
         (v, "plans" | "plan") if v.get("spec").is_some() => {
