@@ -121,18 +121,9 @@ impl Rollback {
         if *s != VolumeState::Pending {
             return;
         }
-        *s = match state {
-            TaskState::Done { .. } => VolumeState::Done,
-            TaskState::Failed { message, .. } => VolumeState::Failed {
-                message: message.clone(),
-            },
-            TaskState::Interrupted => VolumeState::Failed {
-                message: "the agent restarted during the rollback".into(),
-            },
-            TaskState::Stale { .. } => VolumeState::Failed {
-                message: "refused: this controller was superseded".into(),
-            },
-            TaskState::Running => VolumeState::Pending,
+        *s = match state.failure() {
+            None => VolumeState::Done,
+            Some(message) => VolumeState::Failed { message },
         };
         let all: Vec<&VolumeState> = self.volumes.values().flat_map(|m| m.values()).collect();
         if all.iter().all(|s| **s != VolumeState::Pending) {

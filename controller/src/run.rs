@@ -239,16 +239,10 @@ impl Run {
                 TaskState::Done { result } => NodeState::Failed {
                     message: format!("unexpected result {result:?}"),
                 },
-                TaskState::Failed { message, .. } => NodeState::Failed {
-                    message: message.clone(),
-                },
-                TaskState::Interrupted => NodeState::Failed {
-                    message: "the agent restarted during the snapshot".into(),
-                },
-                TaskState::Stale { .. } => NodeState::Failed {
-                    message: "refused: this controller was superseded".into(),
-                },
                 TaskState::Running => NodeState::Pending,
+                other => NodeState::Failed {
+                    message: other.failure().unwrap_or_default(),
+                },
             };
             if self.nodes.values().all(|p| p.state != NodeState::Pending) {
                 extra = self.after_snapshot()?;

@@ -107,6 +107,17 @@ pub enum TaskState {
 }
 
 impl TaskState {
+    /// Why a final task did not succeed, in words for a run's or a rollback's record; `None`
+    /// when it is done or still running.
+    pub fn failure(&self) -> Option<String> {
+        match self {
+            TaskState::Done { .. } | TaskState::Running => None,
+            TaskState::Failed { message, .. } => Some(message.clone()),
+            TaskState::Interrupted => Some("the agent restarted while running it".into()),
+            TaskState::Stale { .. } => Some("refused: this controller was superseded".into()),
+        }
+    }
+
     /// Whether the task is over (anything but `Running`).
     pub fn is_final(&self) -> bool {
         !matches!(self, TaskState::Running)
