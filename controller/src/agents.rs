@@ -106,6 +106,24 @@ impl std::fmt::Debug for Links {
 }
 
 impl Links {
+    /// Forgets the reports of tasks whose ids start with `prefix` (a finished run's or
+    /// rollback's `<id>.`), so the map holds only work in progress.
+    pub fn forget(&self, prefix: &str) {
+        if let Ok(mut r) = self.reports.lock() {
+            r.retain(|id, _| !id.starts_with(prefix));
+        }
+    }
+
+    /// The final report of task `id`, if it arrived; it is forgotten once taken.
+    pub fn take_final(&self, id: &str) -> Option<TaskState> {
+        let mut r = self.reports.lock().ok()?;
+        if r.get(id).is_some_and(TaskState::is_final) {
+            r.remove(id)
+        } else {
+            None
+        }
+    }
+
     /// Sends a message to a connected agent; false when it is not connected.
     pub async fn send(&self, node: &Name, msg: ControllerMsg) -> bool {
         let tx = self.senders.lock().ok().and_then(|m| m.get(node).cloned());

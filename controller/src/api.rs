@@ -933,14 +933,7 @@ async fn create_volume(
     }
     let t0 = std::time::Instant::now();
     let state = loop {
-        let st = s
-            .links
-            .reports
-            .lock()
-            .ok()
-            .and_then(|r| r.get(id.as_str()).cloned())
-            .filter(ferry_wire::task::TaskState::is_final);
-        if let Some(st) = st {
+        if let Some(st) = s.links.take_final(id.as_str()) {
             break st;
         }
         if t0.elapsed() > CREATE_TIMEOUT {

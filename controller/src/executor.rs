@@ -161,6 +161,7 @@ impl Executor {
                 }
                 if step_is_final(&rec.run.step) {
                     tracing::info!(run = %rec.run.id, plan = %rec.run.plan, step = ?rec.run.step, error = ?rec.run.error, "run finished");
+                    self.forget(links, rec.run.id.as_str());
                     continue;
                 }
             }
@@ -198,6 +199,7 @@ impl Executor {
                 }
                 if rb.step != crate::rollback::RollbackStep::Running {
                     tracing::info!(rollback = %rb.id, plan = %rb.plan, step = ?rb.step, "rollback finished");
+                    self.forget(links, rb.id.as_str());
                 }
             }
             for (node, task) in rb.pending() {
@@ -205,6 +207,13 @@ impl Executor {
             }
         }
         Ok(())
+    }
+
+    /// Drops what is kept about the tasks of a finished run or rollback `id`.
+    fn forget(&mut self, links: &Links, id: &str) {
+        let prefix = format!("{id}.");
+        links.forget(&prefix);
+        self.sent.retain(|t, _| !t.starts_with(&prefix));
     }
 
     /// Sends a task unless it was heard of or sent lately.
