@@ -414,7 +414,7 @@ pub async fn replicate(
     let budget = budget.clone();
     let compress = target.compress;
     let mut compressed = (0u64, 0u64);
-    let reader = tokio::task::spawn_blocking(move || -> Result<(u64, u64, (u64, u64))> {
+    let reader = tokio::task::spawn_blocking(move || -> Result<(u64, (u64, u64))> {
         // Wake the control loop when the reader stops, whatever the reason.
         struct WakeOnExit(Arc<tokio::sync::Notify>);
         impl Drop for WakeOnExit {
@@ -437,7 +437,7 @@ pub async fn replicate(
             ),
             None => None,
         };
-        let (mut blocks, mut bytes, mut next) = (0u64, 0u64, 0usize);
+        let (mut blocks, mut next) = (0u64, 0usize);
         let per_read = (io.read_size / bs).max(1);
         while let Some(need) = need_rx.blocking_recv() {
             // Runs of consecutive needed blocks, read through io_uring (O_DIRECT: a fresh
@@ -527,7 +527,7 @@ pub async fn replicate(
                                 ),
                             });
                         }
-                        bytes += (frame.len() - net::FRAME_PREFIX - BLOCK_HEADER) as u64;
+                        let payload = (frame.len() - net::FRAME_PREFIX - BLOCK_HEADER) as u64;
                         blocks += 1;
                         if saved > 0 {
                             compressed.0 += 1;
@@ -541,10 +541,7 @@ pub async fn replicate(
                         if !wait.is_zero() {
                             std::thread::sleep(wait);
                         }
-                        reader_bytes.fetch_add(
-                            (frame.len() - net::FRAME_PREFIX - BLOCK_HEADER) as u64,
-                            std::sync::atomic::Ordering::Relaxed,
-                        );
+                        reader_bytes.fetch_add(payload, std::sync::atomic::Ordering::Relaxed);
                         if stream_txs[next % DATA_STREAMS]
                             .blocking_send(frame)
                             .is_err()
@@ -562,7 +559,7 @@ pub async fn replicate(
                 },
             )?;
         }
-        Ok((blocks, bytes, compressed))
+        Ok((blocks, compressed))
     });
     // Responses are read by their own task, so the control loop can wait for either a
     // response or send progress without cancelling a half-read frame.
@@ -691,9 +688,10 @@ pub async fn replicate(
             .map_err(net_err)?;
     }
     control?;
-    let (blocks, bytes, (packed, saved)) = read?;
+    let (blocks, (packed, saved)) = read?;
     report.sent_blocks = blocks;
-    report.sent_bytes = bytes;
+    // Counted once, by the reader, as each frame goes out (progress reads it too).
+    report.sent_bytes = sent_bytes.load(std::sync::atomic::Ordering::Relaxed);
     report.compressed_blocks = packed;
     report.compression_saved_bytes = saved;
     net::send_msg(&mut ctl_send, &Request::Commit)
