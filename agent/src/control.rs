@@ -56,6 +56,15 @@ fn volumes(store: &Store) -> Vec<VolumeReport> {
         .collect()
 }
 
+/// Aborts a background task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Keeps the link to the controller up until `shutdown`; returns at once if none is
 /// configured.
 pub async fn run(
@@ -76,6 +85,22 @@ pub async fn run(
     let mut trust = Trust::default();
     trust.add_file(&ca, Some(&id.site))?;
     let ledger = Arc::new(Ledger::open(&store)?);
+    // Holds (prepare / release across nodes) end by themselves when not released in time,
+    // controller link or not.
+    let (l, st) = (ledger.clone(), store.clone());
+    let expiry = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            let (l, st) = (l.clone(), st.clone());
+            match tokio::task::spawn_blocking(move || l.end_expired_holds(&st)).await {
+                Ok(Err(e)) => tracing::warn!(error = %e, "ending expired holds failed"),
+                Err(e) => tracing::warn!(error = %e, "hold expiry thread failed"),
+                Ok(Ok(())) => {}
+            }
+        }
+    });
+    let _expiry = AbortOnDrop(expiry);
     tokio::pin!(shutdown);
     let mut delay = Duration::from_secs(1);
     loop {

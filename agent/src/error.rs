@@ -31,6 +31,9 @@ pub enum StoreError {
     Busy(String),
     #[error("hook {which} failed: {detail}")]
     Hook { which: &'static str, detail: String },
+    /// A snapshot under a hold (across nodes) that has ended or never began.
+    #[error("{0}")]
+    HoldEnded(String),
     #[error("corrupt {what} at {path}: {detail}")]
     Corrupt {
         what: &'static str,
@@ -59,6 +62,7 @@ impl StoreError {
             StoreError::ReflinkUnsupported { .. } => "reflink_unsupported",
             StoreError::Busy(_) => "busy",
             StoreError::Hook { .. } => "hook_failed",
+            StoreError::HoldEnded(_) => "hold_ended",
             StoreError::Corrupt { .. } => "corrupt",
             StoreError::Net {
                 retryable: true, ..

@@ -17,6 +17,32 @@ pub struct Hooks {
     pub timeout: Duration,
 }
 
+/// The environment a hook sees for snapshot `snapshot` of `volumes` (name, image path).
+pub fn env(
+    snapshot: &str,
+    volumes: &[(String, std::path::PathBuf)],
+) -> [(&'static str, String); 3] {
+    [
+        ("FERRY_SNAPSHOT", snapshot.to_string()),
+        (
+            "FERRY_VOLUMES",
+            volumes
+                .iter()
+                .map(|(n, _)| n.as_str())
+                .collect::<Vec<_>>()
+                .join(" "),
+        ),
+        (
+            "FERRY_VOLUME_PATHS",
+            volumes
+                .iter()
+                .map(|(_, p)| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join("\n"),
+        ),
+    ]
+}
+
 /// Keep at most this much of a hook's output for error messages.
 const KEEP: usize = 4096;
 

@@ -815,6 +815,15 @@ impl Store {
         self.list_volumes_unlocked()
     }
 
+    /// A hook's timeout: `asked`, or the configured default when zero.
+    pub fn hook_timeout(&self, asked: Duration) -> Duration {
+        if asked.is_zero() {
+            Duration::from_secs(self.cfg.hook_timeout_secs)
+        } else {
+            asked
+        }
+    }
+
     /// One volume.
     pub fn volume(&self, name: &str) -> Result<VolumeInfo> {
         let name = check_name("volume", name)?;
@@ -987,30 +996,12 @@ impl Store {
         committed: &mut Vec<PathBuf>,
         expect_root: Option<BlockHash>,
     ) -> Result<Vec<SnapshotMeta>> {
-        let env = [
-            ("FERRY_SNAPSHOT", snap.to_string()),
-            (
-                "FERRY_VOLUMES",
-                guards
-                    .iter()
-                    .map(|g| g.meta.name.to_string())
-                    .collect::<Vec<_>>()
-                    .join(" "),
-            ),
-            (
-                "FERRY_VOLUME_PATHS",
-                guards
-                    .iter()
-                    .map(|g| self.image_path(&g.dir, &g.meta).display().to_string())
-                    .collect::<Vec<_>>()
-                    .join("\n"),
-            ),
-        ];
-        let timeout = if hooks.timeout.is_zero() {
-            Duration::from_secs(self.cfg.hook_timeout_secs)
-        } else {
-            hooks.timeout
-        };
+        let vols: Vec<(String, PathBuf)> = guards
+            .iter()
+            .map(|g| (g.meta.name.to_string(), self.image_path(&g.dir, &g.meta)))
+            .collect();
+        let env = hooks::env(snap.as_str(), &vols);
+        let timeout = self.hook_timeout(hooks.timeout);
         if let Some(pre) = &hooks.pre {
             if let Err(e) = hooks::run("pre", pre, &env, timeout) {
                 // The pre hook may have frozen part of what it meant to: thaw regardless.

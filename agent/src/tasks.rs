@@ -4,7 +4,9 @@
 //! (`<id>.json`, written by temp file, fsync and rename), plus `generation`, the newest
 //! controller generation seen. Running a task, under the ledger's lock:
 //! 1. a task id already recorded is not run again: its recorded state is the answer, and a
-//!    record still saying `running` (the agent died during it) becomes `interrupted`;
+//!    record still saying `running` (the agent died during it) becomes `interrupted`. The
+//!    generation does not matter here: a new leader resuming a run sends the same ids under
+//!    its own, newer generation, and must get the same answer (the content must match);
 //! 2. a task from an older generation than the newest seen is refused as `stale`;
 //! 3. otherwise the record `running` is made durable first, then the task runs, then its
 //!    outcome replaces the record.
@@ -13,10 +15,20 @@
 //! own locks order them against CLI commands. A task interrupted by a crash left the store
 //! consistent (every store operation recovers first), so `interrupted` means "did not
 //! complete", and the controller decides whether to issue a new task.
+//!
+//! **Holds** (prepare / snapshot / release across nodes): a prepare runs the pre hook and
+//! records `holds/<hold>.json` (the post hook, the volumes, when it ends); a snapshot under
+//! the hold checks it is still held; a release runs the post hook and replaces the record
+//! with `holds/<hold>.done` saying `released`. A hold past its end is ended by the agent
+//! itself ([`Ledger::end_expired_holds`], run by the daemon every second and before every
+//! task): post hook, then `done` saying `expired`. Holds are handled under the ledger's
+//! lock, so a hold never ends in the middle of its snapshot, and a hold survives an agent
+//! restart (the filesystem stays frozen across it; the record says how to thaw it). A
+//! prepare whose hold is already `done` is refused: a release overtook it.
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ferry_wire::task::{SnapshotRecord, Task, TaskKind, TaskResult, TaskState};
 use serde::{Deserialize, Serialize};
@@ -31,6 +43,25 @@ use crate::store::Store;
 pub struct Record {
     pub task: Task,
     pub state: TaskState,
+}
+
+/// A hold in force (see the module doc).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Hold {
+    volumes: Vec<(String, PathBuf)>,
+    post_hook: Option<String>,
+    hook_timeout_secs: Option<u64>,
+    /// Unix milliseconds.
+    ends_ms: u64,
+}
+
+/// How long a hold's `done` marker is kept (it refuses a prepare that a release overtook).
+const DONE_KEPT: Duration = Duration::from_secs(7 * 24 * 3600);
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The ledger of tasks this agent has run.
@@ -95,12 +126,170 @@ impl Ledger {
         }
     }
 
+    fn lock(&self) -> Result<FileLock> {
+        let lock_path = self.dir.join("lock");
+        FileLock::exclusive(&lock_path).ctx("lock", &lock_path)
+    }
+
+    fn holds_dir(&self) -> PathBuf {
+        self.dir.join("holds")
+    }
+
+    /// Ends every hold past its end (post hook, `done` saying `expired`) and forgets old
+    /// `done` markers. The daemon calls it every second.
+    pub fn end_expired_holds(&self, store: &Store) -> Result<()> {
+        let _lock = self.lock()?;
+        self.end_expired(store)
+    }
+
+    fn end_expired(&self, store: &Store) -> Result<()> {
+        let dir = self.holds_dir();
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(crate::error::io_err(e, "list", dir)),
+        };
+        for entry in entries {
+            let entry = entry.ctx("list", &dir)?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(hold) = name.strip_suffix(".json") {
+                let Ok(rec) = read_hold(&entry.path()) else {
+                    continue;
+                };
+                if rec.ends_ms <= now_ms() {
+                    tracing::warn!(hold, "hold not released in time: ending it (post hook)");
+                    if let Err(e) = self.end_hold(store, hold, &rec, "expired") {
+                        tracing::warn!(hold, error = %e, "ending the hold failed");
+                    }
+                }
+            } else if name.ends_with(".done") {
+                let old = entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age > DONE_KEPT);
+                if old {
+                    let _ = fs::remove_file(entry.path());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs a hold's post hook, then marks the hold done (`how`: released or expired),
+    /// whatever the hook's outcome (which is returned). A crash between the two thaws twice
+    /// at the next end, never not at all.
+    fn end_hold(&self, store: &Store, hold: &str, rec: &Hold, how: &str) -> Result<()> {
+        let thawed = match &rec.post_hook {
+            Some(post) => {
+                let env = crate::hooks::env(hold, &rec.volumes);
+                let t = store.hook_timeout(Duration::from_secs(rec.hook_timeout_secs.unwrap_or(0)));
+                crate::hooks::run("post", post, &env, t)
+            }
+            None => Ok(()),
+        };
+        let dir = self.holds_dir();
+        let done = dir.join(format!("{hold}.done"));
+        fsx::atomic_write(&done, how.as_bytes()).ctx("write", &done)?;
+        let path = dir.join(format!("{hold}.json"));
+        fs::remove_file(&path).ctx("remove", &path)?;
+        fsx::fsync_dir(&dir).ctx("fsync", &dir)?;
+        thawed
+    }
+
+    fn prepare(&self, store: &Store, kind: &TaskKind) -> Result<TaskResult> {
+        let TaskKind::Prepare {
+            hold,
+            volumes,
+            pre_hook,
+            post_hook,
+            hook_timeout_secs,
+            hold_secs,
+        } = kind
+        else {
+            return Err(StoreError::Invalid("not a prepare".into()));
+        };
+        let dir = self.holds_dir();
+        fs::create_dir_all(&dir).ctx("create", &dir)?;
+        if dir.join(format!("{hold}.done")).exists() {
+            return Err(StoreError::HoldEnded(format!(
+                "hold {hold} was released before it was prepared"
+            )));
+        }
+        let vols = volumes
+            .iter()
+            .map(|v| {
+                store
+                    .volume(v.as_str())
+                    .map(|i| (i.name.to_string(), i.path))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let env = crate::hooks::env(hold.as_str(), &vols);
+        let timeout = store.hook_timeout(Duration::from_secs(hook_timeout_secs.unwrap_or(0)));
+        if let Err(e) = crate::hooks::run("pre", pre_hook, &env, timeout) {
+            // The pre hook may have frozen part of what it meant to: thaw regardless.
+            if let Some(post) = post_hook {
+                let _ = crate::hooks::run("post", post, &env, timeout);
+            }
+            return Err(e);
+        }
+        let rec = Hold {
+            volumes: vols,
+            post_hook: post_hook.clone(),
+            hook_timeout_secs: *hook_timeout_secs,
+            ends_ms: now_ms() + hold_secs.saturating_mul(1000),
+        };
+        let path = dir.join(format!("{hold}.json"));
+        let bytes = serde_json::to_vec_pretty(&rec)
+            .map_err(|e| StoreError::Invalid(format!("encode hold: {e}")))?;
+        fsx::atomic_write(&path, &bytes).ctx("write", &path)?;
+        Ok(TaskResult::Prepared)
+    }
+
+    /// Checks that `hold` is held now (the caller holds the ledger's lock).
+    fn check_held(&self, hold: &ferry_wire::Name) -> Result<()> {
+        let path = self.holds_dir().join(format!("{hold}.json"));
+        match read_hold(&path) {
+            Ok(rec) if rec.ends_ms > now_ms() => Ok(()),
+            Ok(_) => Err(StoreError::HoldEnded(format!(
+                "hold {hold} ended before the snapshot"
+            ))),
+            Err(_) => Err(StoreError::HoldEnded(format!(
+                "hold {hold} is not held here (never prepared, released or ended)"
+            ))),
+        }
+    }
+
+    fn release(&self, store: &Store, hold: &ferry_wire::Name) -> Result<TaskResult> {
+        let dir = self.holds_dir();
+        fs::create_dir_all(&dir).ctx("create", &dir)?;
+        let path = dir.join(format!("{hold}.json"));
+        if let Ok(rec) = read_hold(&path) {
+            self.end_hold(store, hold.as_str(), &rec, "released")?;
+            return Ok(TaskResult::Released { expired: false });
+        }
+        let done = dir.join(format!("{hold}.done"));
+        match fs::read_to_string(&done) {
+            Ok(how) => Ok(TaskResult::Released {
+                expired: how == "expired",
+            }),
+            Err(_) => {
+                // Never prepared (yet): mark it, so a prepare that comes late is refused.
+                fsx::atomic_write(&done, b"released").ctx("write", &done)?;
+                Ok(TaskResult::Released { expired: false })
+            }
+        }
+    }
+
     /// Runs `task` at most once (see the module doc); returns its final state.
     pub fn run(&self, store: &Store, task: &Task) -> Result<TaskState> {
-        let lock_path = self.dir.join("lock");
-        let _lock = FileLock::exclusive(&lock_path).ctx("lock", &lock_path)?;
+        let _lock = self.lock()?;
+        if let Err(e) = self.end_expired(store) {
+            tracing::warn!(error = %e, "ending expired holds failed");
+        }
         if let Some(mut rec) = self.get(&task.id)? {
-            if rec.task != *task {
+            if rec.task.kind != task.kind {
                 return Err(StoreError::Invalid(format!(
                     "task {} was already given with different content",
                     task.id
@@ -127,7 +316,15 @@ impl Ledger {
             fsx::atomic_write(&p, task.generation.to_string().as_bytes()).ctx("write", &p)?;
         }
         self.save(task, &TaskState::Running)?;
-        let state = match execute(store, &task.kind) {
+        let outcome = match &task.kind {
+            TaskKind::Prepare { .. } => self.prepare(store, &task.kind),
+            TaskKind::Release { hold } => self.release(store, hold),
+            TaskKind::SnapshotGroup { hold: Some(h), .. } => {
+                self.check_held(h).and_then(|()| execute(store, &task.kind))
+            }
+            _ => execute(store, &task.kind),
+        };
+        let state = match outcome {
             Ok(result) => TaskState::Done { result },
             Err(e) => TaskState::Failed {
                 kind: e.kind().to_string(),
@@ -139,6 +336,16 @@ impl Ledger {
     }
 }
 
+fn read_hold(path: &Path) -> Result<Hold> {
+    let b = fs::read(path).ctx("read", path)?;
+    serde_json::from_slice(&b).map_err(|e| StoreError::Corrupt {
+        what: "hold record",
+        path: path.to_owned(),
+        detail: e.to_string(),
+    })
+}
+
+/// The tasks that need nothing of the ledger but its lock.
 fn execute(store: &Store, kind: &TaskKind) -> Result<TaskResult> {
     match kind {
         TaskKind::CreateVolume {
@@ -158,6 +365,7 @@ fn execute(store: &Store, kind: &TaskKind) -> Result<TaskResult> {
             pre_hook,
             post_hook,
             hook_timeout_secs,
+            hold: _,
         } => {
             let hooks = Hooks {
                 pre: pre_hook.clone(),
@@ -174,6 +382,8 @@ fn execute(store: &Store, kind: &TaskKind) -> Result<TaskResult> {
                         snapshot: m.name,
                         size: m.size,
                         root: m.root,
+                        bytes_read: m.manifest.bytes_read,
+                        manifest_ms: m.manifest.elapsed_ms as u64,
                     })
                     .collect(),
             })
@@ -186,6 +396,9 @@ fn execute(store: &Store, kind: &TaskKind) -> Result<TaskResult> {
             store.rollback(volume.as_str(), snapshot.as_str())?;
             Ok(TaskResult::RolledBack)
         }
+        TaskKind::Prepare { .. } | TaskKind::Release { .. } => Err(StoreError::Invalid(
+            "holds are the ledger's to handle".into(),
+        )),
         TaskKind::Clone {
             volume,
             snapshot,

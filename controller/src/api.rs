@@ -149,10 +149,12 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/plans/{name}/pause", post(pause_plan))
         .route("/v1/plans/{name}/run", post(run_now))
         .route("/v1/plans/{name}/runs", get(plan_runs))
+        .route("/v1/plans/{name}/runs/{run}", get(get_run))
         .route("/v1/runs", get(all_runs))
         .route("/v1/agents", get(list_agents))
         .route("/v1/agents/{node}/volumes", post(create_volume))
         .route("/v1/plans/{name}/groups", get(plan_groups))
+        .route("/v1/plans/{name}/groups/{group}", get(get_group))
         .route(
             "/v1/plans/{name}/rollbacks",
             get(plan_rollbacks).post(start_rollback),
@@ -295,7 +297,18 @@ async fn metrics(State(s): State<Arc<ApiState>>, headers: HeaderMap) -> ApiResul
     let _ = writeln!(w, "# HELP ferry_objects Protected objects in the inventory.\n# TYPE ferry_objects gauge\nferry_objects {}", objects.len());
     let mut by_step: std::collections::BTreeMap<(String, String), u64> = Default::default();
     let mut last_ok: std::collections::BTreeMap<String, i64> = Default::default();
-    for r in &runs {
+    // plan -> its newest finished run: (created, seconds, bytes read)
+    let mut last_run: std::collections::BTreeMap<String, (String, f64, u64)> = Default::default();
+    for r in runs.iter().filter(|r| r.run.step.is_final()) {
+        let report = r.report();
+        let e = last_run.entry(r.run.plan.to_string()).or_default();
+        if r.created > e.0 {
+            *e = (
+                r.created.clone(),
+                report.duration_secs.unwrap_or(0.0),
+                report.bytes_read,
+            );
+        }
         let step = serde_json::to_value(&r.run.step)
             .ok()
             .and_then(|v| v.as_str().map(String::from))
@@ -327,6 +340,22 @@ async fn metrics(State(s): State<Arc<ApiState>>, headers: HeaderMap) -> ApiResul
         let _ = writeln!(
             w,
             "ferry_plan_last_success_timestamp_seconds{{plan=\"{}\"}} {t}",
+            label(plan)
+        );
+    }
+    let _ = writeln!(w, "# HELP ferry_plan_last_run_duration_seconds The newest finished run's duration (record to end), by plan.\n# TYPE ferry_plan_last_run_duration_seconds gauge");
+    for (plan, (_, secs, _)) in &last_run {
+        let _ = writeln!(
+            w,
+            "ferry_plan_last_run_duration_seconds{{plan=\"{}\"}} {secs}",
+            label(plan)
+        );
+    }
+    let _ = writeln!(w, "# HELP ferry_plan_last_run_bytes_read Bytes the newest finished run's snapshots read (the changed data), by plan.\n# TYPE ferry_plan_last_run_bytes_read gauge");
+    for (plan, (_, _, bytes)) in &last_run {
+        let _ = writeln!(
+            w,
+            "ferry_plan_last_run_bytes_read{{plan=\"{}\"}} {bytes}",
             label(plan)
         );
     }
@@ -686,6 +715,32 @@ async fn plan_runs(
     Ok(Json(load_runs(&s.store, &format!("{RUNS}{name}/")).await?))
 }
 
+/// A run with its report per object and volume.
+#[derive(Debug, Serialize)]
+struct RunDetail {
+    #[serde(flatten)]
+    record: crate::scheduler::RunRecord,
+    report: crate::scheduler::RunReport,
+}
+
+async fn get_run(
+    State(s): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path((name, run)): Path<(String, String)>,
+) -> ApiResult<Json<RunDetail>> {
+    auth(&s, &headers, false)?;
+    let name = name_param("plan", &name)?;
+    let run = name_param("run", &run)?;
+    let record: crate::scheduler::RunRecord = s
+        .store
+        .get(&crate::scheduler::run_key(&name, &run))
+        .await?
+        .and_then(|kv| serde_json::from_slice(&kv.value).ok())
+        .ok_or_else(|| ApiError::not_found(&format!("run of plan {name}"), run.as_str()))?;
+    let report = record.report();
+    Ok(Json(RunDetail { record, report }))
+}
+
 /// Starts a run of the plan now (paused or not), outside its schedule.
 async fn run_now(
     State(s): State<Arc<ApiState>>,
@@ -741,6 +796,22 @@ async fn plan_groups(
     Ok(Json(out))
 }
 
+async fn get_group(
+    State(s): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path((name, group)): Path<(String, String)>,
+) -> ApiResult<Json<crate::executor::GroupRecord>> {
+    auth(&s, &headers, false)?;
+    let name = name_param("plan", &name)?;
+    let group = name_param("group", &group)?;
+    s.store
+        .get(&format!("{}{name}/{group}", crate::executor::GROUPS))
+        .await?
+        .and_then(|kv| serde_json::from_slice(&kv.value).ok())
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(&format!("group of plan {name}"), group.as_str()))
+}
+
 // ---- rollback ----
 
 async fn rollback_running(store: &Store, plan: &Name) -> ApiResult<bool> {
@@ -787,16 +858,14 @@ async fn start_rollback(
     let name = name_param("plan", &name)?;
     let req: RollbackRequest = parse(&body(raw)?)?;
     let (plan, _) = read_plan(&s.store, &name).await?;
-    let runs = load_runs(&s.store, &format!("{RUNS}{name}/")).await?;
-    if let Some(r) = runs.iter().find(|r| {
-        !matches!(
-            r.run.step,
-            crate::run::Step::Done | crate::run::Step::Failed
-        )
-    }) {
+    let active = s
+        .store
+        .list(&format!("{}{name}/", crate::scheduler::ACTIVE))
+        .await?;
+    if let Some(kv) = active.first() {
+        let run = kv.key.rsplit('/').next().unwrap_or_default();
         return Err(ApiError::conflict(format!(
-            "run {} of plan {name} is in progress; roll back when it is over",
-            r.run.id
+            "run {run} of plan {name} is in progress; roll back when it is over"
         )));
     }
     if rollback_running(&s.store, &name).await? {

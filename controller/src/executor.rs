@@ -22,8 +22,8 @@ use serde::{Deserialize, Serialize};
 use crate::agents::{AgentRecord, Links, AGENTS};
 use crate::api::PlanRecord;
 use crate::retention::{prune, GroupInfo};
-use crate::run::{Action, Step};
-use crate::scheduler::{load, RunRecord, PLANS, RUNS};
+use crate::run::Action;
+use crate::scheduler::{active_key, load, run_key, RunRecord, ACTIVE, PLANS, RUNS};
 use crate::store::{Compare, Op, Store, StoreError, Txn};
 
 pub const GROUPS: &str = "/ferry/groups/";
@@ -38,25 +38,56 @@ pub struct GroupRecord {
     /// RFC 3339.
     pub created: String,
     pub snapshots: Vec<(Name, SnapshotRecord)>,
+    /// The plan's objects at the run, each with its volumes.
+    #[serde(default)]
+    pub objects: Vec<crate::scheduler::ObjectVolumes>,
 }
+
+/// Most groups one run prunes (each is a delete in the run's transaction), and most
+/// snapshot deletions it takes on (each is an entry in the run's record); a retention cut
+/// deeper than that is finished by the following runs.
+const MAX_PRUNE_GROUPS: usize = 16;
+const MAX_PRUNE_SNAPSHOTS: usize = 2048;
+
+/// Finished runs kept per plan (older records are deleted when a run finishes; their
+/// groups' records stay while retention keeps them).
+pub const RUN_HISTORY: usize = 100;
 
 fn group_key(plan: &Name, group: &Name) -> String {
     format!("{GROUPS}{plan}/{group}")
 }
 
-/// Replaces a record read as `kv` unless it changed since; returns whether it was written.
+/// Replaces a record read as `kv` unless it changed since, with `more` writes in the same
+/// transaction; returns whether it was written.
 async fn write_back(
     store: &Store,
     kv: &crate::store::KeyValue,
     value: Vec<u8>,
+    more: Vec<Op>,
 ) -> Result<bool, StoreError> {
+    let mut then = vec![Op::Put(kv.key.clone(), value)];
+    then.extend(more);
     let done = store
         .txn(Txn {
             when: vec![Compare::ModRevision(kv.key.clone(), kv.mod_revision)],
-            then: vec![Op::Put(kv.key.clone(), value)],
+            then,
         })
         .await?;
     Ok(done.succeeded)
+}
+
+/// Deletes the oldest finished runs of `plan` beyond [`RUN_HISTORY`].
+async fn trim_history(store: &Store, plan: &Name) -> Result<(), StoreError> {
+    let mut runs: Vec<RunRecord> = load(store, &format!("{RUNS}{plan}/")).await?;
+    runs.retain(|r| r.run.step.is_final());
+    if runs.len() <= RUN_HISTORY {
+        return Ok(());
+    }
+    runs.sort_by(|a, b| a.created.cmp(&b.created));
+    for r in &runs[..runs.len() - RUN_HISTORY] {
+        store.delete(&run_key(plan, &r.run.id)).await?;
+    }
+    Ok(())
 }
 
 /// What is known of a sent task: its final report, `agent_down` once its agent has been
@@ -88,10 +119,6 @@ fn outcome(
     }
 }
 
-fn step_is_final(s: &Step) -> bool {
-    matches!(s, Step::Done | Step::Failed)
-}
-
 /// How long an agent may be silent before the tasks it holds fail as `agent_down`. Longer
 /// than a link's idle timeout plus a reconnect: an agent whose controller restarted comes
 /// back and answers (its ledger knows what it ran), and only then is a task's outcome known.
@@ -106,8 +133,6 @@ const RESEND_AFTER: Duration = Duration::from_secs(5);
 #[derive(Debug, Default)]
 pub struct Executor {
     sent: HashMap<String, Instant>,
-    /// Groups a run's prune is deleting, to forget once it is done: run id -> groups.
-    pruning: BTreeMap<String, Vec<Name>>,
 }
 
 impl Executor {
@@ -115,14 +140,20 @@ impl Executor {
     pub async fn pass(&mut self, store: &Store, links: &Links) -> Result<(), StoreError> {
         let now = jiff::Timestamp::now();
         let agents: Vec<AgentRecord> = load(store, AGENTS).await?;
-        for kv in store.list(RUNS).await? {
+        for active in store.list(ACTIVE).await? {
+            let Some(kv) = store
+                .get(&format!("{RUNS}{}", &active.key[ACTIVE.len()..]))
+                .await?
+            else {
+                store.delete(&active.key).await?; // its run is gone
+                continue;
+            };
             let Ok(mut rec) = serde_json::from_slice::<RunRecord>(&kv.value) else {
                 continue;
             };
-            if step_is_final(&rec.run.step) {
-                continue;
-            }
             let before = serde_json::to_vec(&rec).unwrap_or_default();
+            let more = rec.run.tick(now).unwrap_or_default();
+            let mut ops = self.after(store, &mut rec, &more).await?;
             let mut actions = rec.run.actions().unwrap_or_default();
             // Feed back what arrived, and fail the parts of agents that are down.
             let mut guard = 0;
@@ -138,9 +169,9 @@ impl Executor {
                     };
                     let more = rec
                         .run
-                        .on_report(&node, &task.id, &state)
+                        .on_report(&node, &task.id, &state, now)
                         .unwrap_or_default();
-                    self.after(store, &mut rec, &more).await?;
+                    ops.extend(self.after(store, &mut rec, &more).await?);
                     fed = true;
                     actions = rec.run.actions().unwrap_or_default();
                     break;
@@ -151,17 +182,17 @@ impl Executor {
             }
             let after = serde_json::to_vec(&rec).unwrap_or_default();
             if after != before {
-                if !write_back(store, &kv, after).await? {
+                let over = rec.run.step.is_final();
+                if over {
+                    ops.push(Op::Delete(active_key(&rec.run.plan, &rec.run.id)));
+                }
+                if !write_back(store, &kv, after, ops).await? {
                     continue; // changed meanwhile: the next pass reads it again
                 }
-                if rec.run.step == Step::Done {
-                    for g in self.pruning.remove(rec.run.id.as_str()).unwrap_or_default() {
-                        store.delete(&group_key(&rec.run.plan, &g)).await?;
-                    }
-                }
-                if step_is_final(&rec.run.step) {
+                if over {
                     tracing::info!(run = %rec.run.id, plan = %rec.run.plan, step = ?rec.run.step, error = ?rec.run.error, "run finished");
                     self.forget(links, rec.run.id.as_str());
+                    trim_history(store, &rec.run.plan).await?;
                     continue;
                 }
             }
@@ -194,7 +225,7 @@ impl Executor {
             }
             if rb != before {
                 let v = serde_json::to_vec(&rb).map_err(|e| StoreError::Embedded(e.to_string()))?;
-                if !write_back(store, &kv, v).await? {
+                if !write_back(store, &kv, v, Vec::new()).await? {
                     continue;
                 }
                 if rb.step != crate::rollback::RollbackStep::Running {
@@ -236,34 +267,42 @@ impl Executor {
         }
     }
 
-    /// Handles what a report led to: record the group, then decide what to prune.
+    /// Handles what a report led to: the group's record and, by retention, the groups to
+    /// prune (their snapshots through the run, their records at once: a group being deleted
+    /// is not offered for rollback). Returns the writes, which go into the same transaction
+    /// as the run's next state.
     async fn after(
         &mut self,
         store: &Store,
         rec: &mut RunRecord,
         actions: &[Action],
-    ) -> Result<(), StoreError> {
+    ) -> Result<Vec<Op>, StoreError> {
+        let mut ops = Vec::new();
         for a in actions {
             let Action::RecordGroup { snapshots } = a else {
                 continue;
             };
             let plan = rec.run.plan.clone();
+            let now = jiff::Timestamp::now();
             let g = GroupRecord {
                 plan: plan.clone(),
                 group: rec.run.group.clone(),
                 run: rec.run.id.clone(),
-                created: jiff::Timestamp::now().to_string(),
+                created: now.to_string(),
                 snapshots: snapshots.clone(),
+                objects: rec.objects.clone(),
             };
             let v = serde_json::to_vec(&g).map_err(|e| StoreError::Embedded(e.to_string()))?;
-            store.put(&group_key(&plan, &g.group), &v).await?;
+            ops.push(Op::Put(group_key(&plan, &g.group), v));
             // Retention (read now, so a change applies at this prune).
             let keep = store
                 .get(&format!("{PLANS}{plan}"))
                 .await?
                 .and_then(|kv| serde_json::from_slice::<PlanRecord>(&kv.value).ok())
                 .map_or(usize::MAX, |p| p.spec.retention as usize);
-            let groups: Vec<GroupRecord> = load(store, &format!("{GROUPS}{plan}/")).await?;
+            let mut groups: Vec<GroupRecord> = load(store, &format!("{GROUPS}{plan}/")).await?;
+            groups.retain(|x| x.group != g.group);
+            groups.push(g);
             let infos: Vec<GroupInfo<'_>> = groups
                 .iter()
                 .map(|g| GroupInfo {
@@ -278,27 +317,30 @@ impl Executor {
                 .collect();
             let victims = prune(&infos, keep);
             let mut by_node: BTreeMap<Name, Vec<(Name, Name)>> = BTreeMap::new();
-            for v in &victims {
-                if let Some(g) = groups.iter().find(|g| g.group.as_str() == *v) {
-                    for (node, s) in &g.snapshots {
-                        by_node
-                            .entry(node.clone())
-                            .or_default()
-                            .push((s.volume.clone(), g.group.clone()));
-                    }
+            let (mut taken, mut deletions) = (0, 0);
+            let oldest_first = victims
+                .iter()
+                .filter_map(|v| groups.iter().find(|g| g.group.as_str() == *v));
+            for g in oldest_first {
+                // Bounded per run (transaction size, record size); the rest go next time.
+                if taken == MAX_PRUNE_GROUPS
+                    || (taken > 0 && deletions + g.snapshots.len() > MAX_PRUNE_SNAPSHOTS)
+                {
+                    break;
+                }
+                taken += 1;
+                deletions += g.snapshots.len();
+                ops.push(Op::Delete(group_key(&plan, &g.group)));
+                for (node, s) in &g.snapshots {
+                    by_node
+                        .entry(node.clone())
+                        .or_default()
+                        .push((s.volume.clone(), g.group.clone()));
                 }
             }
-            self.pruning.insert(
-                rec.run.id.to_string(),
-                groups
-                    .iter()
-                    .filter(|g| victims.contains(&g.group.as_str()))
-                    .map(|g| g.group.clone())
-                    .collect(),
-            );
-            let _ = rec.run.prune(&by_node);
+            let _ = rec.run.prune(&by_node, now);
         }
-        Ok(())
+        Ok(ops)
     }
 }
 

@@ -273,6 +273,12 @@ pub struct HookSpec {
     pub post: Option<String>,
     #[serde(default)]
     pub timeout_secs: Option<u64>,
+    /// When the plan's volumes are on several nodes and there is a pre hook, runs go
+    /// prepare / snapshot / release: every node must have run its pre hook within this
+    /// many seconds, and a node not released this long after its pre hook releases itself
+    /// (runs its post hook). Default 60.
+    #[serde(default)]
+    pub deadline_secs: Option<u64>,
 }
 
 /// A protection plan as users write it.
@@ -351,6 +357,14 @@ impl PlanSpec {
             if !(1..=MAX_HOOK_TIMEOUT_SECS).contains(&t) {
                 return Err(bad(
                     "hooks.timeout_secs",
+                    format!("must be 1 to {MAX_HOOK_TIMEOUT_SECS}, not {t}"),
+                ));
+            }
+        }
+        if let Some(t) = self.hooks.deadline_secs {
+            if !(1..=MAX_HOOK_TIMEOUT_SECS).contains(&t) {
+                return Err(bad(
+                    "hooks.deadline_secs",
                     format!("must be 1 to {MAX_HOOK_TIMEOUT_SECS}, not {t}"),
                 ));
             }
@@ -625,6 +639,17 @@ mod tests {
             "hooks.timeout_secs"
         );
         hooked.hooks.timeout_secs = Some(30);
+        hooked.hooks.deadline_secs = Some(0);
+        assert_eq!(
+            hooked.validate(lookup).expect_err("deadline").field,
+            "hooks.deadline_secs"
+        );
+        hooked.hooks.deadline_secs = Some(MAX_HOOK_TIMEOUT_SECS + 1);
+        assert_eq!(
+            hooked.validate(lookup).expect_err("deadline").field,
+            "hooks.deadline_secs"
+        );
+        hooked.hooks.deadline_secs = Some(20);
         hooked.hooks.pre = Some("  ".into());
         assert_eq!(hooked.validate(lookup).expect_err("pre").field, "hooks.pre");
     }

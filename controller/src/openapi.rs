@@ -45,6 +45,17 @@ pub fn document() -> Value {
                  "description": format!("the {what}'s name: 1-128 of [A-Za-z0-9._-], starting with a letter or digit"),
                  "schema": { "type": "string" } }])
     };
+    let run_detail = json!({ "allOf": [ reference("Run"), { "type": "object", "required": ["report"], "properties": {
+                    "report": { "type": "object", "required": ["objects", "bytes_read"], "properties": {
+                        "bytes_read": { "type": "integer", "description": "bytes the snapshots' manifests read (the changed data)" },
+                        "duration_secs": { "type": "number", "nullable": true },
+                        "objects": { "type": "array", "items": { "type": "object", "properties": {
+                            "name": { "type": "string" },
+                            "status": { "type": "string", "enum": ["pending", "done", "failed", "undone"] },
+                            "volumes": { "type": "array", "items": { "type": "object", "properties": {
+                                "node": { "type": "string" }, "volume": { "type": "string" },
+                                "status": { "type": "string" }, "finished": { "type": "string" }, "error": { "type": "string" },
+                                "snapshot": { "type": "object", "description": "volume, snapshot, size, root, bytes_read, manifest_ms" } } } } } } } } } } } ] });
     json!({
         "openapi": "3.0.3",
         "info": { "title": "ferry controller API", "version": "1",
@@ -75,12 +86,17 @@ pub fn document() -> Value {
                     "enabled": { "type": "boolean", "default": true },
                     "hooks": { "type": "object", "properties": {
                         "pre": { "type": "string" }, "post": { "type": "string" },
-                        "timeout_secs": { "type": "integer" } } } } },
+                        "timeout_secs": { "type": "integer" },
+                        "deadline_secs": { "type": "integer", "minimum": 1, "maximum": 3600, "default": 60,
+                            "description": "volumes on several nodes with a pre hook: every node must be prepared (pre hook run) within this; a node not released this long after its pre hook releases itself" } } } } },
                 "Run": { "type": "object", "required": ["run", "trigger", "created"], "properties": {
-                    "run": { "type": "object", "description": "id, plan, group (the snapshot name), generation, step (snapshot, compensate, prune, done, failed), nodes (per node: volumes and state), error" },
+                    "run": { "type": "object", "description": "id, plan, group (the snapshot name), generation, step (prepare, snapshot, compensate, prune, done, failed), coordinated (prepare / snapshot / release across nodes), nodes (per node: volumes, state, finished), error, finished" },
                     "trigger": { "type": "string", "enum": ["schedule", "manual"] },
                     "slot": { "type": "string", "nullable": true },
-                    "created": { "type": "string" } } },
+                    "created": { "type": "string" },
+                    "objects": { "type": "array", "description": "the plan's objects at the run, with their volumes",
+                        "items": { "type": "object", "properties": { "name": { "type": "string" }, "volumes": { "type": "array", "items": reference("VolumeRef") } } } } } },
+                "RunDetail": run_detail,
                 "Plan": { "type": "object", "required": ["spec", "paused"], "properties": {
                     "spec": reference("PlanSpec"), "paused": { "type": "boolean" },
                     "next_run": { "type": "string", "nullable": true } } }
@@ -90,7 +106,7 @@ pub fn document() -> Value {
         "paths": {
             "/healthz": { "get": { "summary": "liveness and store reachability", "security": [],
                 "responses": errors(json!({ "200": ok("healthy", json!({ "type": "object" })) })) } },
-            "/metrics": { "get": { "summary": "Prometheus metrics: requests, plans, objects, runs by plan and step, last success per plan, store revision",
+            "/metrics": { "get": { "summary": "Prometheus metrics: requests, plans, objects, runs by plan and step, last success, last run's duration and bytes per plan, store revision",
                 "responses": errors(json!({ "200": { "description": "text exposition format", "content": { "text/plain": { "schema": { "type": "string" } } } } })) } },
             "/v1/openapi.json": { "get": { "summary": "this document", "security": [],
                 "responses": { "200": ok("the document", json!({ "type": "object" })) } } },
@@ -122,6 +138,12 @@ pub fn document() -> Value {
                 "post": { "summary": "start a run now, outside the schedule", "responses": errors(json!({ "202": ok("the run", reference("Run")) })) } },
             "/v1/plans/{name}/runs": { "parameters": name_param("plan"),
                 "get": { "summary": "the plan's runs, oldest first", "responses": errors(json!({ "200": ok("runs", json!({ "type": "array", "items": reference("Run") })) })) } },
+            "/v1/plans/{name}/runs/{run}": {
+                "parameters": [name_param("plan")[0].clone(), { "name": "run", "in": "path", "required": true, "schema": { "type": "string" } }],
+                "get": { "summary": "one run, with its status, timings, bytes and errors per object and volume", "responses": errors(json!({ "200": ok("the run", reference("RunDetail")) })) } },
+            "/v1/plans/{name}/groups/{group}": {
+                "parameters": [name_param("plan")[0].clone(), { "name": "group", "in": "path", "required": true, "schema": { "type": "string" } }],
+                "get": { "summary": "one kept snapshot group: its snapshots per node and the objects they cover", "responses": errors(json!({ "200": ok("the group", json!({ "type": "object" })) })) } },
             "/v1/plans/{name}/groups": { "parameters": name_param("plan"),
                 "get": { "summary": "the plan's kept snapshot groups, oldest first (plan, group, run, created, snapshots per node)", "responses": errors(json!({ "200": ok("groups", json!({ "type": "array", "items": { "type": "object" } })) })) } },
             "/v1/plans/{name}/rollbacks": { "parameters": name_param("plan"),

@@ -1,7 +1,7 @@
 //! A plan's run as a sans-IO state machine: the controller's IO shell persists a [`Run`]
 //! (JSON in the state store) before acting on anything it says, performs the actions it
-//! asks for, and feeds back what the agents report. Nothing here touches a clock, a socket
-//! or the store, so every path is table-tested.
+//! asks for, and feeds back what the agents report and what time it is. Nothing here reads
+//! a clock, a socket or the store, so every path is table-tested.
 //!
 //! A run of a snapshot plan:
 //! 1. **snapshot**: one snapshot-group task per node, covering all the plan's volumes on that
@@ -9,6 +9,16 @@
 //! 2. when every node is done, **prune**: delete the groups beyond the retention count;
 //! 3. **done**. If any node fails, the run **compensates**: the snapshots that other nodes did
 //!    make are deleted, so a group exists on all nodes or on none, and the run fails.
+//!
+//! When the plan has a pre hook and its volumes are on more than one node, one consistent
+//! step per node is not enough: the run is **coordinated**. It starts with **prepare** (every
+//! node runs its pre hook, e.g. a freeze, and holds), and only when every node holds does it
+//! take the snapshots (each under its hold); each node is **released** (post hook, thaw) as
+//! soon as its snapshot is taken, so no node stays frozen longer than it must. Every node
+//! must be prepared within the deadline (`hooks.deadline_secs`, from the run's creation):
+//! past it, or when a node fails to prepare, every node that was asked to prepare is
+//! released and the run fails. Agents end a hold by themselves after the same time, so a
+//! lost controller never leaves a node frozen; a snapshot under an ended hold fails.
 //!
 //! Task ids are derived from the run id, the node and the step (`<run>.<node>.snap`), so a
 //! controller that restarts mid-run and dispatches again sends the same ids: each agent's
@@ -19,18 +29,28 @@ use std::collections::BTreeMap;
 
 use ferry_wire::task::{SnapshotRecord, Task, TaskKind, TaskResult, TaskState};
 use ferry_wire::Name;
+use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 /// Where a run is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Step {
+    /// Coordinated runs: every node runs its pre hook and holds.
+    Prepare,
     Snapshot,
-    /// Deleting the snapshots some nodes made, because another node failed.
+    /// Deleting the snapshots some nodes made (and releasing holds), because a node failed.
     Compensate,
     Prune,
     Done,
     Failed,
+}
+
+impl Step {
+    /// Whether the run is over.
+    pub fn is_final(&self) -> bool {
+        matches!(self, Step::Done | Step::Failed)
+    }
 }
 
 /// One node's part in a step.
@@ -38,8 +58,14 @@ pub enum Step {
 #[serde(rename_all = "snake_case")]
 pub enum NodeState {
     Pending,
-    Done { snapshots: Vec<SnapshotRecord> },
-    Failed { message: String },
+    /// Coordinated runs: its pre hook ran and it holds until released.
+    Prepared,
+    Done {
+        snapshots: Vec<SnapshotRecord>,
+    },
+    Failed {
+        message: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,6 +76,12 @@ pub struct NodePart {
     /// snapshot).
     #[serde(default)]
     pub deleting: BTreeMap<String, (Name, Name)>,
+    /// Coordinated runs: the node was asked to prepare and its release is not confirmed yet.
+    #[serde(default)]
+    pub holding: bool,
+    /// When its snapshot step ended (RFC 3339).
+    #[serde(default)]
+    pub finished: Option<String>,
 }
 
 /// The hooks a plan runs around each node's snapshot.
@@ -58,7 +90,13 @@ pub struct RunHooks {
     pub pre: Option<String>,
     pub post: Option<String>,
     pub timeout_secs: Option<u64>,
+    /// Coordinated runs: the prepare deadline and the agents' hold limit, seconds.
+    #[serde(default)]
+    pub deadline_secs: Option<u64>,
 }
+
+/// The prepare deadline when the plan sets none.
+pub const DEFAULT_DEADLINE_SECS: u64 = 60;
 
 /// A run, as persisted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,6 +110,15 @@ pub struct Run {
     pub step: Step,
     pub nodes: BTreeMap<Name, NodePart>,
     pub error: Option<String>,
+    /// Prepare / snapshot / release across nodes (see the module doc).
+    #[serde(default)]
+    pub coordinated: bool,
+    /// Coordinated runs: every node must hold by then (Unix milliseconds).
+    #[serde(default)]
+    pub deadline_ms: Option<i64>,
+    /// When the run ended (RFC 3339).
+    #[serde(default)]
+    pub finished: Option<String>,
 }
 
 /// What the IO shell must do next.
@@ -104,7 +151,7 @@ fn task_id(run: &Name, node: &Name, what: &str) -> Result<Name, RunError> {
 }
 
 impl Run {
-    /// A new run taking group `group` of `volumes` (node -> volumes).
+    /// A new run taking group `group` of `volumes` (node -> volumes), created at `now`.
     pub fn new(
         id: Name,
         plan: Name,
@@ -112,68 +159,162 @@ impl Run {
         generation: u64,
         hooks: RunHooks,
         volumes: BTreeMap<Name, Vec<Name>>,
+        now: Timestamp,
     ) -> Result<Run, RunError> {
         if volumes.values().all(Vec::is_empty) {
             return Err(RunError::Empty);
         }
-        Ok(Run {
+        let nodes: BTreeMap<Name, NodePart> = volumes
+            .into_iter()
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(n, volumes)| {
+                (
+                    n,
+                    NodePart {
+                        volumes,
+                        state: NodeState::Pending,
+                        deleting: BTreeMap::new(),
+                        holding: false,
+                        finished: None,
+                    },
+                )
+            })
+            .collect();
+        let coordinated = hooks.pre.is_some() && nodes.len() > 1;
+        let mut run = Run {
             id,
             plan,
             group,
             generation,
-            hooks,
-            step: Step::Snapshot,
-            nodes: volumes
-                .into_iter()
-                .filter(|(_, v)| !v.is_empty())
-                .map(|(n, volumes)| {
-                    (
-                        n,
-                        NodePart {
-                            volumes,
-                            state: NodeState::Pending,
-                            deleting: BTreeMap::new(),
-                        },
-                    )
-                })
-                .collect(),
+            step: if coordinated {
+                Step::Prepare
+            } else {
+                Step::Snapshot
+            },
+            nodes,
             error: None,
-        })
+            coordinated,
+            deadline_ms: None,
+            finished: None,
+            hooks,
+        };
+        if coordinated {
+            run.deadline_ms = Some(now.as_millisecond() + 1000 * run.deadline_secs() as i64);
+            for p in run.nodes.values_mut() {
+                p.holding = true;
+            }
+        }
+        Ok(run)
+    }
+
+    fn deadline_secs(&self) -> u64 {
+        self.hooks.deadline_secs.unwrap_or(DEFAULT_DEADLINE_SECS)
+    }
+
+    fn task(&self, id: Name, kind: TaskKind) -> Task {
+        Task {
+            id,
+            generation: self.generation,
+            kind,
+        }
     }
 
     fn snapshot_task(&self, node: &Name, part: &NodePart) -> Result<Task, RunError> {
-        Ok(Task {
-            id: task_id(&self.id, node, "snap")?,
-            generation: self.generation,
-            kind: TaskKind::SnapshotGroup {
+        let kind = if self.coordinated {
+            TaskKind::SnapshotGroup {
+                snapshot: self.group.clone(),
+                volumes: part.volumes.clone(),
+                pre_hook: None,
+                post_hook: None,
+                hook_timeout_secs: None,
+                hold: Some(self.id.clone()),
+            }
+        } else {
+            TaskKind::SnapshotGroup {
                 snapshot: self.group.clone(),
                 volumes: part.volumes.clone(),
                 pre_hook: self.hooks.pre.clone(),
                 post_hook: self.hooks.post.clone(),
                 hook_timeout_secs: self.hooks.timeout_secs,
-            },
-        })
+                hold: None,
+            }
+        };
+        Ok(self.task(task_id(&self.id, node, "snap")?, kind))
+    }
+
+    fn prepare_task(&self, node: &Name, part: &NodePart) -> Result<Task, RunError> {
+        let kind = TaskKind::Prepare {
+            hold: self.id.clone(),
+            volumes: part.volumes.clone(),
+            pre_hook: self.hooks.pre.clone().unwrap_or_default(),
+            post_hook: self.hooks.post.clone(),
+            hook_timeout_secs: self.hooks.timeout_secs,
+            hold_secs: self.deadline_secs(),
+        };
+        Ok(self.task(task_id(&self.id, node, "prep")?, kind))
+    }
+
+    fn release_task(&self, node: &Name) -> Result<Task, RunError> {
+        let kind = TaskKind::Release {
+            hold: self.id.clone(),
+        };
+        Ok(self.task(task_id(&self.id, node, "rel")?, kind))
     }
 
     fn delete_task(&self, id: &str, volume: &Name, snapshot: &Name) -> Result<Task, RunError> {
-        Ok(Task {
-            id: Name::new(id).map_err(|_| RunError::BadId(id.to_string()))?,
-            generation: self.generation,
-            kind: TaskKind::DeleteSnapshot {
-                volume: volume.clone(),
-                snapshot: snapshot.clone(),
-            },
-        })
+        let id = Name::new(id).map_err(|_| RunError::BadId(id.to_string()))?;
+        let kind = TaskKind::DeleteSnapshot {
+            volume: volume.clone(),
+            snapshot: snapshot.clone(),
+        };
+        Ok(self.task(id, kind))
+    }
+
+    /// Whether a node's hold is to be released now: after its snapshot step, or once the
+    /// run is undoing.
+    fn releasable(&self, part: &NodePart) -> bool {
+        part.holding
+            && match self.step {
+                Step::Snapshot => matches!(
+                    part.state,
+                    NodeState::Done { .. } | NodeState::Failed { .. }
+                ),
+                Step::Compensate => true,
+                _ => false,
+            }
     }
 
     /// What to do now. Calling it again without new input gives the same actions (the
     /// shell may resend them after a restart).
     pub fn actions(&self) -> Result<Vec<Action>, RunError> {
         let mut out = Vec::new();
+        for (node, part) in &self.nodes {
+            if self.releasable(part) {
+                out.push(Action::Dispatch {
+                    node: node.clone(),
+                    task: self.release_task(node)?,
+                });
+            }
+        }
         match self.step {
-            Step::Snapshot => {
+            Step::Prepare => {
                 for (node, part) in &self.nodes {
                     if part.state == NodeState::Pending {
+                        out.push(Action::Dispatch {
+                            node: node.clone(),
+                            task: self.prepare_task(node, part)?,
+                        });
+                    }
+                }
+            }
+            Step::Snapshot => {
+                let waiting = if self.coordinated {
+                    NodeState::Prepared
+                } else {
+                    NodeState::Pending
+                };
+                for (node, part) in &self.nodes {
+                    if part.state == waiting {
                         out.push(Action::Dispatch {
                             node: node.clone(),
                             task: self.snapshot_task(node, part)?,
@@ -202,12 +343,34 @@ impl Run {
         Ok(out)
     }
 
-    /// A node reported on a task of this run. Returns the actions that follow.
+    /// Time passed: past the prepare deadline, the nodes not yet holding fail, which
+    /// releases every node and fails the run. Returns the actions that follow.
+    pub fn tick(&mut self, now: Timestamp) -> Result<Vec<Action>, RunError> {
+        let late = self.step == Step::Prepare
+            && self.deadline_ms.is_some_and(|d| now.as_millisecond() > d);
+        if !late {
+            return Ok(Vec::new());
+        }
+        let secs = self.deadline_secs();
+        for part in self.nodes.values_mut() {
+            if part.state == NodeState::Pending {
+                part.state = NodeState::Failed {
+                    message: format!("not prepared within the {secs} s deadline"),
+                };
+                part.finished = Some(now.to_string());
+            }
+        }
+        self.after_prepare(now);
+        self.actions()
+    }
+
+    /// A node reported on a task of this run at `now`. Returns the actions that follow.
     pub fn on_report(
         &mut self,
         node: &Name,
         task: &Name,
         state: &TaskState,
+        now: Timestamp,
     ) -> Result<Vec<Action>, RunError> {
         if !self.nodes.contains_key(node) {
             return Err(RunError::UnknownNode(node.clone()));
@@ -215,13 +378,21 @@ impl Run {
         if !state.is_final() {
             return Ok(Vec::new());
         }
-        let mut extra = Vec::new();
+        let id = self.id.clone();
+        let step = self.step.clone();
         let part = self
             .nodes
             .get_mut(node)
             .ok_or(RunError::UnknownNode(node.clone()))?;
-        let deletion = part.deleting.remove(task.as_str()).is_some();
-        if deletion {
+        let failure = |prefix: &str| match state {
+            TaskState::Done { result } => format!("{prefix}: unexpected result {result:?}"),
+            other => format!("{prefix}{}", other.failure().unwrap_or_default()),
+        };
+        let mut extra = Vec::new();
+        // Whether this report confirmed a deletion or a release (what the undoing and
+        // pruning steps wait for).
+        let mut cleanup = true;
+        if part.deleting.remove(task.as_str()).is_some() {
             // A deletion is confirmed whatever its outcome: a snapshot already gone is gone.
             if let TaskState::Failed { kind, message } = state {
                 if kind != "not_found" {
@@ -229,42 +400,88 @@ impl Run {
                         .get_or_insert(format!("deleting on {node}: {message}"));
                 }
             }
-        } else if self.step == Step::Snapshot && part.state == NodeState::Pending {
+        } else if task.as_str() == format!("{id}.{node}.rel") {
+            if !part.holding {
+                return self.actions();
+            }
+            part.holding = false;
+            match state {
+                TaskState::Done {
+                    result: TaskResult::Released { .. },
+                } => {}
+                _ => {
+                    let why = failure("releasing (post hook): ");
+                    self.error.get_or_insert(format!("{node}: {why}"));
+                }
+            }
+        } else if step == Step::Prepare
+            && part.state == NodeState::Pending
+            && task.as_str() == format!("{id}.{node}.prep")
+        {
+            part.state = match state {
+                TaskState::Done {
+                    result: TaskResult::Prepared,
+                } => NodeState::Prepared,
+                _ => {
+                    part.finished = Some(now.to_string());
+                    NodeState::Failed {
+                        message: failure("preparing (pre hook): "),
+                    }
+                }
+            };
+            if self.nodes.values().all(|p| p.state != NodeState::Pending) {
+                self.after_prepare(now);
+            }
+            cleanup = false;
+        } else if step == Step::Snapshot
+            && matches!(part.state, NodeState::Pending | NodeState::Prepared)
+            && task.as_str() == format!("{id}.{node}.snap")
+        {
             part.state = match state {
                 TaskState::Done {
                     result: TaskResult::SnapshotGroup { snapshots },
                 } => NodeState::Done {
                     snapshots: snapshots.clone(),
                 },
-                TaskState::Done { result } => NodeState::Failed {
-                    message: format!("unexpected result {result:?}"),
-                },
-                TaskState::Running => NodeState::Pending,
-                other => NodeState::Failed {
-                    message: other.failure().unwrap_or_default(),
+                _ => NodeState::Failed {
+                    message: failure(""),
                 },
             };
-            if self.nodes.values().all(|p| p.state != NodeState::Pending) {
-                extra = self.after_snapshot()?;
-            }
+            part.finished = Some(now.to_string());
+            cleanup = false;
+        } else {
+            return self.actions(); // stray or repeated: nothing changes
         }
-        if deletion
-            && matches!(self.step, Step::Compensate | Step::Prune)
-            && self.nodes.values().all(|p| p.deleting.is_empty())
+        if self.step == Step::Snapshot
+            && self.nodes.values().all(|p| {
+                !p.holding && matches!(p.state, NodeState::Done { .. } | NodeState::Failed { .. })
+            })
         {
+            extra = self.after_snapshot(now);
+        }
+        if cleanup
+            && matches!(step, Step::Compensate | Step::Prune)
+            && self.step == step
+            && self
+                .nodes
+                .values()
+                .all(|p| p.deleting.is_empty() && !p.holding)
+        {
+            // A failed prune deletion is noted in `error`; the group was taken all the same.
             self.step = if self.step == Step::Prune {
                 Step::Done
             } else {
                 Step::Failed
             };
+            self.finished = Some(now.to_string());
         }
         let mut out = extra;
         out.extend(self.actions()?);
         Ok(out)
     }
 
-    /// Every node answered the snapshot step.
-    fn after_snapshot(&mut self) -> Result<Vec<Action>, RunError> {
+    /// Every node answered the prepare step (or the deadline passed).
+    fn after_prepare(&mut self, now: Timestamp) {
         let failed: Vec<String> = self
             .nodes
             .iter()
@@ -274,6 +491,30 @@ impl Run {
             })
             .collect();
         if failed.is_empty() {
+            self.step = Step::Snapshot;
+            return;
+        }
+        self.error = Some(failed.join("; "));
+        // Release every node asked to prepare, the late ones included (their pre hook may
+        // still finish; the agent refuses a prepare that comes after its release).
+        self.step = Step::Compensate;
+        if self.nodes.values().all(|p| !p.holding) {
+            self.step = Step::Failed;
+            self.finished = Some(now.to_string());
+        }
+    }
+
+    /// Every node answered the snapshot step and no node holds.
+    fn after_snapshot(&mut self, now: Timestamp) -> Vec<Action> {
+        let mut failed: Vec<String> = self
+            .nodes
+            .iter()
+            .filter_map(|(n, p)| match &p.state {
+                NodeState::Failed { message } => Some(format!("{n}: {message}")),
+                _ => None,
+            })
+            .collect();
+        if failed.is_empty() && self.error.is_none() {
             let snapshots = self
                 .nodes
                 .iter()
@@ -286,7 +527,10 @@ impl Run {
                 })
                 .collect();
             self.step = Step::Prune;
-            return Ok(vec![Action::RecordGroup { snapshots }]);
+            return vec![Action::RecordGroup { snapshots }];
+        }
+        if let Some(e) = self.error.take() {
+            failed.push(e);
         }
         self.error = Some(failed.join("; "));
         self.step = Step::Compensate;
@@ -301,15 +545,17 @@ impl Run {
         }
         if self.nodes.values().all(|p| p.deleting.is_empty()) {
             self.step = Step::Failed; // nothing was made anywhere: nothing to undo
+            self.finished = Some(now.to_string());
         }
-        Ok(Vec::new())
+        Vec::new()
     }
 
     /// After the group is recorded: delete these older groups (from the retention policy)
-    /// on the nodes that hold them (node -> [(volume, group)]).
+    /// on the nodes that hold them (node -> [(volume, group)]), at `now`.
     pub fn prune(
         &mut self,
         victims: &BTreeMap<Name, Vec<(Name, Name)>>,
+        now: Timestamp,
     ) -> Result<Vec<Action>, RunError> {
         if self.step != Step::Prune {
             return Ok(Vec::new());
@@ -322,6 +568,8 @@ impl Run {
                     snapshots: Vec::new(),
                 },
                 deleting: BTreeMap::new(),
+                holding: false,
+                finished: None,
             });
             for (v, g) in list {
                 part.deleting
@@ -330,6 +578,7 @@ impl Run {
         }
         if self.nodes.values().all(|p| p.deleting.is_empty()) {
             self.step = Step::Done;
+            self.finished = Some(now.to_string());
         }
         self.actions()
     }
@@ -343,11 +592,43 @@ mod tests {
         Name::new(s).expect("name")
     }
 
-    fn run() -> Run {
+    fn t(secs: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + secs).expect("ts")
+    }
+
+    fn vols() -> BTreeMap<Name, Vec<Name>> {
         let mut vols = BTreeMap::new();
         vols.insert(n("node1"), vec![n("a"), n("b")]);
         vols.insert(n("node2"), vec![n("c")]);
-        Run::new(n("r7"), n("p"), n("g7"), 3, RunHooks::default(), vols).expect("run")
+        vols
+    }
+
+    fn run() -> Run {
+        Run::new(
+            n("r7"),
+            n("p"),
+            n("g7"),
+            3,
+            RunHooks::default(),
+            vols(),
+            t(0),
+        )
+        .expect("run")
+    }
+
+    /// A run with a freeze hook across two nodes: coordinated.
+    fn frozen() -> Run {
+        let hooks = RunHooks {
+            pre: Some("fsfreeze -f /mnt".into()),
+            post: Some("fsfreeze -u /mnt".into()),
+            timeout_secs: None,
+            deadline_secs: Some(30),
+        };
+        Run::new(n("r7"), n("p"), n("g7"), 3, hooks, vols(), t(0)).expect("run")
+    }
+
+    fn ok(result: TaskResult) -> TaskState {
+        TaskState::Done { result }
     }
 
     fn done(node: &str, vols: &[&str]) -> TaskState {
@@ -360,6 +641,8 @@ mod tests {
                         snapshot: n("g7"),
                         size: 1,
                         root: format!("root-{node}-{v}"),
+                        bytes_read: 1,
+                        manifest_ms: 1,
                     })
                     .collect(),
             },
@@ -373,6 +656,7 @@ mod tests {
             &n("node1"),
             &n("r7.node1.snap"),
             &done("node1", &["a", "b"]),
+            t(1),
         )
         .expect("report");
         r
@@ -403,6 +687,7 @@ mod tests {
                 &n("node1"),
                 &n("r7.node1.snap"),
                 &done("node1", &["a", "b"]),
+                t(1),
             )
             .expect("report");
         assert_eq!(
@@ -411,7 +696,12 @@ mod tests {
             "node2 still pending"
         );
         let a = r
-            .on_report(&n("node2"), &n("r7.node2.snap"), &done("node2", &["c"]))
+            .on_report(
+                &n("node2"),
+                &n("r7.node2.snap"),
+                &done("node2", &["c"]),
+                t(1),
+            )
             .expect("report");
         match &a[0] {
             Action::RecordGroup { snapshots } => assert_eq!(snapshots.len(), 3),
@@ -422,7 +712,7 @@ mod tests {
         let mut victims = BTreeMap::new();
         victims.insert(n("node1"), vec![(n("a"), n("g5")), (n("b"), n("g5"))]);
         victims.insert(n("node2"), vec![(n("c"), n("g5"))]);
-        let a = r.prune(&victims).expect("prune");
+        let a = r.prune(&victims, t(2)).expect("prune");
         assert_eq!(
             dispatched(&a),
             [
@@ -441,6 +731,7 @@ mod tests {
                 &TaskState::Done {
                     result: TaskResult::SnapshotDeleted,
                 },
+                t(1),
             )
             .expect("report");
         }
@@ -453,6 +744,7 @@ mod tests {
                     kind: "not_found".into(),
                     message: "gone".into(),
                 },
+                t(1),
             )
             .expect("report");
         assert_eq!(a, [Action::Finished { ok: true }]);
@@ -470,6 +762,7 @@ mod tests {
                     kind: "hook_failed".into(),
                     message: "pre hook exited 1".into(),
                 },
+                t(1),
             )
             .expect("report");
         assert_eq!(r.step, Step::Compensate);
@@ -488,6 +781,7 @@ mod tests {
                 &TaskState::Done {
                     result: TaskResult::SnapshotDeleted,
                 },
+                t(1),
             )
             .expect("report");
         }
@@ -508,10 +802,15 @@ mod tests {
             },
         ] {
             let mut r = run();
-            r.on_report(&n("node1"), &n("r7.node1.snap"), &bad)
+            r.on_report(&n("node1"), &n("r7.node1.snap"), &bad, t(1))
                 .expect("report");
-            r.on_report(&n("node2"), &n("r7.node2.snap"), &done("node2", &["c"]))
-                .expect("report");
+            r.on_report(
+                &n("node2"),
+                &n("r7.node2.snap"),
+                &done("node2", &["c"]),
+                t(1),
+            )
+            .expect("report");
             assert_eq!(r.step, Step::Compensate, "{bad:?}");
         }
         // Every node failed: nothing to undo, the run fails at once.
@@ -520,10 +819,10 @@ mod tests {
             kind: "io".into(),
             message: "disk".into(),
         };
-        r.on_report(&n("node1"), &n("r7.node1.snap"), &fail)
+        r.on_report(&n("node1"), &n("r7.node1.snap"), &fail, t(1))
             .expect("report");
         let a = r
-            .on_report(&n("node2"), &n("r7.node2.snap"), &fail)
+            .on_report(&n("node2"), &n("r7.node2.snap"), &fail, t(1))
             .expect("report");
         assert_eq!(
             (r.step.clone(), a),
@@ -531,16 +830,17 @@ mod tests {
         );
         let mut r = run();
         assert_eq!(
-            r.on_report(&n("node9"), &n("x"), &TaskState::Running),
+            r.on_report(&n("node9"), &n("x"), &TaskState::Running, t(1)),
             Err(RunError::UnknownNode(n("node9")))
         );
         // A repeated report changes nothing; a running report neither.
-        r.on_report(&n("node1"), &n("r7.node1.snap"), &TaskState::Running)
+        r.on_report(&n("node1"), &n("r7.node1.snap"), &TaskState::Running, t(1))
             .expect("report");
         r.on_report(
             &n("node1"),
             &n("r7.node1.snap"),
             &done("node1", &["a", "b"]),
+            t(1),
         )
         .expect("report");
         let before = r.clone();
@@ -548,6 +848,7 @@ mod tests {
             &n("node1"),
             &n("r7.node1.snap"),
             &done("node1", &["a", "b"]),
+            t(1),
         )
         .expect("report");
         assert_eq!(r, before);
@@ -569,8 +870,272 @@ mod tests {
             n("g"),
             1,
             RunHooks::default(),
-            BTreeMap::new()
+            BTreeMap::new(),
+            t(0)
         )
         .is_err());
+    }
+
+    #[test]
+    fn one_node_with_hooks_is_one_step_and_times_are_kept() {
+        let mut one = BTreeMap::new();
+        one.insert(n("node1"), vec![n("a"), n("b")]);
+        let hooks = RunHooks {
+            pre: Some("freeze".into()),
+            ..RunHooks::default()
+        };
+        let mut r = Run::new(n("r7"), n("p"), n("g7"), 3, hooks, one, t(0)).expect("run");
+        assert!(!r.coordinated && r.step == Step::Snapshot);
+        let a = r.actions().expect("actions");
+        match &a[..] {
+            [Action::Dispatch { task, .. }] => match &task.kind {
+                TaskKind::SnapshotGroup { pre_hook, hold, .. } => {
+                    assert_eq!((pre_hook.as_deref(), hold), (Some("freeze"), &None))
+                }
+                other => panic!("{other:?}"),
+            },
+            other => panic!("{other:?}"),
+        }
+        r.on_report(
+            &n("node1"),
+            &n("r7.node1.snap"),
+            &done("node1", &["a", "b"]),
+            t(4),
+        )
+        .expect("report");
+        assert_eq!(r.nodes[&n("node1")].finished, Some(t(4).to_string()));
+        r.prune(&BTreeMap::new(), t(5)).expect("prune");
+        assert_eq!(
+            (r.step.clone(), r.finished.clone()),
+            (Step::Done, Some(t(5).to_string()))
+        );
+    }
+
+    #[test]
+    fn across_nodes_prepare_snapshot_under_the_hold_and_release_each_node() {
+        let mut r = frozen();
+        assert!(r.coordinated && r.step == Step::Prepare);
+        assert_eq!(r.deadline_ms, Some(t(30).as_millisecond()));
+        let a = r.actions().expect("actions");
+        assert_eq!(
+            dispatched(&a),
+            ["node1:r7.node1.prep", "node2:r7.node2.prep"]
+        );
+        match &a[0] {
+            Action::Dispatch { task, .. } => assert_eq!(
+                task.kind,
+                TaskKind::Prepare {
+                    hold: n("r7"),
+                    volumes: vec![n("a"), n("b")],
+                    pre_hook: "fsfreeze -f /mnt".into(),
+                    post_hook: Some("fsfreeze -u /mnt".into()),
+                    hook_timeout_secs: None,
+                    hold_secs: 30,
+                }
+            ),
+            other => panic!("{other:?}"),
+        }
+        // node1 holds; nothing is snapshotted before node2 holds too.
+        let a = r
+            .on_report(
+                &n("node1"),
+                &n("r7.node1.prep"),
+                &ok(TaskResult::Prepared),
+                t(1),
+            )
+            .expect("report");
+        assert_eq!(dispatched(&a), ["node2:r7.node2.prep"]);
+        let a = r
+            .on_report(
+                &n("node2"),
+                &n("r7.node2.prep"),
+                &ok(TaskResult::Prepared),
+                t(2),
+            )
+            .expect("report");
+        assert_eq!(r.step, Step::Snapshot);
+        assert_eq!(
+            dispatched(&a),
+            ["node1:r7.node1.snap", "node2:r7.node2.snap"]
+        );
+        match &a[0] {
+            Action::Dispatch { task, .. } => match &task.kind {
+                TaskKind::SnapshotGroup { pre_hook, hold, .. } => {
+                    assert_eq!((pre_hook, hold), (&None, &Some(n("r7"))))
+                }
+                other => panic!("{other:?}"),
+            },
+            other => panic!("{other:?}"),
+        }
+        // The deadline concerns preparing only.
+        assert!(r.tick(t(100)).expect("tick").is_empty());
+        // node1's snapshot is taken: it is released at once, node2 still holds.
+        let a = r
+            .on_report(
+                &n("node1"),
+                &n("r7.node1.snap"),
+                &done("node1", &["a", "b"]),
+                t(3),
+            )
+            .expect("report");
+        assert_eq!(
+            dispatched(&a),
+            ["node1:r7.node1.rel", "node2:r7.node2.snap"]
+        );
+        r.on_report(
+            &n("node1"),
+            &n("r7.node1.rel"),
+            &ok(TaskResult::Released { expired: false }),
+            t(3),
+        )
+        .expect("report");
+        let a = r
+            .on_report(
+                &n("node2"),
+                &n("r7.node2.snap"),
+                &done("node2", &["c"]),
+                t(4),
+            )
+            .expect("report");
+        assert_eq!(dispatched(&a), ["node2:r7.node2.rel"]);
+        assert_eq!(
+            r.step,
+            Step::Snapshot,
+            "the group waits for the last release"
+        );
+        let a = r
+            .on_report(
+                &n("node2"),
+                &n("r7.node2.rel"),
+                &ok(TaskResult::Released { expired: false }),
+                t(4),
+            )
+            .expect("report");
+        assert!(matches!(&a[0], Action::RecordGroup { snapshots } if snapshots.len() == 3));
+        assert_eq!((r.step.clone(), r.error.clone()), (Step::Prune, None));
+    }
+
+    #[test]
+    fn across_nodes_a_failed_or_late_prepare_releases_everyone() {
+        // node2's pre hook fails: node1, holding, is released; nothing was snapshotted.
+        let mut r = frozen();
+        r.on_report(
+            &n("node1"),
+            &n("r7.node1.prep"),
+            &ok(TaskResult::Prepared),
+            t(1),
+        )
+        .expect("report");
+        let fail = TaskState::Failed {
+            kind: "hook_failed".into(),
+            message: "pre hook exited 1".into(),
+        };
+        let a = r
+            .on_report(&n("node2"), &n("r7.node2.prep"), &fail, t(2))
+            .expect("report");
+        assert_eq!(r.step, Step::Compensate);
+        // Both were asked to prepare: both are released (node2's hook may have frozen part).
+        assert_eq!(dispatched(&a), ["node1:r7.node1.rel", "node2:r7.node2.rel"]);
+        for node in ["node1", "node2"] {
+            r.on_report(
+                &n(node),
+                &n(&format!("r7.{node}.rel")),
+                &ok(TaskResult::Released { expired: false }),
+                t(3),
+            )
+            .expect("report");
+        }
+        assert_eq!(r.step, Step::Failed);
+        assert!(
+            r.error
+                .as_deref()
+                .is_some_and(|e| e.contains("pre hook exited 1")),
+            "{r:?}"
+        );
+        assert_eq!(r.finished, Some(t(3).to_string()));
+
+        // node2 never answers: at the deadline everyone is released and the run fails.
+        let mut r = frozen();
+        r.on_report(
+            &n("node1"),
+            &n("r7.node1.prep"),
+            &ok(TaskResult::Prepared),
+            t(1),
+        )
+        .expect("report");
+        assert!(r.tick(t(30)).expect("tick").is_empty(), "not yet past it");
+        let a = r.tick(t(31)).expect("tick");
+        assert_eq!(dispatched(&a), ["node1:r7.node1.rel", "node2:r7.node2.rel"]);
+        assert!(r
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("node2: not prepared within the 30 s deadline")));
+        // A late prepare report changes nothing now.
+        let before = r.clone();
+        r.on_report(
+            &n("node2"),
+            &n("r7.node2.prep"),
+            &ok(TaskResult::Prepared),
+            t(32),
+        )
+        .expect("report");
+        assert_eq!(r, before);
+    }
+
+    #[test]
+    fn across_nodes_a_failed_release_or_expired_hold_fails_and_undoes_the_group() {
+        let mut r = frozen();
+        for node in ["node1", "node2"] {
+            r.on_report(
+                &n(node),
+                &n(&format!("r7.{node}.prep")),
+                &ok(TaskResult::Prepared),
+                t(1),
+            )
+            .expect("report");
+        }
+        r.on_report(
+            &n("node1"),
+            &n("r7.node1.snap"),
+            &done("node1", &["a", "b"]),
+            t(2),
+        )
+        .expect("report");
+        // node2's hold ended by itself before its snapshot: the snapshot fails.
+        let expired = TaskState::Failed {
+            kind: "hold_expired".into(),
+            message: "hold r7 ended before the snapshot".into(),
+        };
+        r.on_report(&n("node2"), &n("r7.node2.snap"), &expired, t(3))
+            .expect("report");
+        r.on_report(
+            &n("node2"),
+            &n("r7.node2.rel"),
+            &ok(TaskResult::Released { expired: true }),
+            t(3),
+        )
+        .expect("report");
+        // node1's thaw failed.
+        let a = r
+            .on_report(
+                &n("node1"),
+                &n("r7.node1.rel"),
+                &TaskState::Failed {
+                    kind: "hook_failed".into(),
+                    message: "post hook exited 2".into(),
+                },
+                t(4),
+            )
+            .expect("report");
+        assert_eq!(r.step, Step::Compensate);
+        assert_eq!(
+            dispatched(&a),
+            ["node1:r7.node1.undo.a", "node1:r7.node1.undo.b"]
+        );
+        let e = r.error.clone().unwrap_or_default();
+        assert!(
+            e.contains("ended before the snapshot") && e.contains("post hook exited 2"),
+            "{e}"
+        );
     }
 }

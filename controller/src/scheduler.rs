@@ -28,6 +28,14 @@ pub const PLANS: &str = "/ferry/plans/";
 pub const OBJECTS: &str = "/ferry/objects/";
 pub const RUNS: &str = "/ferry/runs/";
 pub const FIRED: &str = "/ferry/fired/";
+/// One empty key per run in progress (`<plan>/<run>`), written with the run and deleted with
+/// its final write: the executor reads only these runs, however long the history.
+pub const ACTIVE: &str = "/ferry/active/";
+
+/// The active-index key of a run.
+pub fn active_key(plan: &Name, run: &Name) -> String {
+    format!("{ACTIVE}{plan}/{run}")
+}
 
 /// A run as stored and listed.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -39,6 +47,125 @@ pub struct RunRecord {
     pub slot: Option<String>,
     /// When the record was made (RFC 3339).
     pub created: String,
+    /// The plan's objects when the run was made, each with the volumes it covers.
+    #[serde(default)]
+    pub objects: Vec<ObjectVolumes>,
+}
+
+/// An object of a run and its protected volumes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectVolumes {
+    pub name: Name,
+    pub volumes: Vec<crate::model::VolumeRef>,
+}
+
+/// A run seen per object and volume, for the API and the CLI.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RunReport {
+    pub objects: Vec<ObjectReport>,
+    /// Bytes the snapshots' manifests read, all volumes together.
+    pub bytes_read: u64,
+    /// Seconds from the run's record to its end (so far, if it is not over: `None`).
+    pub duration_secs: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ObjectReport {
+    pub name: Name,
+    /// `pending`, `done`, `failed` or `undone` (taken, then deleted because the run failed).
+    pub status: &'static str,
+    pub volumes: Vec<VolumeReport>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct VolumeReport {
+    pub node: Name,
+    pub volume: Name,
+    pub status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<ferry_wire::task::SnapshotRecord>,
+    /// When its node's part of the snapshot step ended.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finished: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl RunRecord {
+    /// The run per object and volume (pure: from the record alone).
+    pub fn report(&self) -> RunReport {
+        use crate::run::NodeState;
+        let failed_run = self.run.step == Step::Failed || self.run.step == Step::Compensate;
+        let mut bytes_read = 0;
+        let objects = self
+            .objects
+            .iter()
+            .map(|o| {
+                let volumes: Vec<VolumeReport> = o
+                    .volumes
+                    .iter()
+                    .map(|v| {
+                        let part = self.run.nodes.get(&v.node);
+                        let (status, snapshot, error) = match part.map(|p| &p.state) {
+                            None => ("failed", None, self.run.error.clone()),
+                            Some(NodeState::Pending | NodeState::Prepared)
+                                if self.run.step.is_final() =>
+                            {
+                                ("failed", None, self.run.error.clone())
+                            }
+                            Some(NodeState::Pending | NodeState::Prepared) => {
+                                ("pending", None, None)
+                            }
+                            Some(NodeState::Failed { message }) => {
+                                ("failed", None, Some(message.clone()))
+                            }
+                            Some(NodeState::Done { snapshots }) => {
+                                let s = snapshots.iter().find(|s| s.volume == v.volume).cloned();
+                                bytes_read += s.as_ref().map_or(0, |s| s.bytes_read);
+                                (if failed_run { "undone" } else { "done" }, s, None)
+                            }
+                        };
+                        VolumeReport {
+                            node: v.node.clone(),
+                            volume: v.volume.clone(),
+                            status,
+                            snapshot,
+                            finished: part.and_then(|p| p.finished.clone()),
+                            error,
+                        }
+                    })
+                    .collect();
+                let any = |s: &str| volumes.iter().any(|v| v.status == s);
+                let status = if any("failed") {
+                    "failed"
+                } else if any("pending") {
+                    "pending"
+                } else if any("undone") {
+                    "undone"
+                } else {
+                    "done"
+                };
+                ObjectReport {
+                    name: o.name.clone(),
+                    status,
+                    volumes,
+                }
+            })
+            .collect();
+        let secs = |t: &str| t.parse::<Timestamp>().ok().map(|t| t.as_millisecond());
+        let duration_secs = match (
+            secs(&self.created),
+            self.run.finished.as_deref().and_then(secs),
+        ) {
+            (Some(a), Some(b)) => Some((b - a).max(0) as f64 / 1000.0),
+            _ => None,
+        };
+        RunReport {
+            objects,
+            bytes_read,
+            duration_secs,
+        }
+    }
 }
 
 /// The key of a run.
@@ -96,6 +223,7 @@ pub fn new_run(
     let group = group_name(name, slot.unwrap_or(at));
     let mut volumes: BTreeMap<Name, Vec<Name>> = BTreeMap::new();
     let mut missing = Vec::new();
+    let mut covered = Vec::new();
     for o in &plan.spec.objects {
         match objects.iter().find(|x| &x.name == o) {
             Some(obj) => {
@@ -105,6 +233,10 @@ pub fn new_run(
                         .or_default()
                         .push(v.volume.clone());
                 }
+                covered.push(ObjectVolumes {
+                    name: o.clone(),
+                    volumes: obj.protected_volumes().into_iter().cloned().collect(),
+                });
             }
             None => missing.push(o.to_string()),
         }
@@ -113,6 +245,7 @@ pub fn new_run(
         pre: plan.spec.hooks.pre.clone(),
         post: plan.spec.hooks.post.clone(),
         timeout_secs: plan.spec.hooks.timeout_secs,
+        deadline_secs: plan.spec.hooks.deadline_secs,
     };
     let run = match Run::new(
         id.clone(),
@@ -121,6 +254,7 @@ pub fn new_run(
         generation,
         hooks.clone(),
         volumes,
+        now,
     ) {
         Ok(r) if missing.is_empty() => r,
         _ => Run {
@@ -131,6 +265,9 @@ pub fn new_run(
             hooks,
             step: Step::Failed,
             nodes: BTreeMap::new(),
+            coordinated: false,
+            deadline_ms: None,
+            finished: Some(now.to_string()),
             error: Some(format!(
                 "the plan's objects have no volumes to protect (missing: {})",
                 if missing.is_empty() {
@@ -146,15 +283,19 @@ pub fn new_run(
         trigger: if slot.is_some() { "schedule" } else { "manual" }.into(),
         slot: slot.map(|s| s.to_string()),
         created: now.to_string(),
+        objects: covered,
     }
 }
 
-/// Stores a run (and, for a scheduled one, the plan's fired-slot marker) if its key is new.
-/// Returns whether this call created it.
+/// Stores a run (and, for a scheduled one, the plan's fired-slot marker; for one not over,
+/// its active-index key) if its key is new. Returns whether this call created it.
 pub async fn store_run(store: &Store, rec: &RunRecord) -> Result<bool, StoreError> {
     let key = run_key(&rec.run.plan, &rec.run.id);
     let value = serde_json::to_vec(rec).map_err(|e| StoreError::Embedded(e.to_string()))?;
     let mut then = vec![Op::Put(key.clone(), value)];
+    if !rec.run.step.is_final() {
+        then.push(Op::Put(active_key(&rec.run.plan, &rec.run.id), Vec::new()));
+    }
     if let Some(slot) = &rec.slot {
         then.push(Op::Put(
             format!("{FIRED}{}", rec.run.plan),
@@ -289,5 +430,107 @@ mod tests {
         // A task id built from a run id stays a valid name.
         let node = Name::new(&"n".repeat(64)).expect("name");
         assert!(Name::new(&format!("{}.{node}.snap", run_id(&b, t, true))).is_ok());
+    }
+
+    #[test]
+    fn a_run_is_reported_per_object_and_volume() {
+        use crate::model::VolumeRef;
+        use ferry_wire::task::{SnapshotRecord, TaskResult, TaskState};
+        let n = |s: &str| Name::new(s).expect("name");
+        let t0: Timestamp = "2026-11-24T02:30:00Z".parse().expect("ts");
+        let mut vols = BTreeMap::new();
+        vols.insert(n("n1"), vec![n("a"), n("b")]);
+        vols.insert(n("n2"), vec![n("c")]);
+        let run = Run::new(n("r1"), n("p"), n("g"), 1, RunHooks::default(), vols, t0).expect("run");
+        let vr = |node: &str, v: &str| VolumeRef {
+            node: n(node),
+            volume: n(v),
+        };
+        let mut rec = RunRecord {
+            run,
+            trigger: "manual".into(),
+            slot: None,
+            created: t0.to_string(),
+            objects: vec![
+                ObjectVolumes {
+                    name: n("vm"),
+                    volumes: vec![vr("n1", "a"), vr("n1", "b")],
+                },
+                ObjectVolumes {
+                    name: n("lun"),
+                    volumes: vec![vr("n2", "c")],
+                },
+            ],
+        };
+        let r = rec.report();
+        assert_eq!(
+            r.objects.iter().map(|o| o.status).collect::<Vec<_>>(),
+            ["pending", "pending"]
+        );
+        assert_eq!(r.duration_secs, None);
+        let snap = |v: &str, read: u64| SnapshotRecord {
+            volume: n(v),
+            snapshot: n("g"),
+            size: 4096,
+            root: "00".into(),
+            bytes_read: read,
+            manifest_ms: 3,
+        };
+        let t1 = t0 + jiff::SignedDuration::from_secs(2);
+        rec.run
+            .on_report(
+                &n("n1"),
+                &n("r1.n1.snap"),
+                &TaskState::Done {
+                    result: TaskResult::SnapshotGroup {
+                        snapshots: vec![snap("a", 100), snap("b", 20)],
+                    },
+                },
+                t1,
+            )
+            .expect("report");
+        let r = rec.report();
+        assert_eq!(r.objects[0].status, "done");
+        assert_eq!(
+            r.objects[0].volumes[1]
+                .snapshot
+                .as_ref()
+                .map(|s| s.bytes_read),
+            Some(20)
+        );
+        assert_eq!(r.objects[0].volumes[0].finished, Some(t1.to_string()));
+        assert_eq!((r.objects[1].status, r.bytes_read), ("pending", 120));
+        // n2 fails: its object failed, n1's snapshots are undone.
+        rec.run
+            .on_report(
+                &n("n2"),
+                &n("r1.n2.snap"),
+                &TaskState::Failed {
+                    kind: "no_space".into(),
+                    message: "disk full".into(),
+                },
+                t1,
+            )
+            .expect("report");
+        let r = rec.report();
+        assert_eq!(
+            r.objects.iter().map(|o| o.status).collect::<Vec<_>>(),
+            ["undone", "failed"]
+        );
+        assert_eq!(r.objects[1].volumes[0].error.as_deref(), Some("disk full"));
+        for v in ["a", "b"] {
+            rec.run
+                .on_report(
+                    &n("n1"),
+                    &n(&format!("r1.n1.undo.{v}")),
+                    &TaskState::Done {
+                        result: TaskResult::SnapshotDeleted,
+                    },
+                    t1 + jiff::SignedDuration::from_secs(1),
+                )
+                .expect("report");
+        }
+        assert_eq!(rec.run.step, Step::Failed);
+        assert_eq!(rec.report().duration_secs, Some(3.0));
     }
 }

@@ -384,3 +384,182 @@ fn a_controller_killed_mid_run_resumes_and_runs_nothing_twice() {
     let (_, groups) = c.call("GET", "/v1/plans/p/groups", Some(READER), None);
     assert_eq!(groups.as_array().map(Vec::len), Some(1), "{groups}");
 }
+
+/// Waits for run `id` of plan `p` to end; returns its detail (record and report).
+fn finished_run(c: &Controller, p: &str, id: &str, secs: u64) -> Value {
+    let path = format!("/v1/plans/{p}/runs/{id}");
+    wait_for(&format!("run {id} ends"), secs, || {
+        let (_, r) = c.call("GET", &path, Some(READER), None);
+        r["run"]["step"] == "done" || r["run"]["step"] == "failed"
+    });
+    c.call("GET", &path, Some(READER), None).1
+}
+
+/// A plan with a freeze hook over volumes on two agents runs prepare / snapshot / release:
+/// both nodes run their pre hook before either takes its snapshot, and each runs its post
+/// hook after its own snapshot. When a node does not prepare within the deadline, every
+/// node is released and the run fails with nothing left behind.
+#[test]
+fn across_nodes_runs_prepare_snapshot_and_release_within_a_deadline() {
+    use serde_json::json;
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (c, _, port) = site_controller(&pki, dir.path(), None);
+    let (s1, n1) = linked_agent(&pki, dir.path(), "n1", port, &["a", "b"]);
+    let (s2, n2) = linked_agent(&pki, dir.path(), "n2", port, &["c"]);
+    let _served = [s1, s2];
+    wait_for("both agents up", 15, || {
+        agents(&c).iter().filter(|a| a["status"] == "up").count() == 2
+    });
+    let obj = |name: &str, node: &str, v: &str| json!({"name": name, "kind": {"type": "virtual_volume", "volume": {"node": node, "volume": v}}});
+    for (name, node, v) in [("oa", "n1", "a"), ("ob", "n1", "b"), ("oc", "n2", "c")] {
+        assert_eq!(
+            c.admin("POST", "/v1/objects", Some(obj(name, node, v))).0,
+            201
+        );
+    }
+    let log = dir.path().join("hooks.log");
+    // Each hook logs what it is, its node's volumes and the time in ns; on n2 (volume c) the
+    // pre hook takes $SLOW seconds, read from a file the test writes.
+    let slow = dir.path().join("slow");
+    std::fs::write(&slow, "0").expect("slow");
+    let hook = |what: &str| {
+        format!(
+            "{} echo {what} $FERRY_VOLUMES $(date +%s%N) >> {}",
+            if what == "pre" {
+                format!(
+                    "[ \"$FERRY_VOLUMES\" = c ] && sleep $(cat {});",
+                    slow.display()
+                )
+            } else {
+                String::new()
+            },
+            log.display()
+        )
+    };
+    let plan = json!({"name": "p", "objects": ["oa", "ob", "oc"], "retention": 3, "enabled": false,
+        "schedule": {"every": "daily", "start": "2026-01-01T00:00"},
+        "hooks": {"pre": hook("pre"), "post": hook("post"), "deadline_secs": 3}});
+    assert_eq!(c.admin("POST", "/v1/plans", Some(plan)).0, 201);
+    let (code, r) = c.admin("POST", "/v1/plans/p/run", None);
+    assert_eq!(code, 202, "{r}");
+    assert_eq!(
+        (&r["run"]["coordinated"], &r["run"]["step"]),
+        (&json!(true), &json!("prepare"))
+    );
+    let id = r["run"]["id"].as_str().expect("id").to_string();
+    let d = finished_run(&c, "p", &id, 30);
+    assert_eq!(d["run"]["step"], "done", "{d}");
+    // Hook order from the log, snapshot times from the agents.
+    let entries: Vec<(String, String, u128)> = std::fs::read_to_string(&log)
+        .expect("log")
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            let t = f.last().and_then(|t| t.parse().ok()).expect("time");
+            (f[0].to_string(), f[1..f.len() - 1].join(" "), t)
+        })
+        .collect();
+    let at = |what: &str, vols: &str| {
+        entries
+            .iter()
+            .find(|e| e.0 == what && e.1 == vols)
+            .map(|e| e.2)
+            .unwrap_or_else(|| panic!("no {what} hook for {vols}: {entries:?}"))
+    };
+    let created = |cfg: &std::path::Path, v: &str| -> u128 {
+        let out = std::process::Command::new(bin("ferry-agent"))
+            .arg("--config")
+            .arg(cfg)
+            .args(["--json", "snapshot", "list", v])
+            .output()
+            .expect("list");
+        let list: Value = serde_json::from_slice(&out.stdout).expect("json");
+        list[0]["created_unix_ns"].as_u64().expect("created") as u128
+    };
+    let last_pre = at("pre", "a b").max(at("pre", "c"));
+    for (cfg, v, vols) in [(&n1, "a", "a b"), (&n1, "b", "a b"), (&n2, "c", "c")] {
+        let t = created(cfg, v);
+        assert!(
+            t > last_pre,
+            "{v} was snapshotted before every node was frozen"
+        );
+        assert!(
+            at("post", vols) > t,
+            "{v}'s node thawed before its snapshot"
+        );
+    }
+    assert_eq!(entries.len(), 4, "each hook once: {entries:?}");
+    // The report: every object done, with its snapshot and when its node finished.
+    let objects = d["report"]["objects"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(objects.len(), 3, "{d}");
+    for o in &objects {
+        assert_eq!(o["status"], "done", "{o}");
+        let v = &o["volumes"][0];
+        assert_eq!(v["snapshot"]["snapshot"], d["run"]["group"], "{v}");
+        assert!(v["finished"].is_string(), "{v}");
+    }
+    assert!(
+        d["report"]["duration_secs"]
+            .as_f64()
+            .is_some_and(|s| s > 0.0),
+        "{d}"
+    );
+    assert!(d["report"]["bytes_read"].as_u64().is_some(), "{d}");
+
+    // n2's pre hook now takes 6 s, past the 3 s deadline: both are released, the run fails,
+    // and no snapshot of it is left anywhere.
+    std::fs::write(&slow, "6").expect("slow");
+    std::fs::remove_file(&log).expect("rm log");
+    std::thread::sleep(Duration::from_millis(1100)); // a new group name
+    let (_, r) = c.admin("POST", "/v1/plans/p/run", None);
+    let id = r["run"]["id"].as_str().expect("id").to_string();
+    let d = finished_run(&c, "p", &id, 30);
+    assert_eq!(d["run"]["step"], "failed", "{d}");
+    assert!(
+        d["run"]["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("n2: not prepared within the 3 s deadline"),
+        "{d}"
+    );
+    let statuses: Vec<&str> = d["report"]["objects"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|o| o["status"].as_str().unwrap_or("?"))
+        .collect();
+    assert_eq!(statuses, ["failed", "failed", "failed"], "{d}");
+    // n2 finishes its slow pre hook, then its release (queued behind it) thaws it.
+    wait_for("n2 is thawed after its late freeze", 20, || {
+        let log = std::fs::read_to_string(&log).unwrap_or_default();
+        log.contains("post a b") && log.contains("pre c") && log.contains("post c")
+    });
+    for (cfg, v) in [(&n1, "a"), (&n1, "b"), (&n2, "c")] {
+        let out = std::process::Command::new(bin("ferry-agent"))
+            .arg("--config")
+            .arg(cfg)
+            .args(["--json", "snapshot", "list", v])
+            .output()
+            .expect("list");
+        let list: Value = serde_json::from_slice(&out.stdout).expect("json");
+        assert_eq!(
+            list.as_array().map(Vec::len),
+            Some(1),
+            "{v}: only the first group: {list}"
+        );
+    }
+    // Metrics carry the last run's duration and bytes.
+    let text = c.text("/metrics", READER);
+    assert!(
+        text.contains("ferry_plan_last_run_duration_seconds{plan=\"p\"}"),
+        "{text}"
+    );
+    assert!(
+        text.contains("ferry_plan_last_run_bytes_read{plan=\"p\"}"),
+        "{text}"
+    );
+}

@@ -84,10 +84,35 @@ fn objects_and_plans_from_the_command_line() {
         err.contains("failed") && err.contains("agent n1 is down"),
         "{err}"
     );
+    // The per-object table came with it.
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("OBJECT") && table.contains("n1/") && table.contains("agent n1 is down"),
+        "{table}"
+    );
     let runs = ferry(&c, Some(READER), &["plans", "runs", "hourly"]);
     assert!(
         String::from_utf8_lossy(&runs.stdout).contains(": failed"),
         "{runs:?}"
+    );
+    let list = ok(&c, &["plans", "runs", "hourly"]);
+    let id = list[0]["run"]["id"].as_str().expect("run id").to_string();
+    let detail = ok(&c, &["plans", "run-show", "hourly", &id]);
+    assert_eq!(
+        detail["report"]["objects"][0]["status"], "failed",
+        "{detail}"
+    );
+    fails(
+        &c,
+        Some(READER),
+        &["plans", "run-show", "hourly", "nosuch"],
+        "(404)",
+    );
+    fails(
+        &c,
+        Some(READER),
+        &["plans", "run-show", "hourly", "../x"],
+        "not a valid name",
     );
     assert_eq!(
         ok(&c, &["plans", "groups", "hourly"]),

@@ -78,6 +78,11 @@ fn a_task_runs_at_most_once() {
     assert_eq!(code, Some(1));
     assert_eq!(stale["stale"]["newest"], 5, "{stale}");
     assert!(!env.snapshots("v1").contains(&"g3".to_string()));
+    // The same id resent by a newer leader (a resumed run) gets the recorded answer: the
+    // generation is the sender's term, not part of the work.
+    let (code, resent) = run(&env, &task(&env, "t1c", &group_task("t-1", 6, "g1", None)));
+    assert_eq!((code, &resent), (Some(0), &first));
+    assert!(env.snapshots("v1").iter().all(|s| s != "g1"), "ran twice");
 
     // A task that fails says why, with the store's error kind; it is not retried either.
     let del = json!({"id": "t-4", "generation": 5,
@@ -143,5 +148,97 @@ fn a_task_killed_midway_is_interrupted_not_rerun() {
     std::fs::remove_file(&marker).expect("rm marker");
     assert_eq!(run(&env, &t).1, json!("interrupted"));
     assert!(!marker.exists(), "the task ran again");
+    assert!(env.leftovers().is_empty(), "{:?}", env.leftovers());
+}
+
+fn hold_task(id: &str, kind: Value) -> Value {
+    json!({"id": id, "generation": 1, "kind": kind})
+}
+
+/// Prepare / snapshot / release on one agent: the pre hook runs at prepare, the snapshot is
+/// taken under the hold without running hooks again, the post hook runs at release. A hold
+/// not released in time ends by itself (post hook run), and a snapshot under it then fails;
+/// a prepare that comes after its release is refused.
+#[test]
+fn holds_freeze_until_released_or_their_time_is_up() {
+    let Some(env) = two_volumes() else {
+        return;
+    };
+    let log = env.path("hooks.log");
+    let hook = |what: &str| {
+        format!(
+            "echo {what} $FERRY_SNAPSHOT $FERRY_VOLUMES >> {}",
+            log.display()
+        )
+    };
+    let lines = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .map(String::from)
+            .collect::<Vec<_>>()
+    };
+    let prepare = |id: &str, hold: &str, secs: u64| {
+        hold_task(
+            id,
+            json!({"prepare": {"hold": hold, "volumes": ["v1", "v2"], "pre_hook": hook("pre"),
+                "post_hook": hook("post"), "hook_timeout_secs": null, "hold_secs": secs}}),
+        )
+    };
+    let snap_under = |id: &str, hold: &str, snap: &str| {
+        hold_task(
+            id,
+            json!({"snapshot_group": {"snapshot": snap, "volumes": ["v1", "v2"], "pre_hook": null,
+                "post_hook": null, "hook_timeout_secs": null, "hold": hold}}),
+        )
+    };
+    let release = |id: &str, hold: &str| hold_task(id, json!({"release": {"hold": hold}}));
+
+    let (code, st) = run(&env, &task(&env, "p1", &prepare("h-p1", "r1", 60)));
+    assert_eq!(
+        (code, &st),
+        (Some(0), &json!({"done": {"result": "prepared"}}))
+    );
+    assert_eq!(lines(), ["pre r1 v1 v2"]);
+    let (code, st) = run(&env, &task(&env, "s1", &snap_under("h-s1", "r1", "g1")));
+    assert_eq!(code, Some(0), "{st}");
+    assert_eq!(
+        lines().len(),
+        1,
+        "no hook runs at the snapshot: {:?}",
+        lines()
+    );
+    assert!(env.snapshots("v1").contains(&"g1".to_string()));
+    let (code, st) = run(&env, &task(&env, "r1", &release("h-r1", "r1")));
+    assert_eq!(code, Some(0), "{st}");
+    assert_eq!(st["done"]["result"]["released"]["expired"], false);
+    assert_eq!(lines(), ["pre r1 v1 v2", "post r1 v1 v2"]);
+    // Released twice (a resend under a new id) does nothing more.
+    run(&env, &task(&env, "r1b", &release("h-r1b", "r1")));
+    assert_eq!(lines().len(), 2);
+
+    // A hold of 1 s, never released: it ends by itself, and the snapshot under it fails.
+    run(&env, &task(&env, "p2", &prepare("h-p2", "r2", 1)));
+    std::thread::sleep(Duration::from_millis(1500));
+    let (code, st) = run(&env, &task(&env, "s2", &snap_under("h-s2", "r2", "g2")));
+    assert_eq!(code, Some(1));
+    assert_eq!(st["failed"]["kind"], "hold_ended", "{st}");
+    assert!(!env.snapshots("v1").contains(&"g2".to_string()));
+    assert_eq!(lines()[2..], ["pre r2 v1 v2", "post r2 v1 v2"]);
+    let (_, st) = run(&env, &task(&env, "r2", &release("h-r2", "r2")));
+    assert_eq!(st["done"]["result"]["released"]["expired"], true, "{st}");
+
+    // A release that overtook its prepare: the prepare is refused, nothing is frozen.
+    run(&env, &task(&env, "r3", &release("h-r3", "r3")));
+    let (code, st) = run(&env, &task(&env, "p3", &prepare("h-p3", "r3", 60)));
+    assert_eq!(
+        (code, &st["failed"]["kind"]),
+        (Some(1), &json!("hold_ended")),
+        "{st}"
+    );
+    assert_eq!(lines().len(), 4, "{:?}", lines());
+    // A snapshot under a hold never prepared fails too.
+    let (_, st) = run(&env, &task(&env, "s4", &snap_under("h-s4", "nohold", "g4")));
+    assert_eq!(st["failed"]["kind"], "hold_ended", "{st}");
     assert!(env.leftovers().is_empty(), "{:?}", env.leftovers());
 }

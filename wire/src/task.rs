@@ -36,12 +36,35 @@ pub enum TaskKind {
         block_size: Option<u64>,
     },
     /// One snapshot of several volumes under one name, all or nothing, with hooks around it.
+    /// With `hold`, the snapshot is the middle step of a prepare / snapshot / release across
+    /// nodes: it is taken only while that hold (see [`TaskKind::Prepare`]) is still held,
+    /// and the hooks are the hold's, not run again.
     SnapshotGroup {
         snapshot: Name,
         volumes: Vec<Name>,
         pre_hook: Option<String>,
         post_hook: Option<String>,
         hook_timeout_secs: Option<u64>,
+        #[serde(default)]
+        hold: Option<Name>,
+    },
+    /// First step across nodes: run the pre hook (freeze) for these volumes and hold until
+    /// [`TaskKind::Release`]. If no release comes within `hold_secs` of the pre hook's end,
+    /// the agent runs the post hook by itself (a controller that died never leaves a node
+    /// frozen) and a later snapshot under this hold fails.
+    Prepare {
+        hold: Name,
+        volumes: Vec<Name>,
+        pre_hook: String,
+        post_hook: Option<String>,
+        hook_timeout_secs: Option<u64>,
+        hold_secs: u64,
+    },
+    /// Last step across nodes: run the hold's post hook (thaw) and drop it. Releasing a hold
+    /// that is gone (released already, expired) does nothing; a prepare arriving after its
+    /// release is refused.
+    Release {
+        hold: Name,
     },
     DeleteSnapshot {
         volume: Name,
@@ -68,17 +91,37 @@ pub struct SnapshotRecord {
     pub size: u64,
     /// Manifest root, hex.
     pub root: String,
+    /// Bytes the manifest read (everything on a first snapshot; the changed extents after).
+    #[serde(default)]
+    pub bytes_read: u64,
+    /// Milliseconds the manifest took.
+    #[serde(default)]
+    pub manifest_ms: u64,
 }
 
 /// What a finished task produced.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TaskResult {
-    VolumeCreated { volume: Name, size: u64 },
-    SnapshotGroup { snapshots: Vec<SnapshotRecord> },
+    VolumeCreated {
+        volume: Name,
+        size: u64,
+    },
+    SnapshotGroup {
+        snapshots: Vec<SnapshotRecord>,
+    },
     SnapshotDeleted,
+    /// The pre hook ran; the hold lasts `hold_secs` unless released.
+    Prepared,
+    /// The post hook ran (`expired`: the hold had already ended by itself, its post hook run
+    /// then; `false` with no hold: nothing to do).
+    Released {
+        expired: bool,
+    },
     RolledBack,
-    Cloned { volume: Name },
+    Cloned {
+        volume: Name,
+    },
 }
 
 /// Where a task stands, as the agent reports it.
@@ -140,12 +183,30 @@ mod tests {
                 pre_hook: Some("fsfreeze -f /mnt".into()),
                 post_hook: None,
                 hook_timeout_secs: Some(30),
+                hold: None,
             },
         };
         let b = crate::codec::encode(&t).expect("encode");
         assert_eq!(
             crate::codec::decode::<Task>(&b, TASK_LIMIT).expect("decode"),
             t
+        );
+        let p = Task {
+            id: n("t-0002"),
+            generation: 3,
+            kind: TaskKind::Prepare {
+                hold: n("r1"),
+                volumes: vec![n("v1")],
+                pre_hook: "fsfreeze -f /mnt".into(),
+                post_hook: Some("fsfreeze -u /mnt".into()),
+                hook_timeout_secs: None,
+                hold_secs: 60,
+            },
+        };
+        let b = crate::codec::encode(&p).expect("encode");
+        assert_eq!(
+            crate::codec::decode::<Task>(&b, TASK_LIMIT).expect("decode"),
+            p
         );
         let s = TaskState::Done {
             result: TaskResult::Cloned { volume: n("r") },

@@ -81,6 +81,8 @@ enum PlanCmd {
     },
     /// The plan's runs.
     Runs { name: String },
+    /// One run per object and volume: status, snapshot, bytes read, when, errors.
+    RunShow { name: String, run: String },
     /// The plan's kept snapshot groups.
     Groups { name: String },
     /// Roll the plan's objects (or --object ones) back to a kept group.
@@ -134,16 +136,80 @@ fn run_progress(r: &Value) -> String {
         .values()
         .filter(|n| n["state"].get("done").is_some())
         .count();
-    let mut line = format!(
-        "run {}: {} ({done}/{} nodes snapshotted)",
-        r["run"]["id"].as_str().unwrap_or("?"),
-        r["run"]["step"].as_str().unwrap_or("?"),
-        nodes.len()
-    );
+    let step = r["run"]["step"].as_str().unwrap_or("?");
+    let mut line = if step == "prepare" {
+        let held = nodes.values().filter(|n| n["state"] == "prepared").count();
+        format!(
+            "run {}: prepare ({held}/{} nodes holding)",
+            r["run"]["id"].as_str().unwrap_or("?"),
+            nodes.len()
+        )
+    } else {
+        format!(
+            "run {}: {step} ({done}/{} nodes snapshotted)",
+            r["run"]["id"].as_str().unwrap_or("?"),
+            nodes.len()
+        )
+    };
     if let Some(e) = r["run"]["error"].as_str() {
         line.push_str(&format!(": {e}"));
     }
     line
+}
+
+/// Bytes as people read them.
+fn human(n: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i + 1 < units.len() {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", units[i])
+    }
+}
+
+/// A run's detail: a summary line, then one row per object and volume.
+fn print_run_detail(d: &Value) {
+    let rep = &d["report"];
+    let took = rep["duration_secs"]
+        .as_f64()
+        .map_or(String::new(), |s| format!(" in {s:.1} s"));
+    println!(
+        "{}{took}, {} read",
+        run_progress(d),
+        human(rep["bytes_read"].as_u64().unwrap_or(0))
+    );
+    println!(
+        "{:<24} {:<8} {:<32} {:>10}  SNAPSHOT / ERROR",
+        "OBJECT", "STATUS", "NODE/VOLUME", "READ"
+    );
+    for o in rep["objects"].as_array().into_iter().flatten() {
+        for v in o["volumes"].as_array().into_iter().flatten() {
+            let what = v["error"]
+                .as_str()
+                .map(String::from)
+                .or_else(|| v["snapshot"]["snapshot"].as_str().map(String::from))
+                .unwrap_or_default();
+            println!(
+                "{:<24} {:<8} {:<32} {:>10}  {what}",
+                o["name"].as_str().unwrap_or("?"),
+                v["status"].as_str().unwrap_or("?"),
+                format!(
+                    "{}/{}",
+                    v["node"].as_str().unwrap_or("?"),
+                    v["volume"].as_str().unwrap_or("?")
+                ),
+                v["snapshot"]["bytes_read"]
+                    .as_u64()
+                    .map_or("-".to_string(), human),
+            );
+        }
+    }
 }
 
 fn rollback_progress(r: &Value) -> String {
@@ -346,19 +412,33 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     cli.json,
                 )
                 .await?;
+                let detail = api
+                    .call("GET", &format!("/v1/plans/{name}/runs/{id}"), None)
+                    .await?;
                 if end["run"]["step"] != "done" {
                     if cli.json {
-                        println!("{}", serde_json::to_string_pretty(&end)?);
+                        println!("{}", serde_json::to_string_pretty(&detail)?);
+                    } else {
+                        print_run_detail(&detail);
                     }
                     bail!("{}", run_progress(&end));
                 }
-                (end, "raw")
+                (detail, "run")
             }
         }
         Cmd::Plans(PlanCmd::Runs { name }) => (
             api.call("GET", &format!("/v1/plans/{}/runs", checked(name)?), None)
                 .await?,
             "raw",
+        ),
+        Cmd::Plans(PlanCmd::RunShow { name, run }) => (
+            api.call(
+                "GET",
+                &format!("/v1/plans/{}/runs/{}", checked(name)?, checked(run)?),
+                None,
+            )
+            .await?,
+            "run",
         ),
         Cmd::Plans(PlanCmd::Groups { name }) => (
             api.call("GET", &format!("/v1/plans/{}/groups", checked(name)?), None)
@@ -419,6 +499,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     match (&out, kind) {
         (Value::Null, _) => println!("done"),
+        (v, "run") => print_run_detail(v),
         (Value::Array(a), "raw") => {
             for e in a {
                 println!(
