@@ -229,9 +229,23 @@ pub struct AgentConfig {
 pub struct ControllerLink {
     /// The controller's agent endpoint, HOST:PORT (UDP).
     pub address: Option<String>,
+    /// More of the site's controllers (several on etcd): the agent tries them in turn, and a
+    /// controller that is not the leader tells it where the leader is.
+    pub addresses: Vec<String>,
     /// This site's CA certificate: only a controller with a certificate it issued is
     /// accepted.
     pub ca: Option<PathBuf>,
+}
+
+impl ControllerLink {
+    /// Every configured controller address, `address` first.
+    pub fn all(&self) -> Vec<String> {
+        self.address
+            .iter()
+            .chain(self.addresses.iter())
+            .cloned()
+            .collect()
+    }
 }
 
 impl Default for AgentConfig {

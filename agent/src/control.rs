@@ -27,6 +27,30 @@ fn net_err(e: NetError) -> StoreError {
     }
 }
 
+/// How a link ended.
+enum LinkEnd {
+    /// The controller is not the leader; it said where the leader is (if it knows).
+    NotLeader(Option<String>),
+    Failed(StoreError),
+}
+
+impl From<StoreError> for LinkEnd {
+    fn from(e: StoreError) -> Self {
+        LinkEnd::Failed(e)
+    }
+}
+
+impl From<NetError> for LinkEnd {
+    fn from(e: NetError) -> Self {
+        match e.closed_by_peer() {
+            Some((code, to)) if code == ferry_wire::msg::close::NOT_LEADER => {
+                LinkEnd::NotLeader(Some(to).filter(|t| !t.is_empty()))
+            }
+            _ => LinkEnd::Failed(net_err(e)),
+        }
+    }
+}
+
 /// Free and total bytes of the filesystem holding `dir`.
 fn space(dir: &std::path::Path) -> (u64, u64) {
     use std::os::unix::ffi::OsStrExt;
@@ -72,8 +96,8 @@ pub async fn run(
     store: Arc<Store>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
-    let (Some(address), Some(ca)) = (cfg.controller.address.clone(), cfg.controller.ca.clone())
-    else {
+    let addresses = cfg.controller.all();
+    let (false, Some(ca)) = (addresses.is_empty(), cfg.controller.ca.clone()) else {
         return Ok(());
     };
     let (Some(cert), Some(key)) = (&cfg.net.cert, &cfg.net.key) else {
@@ -103,22 +127,38 @@ pub async fn run(
     let _expiry = AbortOnDrop(expiry);
     tokio::pin!(shutdown);
     let mut delay = Duration::from_secs(1);
+    // Where a follower said the leader is: tried next, before the configured list.
+    let mut pointed: Option<String> = None;
+    let mut turn = 0;
     loop {
+        let address = pointed.take().unwrap_or_else(|| {
+            turn += 1;
+            addresses[(turn - 1) % addresses.len()].clone()
+        });
         let attempt = link(&address, &id, &trust, store.clone(), ledger.clone());
+        let mut wait = delay;
         tokio::select! {
             r = attempt => {
                 match r {
                     Ok(()) => delay = Duration::from_secs(1),
-                    Err(e) => tracing::warn!(controller = %address, error = %e, retry_s = delay.as_secs(), "controller link down"),
+                    Err(LinkEnd::NotLeader(to)) => {
+                        tracing::info!(controller = %address, leader = ?to, "not the leader; trying where it points");
+                        pointed = to;
+                        wait = Duration::from_millis(200);
+                    }
+                    Err(LinkEnd::Failed(e)) => tracing::warn!(controller = %address, error = %e, retry_s = delay.as_secs(), "controller link down"),
                 }
             }
             _ = &mut shutdown => return Ok(()),
         }
         tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
+            _ = tokio::time::sleep(wait) => {}
             _ = &mut shutdown => return Ok(()),
         }
-        delay = (delay * 2).min(Duration::from_secs(30));
+        // Back off only once every configured controller was tried.
+        if wait == delay && turn % addresses.len() == 0 {
+            delay = (delay * 2).min(Duration::from_secs(30));
+        }
     }
 }
 
@@ -129,7 +169,7 @@ async fn link(
     trust: &Trust,
     store: Arc<Store>,
     ledger: Arc<Ledger>,
-) -> Result<()> {
+) -> std::result::Result<(), LinkEnd> {
     let addr = tokio::net::lookup_host(address)
         .await
         .map_err(|e| StoreError::Invalid(format!("controller address {address}: {e}")))?
@@ -137,14 +177,15 @@ async fn link(
         .ok_or_else(|| {
             StoreError::Invalid(format!("controller address {address} resolves to nothing"))
         })?;
-    let ep = net::client_endpoint(addr, net::client_config(id, trust).map_err(net_err)?)
-        .map_err(net_err)?;
-    let mut s = net::connect(&ep, addr, id, trust).await.map_err(net_err)?;
+    let mut cc = net::client_config(id, trust)?;
+    cc.transport_config(net::control_transport());
+    let ep = net::client_endpoint(addr, cc)?;
+    let mut s = net::connect(&ep, addr, id, trust).await?;
     if s.peer_site != id.site {
-        return Err(StoreError::Invalid(format!(
+        return Err(LinkEnd::Failed(StoreError::Invalid(format!(
             "{address} is of site {}, not this node's site {}",
             s.peer_site, id.site
-        )));
+        ))));
     }
     tracing::info!(controller = %address, peer = %s.peer_node, "connected to the controller");
     let (free, total) = space(store.root());
@@ -160,8 +201,7 @@ async fn link(
             free_bytes: free,
         },
     )
-    .await
-    .map_err(net_err)?;
+    .await?;
     // Reports come from task threads; one writer owns the stream.
     let (tx, mut rx) = mpsc::channel::<AgentMsg>(64);
     let mut send = s.send;
@@ -180,11 +220,9 @@ async fn link(
             net::send_msg(&mut send, &msg).await?;
         }
     });
-    let result: Result<()> = async {
+    let result: std::result::Result<(), LinkEnd> = async {
         loop {
-            let msg: ControllerMsg = net::recv_msg(&mut s.recv, CONTROL_LINK_LIMIT)
-                .await
-                .map_err(net_err)?;
+            let msg: ControllerMsg = net::recv_msg(&mut s.recv, CONTROL_LINK_LIMIT).await?;
             match msg {
                 ControllerMsg::Task(task) => {
                     let (store, ledger, tx) = (store.clone(), ledger.clone(), tx.clone());

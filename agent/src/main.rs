@@ -542,8 +542,8 @@ fn pki(json: bool, c: PkiCmd) -> anyhow::Result<()> {
 }
 
 fn serve(cfg: &AgentConfig, json: bool) -> anyhow::Result<()> {
-    if cfg.controller.address.is_some() != cfg.controller.ca.is_some() {
-        anyhow::bail!("controller.address and controller.ca go together (the controller's address and this site's CA certificate)");
+    if cfg.controller.all().is_empty() == cfg.controller.ca.is_some() {
+        anyhow::bail!("controller.address (or addresses) and controller.ca go together (the controllers' addresses and this site's CA certificate)");
     }
     let rt = runtime()?;
     rt.block_on(async {

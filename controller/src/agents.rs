@@ -13,7 +13,8 @@ use std::time::Duration;
 use ferry_net::pki::{Identity, Trust};
 use ferry_net::quic::{self as net, NetError};
 use ferry_wire::control::{
-    AgentMsg, ControllerMsg, VolumeReport, CONTROL_LINK_LIMIT, DOWN_AFTER_SECS,
+    AgentMsg, ControllerMsg, ForwardRequest, VolumeReport, CONTROL_LINK_LIMIT, DOWN_AFTER_SECS,
+    FORWARD_LIMIT,
 };
 use ferry_wire::task::TaskState;
 use ferry_wire::Name;
@@ -89,6 +90,10 @@ pub struct AgentsConfig {
     pub key: PathBuf,
     /// The site CA's certificate: only agents it certified are accepted.
     pub ca: PathBuf,
+    /// The address the site's agents and other controllers reach this endpoint at, when
+    /// `listen` is not it (a wildcard address, NAT). Default: `listen`.
+    #[serde(default)]
+    pub advertise: Option<String>,
 }
 
 /// Live links, by node: where to send tasks, and the reports that come back.
@@ -161,6 +166,11 @@ impl Bound {
     pub fn local_addr(&self) -> Result<SocketAddr, LinkError> {
         Ok(self.ep.local_addr()?)
     }
+
+    /// This controller's identity and the site's trust, for its links to other controllers.
+    pub fn credentials(&self) -> (Arc<Identity>, Arc<Trust>) {
+        (self.id.clone(), self.trust.clone())
+    }
 }
 
 /// Loads the controller's identity and the site CA and binds the endpoint (call inside a
@@ -177,29 +187,40 @@ pub fn bind(cfg: &AgentsConfig) -> Result<Bound, LinkError> {
     })
 }
 
-/// Serves agents until `shutdown`.
-pub async fn serve(
-    bound: Bound,
-    store: Store,
-    links: Arc<Links>,
-    shutdown: impl std::future::Future<Output = ()>,
-) {
+/// What the endpoint needs besides its socket: the store, the agents' links, this
+/// controller's role, and the API router that forwarded requests go through.
+#[derive(Clone)]
+pub struct Context {
+    pub store: Store,
+    pub links: Arc<Links>,
+    pub role: tokio::sync::watch::Receiver<crate::leader::Role>,
+    pub router: axum::Router,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context").finish_non_exhaustive()
+    }
+}
+
+/// Serves agents and follower controllers until `shutdown`.
+pub async fn serve(bound: Bound, cx: Context, shutdown: impl std::future::Future<Output = ()>) {
     let Bound { ep, id, trust } = bound;
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             inc = ep.accept() => {
                 let Some(inc) = inc else { break };
-                let (id, trust, store, links) = (id.clone(), trust.clone(), store.clone(), links.clone());
+                let (id, trust, cx) = (id.clone(), trust.clone(), cx.clone());
                 tokio::spawn(async move {
                     let remote = inc.remote_address();
                     match inc.await {
                         Ok(conn) => {
-                            if let Err(e) = agent_link(conn, &id, &trust, store, links).await {
-                                tracing::info!(%remote, error = %e, "agent link closed");
+                            if let Err(e) = connection(conn, &id, &trust, cx).await {
+                                tracing::info!(%remote, error = %e, "link closed");
                             }
                         }
-                        Err(e) => tracing::info!(%remote, error = %e, "agent connection failed during TLS"),
+                        Err(e) => tracing::info!(%remote, error = %e, "connection failed during TLS"),
                     }
                 });
             }
@@ -212,14 +233,15 @@ pub async fn serve(
     );
 }
 
-async fn agent_link(
+/// One connection of this site: refused with `NOT_LEADER` (and where the leader is) unless
+/// this controller leads; then an agent's link (it registers on the first stream) or a
+/// follower's forwarded requests (it opens more streams).
+async fn connection(
     conn: quinn::Connection,
     id: &Identity,
     trust: &Trust,
-    store: Store,
-    links: Arc<Links>,
+    cx: Context,
 ) -> Result<(), LinkError> {
-    let remote = conn.remote_address();
     let mut s = net::accept_session(conn, id, trust).await?;
     if s.peer_site != id.site {
         return Err(LinkError::Protocol(format!(
@@ -227,7 +249,79 @@ async fn agent_link(
             s.peer_node, s.peer_site, id.site
         )));
     }
-    let first: AgentMsg = net::recv_msg(&mut s.recv, CONTROL_LINK_LIMIT).await?;
+    if !matches!(*cx.role.borrow(), crate::leader::Role::Leader(_)) {
+        let leader = crate::leader::current(&cx.store)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|l| l.endpoint)
+            .unwrap_or_default();
+        tracing::info!(peer = %s.peer_node, %leader, "not the leader: pointing the peer at the leader");
+        s.conn.close(
+            quinn::VarInt::from_u32(ferry_wire::msg::close::NOT_LEADER),
+            leader.as_bytes(),
+        );
+        return Ok(());
+    }
+    tokio::select! {
+        first = net::recv_msg::<AgentMsg>(&mut s.recv, CONTROL_LINK_LIMIT) => {
+            agent_link(s, first?, cx.store, cx.links).await
+        }
+        stream = s.conn.accept_bi() => {
+            let conn = s.conn.clone();
+            forwarded(conn, stream.map_err(NetError::from)?, cx.router).await
+        }
+    }
+}
+
+/// Serves a follower's forwarded requests, one per stream, until it closes.
+async fn forwarded(
+    conn: quinn::Connection,
+    first: (quinn::SendStream, quinn::RecvStream),
+    router: axum::Router,
+) -> Result<(), LinkError> {
+    let mut next = Some(first);
+    loop {
+        let (mut send, mut recv) = match next.take() {
+            Some(s) => s,
+            None => match conn.accept_bi().await {
+                Ok(s) => s,
+                Err(e) => {
+                    let e = NetError::from(e);
+                    return if e.is_clean_close() {
+                        Ok(())
+                    } else {
+                        Err(e.into())
+                    };
+                }
+            },
+        };
+        let router = router.clone();
+        let c = conn.clone();
+        tokio::spawn(async move {
+            let req: ForwardRequest = match net::recv_msg(&mut recv, FORWARD_LIMIT).await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::info!(error = %e, "bad forwarded request: closing the link");
+                    net::close_for(&c, &e);
+                    return;
+                }
+            };
+            let resp = crate::peer::answer(router, req).await;
+            if net::send_msg(&mut send, &resp).await.is_ok() {
+                let _ = send.finish();
+            }
+        });
+    }
+}
+
+async fn agent_link(
+    mut s: net::Session,
+    first: AgentMsg,
+    store: Store,
+    links: Arc<Links>,
+) -> Result<(), LinkError> {
+    let remote = s.conn.remote_address();
     let AgentMsg::Register {
         volumes,
         capacity_bytes,
@@ -254,7 +348,7 @@ async fn agent_link(
     tracing::info!(node = %rec.node, %remote, volumes = rec.volumes.len(), "agent registered");
     let (tx, mut rx) = mpsc::channel::<ControllerMsg>(64);
     if let Ok(mut m) = links.senders.lock() {
-        m.insert(rec.node.clone(), tx);
+        m.insert(rec.node.clone(), tx.clone());
     }
     let mut send = s.send;
     let writer = tokio::spawn(async move {
@@ -293,7 +387,12 @@ async fn agent_link(
     .await;
     writer.abort();
     if let Ok(mut m) = links.senders.lock() {
-        m.remove(&rec.node);
+        // Only this link's entry: the agent may have connected again meanwhile.
+        if m.get(&rec.node).is_some_and(|t| t.same_channel(&tx)) {
+            m.remove(&rec.node);
+        } else {
+            return result; // a newer link has it: not down
+        }
     }
     rec.status = "down".into();
     if let Err(e) = put(&store, &rec).await {

@@ -47,8 +47,11 @@ pub struct TokenEntry {
 pub struct ApiState {
     pub store: Store,
     pub tokens: Vec<TokenEntry>,
-    /// This controller's generation (stamped on the tasks of runs it starts).
-    pub generation: u64,
+    /// Leader (with its term, stamped on the tasks of runs it starts and fencing its writes)
+    /// or follower (forwarding requests to the leader).
+    pub role: tokio::sync::watch::Receiver<crate::leader::Role>,
+    /// The link to the leader, for a follower (several controllers on etcd).
+    pub forwarder: Option<Arc<crate::peer::Forwarder>>,
     /// Request counters for `/metrics`: (route, status) -> (count, seconds).
     pub requests: std::sync::Mutex<std::collections::BTreeMap<(String, u16), (u64, f64)>>,
     /// Links to the connected agents (to create volumes on them).
@@ -59,16 +62,37 @@ impl ApiState {
     pub fn new(
         store: Store,
         tokens: Vec<TokenEntry>,
-        generation: u64,
+        role: tokio::sync::watch::Receiver<crate::leader::Role>,
+        forwarder: Option<Arc<crate::peer::Forwarder>>,
         links: Arc<crate::agents::Links>,
     ) -> ApiState {
         ApiState {
             store,
             tokens,
-            generation,
+            role,
+            forwarder,
             requests: Default::default(),
             links,
         }
+    }
+
+    /// This controller's term, if it leads.
+    pub fn term(&self) -> Option<crate::leader::Term> {
+        match &*self.role.borrow() {
+            crate::leader::Role::Leader(t) => Some(t.clone()),
+            crate::leader::Role::Follower => None,
+        }
+    }
+
+    /// The term, for a handler that only a leader runs (followers forward them).
+    fn leading(&self) -> ApiResult<crate::leader::Term> {
+        self.term().ok_or_else(|| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not_leader",
+                "this controller is not the leader (an election is under way); retry shortly",
+            )
+        })
     }
 }
 
@@ -164,8 +188,90 @@ pub fn router(state: Arc<ApiState>) -> Router {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
         })
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), forward))
         .layer(axum::middleware::from_fn_with_state(state.clone(), track))
         .with_state(state)
+}
+
+/// How long a request waits for an election under way.
+const ELECTION_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// On a follower, every `/v1` request but the OpenAPI document goes to the leader (the
+/// leader checks the token); `/healthz` and `/metrics` are answered here.
+async fn forward(
+    State(s): State<Arc<ApiState>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let path = req.uri().path().to_string();
+    let local = !path.starts_with("/v1/") || path == "/v1/openapi.json";
+    if local {
+        return next.run(req).await;
+    }
+    let unavailable =
+        |m: String| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_leader", m).into_response();
+    // While an election is under way (at start, after a leader died) a request waits for
+    // its outcome rather than failing at once.
+    let t0 = std::time::Instant::now();
+    loop {
+        if s.term().is_some() {
+            return next.run(req).await;
+        }
+        let elected = crate::leader::current(&s.store)
+            .await
+            .ok()
+            .flatten()
+            .is_some();
+        if (elected && s.forwarder.is_some()) || t0.elapsed() > ELECTION_WAIT {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let Some(f) = s.forwarder.clone() else {
+        return unavailable("this controller is not the leader and cannot reach it".into());
+    };
+    if req.headers().contains_key(crate::peer::FORWARDED) {
+        return unavailable("this controller is no longer the leader; retry shortly".into());
+    }
+    let (authorization, content_type) = {
+        let header = |h: axum::http::header::HeaderName| {
+            req.headers()
+                .get(h)
+                .and_then(|v| v.to_str().ok())
+                .map(String::from)
+        };
+        (
+            header(axum::http::header::AUTHORIZATION),
+            header(axum::http::header::CONTENT_TYPE),
+        )
+    };
+    let method = req.method().to_string();
+    let target = req.uri().path_and_query().map_or(path, |p| p.to_string());
+    let body = match axum::body::to_bytes(req.into_body(), MAX_BODY).await {
+        Ok(b) => b.to_vec(),
+        Err(_) => {
+            return ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("request body: larger than {MAX_BODY} bytes"),
+            )
+            .into_response()
+        }
+    };
+    let fr = ferry_wire::control::ForwardRequest {
+        method,
+        path: target,
+        authorization,
+        content_type,
+        body,
+    };
+    match f.forward(&fr).await {
+        Ok(r) => crate::peer::response(r),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot forward a request to the leader");
+            unavailable(format!("this controller is a follower: {e}"))
+        }
+    }
 }
 
 /// Checks the bearer token; a write needs the admin role.
@@ -222,8 +328,14 @@ async fn healthz(State(s): State<Arc<ApiState>>) -> ApiResult<Json<Value>> {
         Store::Etcd(_) => "etcd",
         Store::Embedded(_) => "embedded",
     };
+    let leader = crate::leader::current(&s.store).await?;
+    let (role, generation) = match s.term() {
+        Some(t) => ("leader", Some(t.generation)),
+        None => ("follower", None),
+    };
     Ok(Json(
-        json!({ "ok": true, "store": store, "revision": revision }),
+        json!({ "ok": true, "store": store, "revision": revision, "role": role,
+        "generation": generation, "leader": leader }),
     ))
 }
 
@@ -755,10 +867,16 @@ async fn run_now(
             "a rollback of plan {name} is in progress"
         )));
     }
+    let term = s.leading()?;
     let objects = load_objects(&s.store).await?;
-    let rec =
-        crate::scheduler::new_run(&plan, &objects, None, s.generation, jiff::Timestamp::now());
-    if !crate::scheduler::store_run(&s.store, &rec).await? {
+    let rec = crate::scheduler::new_run(
+        &plan,
+        &objects,
+        None,
+        term.generation,
+        jiff::Timestamp::now(),
+    );
+    if !crate::scheduler::store_run(&s.store, &rec, &term).await? {
         return Err(ApiError::conflict(
             "a run of this plan was started this very millisecond",
         ));
@@ -923,13 +1041,14 @@ async fn start_rollback(
         ));
     }
     let now = jiff::Timestamp::now();
+    let term = s.leading()?;
     let id = Name::new(&format!("rb{}", now.as_millisecond()))
         .map_err(|e| ApiError::bad(e.to_string()))?;
     let rb = crate::rollback::Rollback::new(
         id.clone(),
         name.clone(),
         req.group.clone(),
-        s.generation,
+        term.generation,
         volumes,
         now.to_string(),
     );
@@ -937,7 +1056,7 @@ async fn start_rollback(
     let done = s
         .store
         .txn(Txn {
-            when: vec![Compare::Absent(key.clone())],
+            when: vec![Compare::Absent(key.clone()), term.fence()],
             then: vec![Op::Put(key, encode(&rb)?)],
         })
         .await?;
@@ -986,7 +1105,7 @@ async fn create_volume(
         .map_err(|e| ApiError::bad(e.to_string()))?;
     let task = ferry_wire::task::Task {
         id: id.clone(),
-        generation: s.generation,
+        generation: s.leading()?.generation,
         kind: ferry_wire::task::TaskKind::CreateVolume {
             volume: req.name.clone(),
             size,

@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::agents::{AgentRecord, Links, AGENTS};
 use crate::api::PlanRecord;
+use crate::leader::Term;
 use crate::retention::{prune, GroupInfo};
 use crate::run::Action;
 use crate::scheduler::{active_key, load, run_key, RunRecord, ACTIVE, PLANS, RUNS};
@@ -57,10 +58,11 @@ fn group_key(plan: &Name, group: &Name) -> String {
     format!("{GROUPS}{plan}/{group}")
 }
 
-/// Replaces a record read as `kv` unless it changed since, with `more` writes in the same
-/// transaction; returns whether it was written.
+/// Replaces a record read as `kv` unless it changed since or `term` no longer leads, with
+/// `more` writes in the same transaction; returns whether it was written.
 async fn write_back(
     store: &Store,
+    term: &Term,
     kv: &crate::store::KeyValue,
     value: Vec<u8>,
     more: Vec<Op>,
@@ -69,7 +71,10 @@ async fn write_back(
     then.extend(more);
     let done = store
         .txn(Txn {
-            when: vec![Compare::ModRevision(kv.key.clone(), kv.mod_revision)],
+            when: vec![
+                Compare::ModRevision(kv.key.clone(), kv.mod_revision),
+                term.fence(),
+            ],
             then,
         })
         .await?;
@@ -130,12 +135,22 @@ pub const AGENT_DEADLINE_SECS: u64 = 90;
 const RESEND_AFTER: Duration = Duration::from_secs(5);
 
 /// The executor's memory between passes: when it sent each task id in this process.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Executor {
+    term: Term,
     sent: HashMap<String, Instant>,
 }
 
 impl Executor {
+    /// An executor for `term`: what it writes is fenced by it, and what it resumes from an
+    /// earlier term is sent under its generation.
+    pub fn new(term: Term) -> Executor {
+        Executor {
+            term,
+            sent: HashMap::new(),
+        }
+    }
+
     /// One pass over the unfinished runs.
     pub async fn pass(&mut self, store: &Store, links: &Links) -> Result<(), StoreError> {
         let now = jiff::Timestamp::now();
@@ -152,6 +167,9 @@ impl Executor {
                 continue;
             };
             let before = serde_json::to_vec(&rec).unwrap_or_default();
+            // A run of an earlier term goes on under this one (agents that have seen this
+            // term refuse the older generation; the ids, and so the work, stay the same).
+            rec.run.generation = rec.run.generation.max(self.term.generation);
             let more = rec.run.tick(now).unwrap_or_default();
             let mut ops = self.after(store, &mut rec, &more).await?;
             let mut actions = rec.run.actions().unwrap_or_default();
@@ -186,7 +204,7 @@ impl Executor {
                 if over {
                     ops.push(Op::Delete(active_key(&rec.run.plan, &rec.run.id)));
                 }
-                if !write_back(store, &kv, after, ops).await? {
+                if !write_back(store, &self.term, &kv, after, ops).await? {
                     continue; // changed meanwhile: the next pass reads it again
                 }
                 if over {
@@ -218,6 +236,7 @@ impl Executor {
                 continue;
             }
             let before = rb.clone();
+            rb.generation = rb.generation.max(self.term.generation);
             for (node, task) in rb.pending() {
                 if let Some(state) = outcome(links, &agents, now, &node, &task.id) {
                     rb.on_report(&node, &task.id, &state);
@@ -225,7 +244,7 @@ impl Executor {
             }
             if rb != before {
                 let v = serde_json::to_vec(&rb).map_err(|e| StoreError::Embedded(e.to_string()))?;
-                if !write_back(store, &kv, v, Vec::new()).await? {
+                if !write_back(store, &self.term, &kv, v, Vec::new()).await? {
                     continue;
                 }
                 if rb.step != crate::rollback::RollbackStep::Running {
@@ -345,9 +364,14 @@ impl Executor {
 }
 
 /// Runs the executor until `shutdown`.
-pub async fn run(store: Store, links: Arc<Links>, shutdown: impl std::future::Future<Output = ()>) {
+pub async fn run(
+    store: Store,
+    links: Arc<Links>,
+    term: Term,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
     tokio::pin!(shutdown);
-    let mut ex = Executor::default();
+    let mut ex = Executor::new(term);
     loop {
         if let Err(e) = ex.pass(&store, &links).await {
             tracing::warn!(error = %e, "executor pass failed; retrying");

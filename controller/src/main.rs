@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
@@ -49,8 +50,28 @@ struct Config {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, tag = "kind", rename_all = "snake_case")]
 enum StoreConfig {
-    Embedded { path: PathBuf },
-    Etcd { endpoints: Vec<String> },
+    Embedded {
+        path: PathBuf,
+    },
+    Etcd {
+        endpoints: Vec<String>,
+        /// Seconds a leader's lease lives without renewal: how long a dead leader holds
+        /// the site before a follower takes over (default 5).
+        #[serde(default)]
+        lease_ttl_secs: Option<u64>,
+    },
+}
+
+impl StoreConfig {
+    fn lease_ttl_secs(&self) -> u64 {
+        match self {
+            StoreConfig::Etcd {
+                lease_ttl_secs: Some(t),
+                ..
+            } => *t,
+            _ => 5,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -65,8 +86,24 @@ struct TokenConfig {
 fn load(path: &PathBuf) -> anyhow::Result<Config> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("read the configuration {}", path.display()))?;
+    parse(&text, path)
+}
+
+fn parse(text: &str, path: &std::path::Path) -> anyhow::Result<Config> {
     let cfg: Config =
-        toml::from_str(&text).with_context(|| format!("configuration {}", path.display()))?;
+        toml::from_str(text).with_context(|| format!("configuration {}", path.display()))?;
+    if let StoreConfig::Etcd {
+        lease_ttl_secs: Some(t),
+        ..
+    } = &cfg.store
+    {
+        if !(2..=120).contains(t) {
+            bail!(
+                "configuration {}: store.lease_ttl_secs must be 2 to 120, not {t}",
+                path.display()
+            );
+        }
+    }
     if cfg.tokens.is_empty() {
         bail!(
             "configuration {}: no [[tokens]]: nobody could use the API",
@@ -91,80 +128,199 @@ fn tokens(cfg: &Config) -> anyhow::Result<Vec<TokenEntry>> {
         .collect()
 }
 
-async fn serve(cfg: Config) -> anyhow::Result<()> {
-    let store = match &cfg.store {
+/// Where a started controller listens.
+#[derive(Debug, Clone, Copy)]
+struct Ready {
+    api: SocketAddr,
+    endpoint: Option<SocketAddr>,
+}
+
+async fn open_store(cfg: &StoreConfig) -> anyhow::Result<Store> {
+    Ok(match cfg {
         StoreConfig::Embedded { path } => Store::Embedded(
             EmbeddedStore::open(path).with_context(|| format!("open {}", path.display()))?,
         ),
-        StoreConfig::Etcd { endpoints } => Store::Etcd(
+        StoreConfig::Etcd { endpoints, .. } => Store::Etcd(
             EtcdStore::connect(endpoints)
                 .await
                 .context("connect to etcd")?,
         ),
+    })
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn terminated() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(t) => t,
+        Err(_) => return std::future::pending().await,
     };
-    // One controller per store for now; leader election (etcd) will raise this per term.
-    let generation = 1;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+/// Runs the controller until `until` resolves (or its leadership is lost: an error).
+/// `ready` is told where it listens once it does.
+async fn serve(
+    cfg: Config,
+    ready: impl FnOnce(Ready),
+    until: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    use ferry_controller::leader::{self, LeaderInfo, Role};
+    let store = open_store(&cfg.store).await?;
     let links = Arc::new(ferry_controller::agents::Links::default());
+    let (role_tx, role_rx) = tokio::sync::watch::channel(Role::Follower);
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("listen on {}", cfg.listen))?;
+    let api_addr = listener.local_addr()?;
+    let bound = match &cfg.agents {
+        Some(a) => Some(ferry_controller::agents::bind(a).context("agent endpoint")?),
+        None => None,
+    };
+    let endpoint_addr = bound.as_ref().map(|b| b.local_addr()).transpose()?;
+    let advertised = match (&cfg.agents, endpoint_addr) {
+        (Some(a), Some(bound_at)) => Some(match &a.advertise {
+            Some(adv) => adv.clone(),
+            None if bound_at.ip().is_unspecified() && matches!(store, Store::Etcd(_)) => bail!(
+                "agents.advertise: the endpoint listens on {bound_at}; say where the site's \
+                 agents and other controllers reach it"
+            ),
+            None => bound_at.to_string(),
+        }),
+        _ => None,
+    };
+    // A follower forwards the API to the leader, as this controller (several on etcd).
+    let forwarder = match (&store, &bound) {
+        (Store::Etcd(_), Some(b)) => {
+            let (id, trust) = b.credentials();
+            Some(Arc::new(ferry_controller::peer::Forwarder::new(
+                id,
+                trust,
+                store.clone(),
+            )))
+        }
+        _ => None,
+    };
+    let name = match &bound {
+        Some(b) => b.credentials().0.node.to_string(),
+        None => "controller".to_string(),
+    };
     let state = Arc::new(ApiState::new(
         store.clone(),
         tokens(&cfg)?,
-        generation,
+        role_rx.clone(),
+        forwarder,
         links.clone(),
     ));
+    let router = api::router(state);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let scheduler = tokio::spawn(ferry_controller::scheduler::run(
-        store.clone(),
-        generation,
-        stopped(stop_rx.clone()),
-    ));
-    let executor = tokio::spawn(ferry_controller::executor::run(
-        store.clone(),
-        links.clone(),
-        stopped(stop_rx.clone()),
-    ));
-    let agents = match &cfg.agents {
-        Some(a) => {
-            let bound = ferry_controller::agents::bind(a).context("agent endpoint")?;
-            tracing::info!(addr = %bound.local_addr()?, "agent endpoint up");
-            Some(tokio::spawn(ferry_controller::agents::serve(
-                bound,
-                store,
-                links,
-                stopped(stop_rx),
-            )))
+    let agents = bound.map(|bound| {
+        if let Some(a) = endpoint_addr {
+            tracing::info!(addr = %a, "agent endpoint up");
         }
-        None => None,
+        tokio::spawn(ferry_controller::agents::serve(
+            bound,
+            ferry_controller::agents::Context {
+                store: store.clone(),
+                links: links.clone(),
+                role: role_rx.clone(),
+                router: router.clone(),
+            },
+            stopped(stop_rx.clone()),
+        ))
+    });
+    println!("ferry-controller listening on {api_addr}");
+    tracing::info!(addr = %api_addr, "HTTP API up");
+    let http = tokio::spawn({
+        let serving =
+            axum::serve(listener, router).with_graceful_shutdown(stopped(stop_rx.clone()));
+        async move { serving.await }
+    });
+    ready(Ready {
+        api: api_addr,
+        endpoint: endpoint_addr,
+    });
+    let me = LeaderInfo {
+        name,
+        api: format!("http://{api_addr}"),
+        endpoint: advertised,
     };
-    let listener = tokio::net::TcpListener::bind(cfg.listen)
-        .await
-        .with_context(|| format!("listen on {}", cfg.listen))?;
-    let addr = listener.local_addr()?;
-    println!("ferry-controller listening on {addr}");
-    tracing::info!(%addr, "HTTP API up");
-    axum::serve(listener, api::router(state))
-        .with_graceful_shutdown(async {
-            let mut term =
-                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                    Ok(t) => t,
-                    Err(_) => return std::future::pending().await,
-                };
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
+    let ttl = Duration::from_secs(cfg.store.lease_ttl_secs());
+    let (lead_stop_tx, lead_stop_rx) = tokio::sync::watch::channel(false);
+    let st = store.clone();
+    let mut leading = tokio::spawn(async move {
+        let elect = async {
+            loop {
+                match leader::elect(&st, &me, ttl).await {
+                    Ok(l) => break l,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot campaign for leadership; retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
             }
-        })
-        .await
-        .context("serve")?;
+        };
+        let mut l = tokio::select! {
+            l = elect => l,
+            _ = stopped(lead_stop_rx.clone()) => return Ok(()),
+        };
+        let term = l.term.clone();
+        tracing::info!(
+            generation = term.generation,
+            "leading: scheduling and running plans"
+        );
+        let _ = role_tx.send(Role::Leader(term.clone()));
+        let scheduler = tokio::spawn(ferry_controller::scheduler::run(
+            st.clone(),
+            term.clone(),
+            stopped(lead_stop_rx.clone()),
+        ));
+        let executor = tokio::spawn(ferry_controller::executor::run(
+            st.clone(),
+            links,
+            term,
+            stopped(lead_stop_rx.clone()),
+        ));
+        let outcome = tokio::select! {
+            why = l.lost() => Err(why),
+            _ = stopped(lead_stop_rx.clone()) => Ok(()),
+        };
+        let _ = role_tx.send(Role::Follower);
+        scheduler.abort();
+        executor.abort();
+        match outcome {
+            Ok(()) => {
+                l.resign(&st).await;
+                Ok(())
+            }
+            Err(why) => Err(why),
+        }
+    });
+    let result = tokio::select! {
+        _ = until => Ok(()),
+        r = &mut leading => match r {
+            Ok(Err(why)) => Err(anyhow::anyhow!(
+                "lost the leadership ({why}); exiting so that this controller restarts as a follower"
+            )),
+            Ok(Ok(())) => Ok(()),
+            Err(e) => Err(anyhow::anyhow!("leadership task: {e}")),
+        },
+    };
+    let _ = lead_stop_tx.send(true);
+    if !leading.is_finished() {
+        let _ = leading.await;
+    }
     let _ = stop_tx.send(true);
-    let _ = scheduler.await;
-    let _ = executor.await;
+    let _ = http.await;
     if let Some(a) = agents {
         let _ = a.await;
     }
-    Ok(())
+    result
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -174,7 +330,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?
-                .block_on(serve(cfg))
+                .block_on(serve(
+                    cfg,
+                    |r| tracing::info!(api = %r.api, agents = ?r.endpoint, "ready"),
+                    terminated(),
+                ))
         }
         Cmd::Token => {
             let mut raw = [0u8; 32];
@@ -202,4 +362,45 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let json = cli.json;
     ferry_controller::exit::finish(json, run(cli))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_configuration_parses_and_bad_ones_are_refused() {
+        let example = include_str!("../ferry-controller.example.toml");
+        let p = std::path::Path::new("example.toml");
+        let cfg = parse(example, p).expect("the example parses");
+        assert_eq!(cfg.tokens.len(), 2);
+        assert!(cfg.agents.is_some_and(|a| a.advertise.is_some()));
+        let etcd = example.replace(
+            "kind = \"embedded\"\npath = \"/var/lib/ferry/controller.redb\"",
+            "kind = \"etcd\"\nendpoints = [\"http://127.0.0.1:2379\"]\nlease_ttl_secs = 9",
+        );
+        let cfg = parse(&etcd, p).expect("etcd parses");
+        assert_eq!(cfg.store.lease_ttl_secs(), 9);
+        for (bad, says) in [
+            (
+                etcd.replace("lease_ttl_secs = 9", "lease_ttl_secs = 1"),
+                "lease_ttl_secs",
+            ),
+            (
+                example.replace("listen = \"127.0.0.1:7480\"", "listen = \"x\""),
+                "listen",
+            ),
+            (
+                example.replace("[agents]", "[agents]\ncolour = 1"),
+                "colour",
+            ),
+            (
+                example.replace("role = \"admin\"", "role = \"root\""),
+                "root",
+            ),
+        ] {
+            let e = format!("{:#}", parse(&bad, p).expect_err("refused"));
+            assert!(e.contains(says), "{says}: {e}");
+        }
+    }
 }

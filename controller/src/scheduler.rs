@@ -19,6 +19,7 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use crate::api::PlanRecord;
+use crate::leader::Term;
 use crate::model::Object;
 use crate::run::{Run, RunHooks, Step};
 use crate::schedule::{due, Schedule};
@@ -288,8 +289,9 @@ pub fn new_run(
 }
 
 /// Stores a run (and, for a scheduled one, the plan's fired-slot marker; for one not over,
-/// its active-index key) if its key is new. Returns whether this call created it.
-pub async fn store_run(store: &Store, rec: &RunRecord) -> Result<bool, StoreError> {
+/// its active-index key) if its key is new and `term` still leads. Returns whether this call
+/// created it.
+pub async fn store_run(store: &Store, rec: &RunRecord, term: &Term) -> Result<bool, StoreError> {
     let key = run_key(&rec.run.plan, &rec.run.id);
     let value = serde_json::to_vec(rec).map_err(|e| StoreError::Embedded(e.to_string()))?;
     let mut then = vec![Op::Put(key.clone(), value)];
@@ -304,7 +306,7 @@ pub async fn store_run(store: &Store, rec: &RunRecord) -> Result<bool, StoreErro
     }
     let done = store
         .txn(Txn {
-            when: vec![Compare::Absent(key)],
+            when: vec![Compare::Absent(key), term.fence()],
             then,
         })
         .await?;
@@ -329,7 +331,7 @@ pub async fn load<T: serde::de::DeserializeOwned>(
 /// One pass: fire every due slot; returns the earliest next slot of any active plan.
 pub async fn tick(
     store: &Store,
-    generation: u64,
+    term: &Term,
     now: Timestamp,
 ) -> Result<Option<Timestamp>, StoreError> {
     let plans: Vec<PlanRecord> = load(store, PLANS).await?;
@@ -363,8 +365,8 @@ pub async fn tick(
                 objects = Some(load(store, OBJECTS).await?);
             }
             let objects = objects.as_deref().unwrap_or_default();
-            let rec = new_run(p, objects, Some(slot), generation, Timestamp::now());
-            if store_run(store, &rec).await? {
+            let rec = new_run(p, objects, Some(slot), term.generation, Timestamp::now());
+            if store_run(store, &rec, term).await? {
                 tracing::info!(plan = %p.spec.name, run = %rec.run.id, %slot, "scheduled run");
             }
         }
@@ -376,7 +378,7 @@ pub async fn tick(
 }
 
 /// Runs the scheduler until `shutdown` resolves. Store errors are logged and retried.
-pub async fn run(store: Store, generation: u64, shutdown: impl std::future::Future<Output = ()>) {
+pub async fn run(store: Store, term: Term, shutdown: impl std::future::Future<Output = ()>) {
     tokio::pin!(shutdown);
     loop {
         let mut watch = match store.watch(PLANS, 0).await {
@@ -386,7 +388,7 @@ pub async fn run(store: Store, generation: u64, shutdown: impl std::future::Futu
                 None
             }
         };
-        let wait = match tick(&store, generation, Timestamp::now()).await {
+        let wait = match tick(&store, &term, Timestamp::now()).await {
             Ok(Some(n)) => {
                 let ms = n.as_millisecond() - Timestamp::now().as_millisecond();
                 Duration::from_millis(ms.clamp(0, 60_000) as u64)

@@ -75,6 +75,23 @@ impl NetError {
         }
     }
 
+    /// The code and reason the peer closed the connection with, if it did.
+    pub fn closed_by_peer(&self) -> Option<(u32, String)> {
+        let e = match self {
+            NetError::Read(quinn::ReadError::ConnectionLost(e))
+            | NetError::Write(quinn::WriteError::ConnectionLost(e))
+            | NetError::Connection(e) => e,
+            _ => return None,
+        };
+        match e {
+            quinn::ConnectionError::ApplicationClosed(c) => Some((
+                c.error_code.into_inner() as u32,
+                String::from_utf8_lossy(&c.reason).into_owned(),
+            )),
+            _ => None,
+        }
+    }
+
     /// Whether retrying later can help (network trouble) or not (the peer or its data are
     /// wrong, or we are misconfigured).
     pub fn retryable(&self) -> bool {
@@ -159,6 +176,19 @@ pub fn transport() -> Arc<quinn::TransportConfig> {
     // replication tests).
     t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()));
     if let Ok(idle) = quinn::IdleTimeout::try_from(Duration::from_secs(30)) {
+        t.max_idle_timeout(Some(idle));
+    }
+    Arc::new(t)
+}
+
+/// Transport settings for links that carry control only (agent to controller, controller
+/// to controller): keep-alives every 2 s and an idle timeout of 10 s, so a peer that died
+/// without a word is noticed in seconds rather than half a minute.
+pub fn control_transport() -> Arc<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    t.max_concurrent_bidi_streams(VarInt::from_u32(64))
+        .keep_alive_interval(Some(Duration::from_secs(2)));
+    if let Ok(idle) = quinn::IdleTimeout::try_from(Duration::from_secs(10)) {
         t.max_idle_timeout(Some(idle));
     }
     Arc::new(t)

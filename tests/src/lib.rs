@@ -798,4 +798,89 @@ pub mod controller {
             self.call(method, path, Some(ADMIN), b.as_deref())
         }
     }
+
+    /// A free UDP port on loopback.
+    pub fn free_udp_port() -> u16 {
+        std::net::UdpSocket::bind("127.0.0.1:0")
+            .and_then(|s| s.local_addr())
+            .map(|a| a.port())
+            .expect("free port")
+    }
+
+    /// Polls `f` every 100 ms until it holds; fails the test with `what` after `secs`.
+    pub fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+        let t0 = std::time::Instant::now();
+        while !f() {
+            assert!(
+                t0.elapsed() < std::time::Duration::from_secs(secs),
+                "{what}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
+    impl Controller {
+        /// This site's agents as the API lists them.
+        pub fn agents(&self) -> Vec<Value> {
+            let (code, v) = self.call("GET", "/v1/agents", Some(READER), None);
+            assert_eq!(code, 200, "{v}");
+            v.as_array().cloned().unwrap_or_default()
+        }
+
+        /// `/healthz`.
+        pub fn health(&self) -> Value {
+            self.call("GET", "/healthz", None, None).1
+        }
+    }
+
+    /// A controller `name` of site-a with its agent endpoint on UDP `port`, over `store` (a
+    /// `[store]` section; `DIR` stands for a temporary directory). Returns it and its
+    /// configuration (to start it again).
+    pub fn site_controller(
+        pki: &crate::Pki,
+        dir: &std::path::Path,
+        name: &str,
+        store: &str,
+        port: u16,
+    ) -> (Controller, String) {
+        pki.agent_config("site-a", name, &["site-b"], &dir.join("unused"));
+        let site_dir = pki.dir.path().join("site-a");
+        let cfg = format!(
+            "{store}\n[agents]\nlisten = \"127.0.0.1:{port}\"\ncert = {:?}\nkey = {:?}\nca = {:?}",
+            site_dir.join(format!("{name}.pem")).display().to_string(),
+            site_dir.join(format!("{name}.key")).display().to_string(),
+            pki.ca("site-a").display().to_string(),
+        );
+        (Controller::start(&cfg), cfg)
+    }
+
+    /// An agent `node` of site-a linked to the controllers on UDP `ports` (tried in turn),
+    /// with 4 MiB volumes `vols`, serving; returns it and its configuration.
+    pub fn linked_agent(
+        pki: &crate::Pki,
+        dir: &std::path::Path,
+        node: &str,
+        ports: &[u16],
+        vols: &[&str],
+    ) -> (crate::Served, std::path::PathBuf) {
+        let cfg = pki.agent_config("site-a", node, &["site-b"], &dir.join(node));
+        let mut text = std::fs::read_to_string(&cfg).expect("config");
+        let addrs: Vec<String> = ports.iter().map(|p| format!("\"127.0.0.1:{p}\"")).collect();
+        text.push_str(&format!(
+            "[controller]\naddresses = [{}]\nca = {:?}\n",
+            addrs.join(", "),
+            pki.ca("site-a").display().to_string()
+        ));
+        std::fs::write(&cfg, text).expect("config");
+        for v in vols {
+            let out = Command::new(bin("ferry-agent"))
+                .arg("--config")
+                .arg(&cfg)
+                .args(["volume", "create", v, "--size", "4M"])
+                .output()
+                .expect("create");
+            assert!(out.status.success());
+        }
+        (crate::Served::start(&cfg), cfg)
+    }
 }

@@ -2,56 +2,30 @@
 //! `ferry-controller serve` (QUIC, mutual TLS with the site CA), registers its volumes and
 //! heartbeats; killed with SIGKILL, it is reported down; a node of another site is refused.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use ferry_tests::controller::{Controller, READER};
+use ferry_tests::controller::{self, free_udp_port, wait_for, Controller, READER};
 use ferry_tests::{bin, Pki, Served};
 use serde_json::Value;
 
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
 fn agents(c: &Controller) -> Vec<Value> {
-    let (code, v) = c.call("GET", "/v1/agents", Some(READER), None);
-    assert_eq!(code, 200, "{v}");
-    v.as_array().cloned().unwrap_or_default()
+    c.agents()
 }
 
-fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
-    let t0 = Instant::now();
-    while !f() {
-        assert!(t0.elapsed() < Duration::from_secs(secs), "{what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// A controller of site-a (embedded store at `state`, or DIR/state.redb) with its agent
+/// A controller of site-a on an embedded store at `state` (or DIR/state.redb), its agent
 /// endpoint on a free UDP port; returns it, its configuration and the port.
 fn site_controller(
     pki: &Pki,
     dir: &std::path::Path,
     state: Option<&std::path::Path>,
 ) -> (Controller, String, u16) {
-    pki.agent_config("site-a", "controller1", &["site-b"], &dir.join("unused"));
-    let site_dir = pki.dir.path().join("site-a");
     let port = free_udp_port();
     let path = state.map_or("DIR/state.redb".to_string(), |p| p.display().to_string());
-    let cfg = format!(
-        "[store]\nkind = \"embedded\"\npath = {path:?}\n\
-         [agents]\nlisten = \"127.0.0.1:{port}\"\ncert = {:?}\nkey = {:?}\nca = {:?}",
-        site_dir.join("controller1.pem").display().to_string(),
-        site_dir.join("controller1.key").display().to_string(),
-        pki.ca("site-a").display().to_string(),
-    );
-    (Controller::start(&cfg), cfg, port)
+    let store = format!("[store]\nkind = \"embedded\"\npath = {path:?}");
+    let (c, cfg) = controller::site_controller(pki, dir, "controller1", &store, port);
+    (c, cfg, port)
 }
 
-/// An agent `node` of site-a linked to the controller on `port`, with 4 MiB volumes `vols`,
-/// serving; returns it and its configuration.
 fn linked_agent(
     pki: &Pki,
     dir: &std::path::Path,
@@ -59,23 +33,7 @@ fn linked_agent(
     port: u16,
     vols: &[&str],
 ) -> (Served, std::path::PathBuf) {
-    let cfg = pki.agent_config("site-a", node, &["site-b"], &dir.join(node));
-    let mut text = std::fs::read_to_string(&cfg).expect("config");
-    text.push_str(&format!(
-        "[controller]\naddress = \"127.0.0.1:{port}\"\nca = {:?}\n",
-        pki.ca("site-a").display().to_string()
-    ));
-    std::fs::write(&cfg, text).expect("config");
-    for v in vols {
-        let out = std::process::Command::new(bin("ferry-agent"))
-            .arg("--config")
-            .arg(&cfg)
-            .args(["volume", "create", v, "--size", "4M"])
-            .output()
-            .expect("create");
-        assert!(out.status.success());
-    }
-    (Served::start(&cfg), cfg)
+    controller::linked_agent(pki, dir, node, &[port], vols)
 }
 
 #[test]

@@ -1,7 +1,13 @@
 //! The agent-controller link: an agent connects out to its site's controller (QUIC, mutual
 //! TLS with the site CA, the [`crate::msg::Hello`] handshake), opens one bidirectional stream
 //! and sends [`AgentMsg::Register`], then heartbeats; the controller sends tasks on the same
-//! stream and the agent reports on them. Every message is one bounded frame.
+//! stream and the agent reports on them. Every message is one bounded frame. A controller
+//! that is not the site's leader closes the link with [`crate::msg::close::NOT_LEADER`].
+//!
+//! The same endpoint serves the site's other controllers: a follower forwards the HTTP
+//! requests it receives to the leader, each as a [`ForwardRequest`] on a new bidirectional
+//! stream of its connection (after the handshake, sending nothing on the first stream),
+//! answered by one [`ForwardResponse`].
 
 use serde::{Deserialize, Serialize};
 
@@ -52,6 +58,43 @@ pub enum ControllerMsg {
     Task(Task),
 }
 
+/// Limit on one encoded forwarded request or response.
+pub const FORWARD_LIMIT: usize = crate::codec::MAX_MESSAGE_SIZE;
+
+/// An HTTP request a follower controller passes to the leader. `authorization` is the
+/// caller's bearer token, which the leader checks: never logged (`Debug` hides it).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForwardRequest {
+    pub method: String,
+    /// Path and query, e.g. `/v1/plans?x=1`.
+    pub path: String,
+    pub authorization: Option<String>,
+    pub content_type: Option<String>,
+    pub body: Vec<u8>,
+}
+
+impl std::fmt::Debug for ForwardRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ForwardRequest")
+            .field("method", &self.method)
+            .field("path", &self.path)
+            .field(
+                "authorization",
+                &self.authorization.as_ref().map(|_| "<hidden>"),
+            )
+            .field("body_len", &self.body.len())
+            .finish()
+    }
+}
+
+/// The leader's answer to a [`ForwardRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForwardResponse {
+    pub status: u16,
+    pub content_type: Option<String>,
+    pub body: Vec<u8>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -89,5 +132,21 @@ mod tests {
             );
         }
         assert!(codec::decode::<ControllerMsg>(&[9, 9, 9], CONTROL_LINK_LIMIT).is_err());
+        let f = ForwardRequest {
+            method: "POST".into(),
+            path: "/v1/plans".into(),
+            authorization: Some("Bearer secret-token".into()),
+            content_type: Some("application/json".into()),
+            body: b"{}".to_vec(),
+        };
+        let b = codec::encode(&f).expect("encode");
+        assert_eq!(
+            codec::decode::<ForwardRequest>(&b, FORWARD_LIMIT).expect("decode"),
+            f
+        );
+        assert!(
+            !format!("{f:?}").contains("secret"),
+            "the token must not be printable"
+        );
     }
 }

@@ -70,6 +70,9 @@ pub mod close {
     pub const VERSION: u32 = 3;
     /// The process is shutting down.
     pub const SHUTDOWN: u32 = 4;
+    /// This controller is not the site's leader; the reason carries the leader's agent
+    /// endpoint (`HOST:PORT`) when it is known.
+    pub const NOT_LEADER: u32 = 5;
 }
 
 /// No common protocol version.

@@ -187,4 +187,91 @@ impl EtcdStore {
         });
         Ok(Watch { rx })
     }
+
+    /// A lease of `ttl_secs`; keys put under it go when it is not kept alive.
+    pub async fn grant(&self, ttl_secs: i64) -> Result<i64> {
+        let r = (*self.client)
+            .clone()
+            .lease_grant(ttl_secs, None)
+            .await
+            .map_err(err)?;
+        Ok(r.id())
+    }
+
+    /// Ends a lease at once (its keys go).
+    pub async fn revoke(&self, lease: i64) -> Result<()> {
+        (*self.client)
+            .clone()
+            .lease_revoke(lease)
+            .await
+            .map_err(err)?;
+        Ok(())
+    }
+
+    /// Keeps `lease` alive until it cannot: renews every `every`, and returns why once no
+    /// renewal succeeded for `give_up` (the lease may be gone) or etcd says it expired.
+    pub async fn keep_alive(&self, lease: i64, every: Duration, give_up: Duration) -> StoreError {
+        let mut last_ok = tokio::time::Instant::now();
+        let mut link = None;
+        loop {
+            if last_ok.elapsed() > give_up {
+                return StoreError::Etcd(format!("no lease renewal for {} s", give_up.as_secs()));
+            }
+            if link.is_none() {
+                match (*self.client).clone().lease_keep_alive(lease).await {
+                    Ok(l) => link = Some(l),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "lease keep-alive: cannot reach etcd; retrying");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        continue;
+                    }
+                }
+            }
+            let Some((keeper, stream)) = link.as_mut() else {
+                continue;
+            };
+            let renewed = async {
+                keeper.keep_alive().await?;
+                stream.message().await
+            };
+            match tokio::time::timeout(every, renewed).await {
+                Ok(Ok(Some(r))) if r.ttl() > 0 => {
+                    last_ok = tokio::time::Instant::now();
+                    tokio::time::sleep(every).await;
+                }
+                Ok(Ok(Some(_))) => return StoreError::Etcd("the lease expired".into()),
+                Ok(Ok(None)) | Ok(Err(_)) | Err(_) => {
+                    tracing::warn!("lease keep-alive: no answer; reconnecting");
+                    link = None;
+                }
+            }
+        }
+    }
+
+    /// Campaigns in election `name` with `value` under `lease`; returns once elected, with
+    /// the leader key. Retried calls with the same lease keep their place in line.
+    pub async fn campaign(&self, name: &str, value: &[u8], lease: i64) -> Result<String> {
+        let r = (*self.client)
+            .clone()
+            .election_client()
+            .campaign(name, value.to_vec(), lease)
+            .await
+            .map_err(err)?;
+        let key = r
+            .leader()
+            .ok_or_else(|| StoreError::Etcd("campaign answered without a leader key".into()))?;
+        key.key_str()
+            .map(String::from)
+            .map_err(|_| StoreError::Etcd("the leader key is not UTF-8".into()))
+    }
+
+    /// The current leader's value in election `name`, if there is a leader.
+    pub async fn leader(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        match (*self.client).clone().election_client().leader(name).await {
+            Ok(mut r) => Ok(r.take_kv().map(|kv| kv.value().to_vec())),
+            // etcd answers "election: no leader" as an error.
+            Err(e) if e.to_string().contains("no leader") => Ok(None),
+            Err(e) => Err(err(e)),
+        }
+    }
 }
