@@ -12,6 +12,8 @@ use ferry_controller::api::{self, ApiState, Role, TokenEntry};
 use ferry_controller::store::{EmbeddedStore, EtcdStore, Store};
 use serde::Deserialize;
 
+mod dev;
+
 #[derive(Parser)]
 #[command(name = "ferry-controller", version, about = "ferry's site controller")]
 struct Cli {
@@ -32,6 +34,22 @@ enum Cmd {
     /// Make a new API token: prints the token (give it to its user) and the BLAKE3 hash that
     /// goes into the configuration (the controller never stores the token itself).
     Token,
+    /// A whole site on this machine for trying ferry out: a controller on the embedded store
+    /// and one agent (`ferry-agent serve`, a child process) on the data directory, both on
+    /// loopback, with their own site CA. Prints the API address and an admin token (one JSON
+    /// object with --json) and runs until stopped (Ctrl-C, SIGTERM).
+    Dev {
+        /// Where the state, certificates and the agent's volumes live, kept across runs
+        /// (default: a new temporary directory, removed at the end).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// The HTTP API's address.
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: SocketAddr,
+        /// The agent binary (default: `ferry-agent` beside this program, else on PATH).
+        #[arg(long)]
+        agent_bin: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Deserialize)]
@@ -234,7 +252,6 @@ async fn serve(
             stopped(stop_rx.clone()),
         ))
     });
-    println!("ferry-controller listening on {api_addr}");
     tracing::info!(addr = %api_addr, "HTTP API up");
     let http = tokio::spawn({
         let serving =
@@ -323,6 +340,15 @@ async fn serve(
     result
 }
 
+/// A new random API token and its BLAKE3 hash (hex).
+fn new_token() -> (String, String) {
+    let mut raw = [0u8; 32];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut raw);
+    let token: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    let hash = blake3::hash(token.as_bytes()).to_hex().to_string();
+    (token, hash)
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Serve { config } => {
@@ -332,15 +358,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .build()?
                 .block_on(serve(
                     cfg,
-                    |r| tracing::info!(api = %r.api, agents = ?r.endpoint, "ready"),
+                    |r| {
+                        println!("ferry-controller listening on {}", r.api);
+                        tracing::info!(api = %r.api, agents = ?r.endpoint, "ready");
+                    },
                     terminated(),
                 ))
         }
+        Cmd::Dev {
+            data_dir,
+            listen,
+            agent_bin,
+        } => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+            .block_on(dev::run(data_dir, listen, agent_bin, cli.json)),
         Cmd::Token => {
-            let mut raw = [0u8; 32];
-            rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut raw);
-            let token: String = raw.iter().map(|b| format!("{b:02x}")).collect();
-            let hash = blake3::hash(token.as_bytes()).to_hex().to_string();
+            let (token, hash) = new_token();
             if cli.json {
                 println!("{}", serde_json::json!({ "token": token, "blake3": hash }));
             } else {
