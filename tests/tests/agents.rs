@@ -5,24 +5,33 @@
 use std::time::Duration;
 
 use ferry_tests::controller::{self, free_udp_port, wait_for, Controller, READER};
-use ferry_tests::{bin, Pki, Served};
+use ferry_tests::{bin, Etcd, Pki, Served};
 use serde_json::Value;
 
 fn agents(c: &Controller) -> Vec<Value> {
     c.agents()
 }
 
-/// A controller of site-a on an embedded store at `state` (or DIR/state.redb), its agent
-/// endpoint on a free UDP port; returns it, its configuration and the port.
-fn site_controller(
-    pki: &Pki,
-    dir: &std::path::Path,
-    state: Option<&std::path::Path>,
-) -> (Controller, String, u16) {
-    let port = free_udp_port();
+/// The `[store]` section of an embedded store at `state` (or DIR/state.redb).
+fn embedded(state: Option<&std::path::Path>) -> String {
     let path = state.map_or("DIR/state.redb".to_string(), |p| p.display().to_string());
-    let store = format!("[store]\nkind = \"embedded\"\npath = {path:?}");
-    let (c, cfg) = controller::site_controller(pki, dir, "controller1", &store, port);
+    format!("[store]\nkind = \"embedded\"\npath = {path:?}")
+}
+
+/// The `[store]` section of `etcd` (a short lease: a restarted controller waits for the
+/// killed one's to expire).
+fn on_etcd(etcd: &Etcd) -> String {
+    format!(
+        "[store]\nkind = \"etcd\"\nendpoints = [{:?}]\nlease_ttl_secs = 3",
+        etcd.endpoint
+    )
+}
+
+/// A controller of site-a on `store`, its agent endpoint on a free UDP port; returns it, its
+/// configuration and the port.
+fn site_controller(pki: &Pki, dir: &std::path::Path, store: &str) -> (Controller, String, u16) {
+    let port = free_udp_port();
+    let (c, cfg) = controller::site_controller(pki, dir, "controller1", store, port);
     (c, cfg, port)
 }
 
@@ -37,10 +46,22 @@ fn linked_agent(
 }
 
 #[test]
-fn agents_register_heartbeat_and_are_reported_down_when_killed() {
+fn agents_register_heartbeat_and_are_reported_down_when_killed_on_the_embedded_store() {
+    agents_register_heartbeat_and_are_reported_down_when_killed(&embedded(None));
+}
+
+#[test]
+fn agents_register_heartbeat_and_are_reported_down_when_killed_on_etcd() {
+    let Some(etcd) = Etcd::start() else {
+        return;
+    };
+    agents_register_heartbeat_and_are_reported_down_when_killed(&on_etcd(&etcd));
+}
+
+fn agents_register_heartbeat_and_are_reported_down_when_killed(store: &str) {
     let pki = Pki::new();
     let dir = tempfile::tempdir().expect("tempdir");
-    let (c, _, port) = site_controller(&pki, dir.path(), None);
+    let (c, _, port) = site_controller(&pki, dir.path(), store);
     let (agent, _) = linked_agent(&pki, dir.path(), "n1", port, &["v1"]);
     wait_for("the agent registers", 15, || {
         agents(&c)
@@ -133,13 +154,26 @@ fn agents_register_heartbeat_and_are_reported_down_when_killed() {
 }
 
 /// A plan over volumes on two agents, run five times by request: every run takes a group on
-/// both nodes and is recorded; retention 2 prunes the rest on the agents themselves.
+/// both nodes and is recorded; retention 2 prunes the rest on the agents themselves; a
+/// rollback waits for runs and restores every volume byte for byte.
 #[test]
-fn runs_take_groups_on_every_node_and_retention_prunes() {
+fn runs_take_groups_on_every_node_and_retention_prunes_on_the_embedded_store() {
+    runs_take_groups_on_every_node_and_retention_prunes(&embedded(None));
+}
+
+#[test]
+fn runs_take_groups_on_every_node_and_retention_prunes_on_etcd() {
+    let Some(etcd) = Etcd::start() else {
+        return;
+    };
+    runs_take_groups_on_every_node_and_retention_prunes(&on_etcd(&etcd));
+}
+
+fn runs_take_groups_on_every_node_and_retention_prunes(store: &str) {
     use serde_json::json;
     let pki = Pki::new();
     let dir = tempfile::tempdir().expect("tempdir");
-    let (c, _, port) = site_controller(&pki, dir.path(), None);
+    let (c, _, port) = site_controller(&pki, dir.path(), store);
     let (s1, n1) = linked_agent(&pki, dir.path(), "n1", port, &["a", "b"]);
     let (s2, n2) = linked_agent(&pki, dir.path(), "n2", port, &["c"]);
     let served = vec![s1, s2];
@@ -307,12 +341,25 @@ fn runs_take_groups_on_every_node_and_retention_prunes() {
 /// resumes the run from its persisted step and nothing is executed twice (the snapshot's
 /// pre hook, which counts its runs, ran once).
 #[test]
-fn a_controller_killed_mid_run_resumes_and_runs_nothing_twice() {
+fn a_controller_killed_mid_run_resumes_and_runs_nothing_twice_on_the_embedded_store() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = embedded(Some(&dir.path().join("state.redb")));
+    a_controller_killed_mid_run_resumes_and_runs_nothing_twice(dir, &store);
+}
+
+#[test]
+fn a_controller_killed_mid_run_resumes_and_runs_nothing_twice_on_etcd() {
+    let Some(etcd) = Etcd::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    a_controller_killed_mid_run_resumes_and_runs_nothing_twice(dir, &on_etcd(&etcd));
+}
+
+fn a_controller_killed_mid_run_resumes_and_runs_nothing_twice(dir: tempfile::TempDir, store: &str) {
     use serde_json::json;
     let pki = Pki::new();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (c, ctl_cfg, port) =
-        site_controller(&pki, dir.path(), Some(&dir.path().join("state.redb")));
+    let (c, ctl_cfg, port) = site_controller(&pki, dir.path(), store);
     let (_agent, _) = linked_agent(&pki, dir.path(), "n1", port, &["v"]);
     wait_for("the agent is up", 15, || {
         agents(&c).iter().any(|a| a["status"] == "up")
@@ -362,7 +409,7 @@ fn across_nodes_runs_prepare_snapshot_and_release_within_a_deadline() {
     use serde_json::json;
     let pki = Pki::new();
     let dir = tempfile::tempdir().expect("tempdir");
-    let (c, _, port) = site_controller(&pki, dir.path(), None);
+    let (c, _, port) = site_controller(&pki, dir.path(), &embedded(None));
     let (s1, n1) = linked_agent(&pki, dir.path(), "n1", port, &["a", "b"]);
     let (s2, n2) = linked_agent(&pki, dir.path(), "n2", port, &["c"]);
     let _served = [s1, s2];
