@@ -157,22 +157,6 @@ fn run_progress(r: &Value) -> String {
     line
 }
 
-/// Bytes as people read them.
-fn human(n: u64) -> String {
-    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut i = 0;
-    while v >= 1024.0 && i + 1 < units.len() {
-        v /= 1024.0;
-        i += 1;
-    }
-    if i == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", units[i])
-    }
-}
-
 /// A run's detail: a summary line, then one row per object and volume.
 fn print_run_detail(d: &Value) {
     let rep = &d["report"];
@@ -182,7 +166,7 @@ fn print_run_detail(d: &Value) {
     println!(
         "{}{took}, {} read",
         run_progress(d),
-        human(rep["bytes_read"].as_u64().unwrap_or(0))
+        ferry_wire::units::format_size(rep["bytes_read"].as_u64().unwrap_or(0))
     );
     println!(
         "{:<24} {:<8} {:<32} {:>10}  SNAPSHOT / ERROR",
@@ -206,7 +190,7 @@ fn print_run_detail(d: &Value) {
                 ),
                 v["snapshot"]["bytes_read"]
                     .as_u64()
-                    .map_or("-".to_string(), human),
+                    .map_or("-".to_string(), ferry_wire::units::format_size),
             );
         }
     }
