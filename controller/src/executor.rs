@@ -155,11 +155,14 @@ impl Executor {
     pub async fn pass(&mut self, store: &Store, links: &Links) -> Result<(), StoreError> {
         let now = jiff::Timestamp::now();
         let agents: Vec<AgentRecord> = load(store, AGENTS).await?;
-        for active in store.list(ACTIVE).await? {
-            let Some(kv) = store
-                .get(&format!("{RUNS}{}", &active.key[ACTIVE.len()..]))
-                .await?
-            else {
+        let active = store.list(ACTIVE).await?;
+        let keys: Vec<String> = active
+            .iter()
+            .map(|a| format!("{RUNS}{}", &a.key[ACTIVE.len()..]))
+            .collect();
+        let records = store.get_many(&keys).await?;
+        for (active, record) in active.iter().zip(records) {
+            let Some(kv) = record else {
                 store.delete(&active.key).await?; // its run is gone
                 continue;
             };

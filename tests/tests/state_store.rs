@@ -42,6 +42,29 @@ async fn suite(s: &Store) {
     assert_eq!(keys, ["plans/p1", "plans/p2", "plans/p3"]);
     assert!(s.list("nothing/").await.expect("list").is_empty());
 
+    // Many gets at once, in order, more than one transaction's worth, missing keys as None.
+    let mut keys: Vec<String> = (0..150).map(|i| format!("many/{i}")).collect();
+    for k in keys.iter().step_by(2) {
+        s.put(k, k.as_bytes()).await.expect("put");
+    }
+    keys.push("plans/p1".into());
+    let got = s.get_many(&keys).await.expect("get_many");
+    assert_eq!(got.len(), keys.len());
+    for (i, (k, v)) in keys.iter().zip(&got).enumerate().take(150) {
+        match v {
+            Some(kv) => assert!(i % 2 == 0 && kv.key == *k && kv.value == k.as_bytes()),
+            None => assert!(i % 2 == 1, "{k} missing"),
+        }
+    }
+    assert_eq!(
+        got[150].as_ref().map(|kv| kv.value.clone()),
+        Some(b"two".to_vec())
+    );
+    assert!(matches!(
+        s.get_many(&["ok".into(), String::new()]).await,
+        Err(StoreError::BadKey(_))
+    ));
+
     // delete.
     assert!(s.delete("plans/p3").await.expect("delete"));
     assert!(!s.delete("plans/p3").await.expect("delete again"));

@@ -114,6 +114,21 @@ impl EmbeddedStore {
         .await
     }
 
+    pub(super) async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<KeyValue>>> {
+        let (inner, keys) = (self.inner.clone(), keys.to_vec());
+        blocking(move || {
+            let r = inner.db.begin_read().map_err(err)?;
+            let t = r.open_table(KV).map_err(err)?;
+            keys.iter()
+                .map(|key| {
+                    let v = t.get(key.as_str()).map_err(err)?;
+                    v.map(|v| decode(key, v.value())).transpose()
+                })
+                .collect()
+        })
+        .await
+    }
+
     pub(super) async fn list(&self, prefix: &str) -> Result<Vec<KeyValue>> {
         let (inner, prefix) = (self.inner.clone(), prefix.to_string());
         blocking(move || {

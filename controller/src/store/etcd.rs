@@ -82,6 +82,36 @@ impl EtcdStore {
         Ok(r.deleted() > 0)
     }
 
+    /// Several gets, [`super::MAX_TXN_OPS`] to a transaction: one round trip each.
+    pub(super) async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<KeyValue>>> {
+        let mut out = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(super::MAX_TXN_OPS) {
+            let ops: Vec<TxnOp> = chunk.iter().map(|k| TxnOp::get(k.as_str(), None)).collect();
+            let r = (*self.client)
+                .clone()
+                .txn(etcd_client::Txn::new().and_then(ops))
+                .await
+                .map_err(err)?;
+            let answers = r.op_responses();
+            if answers.len() != chunk.len() {
+                return Err(StoreError::Etcd(format!(
+                    "{} gets answered {} times",
+                    chunk.len(),
+                    answers.len()
+                )));
+            }
+            for a in answers {
+                match a {
+                    etcd_client::TxnOpResponse::Get(g) => {
+                        out.push(g.kvs().first().map(kv).transpose()?)
+                    }
+                    _ => return Err(StoreError::Etcd("a get answered as something else".into())),
+                }
+            }
+        }
+        Ok(out)
+    }
+
     pub(super) async fn list(&self, prefix: &str) -> Result<Vec<KeyValue>> {
         let r = self
             .client

@@ -183,6 +183,18 @@ impl Store {
         }
     }
 
+    /// The values of `keys`, in order, read in as few round trips as the store allows (one
+    /// per [`MAX_TXN_OPS`] keys on etcd).
+    pub async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<KeyValue>>> {
+        for k in keys {
+            check_key(k)?;
+        }
+        match self {
+            Store::Etcd(s) => s.get_many(keys).await,
+            Store::Embedded(s) => s.get_many(keys).await,
+        }
+    }
+
     /// Sets `key`; returns the new revision.
     pub async fn put(&self, key: &str, value: &[u8]) -> Result<i64> {
         check_key(key)?;
