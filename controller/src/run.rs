@@ -631,6 +631,12 @@ mod tests {
         TaskState::Done { result }
     }
 
+    /// `node`'s report on its task `what` of run r7, `secs` into the test.
+    fn report(r: &mut Run, node: &str, what: &str, state: &TaskState, secs: i64) -> Vec<Action> {
+        r.on_report(&n(node), &n(&format!("r7.{node}.{what}")), state, t(secs))
+            .expect("report")
+    }
+
     fn done(node: &str, vols: &[&str]) -> TaskState {
         TaskState::Done {
             result: TaskResult::SnapshotGroup {
@@ -936,23 +942,9 @@ mod tests {
             other => panic!("{other:?}"),
         }
         // node1 holds; nothing is snapshotted before node2 holds too.
-        let a = r
-            .on_report(
-                &n("node1"),
-                &n("r7.node1.prep"),
-                &ok(TaskResult::Prepared),
-                t(1),
-            )
-            .expect("report");
+        let a = report(&mut r, "node1", "prep", &ok(TaskResult::Prepared), 1);
         assert_eq!(dispatched(&a), ["node2:r7.node2.prep"]);
-        let a = r
-            .on_report(
-                &n("node2"),
-                &n("r7.node2.prep"),
-                &ok(TaskResult::Prepared),
-                t(2),
-            )
-            .expect("report");
+        let a = report(&mut r, "node2", "prep", &ok(TaskResult::Prepared), 2);
         assert_eq!(r.step, Step::Snapshot);
         assert_eq!(
             dispatched(&a),
@@ -970,47 +962,32 @@ mod tests {
         // The deadline concerns preparing only.
         assert!(r.tick(t(100)).expect("tick").is_empty());
         // node1's snapshot is taken: it is released at once, node2 still holds.
-        let a = r
-            .on_report(
-                &n("node1"),
-                &n("r7.node1.snap"),
-                &done("node1", &["a", "b"]),
-                t(3),
-            )
-            .expect("report");
+        let a = report(&mut r, "node1", "snap", &done("node1", &["a", "b"]), 3);
         assert_eq!(
             dispatched(&a),
             ["node1:r7.node1.rel", "node2:r7.node2.snap"]
         );
-        r.on_report(
-            &n("node1"),
-            &n("r7.node1.rel"),
+        report(
+            &mut r,
+            "node1",
+            "rel",
             &ok(TaskResult::Released { expired: false }),
-            t(3),
-        )
-        .expect("report");
-        let a = r
-            .on_report(
-                &n("node2"),
-                &n("r7.node2.snap"),
-                &done("node2", &["c"]),
-                t(4),
-            )
-            .expect("report");
+            3,
+        );
+        let a = report(&mut r, "node2", "snap", &done("node2", &["c"]), 4);
         assert_eq!(dispatched(&a), ["node2:r7.node2.rel"]);
         assert_eq!(
             r.step,
             Step::Snapshot,
             "the group waits for the last release"
         );
-        let a = r
-            .on_report(
-                &n("node2"),
-                &n("r7.node2.rel"),
-                &ok(TaskResult::Released { expired: false }),
-                t(4),
-            )
-            .expect("report");
+        let a = report(
+            &mut r,
+            "node2",
+            "rel",
+            &ok(TaskResult::Released { expired: false }),
+            4,
+        );
         assert!(matches!(&a[0], Action::RecordGroup { snapshots } if snapshots.len() == 3));
         assert_eq!((r.step.clone(), r.error.clone()), (Step::Prune, None));
     }
@@ -1019,31 +996,23 @@ mod tests {
     fn across_nodes_a_failed_or_late_prepare_releases_everyone() {
         // node2's pre hook fails: node1, holding, is released; nothing was snapshotted.
         let mut r = frozen();
-        r.on_report(
-            &n("node1"),
-            &n("r7.node1.prep"),
-            &ok(TaskResult::Prepared),
-            t(1),
-        )
-        .expect("report");
+        report(&mut r, "node1", "prep", &ok(TaskResult::Prepared), 1);
         let fail = TaskState::Failed {
             kind: "hook_failed".into(),
             message: "pre hook exited 1".into(),
         };
-        let a = r
-            .on_report(&n("node2"), &n("r7.node2.prep"), &fail, t(2))
-            .expect("report");
+        let a = report(&mut r, "node2", "prep", &fail, 2);
         assert_eq!(r.step, Step::Compensate);
         // Both were asked to prepare: both are released (node2's hook may have frozen part).
         assert_eq!(dispatched(&a), ["node1:r7.node1.rel", "node2:r7.node2.rel"]);
         for node in ["node1", "node2"] {
-            r.on_report(
-                &n(node),
-                &n(&format!("r7.{node}.rel")),
+            report(
+                &mut r,
+                node,
+                "rel",
                 &ok(TaskResult::Released { expired: false }),
-                t(3),
-            )
-            .expect("report");
+                3,
+            );
         }
         assert_eq!(r.step, Step::Failed);
         assert!(
@@ -1056,13 +1025,7 @@ mod tests {
 
         // node2 never answers: at the deadline everyone is released and the run fails.
         let mut r = frozen();
-        r.on_report(
-            &n("node1"),
-            &n("r7.node1.prep"),
-            &ok(TaskResult::Prepared),
-            t(1),
-        )
-        .expect("report");
+        report(&mut r, "node1", "prep", &ok(TaskResult::Prepared), 1);
         assert!(r.tick(t(30)).expect("tick").is_empty(), "not yet past it");
         let a = r.tick(t(31)).expect("tick");
         assert_eq!(dispatched(&a), ["node1:r7.node1.rel", "node2:r7.node2.rel"]);
@@ -1072,13 +1035,7 @@ mod tests {
             .is_some_and(|e| e.contains("node2: not prepared within the 30 s deadline")));
         // A late prepare report changes nothing now.
         let before = r.clone();
-        r.on_report(
-            &n("node2"),
-            &n("r7.node2.prep"),
-            &ok(TaskResult::Prepared),
-            t(32),
-        )
-        .expect("report");
+        report(&mut r, "node2", "prep", &ok(TaskResult::Prepared), 32);
         assert_eq!(r, before);
     }
 
@@ -1086,47 +1043,33 @@ mod tests {
     fn across_nodes_a_failed_release_or_expired_hold_fails_and_undoes_the_group() {
         let mut r = frozen();
         for node in ["node1", "node2"] {
-            r.on_report(
-                &n(node),
-                &n(&format!("r7.{node}.prep")),
-                &ok(TaskResult::Prepared),
-                t(1),
-            )
-            .expect("report");
+            report(&mut r, node, "prep", &ok(TaskResult::Prepared), 1);
         }
-        r.on_report(
-            &n("node1"),
-            &n("r7.node1.snap"),
-            &done("node1", &["a", "b"]),
-            t(2),
-        )
-        .expect("report");
+        report(&mut r, "node1", "snap", &done("node1", &["a", "b"]), 2);
         // node2's hold ended by itself before its snapshot: the snapshot fails.
         let expired = TaskState::Failed {
             kind: "hold_expired".into(),
             message: "hold r7 ended before the snapshot".into(),
         };
-        r.on_report(&n("node2"), &n("r7.node2.snap"), &expired, t(3))
-            .expect("report");
-        r.on_report(
-            &n("node2"),
-            &n("r7.node2.rel"),
+        report(&mut r, "node2", "snap", &expired, 3);
+        report(
+            &mut r,
+            "node2",
+            "rel",
             &ok(TaskResult::Released { expired: true }),
-            t(3),
-        )
-        .expect("report");
+            3,
+        );
         // node1's thaw failed.
-        let a = r
-            .on_report(
-                &n("node1"),
-                &n("r7.node1.rel"),
-                &TaskState::Failed {
-                    kind: "hook_failed".into(),
-                    message: "post hook exited 2".into(),
-                },
-                t(4),
-            )
-            .expect("report");
+        let a = report(
+            &mut r,
+            "node1",
+            "rel",
+            &TaskState::Failed {
+                kind: "hook_failed".into(),
+                message: "post hook exited 2".into(),
+            },
+            4,
+        );
         assert_eq!(r.step, Step::Compensate);
         assert_eq!(
             dispatched(&a),
