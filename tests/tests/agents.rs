@@ -12,10 +12,12 @@ fn agents(c: &Controller) -> Vec<Value> {
     c.agents()
 }
 
-/// The `[store]` section of an embedded store at `state` (or DIR/state.redb).
-fn embedded(state: Option<&std::path::Path>) -> String {
-    let path = state.map_or("DIR/state.redb".to_string(), |p| p.display().to_string());
-    format!("[store]\nkind = \"embedded\"\npath = {path:?}")
+/// The `[store]` section of an embedded store at `path`.
+fn embedded(path: &std::path::Path) -> String {
+    format!(
+        "[store]\nkind = \"embedded\"\npath = {:?}",
+        path.display().to_string()
+    )
 }
 
 /// The `[store]` section of `etcd` (a short lease: a restarted controller waits for the
@@ -45,18 +47,30 @@ fn linked_agent(
     controller::linked_agent(pki, dir, node, &[port], vols)
 }
 
-#[test]
-fn agents_register_heartbeat_and_are_reported_down_when_killed_on_the_embedded_store() {
-    agents_register_heartbeat_and_are_reported_down_when_killed(&embedded(None));
+/// Tests `$name` as `$name::embedded_store` and `$name::etcd`: the body gets the `[store]`
+/// section of a fresh embedded store (at a fixed path, so a restarted controller finds it)
+/// or of a real etcd started for it.
+macro_rules! on_both_stores {
+    ($name:ident) => {
+        mod $name {
+            #[test]
+            fn embedded_store() {
+                let dir = tempfile::tempdir().expect("tempdir");
+                super::$name(&super::embedded(&dir.path().join("state.redb")));
+            }
+
+            #[test]
+            fn etcd() {
+                let Some(etcd) = ferry_tests::Etcd::start() else {
+                    return;
+                };
+                super::$name(&super::on_etcd(&etcd));
+            }
+        }
+    };
 }
 
-#[test]
-fn agents_register_heartbeat_and_are_reported_down_when_killed_on_etcd() {
-    let Some(etcd) = Etcd::start() else {
-        return;
-    };
-    agents_register_heartbeat_and_are_reported_down_when_killed(&on_etcd(&etcd));
-}
+on_both_stores!(agents_register_heartbeat_and_are_reported_down_when_killed);
 
 fn agents_register_heartbeat_and_are_reported_down_when_killed(store: &str) {
     let pki = Pki::new();
@@ -153,22 +167,11 @@ fn agents_register_heartbeat_and_are_reported_down_when_killed(store: &str) {
     });
 }
 
+on_both_stores!(runs_take_groups_on_every_node_and_retention_prunes);
+
 /// A plan over volumes on two agents, run five times by request: every run takes a group on
 /// both nodes and is recorded; retention 2 prunes the rest on the agents themselves; a
 /// rollback waits for runs and restores every volume byte for byte.
-#[test]
-fn runs_take_groups_on_every_node_and_retention_prunes_on_the_embedded_store() {
-    runs_take_groups_on_every_node_and_retention_prunes(&embedded(None));
-}
-
-#[test]
-fn runs_take_groups_on_every_node_and_retention_prunes_on_etcd() {
-    let Some(etcd) = Etcd::start() else {
-        return;
-    };
-    runs_take_groups_on_every_node_and_retention_prunes(&on_etcd(&etcd));
-}
-
 fn runs_take_groups_on_every_node_and_retention_prunes(store: &str) {
     use serde_json::json;
     let pki = Pki::new();
@@ -337,28 +340,15 @@ fn runs_take_groups_on_every_node_and_retention_prunes(store: &str) {
     drop(served);
 }
 
+on_both_stores!(a_controller_killed_mid_run_resumes_and_runs_nothing_twice);
+
 /// SIGKILL of the controller in the middle of a run: a new controller on the same store
 /// resumes the run from its persisted step and nothing is executed twice (the snapshot's
 /// pre hook, which counts its runs, ran once).
-#[test]
-fn a_controller_killed_mid_run_resumes_and_runs_nothing_twice_on_the_embedded_store() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = embedded(Some(&dir.path().join("state.redb")));
-    a_controller_killed_mid_run_resumes_and_runs_nothing_twice(dir, &store);
-}
-
-#[test]
-fn a_controller_killed_mid_run_resumes_and_runs_nothing_twice_on_etcd() {
-    let Some(etcd) = Etcd::start() else {
-        return;
-    };
-    let dir = tempfile::tempdir().expect("tempdir");
-    a_controller_killed_mid_run_resumes_and_runs_nothing_twice(dir, &on_etcd(&etcd));
-}
-
-fn a_controller_killed_mid_run_resumes_and_runs_nothing_twice(dir: tempfile::TempDir, store: &str) {
+fn a_controller_killed_mid_run_resumes_and_runs_nothing_twice(store: &str) {
     use serde_json::json;
     let pki = Pki::new();
+    let dir = tempfile::tempdir().expect("tempdir");
     let (c, ctl_cfg, port) = site_controller(&pki, dir.path(), store);
     let (_agent, _) = linked_agent(&pki, dir.path(), "n1", port, &["v"]);
     wait_for("the agent is up", 15, || {
@@ -409,7 +399,7 @@ fn across_nodes_runs_prepare_snapshot_and_release_within_a_deadline() {
     use serde_json::json;
     let pki = Pki::new();
     let dir = tempfile::tempdir().expect("tempdir");
-    let (c, _, port) = site_controller(&pki, dir.path(), &embedded(None));
+    let (c, _, port) = site_controller(&pki, dir.path(), &embedded(&dir.path().join("state.redb")));
     let (s1, n1) = linked_agent(&pki, dir.path(), "n1", port, &["a", "b"]);
     let (s2, n2) = linked_agent(&pki, dir.path(), "n2", port, &["c"]);
     let _served = [s1, s2];
