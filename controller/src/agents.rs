@@ -265,7 +265,24 @@ async fn connection(
     }
     tokio::select! {
         first = net::recv_msg::<AgentMsg>(&mut s.recv, CONTROL_LINK_LIMIT) => {
-            agent_link(s, first?, cx.store, cx.links).await
+            let first = match first {
+                Ok(m) => m,
+                Err(e) => {
+                    net::close_for(&s.conn, &e);
+                    return Err(e.into());
+                }
+            };
+            let conn = s.conn.clone();
+            let r = agent_link(s, first, cx.store, cx.links).await;
+            if let Err(e) = &r {
+                // A broken protocol, a silent agent: say why as the link goes.
+                let reason = e.to_string();
+                conn.close(
+                    quinn::VarInt::from_u32(ferry_wire::msg::close::PROTOCOL),
+                    &reason.as_bytes()[..reason.len().min(200)],
+                );
+            }
+            r
         }
         stream = s.conn.accept_bi() => {
             let conn = s.conn.clone();

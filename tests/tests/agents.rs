@@ -558,3 +558,82 @@ fn across_nodes_runs_prepare_snapshot_and_release_within_a_deadline() {
         "{text}"
     );
 }
+
+/// Peers of the site that misbehave on the controller's endpoint are disconnected with a
+/// reason, and the controller keeps serving; a forwarded request is held to the same tokens
+/// as any other (a site certificate is no way around them).
+#[test]
+fn misbehaving_peers_of_the_controller_are_disconnected() {
+    use ferry_agent::net;
+    use ferry_wire::control::{ForwardRequest, ForwardResponse, FORWARD_LIMIT};
+    use ferry_wire::msg::close;
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (c, _, port) = site_controller(&pki, dir.path(), &embedded(&dir.path().join("s.redb")));
+    let (_agent, _) = linked_agent(&pki, dir.path(), "n1", port, &["v"]);
+    wait_for("the agent is up", 15, || {
+        agents(&c).iter().any(|a| a["status"] == "up")
+    });
+    // A node of site-a that trusts site-a (the controller's CA).
+    let cfg = pki.agent_config("site-a", "x9", &["site-a"], &dir.path().join("x9"));
+    let cfg = ferry_agent::config::AgentConfig::load(&cfg).expect("config");
+    let (id, trust) = ferry_agent::server::load_tls(&cfg).expect("tls");
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let ep = net::client_endpoint(addr, net::client_config(&id, &trust).expect("cc"))
+            .expect("endpoint");
+        let closed = |conn: quinn::Connection| async move {
+            match tokio::time::timeout(Duration::from_secs(15), conn.closed()).await {
+                Ok(quinn::ConnectionError::ApplicationClosed(c)) => (
+                    u64::from(c.error_code) as u32,
+                    String::from_utf8_lossy(&c.reason).into_owned(),
+                ),
+                other => panic!("unexpected end: {other:?}"),
+            }
+        };
+        // 1. Garbage instead of Register.
+        let mut s = net::connect(&ep, addr, &id, &trust).await.expect("connect");
+        net::write_frame(&mut s.send, &[0xff; 64])
+            .await
+            .expect("write");
+        let (code, reason) = closed(s.conn.clone()).await;
+        assert_eq!(code, close::PROTOCOL, "{reason}");
+        assert!(reason.contains("malformed"), "{reason}");
+        // 2. A forwarded request of garbage on a new stream.
+        let s = net::connect(&ep, addr, &id, &trust).await.expect("connect");
+        let (mut send, _recv) = s.conn.open_bi().await.expect("stream");
+        net::write_frame(&mut send, &[0x07; 32])
+            .await
+            .expect("write");
+        let (code, _) = closed(s.conn.clone()).await;
+        assert_eq!(code, close::PROTOCOL);
+        // 3. A well-formed forwarded request with no token is refused as any request is;
+        //    with the read-only token a write is forbidden.
+        let s = net::connect(&ep, addr, &id, &trust).await.expect("connect");
+        for (auth, status) in [(None, 401), (Some(format!("Bearer {READER}")), 403)] {
+            let (mut send, mut recv) = s.conn.open_bi().await.expect("stream");
+            let req = ForwardRequest {
+                method: "POST".into(),
+                path: "/v1/plans/p/run".into(),
+                authorization: auth,
+                content_type: None,
+                body: Vec::new(),
+            };
+            net::send_msg(&mut send, &req).await.expect("send");
+            let resp: ForwardResponse = net::recv_msg(&mut recv, FORWARD_LIMIT)
+                .await
+                .expect("answer");
+            assert_eq!(
+                resp.status,
+                status,
+                "{}",
+                String::from_utf8_lossy(&resp.body)
+            );
+        }
+    });
+    // Through all of it the controller served its agent and its API.
+    assert!(agents(&c)
+        .iter()
+        .any(|a| a["node"] == "n1" && a["status"] == "up"));
+}
