@@ -40,11 +40,12 @@ pub fn document() -> Value {
         }
         v
     };
-    let name_param = |what: &str| {
-        json!([{ "name": "name", "in": "path", "required": true,
-                 "description": format!("the {what}'s name: 1-128 of [A-Za-z0-9._-], starting with a letter or digit"),
-                 "schema": { "type": "string" } }])
+    let path_param = |param: &str, what: &str| {
+        json!({ "name": param, "in": "path", "required": true,
+                "description": format!("the {what}'s name"),
+                "schema": reference("Name") })
     };
+    let name_param = |what: &str| json!([path_param("name", what)]);
     let run_detail = json!({ "allOf": [ reference("Run"), { "type": "object", "required": ["report"], "properties": {
                     "report": { "type": "object", "required": ["objects", "bytes_read"], "properties": {
                         "bytes_read": { "type": "integer", "description": "bytes the snapshots' manifests read (the changed data)" },
@@ -63,13 +64,15 @@ pub fn document() -> Value {
         "components": {
             "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } },
             "schemas": {
+                "Name": { "type": "string", "minLength": 1, "maxLength": 128, "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]*$",
+                    "description": "a name: 1-128 of [A-Za-z0-9._-], starting with a letter or digit; never a path" },
                 "Error": { "type": "object", "required": ["error"], "properties": {
                     "error": { "type": "object", "required": ["code", "message"], "properties": {
                         "code": { "type": "string" }, "message": { "type": "string" } } } } },
                 "VolumeRef": { "type": "object", "required": ["node", "volume"], "properties": {
-                    "node": { "type": "string" }, "volume": { "type": "string" } } },
+                    "node": reference("Name"), "volume": reference("Name") } },
                 "Object": { "type": "object", "required": ["name", "kind"], "properties": {
-                    "name": { "type": "string" },
+                    "name": reference("Name"),
                     "kind": { "type": "object", "required": ["type"], "description":
                         "type virtual_volume {volume}; iscsi_lun {target_iqn, lun, volume}; nfs_file {export, path, volume}; vm {vcpus, memory_mib, disks: [{volume, role: disk|cdrom|shared}], nics: [{switch, mac}]}",
                         "properties": { "type": { "type": "string", "enum": ["virtual_volume", "iscsi_lun", "nfs_file", "vm"] } } } } },
@@ -79,8 +82,8 @@ pub fn document() -> Value {
                     "timezone": { "type": "string", "example": "Europe/Berlin", "default": "UTC" },
                     "end": { "type": "string", "nullable": true } } },
                 "PlanSpec": { "type": "object", "required": ["name", "objects", "schedule", "retention"], "properties": {
-                    "name": { "type": "string" },
-                    "objects": { "type": "array", "items": { "type": "string" } },
+                    "name": reference("Name"),
+                    "objects": { "type": "array", "minItems": 1, "maxItems": 1024, "items": reference("Name") },
                     "schedule": reference("Schedule"),
                     "retention": { "type": "integer", "minimum": 1, "maximum": 10000 },
                     "enabled": { "type": "boolean", "default": true },
@@ -139,10 +142,10 @@ pub fn document() -> Value {
             "/v1/plans/{name}/runs": { "parameters": name_param("plan"),
                 "get": { "summary": "the plan's runs, oldest first", "responses": errors(json!({ "200": ok("runs", json!({ "type": "array", "items": reference("Run") })) })) } },
             "/v1/plans/{name}/runs/{run}": {
-                "parameters": [name_param("plan")[0].clone(), { "name": "run", "in": "path", "required": true, "schema": { "type": "string" } }],
+                "parameters": [path_param("name", "plan"), path_param("run", "run")],
                 "get": { "summary": "one run, with its status, timings, bytes and errors per object and volume", "responses": errors(json!({ "200": ok("the run", reference("RunDetail")) })) } },
             "/v1/plans/{name}/groups/{group}": {
-                "parameters": [name_param("plan")[0].clone(), { "name": "group", "in": "path", "required": true, "schema": { "type": "string" } }],
+                "parameters": [path_param("name", "plan"), path_param("group", "group")],
                 "get": { "summary": "one kept snapshot group: its snapshots per node and the objects they cover", "responses": errors(json!({ "200": ok("the group", json!({ "type": "object" })) })) } },
             "/v1/plans/{name}/groups": { "parameters": name_param("plan"),
                 "get": { "summary": "the plan's kept snapshot groups, oldest first (plan, group, run, created, snapshots per node)", "responses": errors(json!({ "200": ok("groups", json!({ "type": "array", "items": { "type": "object" } })) })) } },
@@ -150,15 +153,15 @@ pub fn document() -> Value {
                 "get": { "summary": "the plan's rollbacks, oldest first", "responses": errors(json!({ "200": ok("rollbacks", json!({ "type": "array", "items": { "type": "object" } })) })) },
                 "post": { "summary": "roll the plan's objects (or some: objects) back to a kept group; refused while a run is in progress",
                           "requestBody": { "required": true, "content": { "application/json": { "schema": { "type": "object", "required": ["group"], "properties": {
-                              "group": { "type": "string" }, "objects": { "type": "array", "items": { "type": "string" } } } } } } },
+                              "group": reference("Name"), "objects": { "type": "array", "items": reference("Name") } } } } } },
                           "responses": errors(json!({ "202": ok("the rollback", json!({ "type": "object" })) })) } },
             "/v1/agents": {
                 "get": { "summary": "this site's agents: node, status (up/down), volumes, capacity, free space, last heartbeat", "responses": errors(json!({ "200": ok("agents", json!({ "type": "array", "items": { "type": "object" } })) })) } },
             "/v1/agents/{node}/volumes": {
-                "parameters": [{ "name": "node", "in": "path", "required": true, "schema": { "type": "string" } }],
+                "parameters": [path_param("node", "agent's node")],
                 "post": { "summary": "create a volume on a connected agent (answered when the agent reports)",
                           "requestBody": { "required": true, "content": { "application/json": { "schema": { "type": "object", "required": ["name", "size"], "properties": {
-                              "name": { "type": "string" }, "size": { "description": "bytes, or a size such as 10G" }, "block_size": { "type": "integer" } } } } } },
+                              "name": reference("Name"), "size": { "description": "bytes, or a size such as 10G" }, "block_size": { "type": "integer" } } } } } },
                           "responses": errors(json!({ "201": ok("created", json!({ "type": "object" })), "502": error_response("the agent failed"), "504": error_response("the agent did not answer"), "507": error_response("no space on the agent") })) } },
             "/v1/runs": {
                 "get": { "summary": "every run, oldest first", "responses": errors(json!({ "200": ok("runs", json!({ "type": "array", "items": reference("Run") })) })) } }
