@@ -716,10 +716,31 @@ impl Store {
                 "volume size must be at least 1 byte".into(),
             ));
         }
+        if size > i64::MAX as u64 {
+            return Err(StoreError::Invalid(format!(
+                "volume size {size} exceeds the largest file size ({})",
+                ferry_wire::units::format_size(i64::MAX as u64)
+            )));
+        }
         let block_size = self.block_size(block_size)?;
         let _lock = self.store_lock()?;
         self.check_new_volume(&name)?;
         self.new_sparse_volume(&name, size, block_size, None)
+            .map_err(|e| match e {
+                StoreError::Io { source, path, .. }
+                    if source.raw_os_error() == Some(libc::EFBIG) =>
+                {
+                    StoreError::Invalid(format!(
+                        "volume size {} is larger than the filesystem of {} allows",
+                        ferry_wire::units::format_size(size),
+                        path.parent()
+                            .and_then(Path::parent)
+                            .unwrap_or(&path)
+                            .display()
+                    ))
+                }
+                other => other,
+            })
     }
 
     /// Adopts an existing image file (a LUN's backing file, a file in an NFS export, a VM disk).

@@ -108,6 +108,11 @@ fn agents_register_heartbeat_and_are_reported_down_when_killed(store: &str) {
         ),
         (serde_json::json!({"name": "v3", "size": 0}), 400, "size"),
         (
+            serde_json::json!({"name": "v3", "size": "16383P"}),
+            400,
+            "exceeds the largest file size",
+        ),
+        (
             serde_json::json!({"name": "../x", "size": "1M"}),
             400,
             "request body",
