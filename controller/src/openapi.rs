@@ -71,14 +71,37 @@ pub fn document() -> Value {
                         "code": { "type": "string" }, "message": { "type": "string" } } } } },
                 "VolumeRef": { "type": "object", "required": ["node", "volume"], "properties": {
                     "node": reference("Name"), "volume": reference("Name") } },
-                "Object": { "type": "object", "required": ["name", "kind"], "properties": {
+                "Object": { "type": "object", "required": ["name", "kind"], "additionalProperties": false, "properties": {
                     "name": reference("Name"),
-                    "kind": { "type": "object", "required": ["type"], "description":
-                        "type virtual_volume {volume}; iscsi_lun {target_iqn, lun, volume}; nfs_file {export, path, volume}; vm {vcpus, memory_mib, disks: [{volume, role: disk|cdrom|shared}], nics: [{switch, mac}]}",
-                        "properties": { "type": { "type": "string", "enum": ["virtual_volume", "iscsi_lun", "nfs_file", "vm"] } } } } },
-                "Schedule": { "type": "object", "required": ["every", "start"], "properties": {
+                    "kind": { "oneOf": [reference("VirtualVolume"), reference("IscsiLun"), reference("NfsFile"), reference("Vm")],
+                              "discriminator": { "propertyName": "type", "mapping": {
+                                  "virtual_volume": "#/components/schemas/VirtualVolume", "iscsi_lun": "#/components/schemas/IscsiLun",
+                                  "nfs_file": "#/components/schemas/NfsFile", "vm": "#/components/schemas/Vm" } } } } },
+                "VirtualVolume": { "type": "object", "required": ["type", "volume"], "additionalProperties": false, "properties": {
+                    "type": { "type": "string", "enum": ["virtual_volume"] }, "volume": reference("VolumeRef") } },
+                "IscsiLun": { "type": "object", "required": ["type", "target_iqn", "lun", "volume"], "additionalProperties": false, "properties": {
+                    "type": { "type": "string", "enum": ["iscsi_lun"] },
+                    "target_iqn": { "type": "string", "maxLength": 223, "pattern": "^iqn\\.[0-9]{4}-(0[1-9]|1[0-2])\\.[a-z0-9][a-z0-9.-]*(:[a-z0-9.:-]*)?$",
+                                    "example": "iqn.2026-11.com.example:db" },
+                    "lun": { "type": "integer", "minimum": 0, "maximum": 16383 },
+                    "volume": reference("VolumeRef") } },
+                "NfsFile": { "type": "object", "required": ["type", "export", "path", "volume"], "additionalProperties": false, "properties": {
+                    "type": { "type": "string", "enum": ["nfs_file"] },
+                    "export": { "type": "string", "description": "the export's absolute path, without . or ..", "example": "/srv/nfs/vms" },
+                    "path": { "type": "string", "description": "the file's path within the export, relative, without . or ..", "example": "web/disk0.img" },
+                    "volume": reference("VolumeRef") } },
+                "Vm": { "type": "object", "required": ["type", "vcpus", "memory_mib", "disks"], "additionalProperties": false, "properties": {
+                    "type": { "type": "string", "enum": ["vm"] },
+                    "vcpus": { "type": "integer", "minimum": 1, "maximum": 1024 },
+                    "memory_mib": { "type": "integer", "minimum": 16, "maximum": 67108864 },
+                    "disks": { "type": "array", "minItems": 1, "description": "at least one of role disk; cdrom and shared disks are not protected",
+                        "items": { "type": "object", "required": ["volume"], "additionalProperties": false, "properties": {
+                            "volume": reference("VolumeRef"), "role": { "type": "string", "enum": ["disk", "cdrom", "shared"], "default": "disk" } } } },
+                    "nics": { "type": "array", "items": { "type": "object", "required": ["switch"], "additionalProperties": false, "properties": {
+                        "switch": reference("Name"), "mac": { "type": "string", "nullable": true, "pattern": "^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$" } } } } } },
+                "Schedule": { "type": "object", "required": ["every", "start"], "additionalProperties": false, "properties": {
                     "every": { "type": "string", "enum": ["hourly", "daily", "weekly", "monthly"] },
-                    "start": { "type": "string", "example": "2026-11-24T02:30" },
+                    "start": { "type": "string", "example": "2026-11-24T02:30", "description": "wall-clock time in the time zone, YYYY-MM-DDTHH:MM" },
                     "timezone": { "type": "string", "example": "Europe/Berlin", "default": "UTC" },
                     "end": { "type": "string", "nullable": true } } },
                 "PlanSpec": { "type": "object", "required": ["name", "objects", "schedule", "retention"], "properties": {
@@ -88,9 +111,9 @@ pub fn document() -> Value {
                     "retention": { "type": "integer", "minimum": 1, "maximum": 10000 },
                     "enabled": { "type": "boolean", "default": true },
                     "hooks": { "type": "object", "properties": {
-                        "pre": { "type": "string" }, "post": { "type": "string" },
-                        "timeout_secs": { "type": "integer" },
-                        "deadline_secs": { "type": "integer", "minimum": 1, "maximum": 3600, "default": 60,
+                        "pre": { "type": "string", "nullable": true }, "post": { "type": "string", "nullable": true },
+                        "timeout_secs": { "type": "integer", "nullable": true, "minimum": 1, "maximum": 3600 },
+                        "deadline_secs": { "type": "integer", "nullable": true, "minimum": 1, "maximum": 3600, "default": 60,
                             "description": "volumes on several nodes with a pre hook: every node must be prepared (pre hook run) within this; a node not released this long after its pre hook releases itself" } } } } },
                 "Run": { "type": "object", "required": ["run", "trigger", "created"], "properties": {
                     "run": { "type": "object", "description": "id, plan, group (the snapshot name), generation, step (prepare, snapshot, compensate, prune, done, failed), coordinated (prepare / snapshot / release across nodes), nodes (per node: volumes, state, finished), error, finished" },
