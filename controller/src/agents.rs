@@ -263,17 +263,30 @@ async fn connection(
         );
         return Ok(());
     }
-    tokio::select! {
-        first = net::recv_msg::<AgentMsg>(&mut s.recv, CONTROL_LINK_LIMIT) => {
-            let first = match first {
-                Ok(m) => m,
-                Err(e) => {
-                    net::close_for(&s.conn, &e);
-                    return Err(e.into());
-                }
-            };
+    // An agent registers on the first stream; a follower leaves it silent (or finishes it)
+    // and opens a stream per forwarded request.
+    let closing = |conn: &quinn::Connection, e: NetError| {
+        net::close_for(conn, &e);
+        LinkError::from(e)
+    };
+    let first = tokio::select! {
+        frame = net::read_frame(&mut s.recv, CONTROL_LINK_LIMIT) => match frame {
+            Ok(Some(bytes)) => match ferry_wire::codec::decode::<AgentMsg>(&bytes, CONTROL_LINK_LIMIT) {
+                Ok(m) => Ok(m),
+                Err(e) => return Err(closing(&s.conn, e.into())),
+            },
+            Ok(None) => match s.conn.accept_bi().await {
+                Ok(stream) => Err(stream),
+                Err(e) => return Err(NetError::from(e).into()),
+            },
+            Err(e) => return Err(closing(&s.conn, e)),
+        },
+        stream = s.conn.accept_bi() => Err(stream.map_err(NetError::from)?),
+    };
+    match first {
+        Ok(register) => {
             let conn = s.conn.clone();
-            let r = agent_link(s, first, cx.store, cx.links).await;
+            let r = agent_link(s, register, cx.store, cx.links).await;
             if let Err(e) = &r {
                 // A broken protocol, a silent agent: say why as the link goes.
                 let reason = e.to_string();
@@ -284,10 +297,7 @@ async fn connection(
             }
             r
         }
-        stream = s.conn.accept_bi() => {
-            let conn = s.conn.clone();
-            forwarded(conn, stream.map_err(NetError::from)?, cx.router).await
-        }
+        Err(stream) => forwarded(s.conn.clone(), stream, cx.router).await,
     }
 }
 

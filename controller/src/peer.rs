@@ -45,7 +45,9 @@ pub struct Forwarder {
     id: Arc<Identity>,
     trust: Arc<Trust>,
     store: Store,
-    link: tokio::sync::Mutex<Option<(SocketAddr, quinn::Endpoint, quinn::Connection)>>,
+    /// The leader's address, the endpoint, and the session (whose first stream is kept
+    /// open and silent: it says this link is a follower's, not an agent's).
+    link: tokio::sync::Mutex<Option<(SocketAddr, quinn::Endpoint, net::Session)>>,
 }
 
 impl std::fmt::Debug for Forwarder {
@@ -76,9 +78,9 @@ impl Forwarder {
             .and_then(|mut a| a.next())
             .ok_or_else(|| ForwardError::BadAddress(leader.clone()))?;
         let mut link = self.link.lock().await;
-        if let Some((a, _, c)) = link.as_ref() {
-            if *a == addr && c.close_reason().is_none() {
-                return Ok(c.clone());
+        if let Some((a, _, s)) = link.as_ref() {
+            if *a == addr && s.conn.close_reason().is_none() {
+                return Ok(s.conn.clone());
             }
         }
         let net_err = |source| ForwardError::Net {
@@ -90,8 +92,9 @@ impl Forwarder {
         let s = net::connect(&ep, addr, &self.id, &self.trust)
             .await
             .map_err(net_err)?;
-        *link = Some((addr, ep, s.conn.clone()));
-        Ok(s.conn)
+        let conn = s.conn.clone();
+        *link = Some((addr, ep, s));
+        Ok(conn)
     }
 
     /// Sends one request to the leader and returns its answer.
