@@ -480,16 +480,20 @@ impl Run {
         Ok(out)
     }
 
-    /// Every node answered the prepare step (or the deadline passed).
-    fn after_prepare(&mut self, now: Timestamp) {
-        let failed: Vec<String> = self
-            .nodes
+    /// `node: why` for every node whose part failed.
+    fn failed_nodes(&self) -> Vec<String> {
+        self.nodes
             .iter()
             .filter_map(|(n, p)| match &p.state {
                 NodeState::Failed { message } => Some(format!("{n}: {message}")),
                 _ => None,
             })
-            .collect();
+            .collect()
+    }
+
+    /// Every node answered the prepare step (or the deadline passed).
+    fn after_prepare(&mut self, now: Timestamp) {
+        let failed = self.failed_nodes();
         if failed.is_empty() {
             self.step = Step::Snapshot;
             return;
@@ -506,14 +510,7 @@ impl Run {
 
     /// Every node answered the snapshot step and no node holds.
     fn after_snapshot(&mut self, now: Timestamp) -> Vec<Action> {
-        let mut failed: Vec<String> = self
-            .nodes
-            .iter()
-            .filter_map(|(n, p)| match &p.state {
-                NodeState::Failed { message } => Some(format!("{n}: {message}")),
-                _ => None,
-            })
-            .collect();
+        let mut failed = self.failed_nodes();
         if failed.is_empty() && self.error.is_none() {
             let snapshots = self
                 .nodes

@@ -172,6 +172,41 @@ fn agents_register_heartbeat_and_are_reported_down_when_killed(store: &str) {
     });
 }
 
+/// A controller on `store` and two linked agents: n1 with volumes a and b, n2 with c, and
+/// the objects oa, ob and oc over them.
+struct TwoAgents {
+    controller: Controller,
+    configs: [std::path::PathBuf; 2],
+    _agents: [Served; 2],
+    _pki: Pki,
+    dir: tempfile::TempDir,
+}
+
+impl TwoAgents {
+    fn start(store: &str) -> TwoAgents {
+        let pki = Pki::new();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (c, _, port) = site_controller(&pki, dir.path(), store);
+        let (s1, n1) = linked_agent(&pki, dir.path(), "n1", port, &["a", "b"]);
+        let (s2, n2) = linked_agent(&pki, dir.path(), "n2", port, &["c"]);
+        wait_for("both agents up", 15, || {
+            agents(&c).iter().filter(|a| a["status"] == "up").count() == 2
+        });
+        for (name, node, v) in [("oa", "n1", "a"), ("ob", "n1", "b"), ("oc", "n2", "c")] {
+            let obj = serde_json::json!({"name": name, "kind": {"type": "virtual_volume",
+                "volume": {"node": node, "volume": v}}});
+            assert_eq!(c.admin("POST", "/v1/objects", Some(obj)).0, 201);
+        }
+        TwoAgents {
+            controller: c,
+            configs: [n1, n2],
+            _agents: [s1, s2],
+            _pki: pki,
+            dir,
+        }
+    }
+}
+
 on_both_stores!(runs_take_groups_on_every_node_and_retention_prunes);
 
 /// A plan over volumes on two agents, run five times by request: every run takes a group on
@@ -179,23 +214,8 @@ on_both_stores!(runs_take_groups_on_every_node_and_retention_prunes);
 /// rollback waits for runs and restores every volume byte for byte.
 fn runs_take_groups_on_every_node_and_retention_prunes(store: &str) {
     use serde_json::json;
-    let pki = Pki::new();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (c, _, port) = site_controller(&pki, dir.path(), store);
-    let (s1, n1) = linked_agent(&pki, dir.path(), "n1", port, &["a", "b"]);
-    let (s2, n2) = linked_agent(&pki, dir.path(), "n2", port, &["c"]);
-    let served = vec![s1, s2];
-    let cfgs = [n1, n2];
-    wait_for("both agents up", 15, || {
-        agents(&c).iter().filter(|a| a["status"] == "up").count() == 2
-    });
-    let obj = |name: &str, node: &str, v: &str| json!({"name": name, "kind": {"type": "virtual_volume", "volume": {"node": node, "volume": v}}});
-    for (name, node, v) in [("oa", "n1", "a"), ("ob", "n1", "b"), ("oc", "n2", "c")] {
-        assert_eq!(
-            c.admin("POST", "/v1/objects", Some(obj(name, node, v))).0,
-            201
-        );
-    }
+    let site = TwoAgents::start(store);
+    let (c, cfgs) = (&site.controller, site.configs.clone());
     let plan = json!({"name": "p", "objects": ["oa", "ob", "oc"], "retention": 2, "enabled": false,
         "schedule": {"every": "daily", "start": "2026-01-01T00:00"}});
     assert_eq!(c.admin("POST", "/v1/plans", Some(plan)).0, 201);
@@ -342,7 +362,7 @@ fn runs_take_groups_on_every_node_and_retention_prunes(store: &str) {
         .map(|(c, v)| snap_hash(c, v))
         .collect();
     assert_eq!(after, before, "byte-identical to the group");
-    drop(served);
+    drop(site);
 }
 
 on_both_stores!(a_controller_killed_mid_run_resumes_and_runs_nothing_twice);
@@ -402,22 +422,10 @@ fn finished_run(c: &Controller, p: &str, id: &str, secs: u64) -> Value {
 #[test]
 fn across_nodes_runs_prepare_snapshot_and_release_within_a_deadline() {
     use serde_json::json;
-    let pki = Pki::new();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (c, _, port) = site_controller(&pki, dir.path(), &embedded(&dir.path().join("state.redb")));
-    let (s1, n1) = linked_agent(&pki, dir.path(), "n1", port, &["a", "b"]);
-    let (s2, n2) = linked_agent(&pki, dir.path(), "n2", port, &["c"]);
-    let _served = [s1, s2];
-    wait_for("both agents up", 15, || {
-        agents(&c).iter().filter(|a| a["status"] == "up").count() == 2
-    });
-    let obj = |name: &str, node: &str, v: &str| json!({"name": name, "kind": {"type": "virtual_volume", "volume": {"node": node, "volume": v}}});
-    for (name, node, v) in [("oa", "n1", "a"), ("ob", "n1", "b"), ("oc", "n2", "c")] {
-        assert_eq!(
-            c.admin("POST", "/v1/objects", Some(obj(name, node, v))).0,
-            201
-        );
-    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let site = TwoAgents::start(&embedded(&tmp.path().join("state.redb")));
+    let (c, [n1, n2]) = (&site.controller, site.configs.clone());
+    let dir = &site.dir;
     let log = dir.path().join("hooks.log");
     // Each hook logs what it is, its node's volumes and the time in ns; on n2 (volume c) the
     // pre hook takes $SLOW seconds, read from a file the test writes.
@@ -448,7 +456,7 @@ fn across_nodes_runs_prepare_snapshot_and_release_within_a_deadline() {
         (&json!(true), &json!("prepare"))
     );
     let id = r["run"]["id"].as_str().expect("id").to_string();
-    let d = finished_run(&c, "p", &id, 30);
+    let d = finished_run(c, "p", &id, 30);
     assert_eq!(d["run"]["step"], "done", "{d}");
     // Hook order from the log, snapshot times from the agents.
     let entries: Vec<(String, String, u128)> = std::fs::read_to_string(&log)
@@ -517,7 +525,7 @@ fn across_nodes_runs_prepare_snapshot_and_release_within_a_deadline() {
     std::thread::sleep(Duration::from_millis(1100)); // a new group name
     let (_, r) = c.admin("POST", "/v1/plans/p/run", None);
     let id = r["run"]["id"].as_str().expect("id").to_string();
-    let d = finished_run(&c, "p", &id, 30);
+    let d = finished_run(c, "p", &id, 30);
     assert_eq!(d["run"]["step"], "failed", "{d}");
     assert!(
         d["run"]["error"]
