@@ -384,6 +384,30 @@ impl Drop for Tmpfs {
     }
 }
 
+/// Runs `ferry-agent --config CONFIG --json ARGS...` and returns its JSON answer.
+pub fn agent_json(config: &Path, args: &[&str]) -> Value {
+    let out = Command::new(bin("ferry-agent"))
+        .arg("--config")
+        .arg(config)
+        .arg("--json")
+        .args(args)
+        .output()
+        .expect("run ferry-agent");
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "ferry-agent {args:?}: bad JSON ({e}): {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// A volume's image path, as the agent with `config` reports it.
+pub fn agent_volume_path(config: &Path, volume: &str) -> PathBuf {
+    let j = agent_json(config, &["volume", "path", volume]);
+    PathBuf::from(j["path"].as_str().expect("path"))
+}
+
 /// A site PKI made with `ferry-agent pki`: `dir/<site>/ca.pem` and node certificates.
 pub struct Pki {
     pub dir: tempfile::TempDir,

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use ferry_tests::controller::{self, free_udp_port, wait_for, Controller, READER};
-use ferry_tests::{bin, Etcd, Pki, Served};
+use ferry_tests::{agent_json, agent_volume_path, bin, Etcd, Pki, Served};
 use serde_json::Value;
 
 fn agents(c: &Controller) -> Vec<Value> {
@@ -253,13 +253,7 @@ fn runs_take_groups_on_every_node_and_retention_prunes(store: &str) {
     // On the agents: exactly the kept groups, on every volume.
     for (cfg, vols) in [(&cfgs[0], vec!["a", "b"]), (&cfgs[1], vec!["c"])] {
         for v in vols {
-            let out = std::process::Command::new(bin("ferry-agent"))
-                .arg("--config")
-                .arg(cfg)
-                .args(["--json", "snapshot", "list", v])
-                .output()
-                .expect("list");
-            let list: Value = serde_json::from_slice(&out.stdout).expect("json");
+            let list = agent_json(cfg, &["snapshot", "list", v]);
             let mut names: Vec<String> = list
                 .as_array()
                 .into_iter()
@@ -275,16 +269,7 @@ fn runs_take_groups_on_every_node_and_retention_prunes(store: &str) {
 
     // Rollback: refused while a run is in progress (a slow pre hook holds it), then every
     // volume back to the newest kept group, byte for byte.
-    let vol_path = |cfg: &std::path::Path, v: &str| {
-        let out = std::process::Command::new(bin("ferry-agent"))
-            .arg("--config")
-            .arg(cfg)
-            .args(["--json", "volume", "path", v])
-            .output()
-            .expect("path");
-        let j: Value = serde_json::from_slice(&out.stdout).expect("json");
-        std::path::PathBuf::from(j["path"].as_str().expect("path"))
-    };
+    let vol_path = agent_volume_path;
     let target = kept.last().expect("kept").clone();
     let snap_hash = |cfg: &std::path::Path, v: &str| ferry_tests::file_hash(&vol_path(cfg, v));
     let before: Vec<String> = [(&cfgs[0], "a"), (&cfgs[0], "b"), (&cfgs[1], "c")]
@@ -476,13 +461,7 @@ fn across_nodes_runs_prepare_snapshot_and_release_within_a_deadline() {
             .unwrap_or_else(|| panic!("no {what} hook for {vols}: {entries:?}"))
     };
     let created = |cfg: &std::path::Path, v: &str| -> u128 {
-        let out = std::process::Command::new(bin("ferry-agent"))
-            .arg("--config")
-            .arg(cfg)
-            .args(["--json", "snapshot", "list", v])
-            .output()
-            .expect("list");
-        let list: Value = serde_json::from_slice(&out.stdout).expect("json");
+        let list = agent_json(cfg, &["snapshot", "list", v]);
         list[0]["created_unix_ns"].as_u64().expect("created") as u128
     };
     let last_pre = at("pre", "a b").max(at("pre", "c"));
@@ -547,13 +526,7 @@ fn across_nodes_runs_prepare_snapshot_and_release_within_a_deadline() {
         log.contains("post a b") && log.contains("pre c") && log.contains("post c")
     });
     for (cfg, v) in [(&n1, "a"), (&n1, "b"), (&n2, "c")] {
-        let out = std::process::Command::new(bin("ferry-agent"))
-            .arg("--config")
-            .arg(cfg)
-            .args(["--json", "snapshot", "list", v])
-            .output()
-            .expect("list");
-        let list: Value = serde_json::from_slice(&out.stdout).expect("json");
+        let list = agent_json(cfg, &["snapshot", "list", v]);
         assert_eq!(
             list.as_array().map(Vec::len),
             Some(1),

@@ -8,7 +8,7 @@ use std::io::BufRead;
 use std::process::{Child, Command, Stdio};
 
 use ferry_tests::controller::wait_for;
-use ferry_tests::{bin, file_hash, rng, write_random};
+use ferry_tests::{agent_volume_path, bin, file_hash, rng, write_random};
 use serde_json::{json, Value};
 
 struct Dev {
@@ -86,17 +86,6 @@ impl Dev {
             .flatten()
             .any(|a| a["node"] == "node1" && a["status"] == "up")
     }
-
-    fn volume_path(&self, dir: &std::path::Path, v: &str) -> std::path::PathBuf {
-        let out = Command::new(bin("ferry-agent"))
-            .arg("--config")
-            .arg(dir.join("agent.toml"))
-            .args(["--json", "volume", "path", v])
-            .output()
-            .expect("path");
-        let j: Value = serde_json::from_slice(&out.stdout).expect("json");
-        std::path::PathBuf::from(j["path"].as_str().expect("path"))
-    }
 }
 
 fn alive(pid: u64) -> bool {
@@ -143,7 +132,7 @@ fn dev_mode_is_a_whole_site_in_one_command() {
     std::fs::write(&pf, plan.to_string()).expect("write");
     let (ok, _, err) = dev.ferry(&["plans", "create", pf.to_str().expect("utf8")]);
     assert!(ok, "{err}");
-    let disk0 = dev.volume_path(dir.path(), "disk0");
+    let disk0 = agent_volume_path(&dir.path().join("agent.toml"), "disk0");
     let mut r = rng("dev");
     let mut hashes = Vec::new();
     for i in 0..3 {
