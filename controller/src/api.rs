@@ -210,23 +210,26 @@ async fn forward(
     }
     let unavailable =
         |m: String| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_leader", m).into_response();
-    // While an election is under way (at start, after a leader died) a request waits for
-    // its outcome rather than failing at once.
+    // While an election is under way (at start, after a leader died, or while this
+    // controller's own election is being taken up) a request waits for its outcome rather
+    // than failing at once.
     let t0 = std::time::Instant::now();
-    loop {
+    let leader = loop {
         if s.term().is_some() {
             return next.run(req).await;
         }
-        let elected = crate::leader::current(&s.store)
-            .await
-            .ok()
-            .flatten()
-            .is_some();
-        if (elected && s.forwarder.is_some()) || t0.elapsed() > ELECTION_WAIT {
-            break;
+        let Some(f) = &s.forwarder else {
+            return unavailable("this controller is not the leader and cannot reach it".into());
+        };
+        let found = crate::leader::current(&s.store).await.ok().flatten();
+        if let Some(l) = found.filter(|l| !f.is_me(l)) {
+            break l;
+        }
+        if t0.elapsed() > ELECTION_WAIT {
+            return unavailable("no leader is elected right now; retry shortly".into());
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    };
     let Some(f) = s.forwarder.clone() else {
         return unavailable("this controller is not the leader and cannot reach it".into());
     };
@@ -265,7 +268,7 @@ async fn forward(
         content_type,
         body,
     };
-    match f.forward(&fr).await {
+    match f.forward(&leader, &fr).await {
         Ok(r) => crate::peer::response(r),
         Err(e) => {
             tracing::warn!(error = %e, "cannot forward a request to the leader");

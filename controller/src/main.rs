@@ -213,11 +213,7 @@ async fn serve(
     let forwarder = match (&store, &bound) {
         (Store::Etcd(_), Some(b)) => {
             let (id, trust) = b.credentials();
-            Some(Arc::new(ferry_controller::peer::Forwarder::new(
-                id,
-                trust,
-                store.clone(),
-            )))
+            Some(Arc::new(ferry_controller::peer::Forwarder::new(id, trust)))
         }
         _ => None,
     };

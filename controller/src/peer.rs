@@ -17,7 +17,7 @@ use ferry_net::pki::{Identity, Trust};
 use ferry_net::quic::{self as net, NetError};
 use ferry_wire::control::{ForwardRequest, ForwardResponse, FORWARD_LIMIT};
 
-use crate::store::{Store, StoreError};
+use crate::leader::LeaderInfo;
 
 /// The header that marks a forwarded request.
 pub const FORWARDED: &str = "x-ferry-forwarded";
@@ -28,7 +28,7 @@ const FORWARD_TIMEOUT: Duration = Duration::from_secs(60);
 /// Why a request could not be forwarded.
 #[derive(Debug, thiserror::Error)]
 pub enum ForwardError {
-    #[error("no leader is elected right now; retry shortly")]
+    #[error("the leader's record names no endpoint to reach it at")]
     NoLeader,
     #[error("the leader's address {0:?} is not HOST:PORT")]
     BadAddress(String),
@@ -36,15 +36,14 @@ pub enum ForwardError {
     Net { addr: String, source: NetError },
     #[error("the leader did not answer within {} s", FORWARD_TIMEOUT.as_secs())]
     Timeout,
-    #[error(transparent)]
-    Store(#[from] StoreError),
 }
 
 /// A follower's link to the leader, made on first use and again when it breaks.
 pub struct Forwarder {
+    /// This controller's name, as its leader record would carry it.
+    me: String,
     id: Arc<Identity>,
     trust: Arc<Trust>,
-    store: Store,
     /// The leader's address, the endpoint, and the session (whose first stream is kept
     /// open and silent: it says this link is a follower's, not an agent's).
     link: tokio::sync::Mutex<Option<(SocketAddr, quinn::Endpoint, net::Session)>>,
@@ -57,21 +56,23 @@ impl std::fmt::Debug for Forwarder {
 }
 
 impl Forwarder {
-    pub fn new(id: Arc<Identity>, trust: Arc<Trust>, store: Store) -> Forwarder {
+    pub fn new(id: Arc<Identity>, trust: Arc<Trust>) -> Forwarder {
         Forwarder {
+            me: id.node.to_string(),
             id,
             trust,
-            store,
             link: tokio::sync::Mutex::new(None),
         }
     }
 
-    /// A connection to the current leader (reused while it lives and the leader stays).
-    async fn connection(&self) -> Result<quinn::Connection, ForwardError> {
-        let leader = crate::leader::current(&self.store)
-            .await?
-            .and_then(|l| l.endpoint)
-            .ok_or(ForwardError::NoLeader)?;
+    /// Whether a leader record is this controller's own.
+    pub fn is_me(&self, leader: &LeaderInfo) -> bool {
+        leader.name == self.me
+    }
+
+    /// A connection to `leader` (reused while it lives and the leader stays).
+    async fn connection(&self, leader: &LeaderInfo) -> Result<quinn::Connection, ForwardError> {
+        let leader = leader.endpoint.clone().ok_or(ForwardError::NoLeader)?;
         let addr: SocketAddr = tokio::net::lookup_host(&leader)
             .await
             .ok()
@@ -97,9 +98,13 @@ impl Forwarder {
         Ok(conn)
     }
 
-    /// Sends one request to the leader and returns its answer.
-    pub async fn forward(&self, req: &ForwardRequest) -> Result<ForwardResponse, ForwardError> {
-        let conn = self.connection().await?;
+    /// Sends one request to `leader` and returns its answer.
+    pub async fn forward(
+        &self,
+        leader: &LeaderInfo,
+        req: &ForwardRequest,
+    ) -> Result<ForwardResponse, ForwardError> {
+        let conn = self.connection(leader).await?;
         let addr = conn.remote_address().to_string();
         let net_err = |source| ForwardError::Net {
             addr: addr.clone(),
