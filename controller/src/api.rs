@@ -218,15 +218,18 @@ async fn forward(
         if s.term().is_some() {
             return next.run(req).await;
         }
-        let Some(f) = &s.forwarder else {
-            return unavailable("this controller is not the leader and cannot reach it".into());
-        };
-        let found = crate::leader::current(&s.store).await.ok().flatten();
-        if let Some(l) = found.filter(|l| !f.is_me(l)) {
-            break l;
+        // Without a link to other controllers, only this one's own election can help.
+        if let Some(f) = &s.forwarder {
+            let found = crate::leader::current(&s.store).await.ok().flatten();
+            if let Some(l) = found.filter(|l| !f.is_me(l)) {
+                break l;
+            }
         }
         if t0.elapsed() > ELECTION_WAIT {
-            return unavailable("no leader is elected right now; retry shortly".into());
+            return unavailable(match s.forwarder {
+                Some(_) => "no leader is elected right now; retry shortly".into(),
+                None => "this controller is not the leader and cannot reach it".into(),
+            });
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     };
