@@ -83,18 +83,12 @@ impl Ledger {
         self.dir.join(format!("{}.json", task.id))
     }
 
-    fn write(&self, path: &Path, rec: &Record) -> Result<()> {
-        let bytes = serde_json::to_vec_pretty(rec)
-            .map_err(|e| StoreError::Invalid(format!("encode task record: {e}")))?;
-        fsx::atomic_write(path, &bytes).ctx("write", path)
-    }
-
     fn save(&self, task: &Task, state: &TaskState) -> Result<()> {
         let rec = Record {
             task: task.clone(),
             state: state.clone(),
         };
-        self.write(&self.record_path(task), &rec)
+        write_record(&self.record_path(task), &rec)
     }
 
     fn newest_generation(&self) -> Result<u64> {
@@ -112,18 +106,15 @@ impl Ledger {
 
     /// The recorded state of task `id`, if it was ever seen.
     pub fn get(&self, id: &ferry_wire::Name) -> Result<Option<Record>> {
-        let p = self.dir.join(format!("{id}.json"));
-        match fs::read(&p) {
-            Ok(b) => serde_json::from_slice(&b)
-                .map(Some)
-                .map_err(|e| StoreError::Corrupt {
-                    what: "task record",
-                    path: p,
-                    detail: e.to_string(),
-                }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(crate::error::io_err(e, "read", p)),
-        }
+        read_record(&self.dir.join(format!("{id}.json")), "task record")
+    }
+
+    /// The hold `hold`, if it is in force.
+    fn hold(&self, hold: &str) -> Result<Option<Hold>> {
+        read_record(
+            &self.holds_dir().join(format!("{hold}.json")),
+            "hold record",
+        )
     }
 
     fn lock(&self) -> Result<FileLock> {
@@ -153,7 +144,7 @@ impl Ledger {
             let entry = entry.ctx("list", &dir)?;
             let name = entry.file_name().to_string_lossy().into_owned();
             if let Some(hold) = name.strip_suffix(".json") {
-                let Ok(rec) = read_hold(&entry.path()) else {
+                let Ok(Some(rec)) = self.hold(hold) else {
                     continue;
                 };
                 if rec.ends_ms <= now_ms() {
@@ -240,22 +231,18 @@ impl Ledger {
             hook_timeout_secs: *hook_timeout_secs,
             ends_ms: now_ms() + hold_secs.saturating_mul(1000),
         };
-        let path = dir.join(format!("{hold}.json"));
-        let bytes = serde_json::to_vec_pretty(&rec)
-            .map_err(|e| StoreError::Invalid(format!("encode hold: {e}")))?;
-        fsx::atomic_write(&path, &bytes).ctx("write", &path)?;
+        write_record(&dir.join(format!("{hold}.json")), &rec)?;
         Ok(TaskResult::Prepared)
     }
 
     /// Checks that `hold` is held now (the caller holds the ledger's lock).
     fn check_held(&self, hold: &ferry_wire::Name) -> Result<()> {
-        let path = self.holds_dir().join(format!("{hold}.json"));
-        match read_hold(&path) {
-            Ok(rec) if rec.ends_ms > now_ms() => Ok(()),
-            Ok(_) => Err(StoreError::HoldEnded(format!(
+        match self.hold(hold.as_str()) {
+            Ok(Some(rec)) if rec.ends_ms > now_ms() => Ok(()),
+            Ok(Some(_)) => Err(StoreError::HoldEnded(format!(
                 "hold {hold} ended before the snapshot"
             ))),
-            Err(_) => Err(StoreError::HoldEnded(format!(
+            _ => Err(StoreError::HoldEnded(format!(
                 "hold {hold} is not held here (never prepared, released or ended)"
             ))),
         }
@@ -264,8 +251,7 @@ impl Ledger {
     fn release(&self, store: &Store, hold: &ferry_wire::Name) -> Result<TaskResult> {
         let dir = self.holds_dir();
         fs::create_dir_all(&dir).ctx("create", &dir)?;
-        let path = dir.join(format!("{hold}.json"));
-        if let Ok(rec) = read_hold(&path) {
+        if let Ok(Some(rec)) = self.hold(hold.as_str()) {
             self.end_hold(store, hold.as_str(), &rec, "released")?;
             return Ok(TaskResult::Released { expired: false });
         }
@@ -336,13 +322,29 @@ impl Ledger {
     }
 }
 
-fn read_hold(path: &Path) -> Result<Hold> {
-    let b = fs::read(path).ctx("read", path)?;
-    serde_json::from_slice(&b).map_err(|e| StoreError::Corrupt {
-        what: "hold record",
-        path: path.to_owned(),
-        detail: e.to_string(),
-    })
+/// A JSON record of the ledger, `None` when there is none.
+fn read_record<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    what: &'static str,
+) -> Result<Option<T>> {
+    match fs::read(path) {
+        Ok(b) => serde_json::from_slice(&b)
+            .map(Some)
+            .map_err(|e| StoreError::Corrupt {
+                what,
+                path: path.to_owned(),
+                detail: e.to_string(),
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(crate::error::io_err(e, "read", path.to_owned())),
+    }
+}
+
+/// Writes a JSON record of the ledger crash-safely (temp, fsync, rename).
+fn write_record<T: Serialize>(path: &Path, rec: &T) -> Result<()> {
+    let bytes = serde_json::to_vec_pretty(rec)
+        .map_err(|e| StoreError::Invalid(format!("encode {}: {e}", path.display())))?;
+    fsx::atomic_write(path, &bytes).ctx("write", path)
 }
 
 /// The tasks that need nothing of the ledger but its lock.
