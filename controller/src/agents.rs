@@ -257,10 +257,7 @@ async fn connection(
             .and_then(|l| l.endpoint)
             .unwrap_or_default();
         tracing::info!(peer = %s.peer_node, %leader, "not the leader: pointing the peer at the leader");
-        s.conn.close(
-            quinn::VarInt::from_u32(ferry_wire::msg::close::NOT_LEADER),
-            leader.as_bytes(),
-        );
+        net::close_with(&s.conn, ferry_wire::msg::close::NOT_LEADER, &leader);
         return Ok(());
     }
     // An agent registers on the first stream; a follower leaves it silent (or finishes it)
@@ -289,11 +286,7 @@ async fn connection(
             let r = agent_link(s, register, cx.store, cx.links).await;
             if let Err(e) = &r {
                 // A broken protocol, a silent agent: say why as the link goes.
-                let reason = e.to_string();
-                conn.close(
-                    quinn::VarInt::from_u32(ferry_wire::msg::close::PROTOCOL),
-                    &reason.as_bytes()[..reason.len().min(200)],
-                );
+                net::close_with(&conn, ferry_wire::msg::close::PROTOCOL, &e.to_string());
             }
             r
         }

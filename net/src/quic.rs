@@ -339,11 +339,16 @@ pub fn close_for(conn: &Connection, err: &NetError) {
         NetError::Version(_) => close::VERSION,
         _ => close::PROTOCOL,
     };
-    let reason = err.to_string();
-    conn.close(
-        VarInt::from_u32(code),
-        &reason.as_bytes()[..reason.len().min(200)],
-    );
+    close_with(conn, code, &err.to_string());
+}
+
+/// Closes `conn` with `code` and `reason` (cut to what a close frame comfortably carries).
+pub fn close_with(conn: &Connection, code: u32, reason: &str) {
+    let end = (0..=reason.len().min(200))
+        .rev()
+        .find(|i| reason.is_char_boundary(*i))
+        .unwrap_or(0);
+    conn.close(VarInt::from_u32(code), &reason.as_bytes()[..end]);
 }
 
 fn check_hello(trust: &Trust, conn: &Connection, hello: &Hello) -> Result<(Name, Name), NetError> {
