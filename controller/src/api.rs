@@ -415,17 +415,15 @@ async fn metrics(State(s): State<Arc<ApiState>>, headers: HeaderMap) -> ApiResul
     let _ = writeln!(w, "# HELP ferry_objects Protected objects in the inventory.\n# TYPE ferry_objects gauge\nferry_objects {}", objects.len());
     let mut by_step: std::collections::BTreeMap<(String, String), u64> = Default::default();
     let mut last_ok: std::collections::BTreeMap<String, i64> = Default::default();
-    // plan -> its newest finished run: (created, seconds, bytes read)
-    let mut last_run: std::collections::BTreeMap<String, (String, f64, u64)> = Default::default();
-    for r in runs.iter().filter(|r| r.run.step.is_final()) {
-        let report = r.report();
-        let e = last_run.entry(r.run.plan.to_string()).or_default();
-        if r.created > e.0 {
-            *e = (
-                r.created.clone(),
-                report.duration_secs.unwrap_or(0.0),
-                report.bytes_read,
-            );
+    // plan -> its newest finished run
+    let mut newest: std::collections::BTreeMap<String, &crate::scheduler::RunRecord> =
+        Default::default();
+    for r in &runs {
+        if r.run.step.is_final() {
+            let e = newest.entry(r.run.plan.to_string()).or_insert(r);
+            if r.created > e.created {
+                *e = r;
+            }
         }
         let step = serde_json::to_value(&r.run.step)
             .ok()
@@ -461,8 +459,19 @@ async fn metrics(State(s): State<Arc<ApiState>>, headers: HeaderMap) -> ApiResul
             label(plan)
         );
     }
+    // (seconds, bytes read) of each plan's newest finished run
+    let last_run: std::collections::BTreeMap<&String, (f64, u64)> = newest
+        .iter()
+        .map(|(plan, r)| {
+            let report = r.report();
+            (
+                plan,
+                (report.duration_secs.unwrap_or(0.0), report.bytes_read),
+            )
+        })
+        .collect();
     let _ = writeln!(w, "# HELP ferry_plan_last_run_duration_seconds The newest finished run's duration (record to end), by plan.\n# TYPE ferry_plan_last_run_duration_seconds gauge");
-    for (plan, (_, secs, _)) in &last_run {
+    for (plan, (secs, _)) in &last_run {
         let _ = writeln!(
             w,
             "ferry_plan_last_run_duration_seconds{{plan=\"{}\"}} {secs}",
@@ -470,7 +479,7 @@ async fn metrics(State(s): State<Arc<ApiState>>, headers: HeaderMap) -> ApiResul
         );
     }
     let _ = writeln!(w, "# HELP ferry_plan_last_run_bytes_read Bytes the newest finished run's snapshots read (the changed data), by plan.\n# TYPE ferry_plan_last_run_bytes_read gauge");
-    for (plan, (_, _, bytes)) in &last_run {
+    for (plan, (_, bytes)) in &last_run {
         let _ = writeln!(
             w,
             "ferry_plan_last_run_bytes_read{{plan=\"{}\"}} {bytes}",

@@ -299,6 +299,17 @@ fn runs_take_groups_on_every_node_and_retention_prunes(store: &str) {
             .contains("in progress"),
         "{v}"
     );
+    // Metrics count the run in progress by its step (preparing: a hook across two nodes),
+    // beside the five finished ones.
+    let text = c.text("/metrics", READER);
+    assert!(
+        text.contains("ferry_runs{plan=\"p\",step=\"prepare\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("ferry_runs{plan=\"p\",step=\"done\"} 5"),
+        "{text}"
+    );
     let run_id = run["run"]["id"].as_str().expect("id").to_string();
     wait_for("the slow run finishes", 30, || {
         let (_, runs) = c.call("GET", "/v1/plans/p/runs", Some(READER), None);
