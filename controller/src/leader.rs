@@ -148,17 +148,31 @@ pub async fn elect(
             tracing::warn!("leader lease lost while campaigning; starting over");
             continue;
         };
-        let Some(kv) = store.get(&key).await? else {
-            keeper.abort();
-            continue; // elected and gone at once: campaign again
+        // Elected: read what the fence compares. Should that fail, give the lease up, or
+        // its key would stand in line before this controller's next campaign forever.
+        let fence = async {
+            let kv = store.get(&key).await?;
+            let generation = store.revision().await? as u64;
+            Ok::<_, StoreError>(kv.map(|kv| (kv.mod_revision, generation)))
         };
-        let generation = store.revision().await? as u64;
+        let (revision, generation) = match fence.await {
+            Ok(Some(f)) => f,
+            Ok(None) => {
+                keeper.abort();
+                continue; // elected and gone at once: campaign again
+            }
+            Err(e) => {
+                keeper.abort();
+                let _ = s.revoke(lease).await;
+                return Err(e);
+            }
+        };
         tracing::info!(generation, key, "elected leader");
         return Ok(Leadership {
             term: Term {
                 generation,
                 key,
-                revision: kv.mod_revision,
+                revision,
             },
             lease: Some((lease, keeper)),
         });
