@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_wire::control::{
-    AgentMsg, ControllerMsg, VolumeReport, CONTROL_LINK_LIMIT, HEARTBEAT_SECS,
+    AgentMsg, ControllerMsg, VolumeReport, CONTROL_LINK_LIMIT, HEARTBEAT_SECS, MAX_REPORTED_VOLUMES,
 };
 use ferry_wire::task::TaskState;
 use tokio::sync::mpsc;
@@ -66,8 +66,10 @@ fn space(dir: &std::path::Path) -> (u64, u64) {
     (st.f_bavail as u64 * f, st.f_blocks as u64 * f)
 }
 
-fn volumes(store: &Store) -> Vec<VolumeReport> {
-    store
+/// The node's volumes as the controller is told them: the first [`MAX_REPORTED_VOLUMES`]
+/// by name, and how many more there are.
+fn volumes(store: &Store) -> (Vec<VolumeReport>, u64) {
+    let mut all: Vec<VolumeReport> = store
         .list_volumes()
         .unwrap_or_default()
         .into_iter()
@@ -77,7 +79,18 @@ fn volumes(store: &Store) -> Vec<VolumeReport> {
             snapshots: v.snapshots as u32,
             mirror: v.mirror.is_some(),
         })
-        .collect()
+        .collect();
+    all.sort_by(|a, b| a.name.cmp(&b.name));
+    let omitted = all.len().saturating_sub(MAX_REPORTED_VOLUMES) as u64;
+    all.truncate(MAX_REPORTED_VOLUMES);
+    (all, omitted)
+}
+
+async fn volumes_now(store: &Arc<Store>) -> (Vec<VolumeReport>, u64) {
+    let st = store.clone();
+    tokio::task::spawn_blocking(move || volumes(&st))
+        .await
+        .unwrap_or_default()
 }
 
 /// Aborts a background task when dropped.
@@ -189,23 +202,32 @@ async fn link(
     }
     tracing::info!(controller = %address, peer = %s.peer_node, "connected to the controller");
     let (free, total) = space(store.root());
-    let st = store.clone();
-    let vols = tokio::task::spawn_blocking(move || volumes(&st))
-        .await
-        .unwrap_or_default();
+    let (mut vols, omitted) = volumes_now(&store).await;
     net::send_msg(
         &mut s.send,
         &AgentMsg::Register {
-            volumes: vols,
+            volumes: vols.clone(),
             capacity_bytes: total,
             free_bytes: free,
         },
     )
     .await?;
-    // Reports come from task threads; one writer owns the stream.
+    if omitted > 0 {
+        let m = AgentMsg::Volumes {
+            volumes: vols.clone(),
+            omitted,
+            free_bytes: free,
+        };
+        net::send_msg(&mut s.send, &m).await?;
+    }
+    // Reports come from task threads; one writer owns the stream. The volume list goes out
+    // whenever it changed: a task sends it before its own report (so the controller knows
+    // a volume the moment it hears the task made it), and every heartbeat looks again
+    // (volumes are also made and deleted on the node itself, past the controller).
     let (tx, mut rx) = mpsc::channel::<AgentMsg>(64);
     let mut send = s.send;
     let root = store.root().to_path_buf();
+    let st = store.clone();
     let writer = tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(HEARTBEAT_SECS));
         let mut seq = 0;
@@ -214,9 +236,17 @@ async fn link(
                 m = rx.recv() => match m { Some(m) => m, None => return Ok::<(), NetError>(()) },
                 _ = tick.tick() => {
                     seq += 1;
-                    AgentMsg::Heartbeat { seq, running: 0, free_bytes: space(&root).0 }
+                    net::send_msg(&mut send, &AgentMsg::Heartbeat { seq, running: 0, free_bytes: space(&root).0 }).await?;
+                    let (volumes, omitted) = volumes_now(&st).await;
+                    AgentMsg::Volumes { volumes, omitted, free_bytes: space(&root).0 }
                 }
             };
+            if let AgentMsg::Volumes { volumes, .. } = &msg {
+                if *volumes == vols {
+                    continue;
+                }
+                vols = volumes.clone();
+            }
             net::send_msg(&mut send, &msg).await?;
         }
     });
@@ -234,14 +264,44 @@ async fn link(
                         .await;
                     tokio::spawn(async move {
                         let id = task.id.clone();
-                        let state = tokio::task::spawn_blocking(move || ledger.run(&store, &task))
-                            .await
+                        let st = store.clone();
+                        let progress = Arc::new(crate::progress::Progress::default());
+                        let p = progress.clone();
+                        let mut work = tokio::task::spawn_blocking(move || {
+                            crate::progress::track(&p, || ledger.run(&st, &task))
+                        });
+                        // While it runs, how far it is, about once a second (when it moved).
+                        let mut tick = tokio::time::interval(Duration::from_secs(1));
+                        let mut told = (0, 0);
+                        let outcome = loop {
+                            tokio::select! {
+                                r = &mut work => break r,
+                                _ = tick.tick() => {
+                                    let (done_bytes, total_bytes) = progress.get();
+                                    if (done_bytes, total_bytes) != told && total_bytes > 0 {
+                                        told = (done_bytes, total_bytes);
+                                        let m = AgentMsg::TaskProgress { id: id.clone(), done_bytes, total_bytes };
+                                        let _ = tx.send(m).await;
+                                    }
+                                }
+                            }
+                        };
+                        let state = outcome
                             .map_err(|e| StoreError::Invalid(format!("task thread: {e}")))
                             .and_then(|r| r)
                             .unwrap_or_else(|e| TaskState::Failed {
                                 kind: e.kind().to_string(),
                                 message: e.to_string(),
                             });
+                        let (volumes, omitted) = volumes_now(&store).await;
+                        let free_bytes = space(store.root()).0;
+                        let _ = tx
+                            .send(AgentMsg::Volumes {
+                                volumes,
+                                omitted,
+                                free_bytes,
+                            })
+                            .await;
                         let _ = tx.send(AgentMsg::TaskReport { id, state }).await;
                     });
                 }

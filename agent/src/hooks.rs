@@ -1,7 +1,8 @@
 //! Pre/post snapshot hooks: shell commands run around a group snapshot (e.g. `fsfreeze -f` and
 //! `fsfreeze -u`, or a guest agent's freeze/thaw), with a timeout and the snapshot described in
 //! the environment: `FERRY_SNAPSHOT`, `FERRY_VOLUMES` (space-separated names) and
-//! `FERRY_VOLUME_PATHS` (newline-separated image paths).
+//! `FERRY_VOLUME_PATHS` (newline-separated image paths). A hook that fails says why: its
+//! error carries the last lines of what it printed (stdout and stderr, interleaved).
 
 use std::io::Read;
 use std::process::{Command, Stdio};
@@ -43,8 +44,36 @@ pub fn env(
     ]
 }
 
-/// Keep at most this much of a hook's output for error messages.
-const KEEP: usize = 4096;
+/// Keep at most this much of a hook's output for error messages: its last lines, enough to
+/// say why, short enough for a run report.
+const KEEP: usize = 1024;
+const KEEP_LINES: usize = 12;
+
+/// A pipe both of a hook's output streams write to, in the order it writes them.
+fn output_pipe() -> std::io::Result<(std::fs::File, Stdio, Stdio)> {
+    use std::os::fd::FromRawFd;
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills both descriptors (close-on-exec in this process), owned from here.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: as above.
+    let (r, w) = unsafe {
+        (
+            std::fs::File::from_raw_fd(fds[0]),
+            std::fs::File::from_raw_fd(fds[1]),
+        )
+    };
+    let w2 = w.try_clone()?;
+    Ok((r, Stdio::from(w), Stdio::from(w2)))
+}
+
+/// The last lines of `out`, at most [`KEEP`] bytes.
+fn tail(out: &[u8]) -> String {
+    let text = String::from_utf8_lossy(&out[out.len().saturating_sub(KEEP)..]).into_owned();
+    let lines: Vec<&str> = text.trim().lines().collect();
+    lines[lines.len().saturating_sub(KEEP_LINES)..].join("\n")
+}
 
 /// Runs one hook to completion, killing it at the timeout.
 pub fn run(
@@ -53,31 +82,32 @@ pub fn run(
     env: &[(&str, String)],
     timeout: Duration,
 ) -> Result<()> {
-    let mut child = Command::new("/bin/sh")
+    let cannot = |e: std::io::Error| StoreError::Hook {
+        which,
+        detail: format!("cannot start /bin/sh: {e}"),
+    };
+    let (mut output, stdout, stderr) = output_pipe().map_err(cannot)?;
+    let spawned = Command::new("/bin/sh")
         .arg("-c")
         .arg(cmd)
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| StoreError::Hook {
-            which,
-            detail: format!("cannot start /bin/sh: {e}"),
-        })?;
-    let mut stderr = child.stderr.take();
+        .stdout(stdout)
+        .stderr(stderr)
+        .spawn();
+    // The command holds the writing ends now (ours went with the Command): the pipe ends
+    // when the hook and whatever it started close their output.
+    let mut child = spawned.map_err(cannot)?;
     let reader = std::thread::spawn(move || {
         let mut out = Vec::new();
-        if let Some(s) = stderr.as_mut() {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = s.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                out.extend_from_slice(&buf[..n]);
-                if out.len() > 2 * KEEP {
-                    out.drain(..out.len() - KEEP);
-                }
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = output.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+            if out.len() > 2 * KEEP {
+                out.drain(..out.len() - KEEP);
             }
         }
         out
@@ -99,25 +129,19 @@ pub fn run(
         }
     };
     let out = reader.join().unwrap_or_default();
-    let tail = String::from_utf8_lossy(&out[out.len().saturating_sub(KEEP)..])
-        .trim()
-        .to_string();
+    let said = match tail(&out) {
+        t if t.is_empty() => " (it printed nothing)".to_string(),
+        t => format!("; its output ended with:\n{t}"),
+    };
     match status {
         Ok(s) if s.success() => Ok(()),
         Ok(s) => Err(StoreError::Hook {
             which,
-            detail: format!(
-                "{cmd:?} exited with {s}{}",
-                if tail.is_empty() {
-                    String::new()
-                } else {
-                    format!(": {tail}")
-                }
-            ),
+            detail: format!("{cmd:?} exited with {s}{said}"),
         }),
         Err(why) => Err(StoreError::Hook {
             which,
-            detail: format!("{cmd:?} {why}"),
+            detail: format!("{cmd:?} {why}{said}"),
         }),
     }
 }

@@ -21,6 +21,7 @@ pub mod hooks;
 pub mod manifest;
 pub mod net;
 pub mod pki;
+pub mod progress;
 pub mod ratelimit;
 pub mod receive;
 pub mod replicate;

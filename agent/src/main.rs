@@ -232,7 +232,9 @@ fn main() -> ExitCode {
     // SAFETY: setting a signal disposition before any thread starts.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
+    use std::io::IsTerminal as _;
     tracing_subscriber::fmt()
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
@@ -251,7 +253,8 @@ fn main() -> ExitCode {
             if json {
                 println!(
                     "{}",
-                    serde_json::json!({ "error": { "kind": kind, "message": message } })
+                    // `code` as in the controller's and the ferry CLI's errors; `kind` kept.
+                    serde_json::json!({ "error": { "code": kind, "kind": kind, "message": message } })
                 );
             } else {
                 eprintln!("error: {message}");

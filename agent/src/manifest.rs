@@ -113,9 +113,12 @@ impl Hasher {
         io: &IoConfig,
         cache: Cache,
         jobs: impl IntoIterator<Item = ReadJob>,
-        sink: impl FnMut(ReadJob, Hashed) -> Result<()>,
+        mut sink: impl FnMut(ReadJob, Hashed) -> Result<()>,
     ) -> Result<ReadStats> {
         let max_job = self.geometry.block_size as usize;
+        // What will be read is known before the first read: the task's progress says so.
+        let jobs: Vec<ReadJob> = jobs.into_iter().collect();
+        crate::progress::expect(jobs.iter().map(|j| j.len as u64).sum());
         engine::run(
             snap,
             io,
@@ -123,7 +126,10 @@ impl Hasher {
             max_job,
             jobs,
             |job, data| self.hash(job, data),
-            sink,
+            |job, hashed| {
+                crate::progress::advance(job.len as u64);
+                sink(job, hashed)
+            },
         )
     }
 
@@ -530,4 +536,45 @@ pub fn verify(
         bytes_read: stats.bytes,
         root: manifest.root(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A task's progress counts what the manifest reads: known before the first read, done
+    /// when the last block is hashed; holes are neither expected nor read.
+    #[test]
+    fn a_manifest_build_reports_its_progress() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let img = dir.path().join("img");
+        let f = std::fs::File::create(&img).expect("create");
+        f.set_len(8 << 20).expect("size");
+        std::os::unix::fs::FileExt::write_all_at(&f, &vec![7u8; 3 << 20], 1 << 20).expect("data");
+        drop(f);
+        let src = Source {
+            image: &img,
+            cache: Cache::Warm,
+            size: 8 << 20,
+            block_size: 64 << 10,
+        };
+        let p = std::sync::Arc::new(crate::progress::Progress::default());
+        let report = crate::progress::track(&p, || {
+            build(
+                src,
+                None,
+                &dir.path().join("m"),
+                &dir.path().join("l"),
+                &IoConfig::default(),
+            )
+        })
+        .expect("build");
+        let (done, total) = p.get();
+        assert_eq!(done, report.bytes_read);
+        assert_eq!(total, report.bytes_read);
+        assert!(
+            (3 << 20..8 << 20).contains(&done),
+            "read {done} of 8 MiB with 3 MiB of data"
+        );
+    }
 }

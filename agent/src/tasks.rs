@@ -409,5 +409,12 @@ fn execute(store: &Store, kind: &TaskKind) -> Result<TaskResult> {
             let v = store.clone_volume(volume.as_str(), snapshot.as_str(), new_volume.as_str())?;
             Ok(TaskResult::Cloned { volume: v.name })
         }
+        TaskKind::DeleteVolume { volume, force } => {
+            let r = store.delete_volume(volume.as_str(), *force)?;
+            Ok(TaskResult::VolumeDeleted {
+                volume: r.volume,
+                snapshots: r.snapshots_deleted as u32,
+            })
+        }
     }
 }

@@ -43,7 +43,10 @@ fn one_store(name: &'static str, store_cfg: &str, plans: usize, rate: u32) -> Re
     let c = Controller::start(store_cfg);
     let obj = json!({"name": "vol", "kind": {"type": "virtual_volume",
         "volume": {"node": "n1", "volume": "v"}}});
-    if c.admin("POST", "/v1/objects", Some(obj)).0 != 201 {
+    if c.admin("POST", "/v1/objects?allow_missing=true", Some(obj))
+        .0
+        != 201
+    {
         bail!("cannot create the object");
     }
     // First slots spread over a 30 s window starting 20 s after the plans are made (their

@@ -50,6 +50,10 @@ pub struct AgentRecord {
     /// `up` or `down`.
     pub status: String,
     pub volumes: Vec<VolumeReport>,
+    /// Volumes the agent has beyond those listed (it lists at most
+    /// `ferry_wire::control::MAX_REPORTED_VOLUMES`).
+    #[serde(default)]
+    pub volumes_omitted: u64,
     pub capacity_bytes: u64,
     pub free_bytes: u64,
     /// RFC 3339.
@@ -102,6 +106,8 @@ pub struct Links {
     senders: Mutex<HashMap<Name, mpsc::Sender<ControllerMsg>>>,
     /// Latest report per task id.
     pub reports: Mutex<HashMap<String, TaskState>>,
+    /// Latest progress per running task id: (bytes done, bytes expected).
+    pub progress: Mutex<HashMap<String, (u64, u64)>>,
 }
 
 impl std::fmt::Debug for Links {
@@ -116,6 +122,9 @@ impl Links {
     pub fn forget(&self, prefix: &str) {
         if let Ok(mut r) = self.reports.lock() {
             r.retain(|id, _| !id.starts_with(prefix));
+        }
+        if let Ok(mut p) = self.progress.lock() {
+            p.retain(|id, _| !id.starts_with(prefix));
         }
     }
 
@@ -359,6 +368,7 @@ async fn agent_link(
         address: remote.to_string(),
         status: "up".into(),
         volumes,
+        volumes_omitted: 0,
         capacity_bytes,
         free_bytes,
         connected: now.clone(),
@@ -394,8 +404,32 @@ async fn agent_link(
                 }
                 AgentMsg::TaskReport { id, state } => {
                     tracing::info!(node = %rec.node, task = %id, ?state, "task report");
+                    if state.is_final() {
+                        if let Ok(mut p) = links.progress.lock() {
+                            p.remove(id.as_str());
+                        }
+                    }
                     if let Ok(mut r) = links.reports.lock() {
                         r.insert(id.to_string(), state);
+                    }
+                }
+                AgentMsg::Volumes {
+                    volumes,
+                    omitted,
+                    free_bytes,
+                } => {
+                    rec.volumes = volumes;
+                    rec.volumes_omitted = omitted;
+                    rec.free_bytes = free_bytes;
+                    put(&store, &rec).await?;
+                }
+                AgentMsg::TaskProgress {
+                    id,
+                    done_bytes,
+                    total_bytes,
+                } => {
+                    if let Ok(mut p) = links.progress.lock() {
+                        p.insert(id.to_string(), (done_bytes, total_bytes));
                     }
                 }
                 AgentMsg::Register { .. } => {

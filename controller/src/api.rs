@@ -18,12 +18,15 @@ use ferry_wire::Name;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use crate::group_job::GroupJob;
 use crate::model::{Object, PlanSpec};
+use crate::schema::{
+    self, Busy, GroupRecord, GroupsFate, OrphanRecord, PlanRecord, OBJECTS, PLANS, RUNS,
+};
 use crate::store::{Compare, Op, Store, StoreError, Txn};
 
 /// Largest request body.
 pub const MAX_BODY: usize = 1 << 20;
-use crate::scheduler::{OBJECTS, PLANS, RUNS};
 
 /// What a token may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -175,14 +178,29 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/plans/{name}/runs", get(plan_runs))
         .route("/v1/plans/{name}/runs/{run}", get(get_run))
         .route("/v1/runs", get(all_runs))
+        .route("/v1/status", get(status))
         .route("/v1/agents", get(list_agents))
-        .route("/v1/agents/{node}/volumes", post(create_volume))
+        .route(
+            "/v1/agents/{node}/volumes",
+            get(node_volumes).post(create_volume),
+        )
+        .route(
+            "/v1/agents/{node}/volumes/{volume}",
+            axum::routing::delete(delete_volume),
+        )
+        .route("/v1/volumes", get(list_volumes))
+        .route("/v1/orphans", get(list_orphans))
+        .route(
+            "/v1/orphans/{plan_id}",
+            axum::routing::delete(delete_orphans),
+        )
         .route("/v1/plans/{name}/groups", get(plan_groups))
         .route("/v1/plans/{name}/groups/{group}", get(get_group))
         .route(
             "/v1/plans/{name}/rollbacks",
             get(plan_rollbacks).post(start_rollback),
         )
+        .route("/v1/plans/{name}/rollbacks/{id}", get(get_rollback))
         .route("/v1/plans/{name}/resume", post(resume_plan))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
@@ -507,6 +525,22 @@ async fn load_objects(store: &Store) -> ApiResult<Vec<Object>> {
     Ok(crate::scheduler::load(store, OBJECTS).await?)
 }
 
+/// Parses a request's query string into `T` (unknown parameters are refused).
+fn query<T: serde::de::DeserializeOwned + Default>(raw: axum::extract::RawQuery) -> ApiResult<T> {
+    match raw.0 {
+        None => Ok(T::default()),
+        Some(q) => serde_urlencoded::from_str(&q).map_err(|e| ApiError::bad(format!("query: {e}"))),
+    }
+}
+
+/// `?allow_missing=true`: declare an object before its agent or volumes exist.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ObjectQuery {
+    #[serde(default)]
+    allow_missing: bool,
+}
+
 async fn list_objects(
     State(s): State<Arc<ApiState>>,
     headers: HeaderMap,
@@ -524,15 +558,39 @@ async fn get_object(
     let name = name_param("object", &name)?;
     let kv = s
         .store
-        .get(&format!("{OBJECTS}{name}"))
+        .get(&schema::object_key(&name))
         .await?
         .ok_or_else(|| ApiError::not_found("object", name.as_str()))?;
     Ok(Json(parse(&Bytes::from(kv.value))?))
 }
 
-fn checked_object(raw: &Bytes) -> ApiResult<Object> {
-    let o: Object = parse(raw)?;
+/// What the registered agents say they hold: node -> its volumes.
+async fn known_volumes(
+    store: &Store,
+) -> ApiResult<std::collections::BTreeMap<Name, crate::model::NodeVolumes>> {
+    let agents: Vec<crate::agents::AgentRecord> =
+        crate::scheduler::load(store, schema::AGENTS).await?;
+    Ok(agents
+        .into_iter()
+        .map(|a| {
+            let known = crate::model::NodeVolumes {
+                volumes: a.volumes.iter().map(|v| v.name.clone()).collect(),
+                complete: a.volumes_omitted == 0,
+            };
+            (a.node, known)
+        })
+        .collect())
+}
+
+/// An object from a request body: valid, and (unless `allow_missing`) naming only volumes
+/// that registered agents hold.
+async fn checked_object(store: &Store, o: Object, q: &ObjectQuery) -> ApiResult<Object> {
     o.validate().map_err(|e| ApiError::bad(e.to_string()))?;
+    if !q.allow_missing {
+        let known = known_volumes(store).await?;
+        o.check_volumes_exist(|n| known.get(n).cloned())
+            .map_err(|e| ApiError::bad(e.to_string()))?;
+    }
     Ok(o)
 }
 
@@ -543,11 +601,13 @@ fn encode<T: Serialize>(v: &T) -> ApiResult<Vec<u8>> {
 async fn create_object(
     State(s): State<Arc<ApiState>>,
     headers: HeaderMap,
+    q: axum::extract::RawQuery,
     raw: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> ApiResult<(StatusCode, Json<Object>)> {
     auth(&s, &headers, true)?;
-    let o = checked_object(&body(raw)?)?;
-    let key = format!("{OBJECTS}{}", o.name);
+    let q: ObjectQuery = query(q)?;
+    let o = checked_object(&s.store, parse(&body(raw)?)?, &q).await?;
+    let key = schema::object_key(&o.name);
     let done = s
         .store
         .txn(Txn {
@@ -556,7 +616,10 @@ async fn create_object(
         })
         .await?;
     if !done.succeeded {
-        return Err(ApiError::conflict(format!("object {} exists", o.name)));
+        return Err(ApiError::conflict(format!(
+            "object {} exists; change it with PUT /v1/objects/{} (ferry objects update FILE)",
+            o.name, o.name
+        )));
     }
     tracing::info!(object = %o.name, "object created");
     Ok((StatusCode::CREATED, Json(o)))
@@ -566,18 +629,21 @@ async fn put_object(
     State(s): State<Arc<ApiState>>,
     headers: HeaderMap,
     Path(name): Path<String>,
+    q: axum::extract::RawQuery,
     raw: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> ApiResult<Json<Object>> {
     auth(&s, &headers, true)?;
     let name = name_param("object", &name)?;
-    let o = checked_object(&body(raw)?)?;
+    let q: ObjectQuery = query(q)?;
+    let o: Object = parse(&body(raw)?)?;
     if o.name != name {
         return Err(ApiError::bad(format!(
             "name: the body names {}, the path {name}",
             o.name
         )));
     }
-    let key = format!("{OBJECTS}{name}");
+    let o = checked_object(&s.store, o, &q).await?;
+    let key = schema::object_key(&name);
     let cur = s
         .store
         .get(&key)
@@ -613,23 +679,13 @@ async fn delete_object(
             )));
         }
     }
-    if !s.store.delete(&format!("{OBJECTS}{name}")).await? {
+    if !s.store.delete(&schema::object_key(&name)).await? {
         return Err(ApiError::not_found("object", name.as_str()));
     }
     Ok(StatusCode::NO_CONTENT)
 }
 
 // ---- plans ----
-
-/// A plan as kept and returned.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct PlanRecord {
-    pub spec: PlanSpec,
-    pub paused: bool,
-    /// The next scheduled run (RFC 3339), when not paused and not ended.
-    #[serde(default, skip_deserializing)]
-    pub next_run: Option<String>,
-}
 
 async fn load_plans(store: &Store) -> ApiResult<Vec<PlanRecord>> {
     Ok(crate::scheduler::load(store, PLANS).await?)
@@ -685,7 +741,7 @@ async fn list_plans(
 
 async fn read_plan(store: &Store, name: &Name) -> ApiResult<(PlanRecord, i64)> {
     let kv = store
-        .get(&format!("{PLANS}{name}"))
+        .get(&schema::plan_key(name))
         .await?
         .ok_or_else(|| ApiError::not_found("plan", name.as_str()))?;
     let rec: PlanRecord = serde_json::from_slice(&kv.value)
@@ -710,8 +766,10 @@ async fn create_plan(
 ) -> ApiResult<(StatusCode, Json<PlanRecord>)> {
     auth(&s, &headers, true)?;
     let (spec, _) = checked_plan(&s.store, &body(raw)?).await?;
-    let key = format!("{PLANS}{}", spec.name);
+    let key = schema::plan_key(&spec.name);
+    let id = schema::new_plan_id(&spec.name);
     let rec = PlanRecord {
+        id: Some(id.clone()),
         paused: !spec.enabled,
         spec,
         next_run: None,
@@ -719,14 +777,20 @@ async fn create_plan(
     let done = s
         .store
         .txn(Txn {
-            when: vec![Compare::Absent(key.clone())],
+            when: vec![
+                Compare::Absent(key.clone()),
+                Compare::Absent(schema::orphan_key(&id)),
+            ],
             then: vec![Op::Put(key, encode(&rec)?)],
         })
         .await?;
     if !done.succeeded {
-        return Err(ApiError::conflict(format!("plan {} exists", rec.spec.name)));
+        return Err(ApiError::conflict(format!(
+            "plan {} exists; change it with PUT /v1/plans/{} (ferry plans update FILE)",
+            rec.spec.name, rec.spec.name
+        )));
     }
-    tracing::info!(plan = %rec.spec.name, "plan created");
+    tracing::info!(plan = %rec.spec.name, %id, "plan created");
     Ok((StatusCode::CREATED, Json(with_next_run(rec))))
 }
 
@@ -747,6 +811,7 @@ async fn put_plan(
     }
     let (cur, rev) = read_plan(&s.store, &name).await?;
     let rec = PlanRecord {
+        id: cur.id,
         paused: cur.paused,
         spec,
         next_run: None,
@@ -756,7 +821,7 @@ async fn put_plan(
 }
 
 async fn update_plan(store: &Store, name: &Name, rev: i64, rec: &PlanRecord) -> ApiResult<()> {
-    let key = format!("{PLANS}{name}");
+    let key = schema::plan_key(name);
     let done = store
         .txn(Txn {
             when: vec![Compare::ModRevision(key.clone(), rev)],
@@ -802,16 +867,82 @@ async fn resume_plan(
     set_paused(&s, &headers, &name, false).await
 }
 
+/// `?groups=keep|delete`: what becomes of a deleted plan's groups.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeletePlanQuery {
+    #[serde(default)]
+    groups: Option<GroupsFate>,
+}
+
+/// 409 when something of the plan is in progress.
+async fn refuse_busy(store: &Store, plan: &PlanRecord, doing: &str) -> ApiResult<()> {
+    match schema::busy(store, plan.id()).await? {
+        None => Ok(()),
+        Some(b) => Err(ApiError::conflict(format!(
+            "plan {}: {}; {doing} when it is over",
+            plan.spec.name,
+            b.describe()
+        ))),
+    }
+}
+
+/// Deletes a plan. One that keeps snapshot groups is refused unless the request says what
+/// becomes of them: `groups=keep` keeps them as orphaned groups (listed under
+/// `/v1/orphans`, deleted there), `groups=delete` deletes them, snapshots included. Its
+/// run history goes in either case.
 async fn delete_plan(
     State(s): State<Arc<ApiState>>,
     headers: HeaderMap,
     Path(name): Path<String>,
+    q: axum::extract::RawQuery,
 ) -> ApiResult<StatusCode> {
     auth(&s, &headers, true)?;
     let name = name_param("plan", &name)?;
-    if !s.store.delete(&format!("{PLANS}{name}")).await? {
-        return Err(ApiError::not_found("plan", name.as_str()));
+    let q: DeletePlanQuery = query(q)?;
+    let (plan, rev) = read_plan(&s.store, &name).await?;
+    refuse_busy(&s.store, &plan, "delete it").await?;
+    let id = plan.id().clone();
+    let groups = s.store.list(&schema::groups_of(&id)).await?.len();
+    let fate = match (groups, q.groups) {
+        (0, f) => f.unwrap_or(GroupsFate::Delete),
+        (_, Some(f)) => f,
+        (n, None) => {
+            return Err(ApiError::conflict(format!(
+                "plan {name} keeps {n} snapshot group{}; say what becomes of them: \
+                 groups=keep keeps them as orphaned groups (listed by GET /v1/orphans, deleted \
+                 there later), groups=delete deletes them and their snapshots now \
+                 (ferry plans delete {name} --keep-groups | --delete-groups)",
+                if n == 1 { "" } else { "s" }
+            )))
+        }
+    };
+    let marker = OrphanRecord {
+        plan: name.clone(),
+        plan_id: id.clone(),
+        deleted: jiff::Timestamp::now().to_string(),
+        fate,
+    };
+    let key = schema::plan_key(&name);
+    let done = s
+        .store
+        .txn(Txn {
+            when: vec![
+                Compare::ModRevision(key.clone(), rev),
+                Compare::Absent(schema::active_key(&id)),
+            ],
+            then: vec![
+                Op::Delete(key),
+                Op::Put(schema::orphan_key(&id), encode(&marker)?),
+            ],
+        })
+        .await?;
+    if !done.succeeded {
+        return Err(ApiError::conflict(format!(
+            "plan {name} changed or started something meanwhile; try again"
+        )));
     }
+    tracing::info!(plan = %name, plan_id = %id, groups, ?fate, "plan deleted");
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -838,8 +969,10 @@ async fn plan_runs(
 ) -> ApiResult<Json<Vec<crate::scheduler::RunRecord>>> {
     auth(&s, &headers, false)?;
     let name = name_param("plan", &name)?;
-    read_plan(&s.store, &name).await?;
-    Ok(Json(load_runs(&s.store, &format!("{RUNS}{name}/")).await?))
+    let (plan, _) = read_plan(&s.store, &name).await?;
+    Ok(Json(
+        load_runs(&s.store, &schema::runs_of(plan.id())).await?,
+    ))
 }
 
 /// A run with its report per object and volume.
@@ -848,6 +981,30 @@ struct RunDetail {
     #[serde(flatten)]
     record: crate::scheduler::RunRecord,
     report: crate::scheduler::RunReport,
+    /// While it runs: bytes the agents' current tasks have done of what they expect.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    progress: Option<Progress>,
+}
+
+/// Live progress of a run's or a job's tasks (agents report it about once a second).
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+struct Progress {
+    done_bytes: u64,
+    total_bytes: u64,
+}
+
+/// The progress the agents reported for tasks whose ids start with `prefix` (`<run>.`).
+fn progress_of(links: &crate::agents::Links, prefix: &str) -> Option<Progress> {
+    let p = links.progress.lock().ok()?;
+    let mut out: Option<Progress> = None;
+    for (id, (done, total)) in p.iter() {
+        if id.starts_with(prefix) {
+            let o = out.get_or_insert_with(Progress::default);
+            o.done_bytes += done;
+            o.total_bytes += total;
+        }
+    }
+    out
 }
 
 async fn get_run(
@@ -858,17 +1015,28 @@ async fn get_run(
     auth(&s, &headers, false)?;
     let name = name_param("plan", &name)?;
     let run = name_param("run", &run)?;
+    let (plan, _) = read_plan(&s.store, &name).await?;
     let record: crate::scheduler::RunRecord = s
         .store
-        .get(&crate::scheduler::run_key(&name, &run))
+        .get(&schema::run_key(plan.id(), &run))
         .await?
         .and_then(|kv| serde_json::from_slice(&kv.value).ok())
         .ok_or_else(|| ApiError::not_found(&format!("run of plan {name}"), run.as_str()))?;
     let report = record.report();
-    Ok(Json(RunDetail { record, report }))
+    let progress = if record.run.step.is_final() {
+        None
+    } else {
+        progress_of(&s.links, &format!("{}.", record.run.id))
+    };
+    Ok(Json(RunDetail {
+        record,
+        report,
+        progress,
+    }))
 }
 
-/// Starts a run of the plan now (paused or not), outside its schedule.
+/// Starts a run of the plan now (paused or not), outside its schedule. Refused (409) while
+/// a run, a rollback or a removal of the plan is in progress.
 async fn run_now(
     State(s): State<Arc<ApiState>>,
     headers: HeaderMap,
@@ -877,11 +1045,7 @@ async fn run_now(
     auth(&s, &headers, true)?;
     let name = name_param("plan", &name)?;
     let (plan, _) = read_plan(&s.store, &name).await?;
-    if rollback_running(&s.store, &name).await? {
-        return Err(ApiError::conflict(format!(
-            "a rollback of plan {name} is in progress"
-        )));
-    }
+    refuse_busy(&s.store, &plan, "start another").await?;
     let term = s.leading()?;
     let objects = load_objects(&s.store).await?;
     let rec = crate::scheduler::new_run(
@@ -892,53 +1056,47 @@ async fn run_now(
         jiff::Timestamp::now(),
     );
     if !crate::scheduler::store_run(&s.store, &rec, &term).await? {
-        return Err(ApiError::conflict(
-            "a run of this plan was started this very millisecond",
-        ));
+        // Lost a race with another start: say which.
+        refuse_busy(&s.store, &plan, "start another").await?;
+        return Err(ApiError::conflict(format!(
+            "a run of plan {name} was started at the same moment; see ferry plans runs {name}"
+        )));
     }
     tracing::info!(plan = %name, run = %rec.run.id, "run started by request");
     Ok((StatusCode::ACCEPTED, Json(rec)))
 }
 
-// ---- agents ----
-
-async fn list_agents(
-    State(s): State<Arc<ApiState>>,
-    headers: HeaderMap,
-) -> ApiResult<Json<Vec<crate::agents::AgentRecord>>> {
-    auth(&s, &headers, false)?;
-    let now = jiff::Timestamp::now();
-    let mut out: Vec<crate::agents::AgentRecord> =
-        crate::scheduler::load(&s.store, crate::agents::AGENTS).await?;
-    for a in &mut out {
-        a.status = a.status_at(now).to_string();
-    }
-    Ok(Json(out))
-}
+// ---- groups ----
 
 async fn plan_groups(
     State(s): State<Arc<ApiState>>,
     headers: HeaderMap,
     Path(name): Path<String>,
-) -> ApiResult<Json<Vec<crate::executor::GroupRecord>>> {
+) -> ApiResult<Json<Vec<GroupRecord>>> {
     auth(&s, &headers, false)?;
     let name = name_param("plan", &name)?;
-    let mut out: Vec<crate::executor::GroupRecord> =
-        crate::scheduler::load(&s.store, &format!("{}{name}/", crate::executor::GROUPS)).await?;
+    let (plan, _) = read_plan(&s.store, &name).await?;
+    Ok(Json(load_groups(&s.store, plan.id()).await?))
+}
+
+async fn load_groups(store: &Store, plan_id: &Name) -> ApiResult<Vec<GroupRecord>> {
+    let mut out: Vec<GroupRecord> =
+        crate::scheduler::load(store, &schema::groups_of(plan_id)).await?;
     out.sort_by(|a, b| a.created.cmp(&b.created));
-    Ok(Json(out))
+    Ok(out)
 }
 
 async fn get_group(
     State(s): State<Arc<ApiState>>,
     headers: HeaderMap,
     Path((name, group)): Path<(String, String)>,
-) -> ApiResult<Json<crate::executor::GroupRecord>> {
+) -> ApiResult<Json<GroupRecord>> {
     auth(&s, &headers, false)?;
     let name = name_param("plan", &name)?;
     let group = name_param("group", &group)?;
+    let (plan, _) = read_plan(&s.store, &name).await?;
     s.store
-        .get(&format!("{}{name}/{group}", crate::executor::GROUPS))
+        .get(&schema::group_key(plan.id(), &group))
         .await?
         .and_then(|kv| serde_json::from_slice(&kv.value).ok())
         .map(Json)
@@ -946,14 +1104,6 @@ async fn get_group(
 }
 
 // ---- rollback ----
-
-async fn rollback_running(store: &Store, plan: &Name) -> ApiResult<bool> {
-    let list: Vec<crate::rollback::Rollback> =
-        crate::scheduler::load(store, &format!("{}{plan}/", crate::executor::ROLLBACKS)).await?;
-    Ok(list
-        .iter()
-        .any(|r| r.step == crate::rollback::RollbackStep::Running))
-}
 
 /// What a rollback request says.
 #[derive(Debug, Deserialize)]
@@ -970,80 +1120,101 @@ async fn plan_rollbacks(
     State(s): State<Arc<ApiState>>,
     headers: HeaderMap,
     Path(name): Path<String>,
-) -> ApiResult<Json<Vec<crate::rollback::Rollback>>> {
+) -> ApiResult<Json<Vec<GroupJob>>> {
     auth(&s, &headers, false)?;
     let name = name_param("plan", &name)?;
-    let mut out: Vec<crate::rollback::Rollback> =
-        crate::scheduler::load(&s.store, &format!("{}{name}/", crate::executor::ROLLBACKS)).await?;
+    let (plan, _) = read_plan(&s.store, &name).await?;
+    let mut out: Vec<GroupJob> =
+        crate::scheduler::load(&s.store, &schema::rollbacks_of(plan.id())).await?;
     out.sort_by(|a, b| a.created.cmp(&b.created));
     Ok(Json(out))
 }
 
-/// Rolls the plan's objects (or some) back to a kept group; refused while a run of the plan
-/// is in progress.
+/// A rollback with, while it runs, the agents' progress.
+#[derive(Debug, Serialize)]
+struct JobDetail {
+    #[serde(flatten)]
+    job: GroupJob,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    progress: Option<Progress>,
+}
+
+async fn get_rollback(
+    State(s): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path((name, id)): Path<(String, String)>,
+) -> ApiResult<Json<JobDetail>> {
+    auth(&s, &headers, false)?;
+    let name = name_param("plan", &name)?;
+    let id = name_param("rollback", &id)?;
+    let (plan, _) = read_plan(&s.store, &name).await?;
+    let job: GroupJob = s
+        .store
+        .get(&schema::rollback_key(plan.id(), &id))
+        .await?
+        .and_then(|kv| serde_json::from_slice(&kv.value).ok())
+        .ok_or_else(|| ApiError::not_found(&format!("rollback of plan {name}"), id.as_str()))?;
+    let progress = if job.is_over() {
+        None
+    } else {
+        progress_of(&s.links, &format!("{}.", job.id))
+    };
+    Ok(Json(JobDetail { job, progress }))
+}
+
+/// Rolls the plan's objects (or some) back to one of its kept groups. Only volumes the plan
+/// protects now are touched, whatever else the group holds. Refused while a run, a rollback
+/// or a removal of the plan is in progress.
 async fn start_rollback(
     State(s): State<Arc<ApiState>>,
     headers: HeaderMap,
     Path(name): Path<String>,
     raw: Result<Bytes, axum::extract::rejection::BytesRejection>,
-) -> ApiResult<(StatusCode, Json<crate::rollback::Rollback>)> {
+) -> ApiResult<(StatusCode, Json<GroupJob>)> {
     auth(&s, &headers, true)?;
     let name = name_param("plan", &name)?;
     let req: RollbackRequest = parse(&body(raw)?)?;
     let (plan, _) = read_plan(&s.store, &name).await?;
-    let active = s
+    refuse_busy(&s.store, &plan, "roll back").await?;
+    let plan_id = plan.id().clone();
+    let group: GroupRecord = s
         .store
-        .list(&format!("{}{name}/", crate::scheduler::ACTIVE))
-        .await?;
-    if let Some(kv) = active.first() {
-        let run = kv.key.rsplit('/').next().unwrap_or_default();
-        return Err(ApiError::conflict(format!(
-            "run {run} of plan {name} is in progress; roll back when it is over"
-        )));
-    }
-    if rollback_running(&s.store, &name).await? {
-        return Err(ApiError::conflict(format!(
-            "a rollback of plan {name} is already in progress"
-        )));
-    }
-    let group: crate::executor::GroupRecord = s
-        .store
-        .get(&format!("{}{name}/{}", crate::executor::GROUPS, req.group))
+        .get(&schema::group_key(&plan_id, &req.group))
         .await?
         .and_then(|kv| serde_json::from_slice(&kv.value).ok())
         .ok_or_else(|| {
             ApiError::bad(format!(
-                "group: plan {name} keeps no group named {}",
+                "group: plan {name} keeps no group named {} (ferry plans groups {name} lists them)",
                 req.group
             ))
         })?;
-    // Which volumes: all of the group's, or those of the named objects.
-    let wanted: Option<Vec<crate::model::VolumeRef>> = match &req.objects {
-        None => None,
+    // The volumes the plan protects now, of the named objects or of all.
+    let objects = load_objects(&s.store).await?;
+    let names: Vec<Name> = match &req.objects {
+        None => plan.spec.objects.clone(),
         Some(names) => {
-            let objects = load_objects(&s.store).await?;
-            let mut v = Vec::new();
             for (i, o) in names.iter().enumerate() {
                 if !plan.spec.objects.contains(o) {
                     return Err(ApiError::bad(format!(
                         "objects[{i}]: {o} is not protected by plan {name}"
                     )));
                 }
-                let obj = objects
-                    .iter()
-                    .find(|x| &x.name == o)
-                    .ok_or_else(|| ApiError::bad(format!("objects[{i}]: no object named {o}")))?;
-                v.extend(obj.protected_volumes().into_iter().cloned());
             }
-            Some(v)
+            names.clone()
         }
     };
+    let protected: std::collections::BTreeSet<crate::model::VolumeRef> = names
+        .iter()
+        .filter_map(|n| objects.iter().find(|o| &o.name == n))
+        .flat_map(|o| o.protected_volumes().into_iter().cloned())
+        .collect();
     let mut volumes: std::collections::BTreeMap<Name, Vec<Name>> = Default::default();
     for (node, snap) in &group.snapshots {
-        let take = wanted
-            .as_ref()
-            .is_none_or(|w| w.iter().any(|v| &v.node == node && v.volume == snap.volume));
-        if take {
+        let v = crate::model::VolumeRef {
+            node: node.clone(),
+            volume: snap.volume.clone(),
+        };
+        if protected.contains(&v) {
             volumes
                 .entry(node.clone())
                 .or_default()
@@ -1051,37 +1222,197 @@ async fn start_rollback(
         }
     }
     if volumes.is_empty() {
-        return Err(ApiError::bad(
-            "objects: none of them has a snapshot in that group",
-        ));
+        return Err(ApiError::bad(format!(
+            "group {}: none of its snapshots is of a volume plan {name} protects now",
+            req.group
+        )));
     }
     let now = jiff::Timestamp::now();
     let term = s.leading()?;
     let id = Name::new(&format!("rb{}", now.as_millisecond()))
         .map_err(|e| ApiError::bad(e.to_string()))?;
-    let rb = crate::rollback::Rollback::new(
-        id.clone(),
-        name.clone(),
-        req.group.clone(),
-        term.generation,
-        volumes,
-        now.to_string(),
-    );
-    let key = format!("{}{name}/{id}", crate::executor::ROLLBACKS);
+    let spec = crate::group_job::JobSpec {
+        id: id.clone(),
+        plan: name.clone(),
+        plan_id: plan_id.clone(),
+        group: req.group.clone(),
+        action: crate::group_job::JobAction::Rollback,
+        generation: term.generation,
+    };
+    let rb = GroupJob::new(spec, volumes, now.to_string());
+    let key = schema::rollback_key(&plan_id, &id);
+    let active = schema::active_key(&plan_id);
     let done = s
         .store
         .txn(Txn {
-            when: vec![Compare::Absent(key.clone()), term.fence()],
-            then: vec![Op::Put(key, encode(&rb)?)],
+            when: vec![
+                Compare::Absent(key.clone()),
+                Compare::Absent(active.clone()),
+                term.fence(),
+            ],
+            then: vec![
+                Op::Put(key, encode(&rb)?),
+                Op::Put(active, Busy::Rollback(id.clone()).encode()),
+            ],
         })
         .await?;
     if !done.succeeded {
+        refuse_busy(&s.store, &plan, "roll back").await?;
         return Err(ApiError::conflict(
-            "a rollback was started this very millisecond",
+            "a rollback was started at the same moment; try again",
         ));
     }
     tracing::info!(plan = %name, group = %req.group, rollback = %id, "rollback started");
     Ok((StatusCode::ACCEPTED, Json(rb)))
+}
+
+// ---- orphans: deleted plans' groups ----
+
+/// A deleted plan's kept groups, as listed.
+#[derive(Debug, Serialize)]
+struct Orphan {
+    #[serde(flatten)]
+    record: OrphanRecord,
+    /// Its groups still kept, oldest first.
+    groups: Vec<GroupRecord>,
+    /// A removal of one of its groups in progress.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    removing: Option<Name>,
+}
+
+async fn list_orphans(
+    State(s): State<Arc<ApiState>>,
+    headers: HeaderMap,
+) -> ApiResult<Json<Vec<Orphan>>> {
+    auth(&s, &headers, false)?;
+    let markers: Vec<OrphanRecord> = crate::scheduler::load(&s.store, schema::ORPHANS).await?;
+    let mut out = Vec::new();
+    for m in markers {
+        let groups = load_groups(&s.store, &m.plan_id).await?;
+        if groups.is_empty() {
+            continue; // only its run history is left, being deleted
+        }
+        let removing = match schema::busy(&s.store, &m.plan_id).await? {
+            Some(Busy::Removal(id)) => Some(id),
+            _ => None,
+        };
+        out.push(Orphan {
+            record: m,
+            groups,
+            removing,
+        });
+    }
+    Ok(Json(out))
+}
+
+/// Deletes a deleted plan's kept groups, snapshots included (202: the executor deletes them
+/// group by group; they leave `GET /v1/orphans` as they go).
+async fn delete_orphans(
+    State(s): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path(plan_id): Path<String>,
+) -> ApiResult<(StatusCode, Json<OrphanRecord>)> {
+    auth(&s, &headers, true)?;
+    let plan_id = name_param("plan id", &plan_id)?;
+    let key = schema::orphan_key(&plan_id);
+    let kv = s.store.get(&key).await?.ok_or_else(|| {
+        ApiError::not_found(
+            "deleted plan with the id (ferry orphans list)",
+            plan_id.as_str(),
+        )
+    })?;
+    let mut m: OrphanRecord = parse(&Bytes::from(kv.value))?;
+    m.fate = GroupsFate::Delete;
+    let done = s
+        .store
+        .txn(Txn {
+            when: vec![Compare::ModRevision(key.clone(), kv.mod_revision)],
+            then: vec![Op::Put(key, encode(&m)?)],
+        })
+        .await?;
+    if !done.succeeded {
+        return Err(ApiError::conflict("changed meanwhile; try again"));
+    }
+    tracing::info!(plan = %m.plan, %plan_id, "deleting a deleted plan's groups");
+    Ok((StatusCode::ACCEPTED, Json(m)))
+}
+
+// ---- agents and volumes ----
+
+async fn load_agents(store: &Store) -> ApiResult<Vec<crate::agents::AgentRecord>> {
+    let now = jiff::Timestamp::now();
+    let mut out: Vec<crate::agents::AgentRecord> =
+        crate::scheduler::load(store, schema::AGENTS).await?;
+    for a in &mut out {
+        a.status = a.status_at(now).to_string();
+    }
+    Ok(out)
+}
+
+async fn list_agents(
+    State(s): State<Arc<ApiState>>,
+    headers: HeaderMap,
+) -> ApiResult<Json<Vec<crate::agents::AgentRecord>>> {
+    auth(&s, &headers, false)?;
+    Ok(Json(load_agents(&s.store).await?))
+}
+
+/// A volume as the API lists it: where it is, what the agent says of it, and which objects
+/// name it.
+#[derive(Debug, Serialize)]
+struct VolumeView {
+    node: Name,
+    #[serde(flatten)]
+    volume: ferry_wire::control::VolumeReport,
+    used_by: Vec<Name>,
+}
+
+async fn volume_views(store: &Store, node: Option<&Name>) -> ApiResult<Vec<VolumeView>> {
+    let objects = load_objects(store).await?;
+    let mut out = Vec::new();
+    for a in load_agents(store).await? {
+        if node.is_some_and(|n| n != &a.node) {
+            continue;
+        }
+        for v in a.volumes {
+            let used_by = objects
+                .iter()
+                .filter(|o| {
+                    o.volume_fields()
+                        .iter()
+                        .any(|(_, r)| r.node == a.node && r.volume == v.name)
+                })
+                .map(|o| o.name.clone())
+                .collect();
+            out.push(VolumeView {
+                node: a.node.clone(),
+                volume: v,
+                used_by,
+            });
+        }
+    }
+    Ok(out)
+}
+
+async fn list_volumes(
+    State(s): State<Arc<ApiState>>,
+    headers: HeaderMap,
+) -> ApiResult<Json<Vec<VolumeView>>> {
+    auth(&s, &headers, false)?;
+    Ok(Json(volume_views(&s.store, None).await?))
+}
+
+async fn node_volumes(
+    State(s): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path(node): Path<String>,
+) -> ApiResult<Json<Vec<VolumeView>>> {
+    auth(&s, &headers, false)?;
+    let node = name_param("node", &node)?;
+    if !load_agents(&s.store).await?.iter().any(|a| a.node == node) {
+        return Err(ApiError::not_found("agent", node.as_str()));
+    }
+    Ok(Json(volume_views(&s.store, Some(&node)).await?))
 }
 
 /// A volume to create on an agent.
@@ -1089,79 +1420,66 @@ async fn start_rollback(
 #[serde(deny_unknown_fields)]
 struct VolumeRequest {
     name: Name,
-    /// Bytes, or a size such as "10G".
+    /// Bytes, or a size such as "10G", "10GB" or "1.5TiB".
     size: Value,
     #[serde(default)]
     block_size: Option<u64>,
 }
 
-/// How long a volume creation may take on the agent.
-const CREATE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// How long a volume task may take on the agent.
+const VOLUME_TASK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// Creates a volume on a connected agent (a task, answered when the agent reports).
-async fn create_volume(
-    State(s): State<Arc<ApiState>>,
-    headers: HeaderMap,
-    Path(node): Path<String>,
-    raw: Result<Bytes, axum::extract::rejection::BytesRejection>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
-    auth(&s, &headers, true)?;
-    let node = name_param("node", &node)?;
-    let req: VolumeRequest = parse(&body(raw)?)?;
-    let size = match &req.size {
-        Value::Number(n) => n.as_u64(),
-        Value::String(t) => ferry_wire::units::parse_size(t).ok(),
-        _ => None,
-    }
-    .filter(|n| *n > 0)
-    .ok_or_else(|| ApiError::bad("size: a positive number of bytes, or a size such as \"10G\""))?;
+/// Sends a volume task to a connected agent and waits for its outcome: the result, or the
+/// error the agent's failure maps to.
+async fn volume_task(
+    s: &ApiState,
+    node: &Name,
+    tag: &str,
+    kind: ferry_wire::task::TaskKind,
+) -> ApiResult<ferry_wire::task::TaskResult> {
+    use ferry_wire::task::TaskState;
     let now = jiff::Timestamp::now();
-    let id = Name::new(&format!("cv{}-{node}", now.as_millisecond()))
+    let id = Name::new(&format!("{tag}{}-{node}", now.as_millisecond()))
         .map_err(|e| ApiError::bad(e.to_string()))?;
     let task = ferry_wire::task::Task {
         id: id.clone(),
         generation: s.leading()?.generation,
-        kind: ferry_wire::task::TaskKind::CreateVolume {
-            volume: req.name.clone(),
-            size,
-            block_size: req.block_size,
-        },
+        kind,
     };
     if !s
         .links
-        .send(&node, ferry_wire::control::ControllerMsg::Task(task))
+        .send(node, ferry_wire::control::ControllerMsg::Task(task))
         .await
     {
-        return Err(ApiError::conflict(format!("agent {node} is not connected")));
+        return Err(ApiError::conflict(format!(
+            "agent {node} is not connected (ferry agents shows which are up)"
+        )));
     }
     let t0 = std::time::Instant::now();
     let state = loop {
         if let Some(st) = s.links.take_final(id.as_str()) {
             break st;
         }
-        if t0.elapsed() > CREATE_TIMEOUT {
+        if t0.elapsed() > VOLUME_TASK_TIMEOUT {
             return Err(ApiError::new(
                 StatusCode::GATEWAY_TIMEOUT,
                 "timeout",
                 format!(
-                    "agent {node} did not answer within {} s",
-                    CREATE_TIMEOUT.as_secs()
+                    "agent {node} did not answer within {} s; it may still do it: look again \
+                     with GET /v1/agents/{node}/volumes",
+                    VOLUME_TASK_TIMEOUT.as_secs()
                 ),
             ));
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     };
-    use ferry_wire::task::{TaskResult, TaskState};
     match state {
-        TaskState::Done {
-            result: TaskResult::VolumeCreated { volume, size },
-        } => Ok((
-            StatusCode::CREATED,
-            Json(json!({ "node": node, "volume": volume, "size": size })),
-        )),
+        TaskState::Done { result } => Ok(result),
         TaskState::Failed { kind, message } => {
             let (status, code) = match kind.as_str() {
                 "already_exists" => (StatusCode::CONFLICT, "conflict"),
+                "busy" => (StatusCode::CONFLICT, "conflict"),
+                "not_found" => (StatusCode::NOT_FOUND, "not_found"),
                 "invalid_argument" | "invalid_name" => (StatusCode::BAD_REQUEST, "invalid"),
                 "no_space" => (StatusCode::INSUFFICIENT_STORAGE, "no_space"),
                 _ => (StatusCode::BAD_GATEWAY, "agent_failed"),
@@ -1175,7 +1493,142 @@ async fn create_volume(
         other => Err(ApiError::new(
             StatusCode::BAD_GATEWAY,
             "agent_failed",
-            format!("agent {node} answered {other:?}"),
+            format!(
+                "agent {node}: {}",
+                other.failure().unwrap_or_else(|| format!("{other:?}"))
+            ),
         )),
     }
+}
+
+/// Creates a volume on a connected agent (a task, answered when the agent reports).
+async fn create_volume(
+    State(s): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path(node): Path<String>,
+    raw: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    auth(&s, &headers, true)?;
+    let node = name_param("node", &node)?;
+    let req: VolumeRequest = parse(&body(raw)?)?;
+    let size = match &req.size {
+        Value::Number(n) => n
+            .as_u64()
+            .ok_or_else(|| "a whole number of bytes".to_string()),
+        Value::String(t) => ferry_wire::units::parse_size(t).map_err(|e| e.to_string()),
+        _ => Err("a number of bytes, or a size such as \"10G\" or \"10GB\"".to_string()),
+    }
+    .and_then(|n| {
+        if n > 0 {
+            Ok(n)
+        } else {
+            Err("a volume needs a size above 0".into())
+        }
+    })
+    .map_err(|e| ApiError::bad(format!("size: {e}")))?;
+    let kind = ferry_wire::task::TaskKind::CreateVolume {
+        volume: req.name.clone(),
+        size,
+        block_size: req.block_size,
+    };
+    match volume_task(&s, &node, "cv", kind).await? {
+        ferry_wire::task::TaskResult::VolumeCreated { volume, size } => Ok((
+            StatusCode::CREATED,
+            Json(json!({ "node": node, "volume": volume, "size": size })),
+        )),
+        other => Err(unexpected(&node, &other)),
+    }
+}
+
+fn unexpected(node: &Name, r: &ferry_wire::task::TaskResult) -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_GATEWAY,
+        "agent_failed",
+        format!("agent {node} answered {r:?}"),
+    )
+}
+
+/// `?force=true`: delete a volume's snapshots with it.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeleteVolumeQuery {
+    #[serde(default)]
+    force: bool,
+}
+
+/// Deletes a volume on a connected agent. Refused while an object names it; one with
+/// snapshots needs `force=true`, which deletes them (groups that hold them can no longer
+/// roll that volume back).
+async fn delete_volume(
+    State(s): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path((node, volume)): Path<(String, String)>,
+    q: axum::extract::RawQuery,
+) -> ApiResult<Json<Value>> {
+    auth(&s, &headers, true)?;
+    let node = name_param("node", &node)?;
+    let volume = name_param("volume", &volume)?;
+    let q: DeleteVolumeQuery = query(q)?;
+    for o in load_objects(&s.store).await? {
+        if o.volume_fields()
+            .iter()
+            .any(|(_, r)| r.node == node && r.volume == volume)
+        {
+            return Err(ApiError::conflict(format!(
+                "volume {node}/{volume} is used by object {}; change or delete the object first",
+                o.name
+            )));
+        }
+    }
+    let kind = ferry_wire::task::TaskKind::DeleteVolume {
+        volume: volume.clone(),
+        force: q.force,
+    };
+    let r = volume_task(&s, &node, "dv", kind).await.map_err(|e| {
+        if e.status == StatusCode::CONFLICT && e.message.contains("snapshot") {
+            ApiError::conflict(format!(
+                "{}; force=true deletes them with it (ferry volumes delete {node} {volume} --force)",
+                e.message.trim_end_matches("; delete them first or pass --force")
+            ))
+        } else {
+            e
+        }
+    })?;
+    match r {
+        ferry_wire::task::TaskResult::VolumeDeleted { volume, snapshots } => Ok(Json(
+            json!({ "node": node, "volume": volume, "snapshots_deleted": snapshots }),
+        )),
+        other => Err(unexpected(&node, &other)),
+    }
+}
+
+// ---- status ----
+
+async fn status(
+    State(s): State<Arc<ApiState>>,
+    headers: HeaderMap,
+) -> ApiResult<Json<crate::status::Status>> {
+    auth(&s, &headers, false)?;
+    let plans = load_plans(&s.store).await?;
+    let runs = load_runs(&s.store, RUNS).await?;
+    let agents = load_agents(&s.store).await?;
+    let orphans = s.store.list(schema::ORPHANS).await?.len();
+    let mut busy = std::collections::BTreeMap::new();
+    for kv in s.store.list(schema::ACTIVE).await? {
+        if let (Some(id), Ok(b)) = (
+            schema::last_name(&kv.key),
+            serde_json::from_slice::<Busy>(&kv.value),
+        ) {
+            busy.insert(id, b);
+        }
+    }
+    let plans: Vec<PlanRecord> = plans.into_iter().map(with_next_run).collect();
+    Ok(Json(crate::status::summarize(
+        &plans,
+        &runs,
+        &busy,
+        &agents,
+        orphans,
+        jiff::Timestamp::now(),
+    )))
 }

@@ -5,8 +5,10 @@
 //! volumes). The controller runs in this process; the agent is a real `ferry-agent serve`
 //! child process (the controller never links the agent's code), linked to it over QUIC with
 //! mutual TLS on loopback, and killed with this process (also when this one is killed: the
-//! child asks the kernel for SIGKILL when its parent dies). A new admin token is made at
-//! every start; only its hash is kept, in memory.
+//! child asks the kernel for SIGKILL when its parent dies). The API listens on
+//! 127.0.0.1:7480, the `ferry` CLI's default address, unless `--listen` says otherwise. A new
+//! admin token is made at every start unless `--token` gives one; only its hash is kept, in
+//! memory.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -116,6 +118,7 @@ pub async fn run(
     data_dir: Option<PathBuf>,
     listen: SocketAddr,
     agent_bin: Option<PathBuf>,
+    token: Option<String>,
     json: bool,
 ) -> anyhow::Result<()> {
     let (dir, _temp) = match data_dir {
@@ -139,7 +142,17 @@ pub async fn run(
     }
     let agent_bin = agent_binary(agent_bin)?;
     pki(&dir)?;
-    let (token, hash) = crate::new_token();
+    let chosen = token.is_some();
+    let (token, hash) = match token {
+        Some(t) if t.trim().len() < 16 || t.trim() != t => {
+            bail!("--token: at least 16 characters, without spaces around it")
+        }
+        Some(t) => {
+            let hash = blake3::hash(t.as_bytes()).to_hex().to_string();
+            (t, hash)
+        }
+        None => crate::new_token(),
+    };
     let pki = dir.join("pki");
     let cfg = Config {
         listen,
@@ -173,7 +186,12 @@ pub async fn run(
         }
         println!("ferry dev site: a controller and agent {NODE} on this machine");
         println!("  API          {api}");
-        println!("  admin token  {token}");
+        let fresh = if chosen {
+            ""
+        } else {
+            " (new at every start; --token keeps one)"
+        };
+        println!("  admin token  {token}{fresh}");
         println!("  agent data   {}", agent_dir.display());
         let note = if temporary {
             " (removed at exit; --data-dir keeps it)"
@@ -182,9 +200,9 @@ pub async fn run(
         };
         println!("  state        {}{note}", dir.display());
         println!("\n  export FERRY_ADDR={api} FERRY_TOKEN={token}");
-        println!(
-            "  curl -H \"Authorization: Bearer $FERRY_TOKEN\" -d '{{\"name\":\"vol1\",\"size\":\"1G\"}}' $FERRY_ADDR/v1/agents/{NODE}/volumes"
-        );
+        println!("  ferry agents");
+        println!("  ferry volumes create {NODE} vol1 --size 1G");
+        println!("  ferry status");
     };
     // The agent must run for the site to be of use: stop at once if it cannot start.
     let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<()>();

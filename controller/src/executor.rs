@@ -15,34 +15,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ferry_wire::control::ControllerMsg;
-use ferry_wire::task::{SnapshotRecord, TaskState};
+use ferry_wire::task::TaskState;
 use ferry_wire::Name;
-use serde::{Deserialize, Serialize};
 
-use crate::agents::{AgentRecord, Links, AGENTS};
-use crate::api::PlanRecord;
+use crate::agents::{AgentRecord, Links};
+use crate::group_job::{GroupJob, JobAction, JobSpec};
 use crate::leader::Term;
 use crate::retention::{prune, GroupInfo};
 use crate::run::Action;
-use crate::scheduler::{active_key, load, run_key, RunRecord, ACTIVE, PLANS, RUNS};
+use crate::scheduler::{load, RunRecord};
+use crate::schema::{
+    self, Busy, GroupRecord, GroupsFate, OrphanRecord, PlanRecord, ACTIVE, AGENTS, ORPHANS,
+};
 use crate::store::{Compare, Op, Store, StoreError, Txn};
-
-pub const GROUPS: &str = "/ferry/groups/";
-pub const ROLLBACKS: &str = "/ferry/rollbacks/";
-
-/// A snapshot group as recorded: complete, on every node of its run.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct GroupRecord {
-    pub plan: Name,
-    pub group: Name,
-    pub run: Name,
-    /// RFC 3339.
-    pub created: String,
-    pub snapshots: Vec<(Name, SnapshotRecord)>,
-    /// The plan's objects at the run, each with its volumes.
-    #[serde(default)]
-    pub objects: Vec<crate::scheduler::ObjectVolumes>,
-}
 
 /// Most groups one run prunes (each is a delete in the run's transaction), and most
 /// snapshot deletions it takes on (each is an entry in the run's record); a retention cut
@@ -50,13 +35,16 @@ pub struct GroupRecord {
 const MAX_PRUNE_GROUPS: usize = 16;
 const MAX_PRUNE_SNAPSHOTS: usize = 2048;
 
-/// Finished runs kept per plan (older records are deleted when a run finishes; their
-/// groups' records stay while retention keeps them).
+/// Finished runs kept per plan, and finished rollbacks (older records are deleted when one
+/// finishes; the groups' records stay while retention keeps them).
 pub const RUN_HISTORY: usize = 100;
 
-fn group_key(plan: &Name, group: &Name) -> String {
-    format!("{GROUPS}{plan}/{group}")
-}
+/// Most groups of a deleted plan one removal job deletes at a time, and most records of its
+/// run history one pass deletes.
+const ORPHAN_BATCH: usize = 64;
+
+/// Seconds before a group whose removal failed is tried again.
+const REMOVAL_RETRY_SECS: i64 = 60;
 
 /// Replaces a record read as `kv` unless it changed since or `term` no longer leads, with
 /// `more` writes in the same transaction; returns whether it was written.
@@ -81,16 +69,30 @@ async fn write_back(
     Ok(done.succeeded)
 }
 
-/// Deletes the oldest finished runs of `plan` beyond [`RUN_HISTORY`].
-async fn trim_history(store: &Store, plan: &Name) -> Result<(), StoreError> {
-    let mut runs: Vec<RunRecord> = load(store, &format!("{RUNS}{plan}/")).await?;
+/// Deletes the oldest finished runs of plan `plan_id` beyond [`RUN_HISTORY`].
+async fn trim_runs(store: &Store, plan_id: &Name) -> Result<(), StoreError> {
+    let mut runs: Vec<RunRecord> = load(store, &schema::runs_of(plan_id)).await?;
     runs.retain(|r| r.run.step.is_final());
     if runs.len() <= RUN_HISTORY {
         return Ok(());
     }
     runs.sort_by(|a, b| a.created.cmp(&b.created));
     for r in &runs[..runs.len() - RUN_HISTORY] {
-        store.delete(&run_key(plan, &r.run.id)).await?;
+        store.delete(&r.key()).await?;
+    }
+    Ok(())
+}
+
+/// Deletes the oldest finished jobs under `prefix` beyond [`RUN_HISTORY`].
+async fn trim_jobs(store: &Store, prefix: &str) -> Result<(), StoreError> {
+    let mut jobs: Vec<GroupJob> = load(store, prefix).await?;
+    jobs.retain(GroupJob::is_over);
+    if jobs.len() <= RUN_HISTORY {
+        return Ok(());
+    }
+    jobs.sort_by(|a, b| a.created.cmp(&b.created));
+    for j in &jobs[..jobs.len() - RUN_HISTORY] {
+        store.delete(&format!("{prefix}{}", j.id)).await?;
     }
     Ok(())
 }
@@ -151,21 +153,43 @@ impl Executor {
         }
     }
 
-    /// One pass over the unfinished runs.
+    /// One pass over what is in progress: runs, rollbacks and removals (the active index),
+    /// then deleted plans' leftovers.
     pub async fn pass(&mut self, store: &Store, links: &Links) -> Result<(), StoreError> {
         let now = jiff::Timestamp::now();
         let agents: Vec<AgentRecord> = load(store, AGENTS).await?;
-        let active = store.list(ACTIVE).await?;
-        let keys: Vec<String> = active
-            .iter()
-            .map(|a| format!("{RUNS}{}", &a.key[ACTIVE.len()..]))
-            .collect();
+        let mut work: Vec<(crate::store::KeyValue, Name, Busy)> = Vec::new();
+        for kv in store.list(ACTIVE).await? {
+            let plan_id = schema::last_name(&kv.key);
+            match (plan_id, serde_json::from_slice::<Busy>(&kv.value)) {
+                (Some(p), Ok(b)) => work.push((kv, p, b)),
+                _ => {
+                    tracing::warn!(key = %kv.key, "dropping an unreadable active-index entry");
+                    store.delete(&kv.key).await?;
+                }
+            }
+        }
+        let keys: Vec<String> = work.iter().map(|(_, p, b)| b.record_key(p)).collect();
         let records = store.get_many(&keys).await?;
-        for (active, record) in active.iter().zip(records) {
+        for ((active, plan_id, busy), record) in work.iter().zip(records) {
             let Some(kv) = record else {
-                store.delete(&active.key).await?; // its run is gone
+                // Its record is gone: nothing is in progress.
+                store
+                    .txn(Txn {
+                        when: vec![Compare::ModRevision(
+                            active.key.clone(),
+                            active.mod_revision,
+                        )],
+                        then: vec![Op::Delete(active.key.clone())],
+                    })
+                    .await?;
                 continue;
             };
+            if !matches!(busy, Busy::Run(_)) {
+                self.job(store, links, &agents, now, plan_id, busy, &kv)
+                    .await?;
+                continue;
+            }
             let Ok(mut rec) = serde_json::from_slice::<RunRecord>(&kv.value) else {
                 continue;
             };
@@ -205,7 +229,7 @@ impl Executor {
             if after != before {
                 let over = rec.run.step.is_final();
                 if over {
-                    ops.push(Op::Delete(active_key(&rec.run.plan, &rec.run.id)));
+                    ops.push(Op::Delete(schema::active_key(plan_id)));
                 }
                 if !write_back(store, &self.term, &kv, after, ops).await? {
                     continue; // changed meanwhile: the next pass reads it again
@@ -213,7 +237,7 @@ impl Executor {
                 if over {
                     tracing::info!(run = %rec.run.id, plan = %rec.run.plan, step = ?rec.run.step, error = ?rec.run.error, "run finished");
                     self.forget(links, rec.run.id.as_str());
-                    trim_history(store, &rec.run.plan).await?;
+                    trim_runs(store, plan_id).await?;
                     continue;
                 }
             }
@@ -227,37 +251,146 @@ impl Executor {
         Ok(())
     }
 
-    /// One pass over the running rollbacks: feed reports, persist, then send.
-    pub async fn rollbacks(&mut self, store: &Store, links: &Links) -> Result<(), StoreError> {
-        let now = jiff::Timestamp::now();
-        let agents: Vec<AgentRecord> = load(store, AGENTS).await?;
-        for kv in store.list(ROLLBACKS).await? {
-            let Ok(mut rb) = serde_json::from_slice::<crate::rollback::Rollback>(&kv.value) else {
+    /// One step of a rollback or removal in progress (`kv`, its record): feed the reports,
+    /// persist, then send. A removal that ends deletes the records of what it deleted, in
+    /// the same transaction.
+    #[allow(clippy::too_many_arguments)]
+    async fn job(
+        &mut self,
+        store: &Store,
+        links: &Links,
+        agents: &[AgentRecord],
+        now: jiff::Timestamp,
+        plan_id: &Name,
+        busy: &Busy,
+        kv: &crate::store::KeyValue,
+    ) -> Result<(), StoreError> {
+        let Ok(mut job) = serde_json::from_slice::<GroupJob>(&kv.value) else {
+            return Ok(());
+        };
+        let before = job.clone();
+        job.generation = job.generation.max(self.term.generation);
+        for (node, task) in job.pending() {
+            if let Some(state) = outcome(links, agents, now, &node, &task.id) {
+                job.on_report(&node, &task.id, &state, &now.to_string());
+            }
+        }
+        if job != before || job.is_over() {
+            let mut more = Vec::new();
+            if job.is_over() {
+                more.push(Op::Delete(schema::active_key(plan_id)));
+                if job.action == JobAction::Delete && job.step == crate::group_job::JobStep::Done {
+                    more.push(Op::Delete(schema::group_key(plan_id, &job.group)));
+                }
+            }
+            let v = serde_json::to_vec(&job).map_err(|e| StoreError::Embedded(e.to_string()))?;
+            if !write_back(store, &self.term, kv, v, more).await? {
+                return Ok(());
+            }
+            if job.is_over() {
+                tracing::info!(job = %job.id, plan = %job.plan, action = ?job.action, step = ?job.step, "group job finished");
+                self.forget(links, job.id.as_str());
+                let prefix = match busy {
+                    Busy::Removal(_) => schema::removals_of(plan_id),
+                    _ => schema::rollbacks_of(plan_id),
+                };
+                trim_jobs(store, &prefix).await?;
+                return Ok(());
+            }
+        }
+        for (node, task) in job.pending() {
+            self.send(links, &node, task).await;
+        }
+        Ok(())
+    }
+
+    /// One pass over deleted plans' leftovers: their run history is deleted; groups to
+    /// delete get a removal job, one group at a time (a group whose removal failed is tried
+    /// again a minute later); the marker goes when nothing is left.
+    pub async fn orphans(&mut self, store: &Store) -> Result<(), StoreError> {
+        for kv in store.list(ORPHANS).await? {
+            let Ok(o) = serde_json::from_slice::<OrphanRecord>(&kv.value) else {
                 continue;
             };
-            if rb.step != crate::rollback::RollbackStep::Running {
+            let id = &o.plan_id;
+            let runs = store.list(&schema::runs_of(id)).await?;
+            for r in runs.iter().take(ORPHAN_BATCH) {
+                store.delete(&r.key).await?;
+            }
+            store.delete(&schema::fired_key(id)).await?;
+            if schema::busy(store, id).await?.is_some() {
+                continue; // the executor's pass drives it
+            }
+            let groups: Vec<GroupRecord> = load(store, &schema::groups_of(id)).await?;
+            if groups.is_empty() && runs.len() <= ORPHAN_BATCH {
+                // Nothing left: the history of its jobs goes with the marker.
+                for prefix in [schema::rollbacks_of(id), schema::removals_of(id)] {
+                    for j in store.list(&prefix).await? {
+                        store.delete(&j.key).await?;
+                    }
+                }
+                store
+                    .txn(Txn {
+                        when: vec![Compare::ModRevision(kv.key.clone(), kv.mod_revision)],
+                        then: vec![Op::Delete(kv.key.clone())],
+                    })
+                    .await?;
+                tracing::info!(plan = %o.plan, plan_id = %id, "a deleted plan's leftovers are gone");
                 continue;
             }
-            let before = rb.clone();
-            rb.generation = rb.generation.max(self.term.generation);
-            for (node, task) in rb.pending() {
-                if let Some(state) = outcome(links, &agents, now, &node, &task.id) {
-                    rb.on_report(&node, &task.id, &state);
-                }
+            if o.fate != GroupsFate::Delete {
+                continue;
             }
-            if rb != before {
-                let v = serde_json::to_vec(&rb).map_err(|e| StoreError::Embedded(e.to_string()))?;
-                if !write_back(store, &self.term, &kv, v, Vec::new()).await? {
-                    continue;
-                }
-                if rb.step != crate::rollback::RollbackStep::Running {
-                    tracing::info!(rollback = %rb.id, plan = %rb.plan, step = ?rb.step, "rollback finished");
-                    self.forget(links, rb.id.as_str());
-                }
+            let now = jiff::Timestamp::now();
+            let jobs: Vec<GroupJob> = load(store, &schema::removals_of(id)).await?;
+            let failed_lately = |g: &GroupRecord| {
+                jobs.iter().any(|j| {
+                    j.group == g.group
+                        && j.step == crate::group_job::JobStep::Failed
+                        && j.finished
+                            .as_deref()
+                            .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+                            .is_some_and(|t| now.as_second() - t.as_second() < REMOVAL_RETRY_SECS)
+                })
+            };
+            let Some(g) = groups
+                .iter()
+                .filter(|g| !failed_lately(g))
+                .min_by(|a, b| a.created.cmp(&b.created))
+            else {
+                continue;
+            };
+            let Ok(job_id) = Name::new(&format!("rm{}", now.as_millisecond())) else {
+                continue;
+            };
+            let mut volumes: BTreeMap<Name, Vec<Name>> = BTreeMap::new();
+            for (node, snap) in &g.snapshots {
+                volumes
+                    .entry(node.clone())
+                    .or_default()
+                    .push(snap.volume.clone());
             }
-            for (node, task) in rb.pending() {
-                self.send(links, &node, task).await;
-            }
+            let spec = JobSpec {
+                id: job_id.clone(),
+                plan: o.plan.clone(),
+                plan_id: id.clone(),
+                group: g.group.clone(),
+                action: JobAction::Delete,
+                generation: self.term.generation,
+            };
+            let job = GroupJob::new(spec, volumes, now.to_string());
+            let v = serde_json::to_vec(&job).map_err(|e| StoreError::Embedded(e.to_string()))?;
+            let active = schema::active_key(id);
+            store
+                .txn(Txn {
+                    when: vec![Compare::Absent(active.clone()), self.term.fence()],
+                    then: vec![
+                        Op::Put(schema::removal_key(id, &job_id), v),
+                        Op::Put(active, Busy::Removal(job_id.clone()).encode()),
+                    ],
+                })
+                .await?;
+            tracing::info!(plan = %o.plan, group = %g.group, job = %job_id, "deleting a deleted plan's group");
         }
         Ok(())
     }
@@ -305,9 +438,11 @@ impl Executor {
                 continue;
             };
             let plan = rec.run.plan.clone();
+            let plan_id = rec.plan_id().clone();
             let now = jiff::Timestamp::now();
             let g = GroupRecord {
                 plan: plan.clone(),
+                plan_id: Some(plan_id.clone()),
                 group: rec.run.group.clone(),
                 run: rec.run.id.clone(),
                 created: now.to_string(),
@@ -315,14 +450,16 @@ impl Executor {
                 objects: rec.objects.clone(),
             };
             let v = serde_json::to_vec(&g).map_err(|e| StoreError::Embedded(e.to_string()))?;
-            ops.push(Op::Put(group_key(&plan, &g.group), v));
-            // Retention (read now, so a change applies at this prune).
+            ops.push(Op::Put(schema::group_key(&plan_id, &g.group), v));
+            // Retention (read now, so a change applies at this prune). A plan deleted
+            // meanwhile, or one of a new life under the same name, prunes nothing.
             let keep = store
-                .get(&format!("{PLANS}{plan}"))
+                .get(&schema::plan_key(&plan))
                 .await?
                 .and_then(|kv| serde_json::from_slice::<PlanRecord>(&kv.value).ok())
+                .filter(|p| p.id() == &plan_id)
                 .map_or(usize::MAX, |p| p.spec.retention as usize);
-            let mut groups: Vec<GroupRecord> = load(store, &format!("{GROUPS}{plan}/")).await?;
+            let mut groups: Vec<GroupRecord> = load(store, &schema::groups_of(&plan_id)).await?;
             groups.retain(|x| x.group != g.group);
             groups.push(g);
             let infos: Vec<GroupInfo<'_>> = groups
@@ -352,7 +489,7 @@ impl Executor {
                 }
                 taken += 1;
                 deletions += g.snapshots.len();
-                ops.push(Op::Delete(group_key(&plan, &g.group)));
+                ops.push(Op::Delete(schema::group_key(&plan_id, &g.group)));
                 for (node, s) in &g.snapshots {
                     by_node
                         .entry(node.clone())
@@ -379,8 +516,8 @@ pub async fn run(
         if let Err(e) = ex.pass(&store, &links).await {
             tracing::warn!(error = %e, "executor pass failed; retrying");
         }
-        if let Err(e) = ex.rollbacks(&store, &links).await {
-            tracing::warn!(error = %e, "rollback pass failed; retrying");
+        if let Err(e) = ex.orphans(&store).await {
+            tracing::warn!(error = %e, "deleted plans' pass failed; retrying");
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(200)) => {}

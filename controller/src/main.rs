@@ -43,9 +43,13 @@ enum Cmd {
         /// (default: a new temporary directory, removed at the end).
         #[arg(long)]
         data_dir: Option<PathBuf>,
-        /// The HTTP API's address.
-        #[arg(long, default_value = "127.0.0.1:0")]
+        /// The HTTP API's address (the `ferry` CLI's default; 127.0.0.1:0 picks a free port).
+        #[arg(long, default_value = "127.0.0.1:7480")]
         listen: SocketAddr,
+        /// The admin token to accept (default: a new one at every start, printed). Giving
+        /// one keeps it across restarts; at least 16 characters.
+        #[arg(long, env = "FERRY_DEV_TOKEN", hide_env_values = true)]
+        token: Option<String>,
         /// The agent binary (default: `ferry-agent` beside this program, else on PATH).
         #[arg(long)]
         agent_bin: Option<PathBuf>,
@@ -187,6 +191,14 @@ async fn serve(
 ) -> anyhow::Result<()> {
     use ferry_controller::leader::{self, LeaderInfo, Role};
     let store = open_store(&cfg.store).await?;
+    let schema = ferry_controller::schema::check(&store)
+        .await
+        .context("the state store")?;
+    tracing::info!(
+        schema,
+        knows = ferry_controller::schema::VERSION,
+        "state store opened"
+    );
     let links = Arc::new(ferry_controller::agents::Links::default());
     let (role_tx, role_rx) = tokio::sync::watch::channel(Role::Follower);
     let listener = tokio::net::TcpListener::bind(cfg.listen)
@@ -283,6 +295,11 @@ async fn serve(
             _ = stopped(lead_stop_rx.clone()) => return Ok(()),
         };
         let term = l.term.clone();
+        // The store is brought to this code's schema before anything is scheduled.
+        if let Err(e) = ferry_controller::schema::migrate(&st, &term).await {
+            l.resign(&st).await;
+            return Err(format!("cannot migrate the state store: {e}"));
+        }
         tracing::info!(
             generation = term.generation,
             "leading: scheduling and running plans"
@@ -311,15 +328,15 @@ async fn serve(
                 l.resign(&st).await;
                 Ok(())
             }
-            Err(why) => Err(why),
+            Err(why) => Err(format!(
+                "lost the leadership ({why}); exiting so that this controller restarts as a follower"
+            )),
         }
     });
     let result = tokio::select! {
         _ = until => Ok(()),
         r = &mut leading => match r {
-            Ok(Err(why)) => Err(anyhow::anyhow!(
-                "lost the leadership ({why}); exiting so that this controller restarts as a follower"
-            )),
+            Ok(Err(why)) => Err(anyhow::anyhow!(why)),
             Ok(Ok(())) => Ok(()),
             Err(e) => Err(anyhow::anyhow!("leadership task: {e}")),
         },
@@ -365,11 +382,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             data_dir,
             listen,
             agent_bin,
+            token,
         } => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?
-            .block_on(dev::run(data_dir, listen, agent_bin, cli.json)),
+            .block_on(dev::run(data_dir, listen, agent_bin, token, cli.json)),
         Cmd::Token => {
+            ferry_controller::exit::quiet_on_closed_pipe();
             let (token, hash) = new_token();
             if cli.json {
                 println!("{}", serde_json::json!({ "token": token, "blake3": hash }));
@@ -382,7 +401,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
+    use std::io::IsTerminal as _;
+    // Colours only for a person: logs to a file or a journal stay plain.
     tracing_subscriber::fmt()
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),

@@ -97,6 +97,14 @@ pub struct Object {
     pub kind: ObjectKind,
 }
 
+/// What the controller knows of one node's volumes (see [`Object::check_volumes_exist`]).
+#[derive(Debug, Clone, Default)]
+pub struct NodeVolumes {
+    pub volumes: std::collections::BTreeSet<Name>,
+    /// Whether the agent listed all its volumes.
+    pub complete: bool,
+}
+
 /// Largest LUN id (SAM's flat addressing).
 pub const MAX_LUN: u32 = 16383;
 
@@ -113,6 +121,53 @@ impl Object {
                 .map(|d| &d.volume)
                 .collect(),
         }
+    }
+
+    /// Every volume the object names (CD-ROM and shared disks too), with its field's path.
+    pub fn volume_fields(&self) -> Vec<(String, &VolumeRef)> {
+        match &self.kind {
+            ObjectKind::VirtualVolume { volume }
+            | ObjectKind::IscsiLun { volume, .. }
+            | ObjectKind::NfsFile { volume, .. } => vec![("kind.volume".into(), volume)],
+            ObjectKind::Vm { disks, .. } => disks
+                .iter()
+                .enumerate()
+                .map(|(i, d)| (format!("kind.disks[{i}].volume"), &d.volume))
+                .collect(),
+        }
+    }
+
+    /// Checks that every volume the object names is on a registered agent. `node` tells what
+    /// is known of a node: `None` if no agent of that name registered, else its volumes and
+    /// whether that list is complete (an agent lists a bounded number).
+    pub fn check_volumes_exist(
+        &self,
+        node: impl Fn(&Name) -> Option<NodeVolumes>,
+    ) -> Result<(), FieldError> {
+        const AHEAD: &str = "or pass allow_missing=true to declare the object ahead of it";
+        for (field, v) in self.volume_fields() {
+            let Some(known) = node(&v.node) else {
+                return Err(bad(
+                    format!("{field}.node"),
+                    format!(
+                        "no agent named {} has registered with this controller; start its \
+                         agent (ferry agents lists those that have), {AHEAD}",
+                        v.node
+                    ),
+                ));
+            };
+            if known.complete && !known.volumes.contains(&v.volume) {
+                return Err(bad(
+                    field,
+                    format!(
+                        "agent {} has no volume named {}; create it first (ferry volumes \
+                         create {} {} --size SIZE), {AHEAD}",
+                        v.node, v.volume, v.node, v.volume
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// The virtual switches the object's NICs use.
@@ -504,6 +559,73 @@ mod tests {
             bad_mac.validate().expect_err("mac").field,
             "kind.nics[0].mac"
         );
+    }
+
+    #[test]
+    fn objects_name_volumes_that_exist() {
+        let node1 = NodeVolumes {
+            volumes: [n("d0"), n("iso")].into_iter().collect(),
+            complete: true,
+        };
+        let lookup = |node: &Name| match node.as_str() {
+            "n1" => Some(node1.clone()),
+            "big" => Some(NodeVolumes {
+                volumes: Default::default(),
+                complete: false,
+            }),
+            _ => None,
+        };
+        let cases: Vec<(Object, Option<&str>)> = vec![
+            (
+                vm(vec![
+                    disk("d0", DiskRole::Disk),
+                    disk("iso", DiskRole::Cdrom),
+                ]),
+                None,
+            ),
+            (
+                vm(vec![
+                    disk("d0", DiskRole::Disk),
+                    disk("nope", DiskRole::Cdrom),
+                ]),
+                Some("kind.disks[1].volume"),
+            ),
+            (
+                Object {
+                    name: n("v"),
+                    kind: ObjectKind::VirtualVolume {
+                        volume: vol("n9", "d0"),
+                    },
+                },
+                Some("kind.volume.node"),
+            ),
+            (
+                Object {
+                    name: n("v"),
+                    kind: ObjectKind::VirtualVolume {
+                        volume: vol("n1", "x"),
+                    },
+                },
+                Some("kind.volume"),
+            ),
+            // A node that listed only some of its volumes: not refused on a guess.
+            (
+                Object {
+                    name: n("v"),
+                    kind: ObjectKind::VirtualVolume {
+                        volume: vol("big", "x"),
+                    },
+                },
+                None,
+            ),
+        ];
+        for (o, want) in cases {
+            let got = o.check_volumes_exist(lookup).err();
+            assert_eq!(got.as_ref().map(|e| e.field.as_str()), want, "{o:?}");
+            if let Some(e) = got {
+                assert!(e.problem.contains("allow_missing=true"), "{e}");
+            }
+        }
     }
 
     #[test]

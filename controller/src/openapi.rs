@@ -46,6 +46,8 @@ pub fn document() -> Value {
                 "schema": reference("Name") })
     };
     let name_param = |what: &str| json!([path_param("name", what)]);
+    let allow_missing = json!({ "name": "allow_missing", "in": "query", "required": false,
+        "description": "declare the object before its agent or volumes exist", "schema": { "type": "boolean" } });
     let run_detail = json!({ "allOf": [ reference("Run"), { "type": "object", "required": ["report"], "properties": {
                     "report": { "type": "object", "required": ["objects", "bytes_read"], "properties": {
                         "bytes_read": { "type": "integer", "description": "bytes the snapshots' manifests read (the changed data)" },
@@ -124,8 +126,33 @@ pub fn document() -> Value {
                         "items": { "type": "object", "properties": { "name": { "type": "string" }, "volumes": { "type": "array", "items": reference("VolumeRef") } } } } } },
                 "RunDetail": run_detail,
                 "Plan": { "type": "object", "required": ["spec", "paused"], "properties": {
+                    "id": { "allOf": [reference("Name")], "description": "unique to this plan's life: its runs and groups are kept under it" },
                     "spec": reference("PlanSpec"), "paused": { "type": "boolean" },
-                    "next_run": { "type": "string", "nullable": true } } }
+                    "next_run": { "type": "string", "nullable": true } } },
+                "Group": { "type": "object", "required": ["plan", "group", "run", "created", "snapshots"], "properties": {
+                    "plan": reference("Name"), "plan_id": reference("Name"), "group": reference("Name"), "run": reference("Name"),
+                    "created": { "type": "string" },
+                    "snapshots": { "type": "array", "description": "[node, snapshot] pairs", "items": { "type": "array" } },
+                    "objects": { "type": "array", "items": { "type": "object" } } } },
+                "GroupJob": { "type": "object", "required": ["id", "plan", "group", "step", "volumes", "created"], "properties": {
+                    "id": reference("Name"), "plan": reference("Name"), "plan_id": reference("Name"), "group": reference("Name"),
+                    "action": { "type": "string", "enum": ["rollback", "delete"] },
+                    "generation": { "type": "integer" },
+                    "step": { "type": "string", "enum": ["running", "done", "failed"] },
+                    "volumes": { "type": "object", "description": "node -> volume -> pending, done or {failed: {message}}" },
+                    "created": { "type": "string" }, "finished": { "type": "string", "nullable": true },
+                    "progress": reference("Progress") } },
+                "Progress": { "type": "object", "description": "while it runs: bytes its tasks have done of what they expect",
+                    "properties": { "done_bytes": { "type": "integer" }, "total_bytes": { "type": "integer" } } },
+                "Volume": { "type": "object", "required": ["node", "name", "size", "snapshots", "mirror", "used_by"], "properties": {
+                    "node": reference("Name"), "name": reference("Name"), "size": { "type": "integer" },
+                    "snapshots": { "type": "integer" }, "mirror": { "type": "boolean" },
+                    "used_by": { "type": "array", "items": reference("Name"), "description": "the objects that name it" } } },
+                "Orphan": { "type": "object", "required": ["plan", "plan_id", "deleted", "fate", "groups"], "properties": {
+                    "plan": reference("Name"), "plan_id": reference("Name"), "deleted": { "type": "string" },
+                    "fate": { "type": "string", "enum": ["keep", "delete"] },
+                    "groups": { "type": "array", "items": reference("Group") },
+                    "removing": reference("Name") } }
             }
         },
         "security": [ { "bearer": [] } ],
@@ -138,12 +165,14 @@ pub fn document() -> Value {
                 "responses": { "200": ok("the document", json!({ "type": "object" })) } } },
             "/v1/objects": {
                 "get": { "summary": "list objects", "responses": errors(json!({ "200": ok("objects", json!({ "type": "array", "items": reference("Object") })) })) },
-                "post": { "summary": "create an object", "requestBody": body("Object"),
+                "post": { "summary": "create an object; every volume it names must be on a registered agent unless allow_missing", "requestBody": body("Object"),
+                          "parameters": [allow_missing],
                           "responses": errors(json!({ "201": ok("created", reference("Object")) })) } },
             "/v1/objects/{name}": {
                 "parameters": name_param("object"),
                 "get": { "summary": "one object", "responses": errors(json!({ "200": ok("the object", reference("Object")) })) },
                 "put": { "summary": "replace an object", "requestBody": body("Object"),
+                         "parameters": [allow_missing],
                          "responses": errors(json!({ "200": ok("replaced", reference("Object")) })) },
                 "delete": { "summary": "delete an object no plan uses", "responses": errors(json!({ "204": { "description": "deleted" } })) } },
             "/v1/plans": {
@@ -155,7 +184,9 @@ pub fn document() -> Value {
                 "get": { "summary": "one plan, with its next run", "responses": errors(json!({ "200": ok("the plan", reference("Plan")) })) },
                 "put": { "summary": "replace a plan's spec", "requestBody": body("PlanSpec"),
                          "responses": errors(json!({ "200": ok("replaced", reference("Plan")) })) },
-                "delete": { "summary": "delete a plan", "responses": errors(json!({ "204": { "description": "deleted" } })) } },
+                "delete": { "summary": "delete a plan; one that keeps groups needs groups=keep (kept as orphaned groups) or groups=delete (deleted with their snapshots)",
+                    "parameters": [{ "name": "groups", "in": "query", "required": false, "schema": { "type": "string", "enum": ["keep", "delete"] } }],
+                    "responses": errors(json!({ "204": { "description": "deleted" } })) } },
             "/v1/plans/{name}/pause": { "parameters": name_param("plan"),
                 "post": { "summary": "pause a plan's schedule", "responses": errors(json!({ "200": ok("paused", reference("Plan")) })) } },
             "/v1/plans/{name}/resume": { "parameters": name_param("plan"),
@@ -166,26 +197,49 @@ pub fn document() -> Value {
                 "get": { "summary": "the plan's runs, oldest first", "responses": errors(json!({ "200": ok("runs", json!({ "type": "array", "items": reference("Run") })) })) } },
             "/v1/plans/{name}/runs/{run}": {
                 "parameters": [path_param("name", "plan"), path_param("run", "run")],
-                "get": { "summary": "one run, with its status, timings, bytes and errors per object and volume", "responses": errors(json!({ "200": ok("the run", reference("RunDetail")) })) } },
+                "get": { "summary": "one run, with its status, timings, bytes and errors per object and volume, and its progress while it runs", "responses": errors(json!({ "200": ok("the run", reference("RunDetail")) })) } },
             "/v1/plans/{name}/groups/{group}": {
                 "parameters": [path_param("name", "plan"), path_param("group", "group")],
-                "get": { "summary": "one kept snapshot group: its snapshots per node and the objects they cover", "responses": errors(json!({ "200": ok("the group", json!({ "type": "object" })) })) } },
+                "get": { "summary": "one kept snapshot group: its snapshots per node and the objects they cover", "responses": errors(json!({ "200": ok("the group", reference("Group")) })) } },
             "/v1/plans/{name}/groups": { "parameters": name_param("plan"),
-                "get": { "summary": "the plan's kept snapshot groups, oldest first (plan, group, run, created, snapshots per node)", "responses": errors(json!({ "200": ok("groups", json!({ "type": "array", "items": { "type": "object" } })) })) } },
+                "get": { "summary": "the plan's kept snapshot groups, oldest first", "responses": errors(json!({ "200": ok("groups", json!({ "type": "array", "items": reference("Group") })) })) } },
             "/v1/plans/{name}/rollbacks": { "parameters": name_param("plan"),
-                "get": { "summary": "the plan's rollbacks, oldest first", "responses": errors(json!({ "200": ok("rollbacks", json!({ "type": "array", "items": { "type": "object" } })) })) },
-                "post": { "summary": "roll the plan's objects (or some: objects) back to a kept group; refused while a run is in progress",
+                "get": { "summary": "the plan's rollbacks, oldest first", "responses": errors(json!({ "200": ok("rollbacks", json!({ "type": "array", "items": reference("GroupJob") })) })) },
+                "post": { "summary": "roll the plan's objects (or some: objects) back to a kept group; only volumes the plan protects now are touched; refused while a run, rollback or removal of the plan is in progress",
                           "requestBody": { "required": true, "content": { "application/json": { "schema": { "type": "object", "required": ["group"], "properties": {
                               "group": reference("Name"), "objects": { "type": "array", "items": reference("Name") } } } } } },
-                          "responses": errors(json!({ "202": ok("the rollback", json!({ "type": "object" })) })) } },
+                          "responses": errors(json!({ "202": ok("the rollback", reference("GroupJob")) })) } },
+            "/v1/plans/{name}/rollbacks/{id}": {
+                "parameters": [path_param("name", "plan"), path_param("id", "rollback")],
+                "get": { "summary": "one rollback, with its progress while it runs", "responses": errors(json!({ "200": ok("the rollback", reference("GroupJob")) })) } },
+            "/v1/status": {
+                "get": { "summary": "the site at a glance: every plan's last run, last success, newest group and its age, what is in progress, the latest failure; the agents",
+                         "responses": errors(json!({ "200": ok("the status", json!({ "type": "object", "required": ["now", "plans", "agents"], "properties": {
+                             "now": { "type": "string" }, "plans": { "type": "array", "items": { "type": "object" } },
+                             "agents": { "type": "array", "items": { "type": "object" } },
+                             "deleted_plans_with_leftovers": { "type": "integer" } } })) })) } },
+            "/v1/orphans": {
+                "get": { "summary": "deleted plans whose groups are kept, with those groups", "responses": errors(json!({ "200": ok("orphans", json!({ "type": "array", "items": reference("Orphan") })) })) } },
+            "/v1/orphans/{plan_id}": {
+                "parameters": [{ "name": "plan_id", "in": "path", "required": true, "description": "the deleted plan's id", "schema": reference("Name") }],
+                "delete": { "summary": "delete a deleted plan's kept groups, snapshots included (the executor deletes them group by group)",
+                            "responses": errors(json!({ "202": ok("deleting", json!({ "type": "object" })) })) } },
+            "/v1/volumes": {
+                "get": { "summary": "every agent's volumes, with the objects that name them", "responses": errors(json!({ "200": ok("volumes", json!({ "type": "array", "items": reference("Volume") })) })) } },
             "/v1/agents": {
                 "get": { "summary": "this site's agents: node, status (up/down), volumes, capacity, free space, last heartbeat", "responses": errors(json!({ "200": ok("agents", json!({ "type": "array", "items": { "type": "object" } })) })) } },
             "/v1/agents/{node}/volumes": {
                 "parameters": [path_param("node", "agent's node")],
+                "get": { "summary": "one agent's volumes", "responses": errors(json!({ "200": ok("volumes", json!({ "type": "array", "items": reference("Volume") })) })) },
                 "post": { "summary": "create a volume on a connected agent (answered when the agent reports)",
                           "requestBody": { "required": true, "content": { "application/json": { "schema": { "type": "object", "required": ["name", "size"], "properties": {
-                              "name": reference("Name"), "size": { "description": "bytes, or a size such as 10G" }, "block_size": { "type": "integer" } } } } } },
+                              "name": reference("Name"), "size": { "description": "bytes, or a size: 10G and 10GiB are binary, 10GB decimal, 1.5T allowed" }, "block_size": { "type": "integer" } } } } } },
                           "responses": errors(json!({ "201": ok("created", json!({ "type": "object" })), "502": error_response("the agent failed"), "504": error_response("the agent did not answer"), "507": error_response("no space on the agent") })) } },
+            "/v1/agents/{node}/volumes/{volume}": {
+                "parameters": [path_param("node", "agent's node"), path_param("volume", "volume")],
+                "delete": { "summary": "delete a volume no object names; one with snapshots needs force=true",
+                            "parameters": [{ "name": "force", "in": "query", "required": false, "schema": { "type": "boolean" } }],
+                            "responses": errors(json!({ "200": ok("deleted", json!({ "type": "object" })), "502": error_response("the agent failed"), "504": error_response("the agent did not answer") })) } },
             "/v1/runs": {
                 "get": { "summary": "every run, oldest first", "responses": errors(json!({ "200": ok("runs", json!({ "type": "array", "items": reference("Run") })) })) } }
         }

@@ -18,29 +18,19 @@ use ferry_wire::Name;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use crate::api::PlanRecord;
 use crate::leader::Term;
 use crate::model::Object;
 use crate::run::{Run, RunHooks, Step};
 use crate::schedule::{due, Schedule};
+use crate::schema::{self, Busy, PlanRecord, ACTIVE, FIRED, OBJECTS, PLANS};
 use crate::store::{Compare, Op, Store, StoreError, Txn};
-
-pub const PLANS: &str = "/ferry/plans/";
-pub const OBJECTS: &str = "/ferry/objects/";
-pub const RUNS: &str = "/ferry/runs/";
-pub const FIRED: &str = "/ferry/fired/";
-/// One empty key per run in progress (`<plan>/<run>`), written with the run and deleted with
-/// its final write: the executor reads only these runs, however long the history.
-pub const ACTIVE: &str = "/ferry/active/";
-
-/// The active-index key of a run.
-pub fn active_key(plan: &Name, run: &Name) -> String {
-    format!("{ACTIVE}{plan}/{run}")
-}
 
 /// A run as stored and listed.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunRecord {
+    /// The id of the plan it runs (absent in runs older than plan ids: the plan's name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan_id: Option<Name>,
     pub run: Run,
     /// `schedule` or `manual`.
     pub trigger: String,
@@ -93,6 +83,16 @@ pub struct VolumeReport {
 }
 
 impl RunRecord {
+    /// The id of the plan it runs.
+    pub fn plan_id(&self) -> &Name {
+        self.plan_id.as_ref().unwrap_or(&self.run.plan)
+    }
+
+    /// Its key in the store.
+    pub fn key(&self) -> String {
+        schema::run_key(self.plan_id(), &self.run.id)
+    }
+
     /// The run per object and volume (pure: from the record alone).
     pub fn report(&self) -> RunReport {
         use crate::run::NodeState;
@@ -167,11 +167,6 @@ impl RunRecord {
             duration_secs,
         }
     }
-}
-
-/// The key of a run.
-pub fn run_key(plan: &Name, run: &Name) -> String {
-    format!("{RUNS}{plan}/{run}")
 }
 
 /// A run id unique per plan and instant: the instant, then 16 hex digits of the plan name's
@@ -280,6 +275,7 @@ pub fn new_run(
         },
     };
     RunRecord {
+        plan_id: Some(plan.id().clone()),
         run,
         trigger: if slot.is_some() { "schedule" } else { "manual" }.into(),
         slot: slot.map(|s| s.to_string()),
@@ -289,27 +285,26 @@ pub fn new_run(
 }
 
 /// Stores a run (and, for a scheduled one, the plan's fired-slot marker; for one not over,
-/// its active-index key) if its key is new and `term` still leads. Returns whether this call
-/// created it.
+/// the plan's active key) if its key is new, nothing else of the plan is in progress, and
+/// `term` still leads. Returns whether this call created it.
 pub async fn store_run(store: &Store, rec: &RunRecord, term: &Term) -> Result<bool, StoreError> {
-    let key = run_key(&rec.run.plan, &rec.run.id);
+    let key = rec.key();
+    let plan_id = rec.plan_id();
     let value = serde_json::to_vec(rec).map_err(|e| StoreError::Embedded(e.to_string()))?;
-    let mut then = vec![Op::Put(key.clone(), value)];
+    let mut when = vec![Compare::Absent(key.clone()), term.fence()];
+    let mut then = vec![Op::Put(key, value)];
     if !rec.run.step.is_final() {
-        then.push(Op::Put(active_key(&rec.run.plan, &rec.run.id), Vec::new()));
+        let active = schema::active_key(plan_id);
+        when.push(Compare::Absent(active.clone()));
+        then.push(Op::Put(active, Busy::Run(rec.run.id.clone()).encode()));
     }
     if let Some(slot) = &rec.slot {
         then.push(Op::Put(
-            format!("{FIRED}{}", rec.run.plan),
+            schema::fired_key(plan_id),
             slot.clone().into_bytes(),
         ));
     }
-    let done = store
-        .txn(Txn {
-            when: vec![Compare::Absent(key), term.fence()],
-            then,
-        })
-        .await?;
+    let done = store.txn(Txn { when, then }).await?;
     Ok(done.succeeded)
 }
 
@@ -344,23 +339,21 @@ pub async fn tick(
             Some((kv.key[FIRED.len()..].to_string(), t))
         })
         .collect();
+    let busy: std::collections::BTreeSet<String> = store
+        .list(ACTIVE)
+        .await?
+        .into_iter()
+        .map(|kv| kv.key[ACTIVE.len()..].to_string())
+        .collect();
     let mut objects: Option<Vec<Object>> = None;
     let mut next: Option<Timestamp> = None;
     for p in plans.iter().filter(|p| !p.paused) {
         let Some(s) = schedule_of(p) else { continue };
-        let due_slot = due(&s, fired.get(p.spec.name.as_str()).copied(), now);
-        // Never snapshot volumes half rolled back: the slot fires after the rollback.
-        let rolling_back = match due_slot {
-            Some(_) => load::<crate::rollback::Rollback>(
-                store,
-                &format!("{}{}/", crate::executor::ROLLBACKS, p.spec.name),
-            )
-            .await?
-            .iter()
-            .any(|r| r.step == crate::rollback::RollbackStep::Running),
-            None => false,
-        };
-        if let Some(slot) = due_slot.filter(|_| !rolling_back) {
+        let due_slot = due(&s, fired.get(p.id().as_str()).copied(), now);
+        // One thing at a time per plan: a slot that comes due during a run, a rollback or a
+        // removal fires when it is over (the active index's watch wakes the scheduler).
+        let free = !busy.contains(p.id().as_str());
+        if let Some(slot) = due_slot.filter(|_| free) {
             if objects.is_none() {
                 objects = Some(load(store, OBJECTS).await?);
             }
@@ -381,10 +374,18 @@ pub async fn tick(
 pub async fn run(store: Store, term: Term, shutdown: impl std::future::Future<Output = ()>) {
     tokio::pin!(shutdown);
     loop {
+        // Woken when a plan changes, or when a plan's run or rollback ends.
         let mut watch = match store.watch(PLANS, 0).await {
             Ok(w) => Some(w),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot watch plans; polling");
+                None
+            }
+        };
+        let mut idle = match store.watch(ACTIVE, 0).await {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch the active index; polling");
                 None
             }
         };
@@ -407,9 +408,18 @@ pub async fn run(store: Store, term: Term, shutdown: impl std::future::Future<Ou
                 None => std::future::pending().await,
             }
         };
+        let ended = async {
+            match idle.as_mut() {
+                Some(w) => {
+                    let _ = w.next().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = changed => {}
+            _ = ended => {}
             _ = &mut shutdown => return,
         }
     }
@@ -449,6 +459,7 @@ mod tests {
             volume: n(v),
         };
         let mut rec = RunRecord {
+            plan_id: None,
             run,
             trigger: "manual".into(),
             slot: None,

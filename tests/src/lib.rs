@@ -705,6 +705,9 @@ impl Drop for Etcd {
     }
 }
 
+pub mod dev;
+pub mod tls;
+
 /// A real `ferry-controller serve` with an admin and a read-only token, and a minimal HTTP
 /// client for it.
 pub mod controller {
@@ -780,29 +783,8 @@ pub mod controller {
             token: Option<&str>,
             body: Option<&[u8]>,
         ) -> (u16, Value) {
-            let mut s = std::net::TcpStream::connect(self.addr).expect("connect");
-            let mut req =
-                format!("{method} {path} HTTP/1.1\r\nHost: ferry\r\nConnection: close\r\n");
-            if let Some(t) = token {
-                req.push_str(&format!("Authorization: Bearer {t}\r\n"));
-            }
-            let body = body.unwrap_or_default();
-            req.push_str(&format!(
-                "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-                body.len()
-            ));
-            s.write_all(req.as_bytes()).expect("write");
-            s.write_all(body).expect("write body");
-            let mut out = Vec::new();
-            let _ = s.read_to_end(&mut out);
-            let text = String::from_utf8_lossy(&out);
-            let status: u16 = text
-                .split(' ')
-                .nth(1)
-                .and_then(|c| c.parse().ok())
-                .unwrap_or_else(|| panic!("no status in {text:?}"));
-            let body = text.split("\r\n\r\n").nth(1).unwrap_or_default();
-            (status, serde_json::from_str(body).unwrap_or(Value::Null))
+            let body = body.map(|b| String::from_utf8_lossy(b).into_owned());
+            http(&self.addr.to_string(), method, path, token, body)
         }
 
         /// A GET whose body is text (the metrics), with `token`.
@@ -841,6 +823,39 @@ pub mod controller {
             );
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
+    }
+
+    /// One HTTP/1.1 request to `addr` (host:port) with `token`; returns (status, JSON body
+    /// or Null).
+    pub fn http(
+        addr: &str,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<String>,
+    ) -> (u16, Value) {
+        let mut s = std::net::TcpStream::connect(addr).expect("connect");
+        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: ferry\r\nConnection: close\r\n");
+        if let Some(t) = token {
+            req.push_str(&format!("Authorization: Bearer {t}\r\n"));
+        }
+        let body = body.unwrap_or_default();
+        req.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        ));
+        s.write_all(req.as_bytes()).expect("write");
+        s.write_all(body.as_bytes()).expect("write body");
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        let text = String::from_utf8_lossy(&out);
+        let status: u16 = text
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or_else(|| panic!("no status in {text:?}"));
+        let body = text.split("\r\n\r\n").nth(1).unwrap_or_default();
+        (status, serde_json::from_str(body).unwrap_or(Value::Null))
     }
 
     impl Controller {

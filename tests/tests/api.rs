@@ -4,7 +4,7 @@
 
 use std::process::Command;
 
-use ferry_tests::controller::{Controller, ADMIN, READER};
+use ferry_tests::controller::{wait_for, Controller, ADMIN, READER};
 use ferry_tests::{bin, Etcd};
 use serde_json::{json, Value};
 
@@ -57,16 +57,24 @@ fn suite(c: &Controller) {
     assert_eq!(c.call("GET", "/v1/objects", Some(READER), None).0, 200);
 
     // Objects.
-    assert_eq!(c.admin("POST", "/v1/objects", Some(obj.clone())).0, 201);
+    assert_eq!(
+        c.admin("POST", "/v1/objects?allow_missing=true", Some(obj.clone()))
+            .0,
+        201
+    );
     refused(
-        c.admin("POST", "/v1/objects", Some(obj.clone())),
+        c.admin("POST", "/v1/objects?allow_missing=true", Some(obj.clone())),
         409,
         "exists",
     );
     let vm = json!({"name": "web", "kind": {"type": "vm", "vcpus": 2, "memory_mib": 4096,
         "disks": [{"volume": volume("n1", "web0")}, {"volume": volume("n2", "iso"), "role": "cdrom"}],
         "nics": [{"switch": "vsw-prod"}]}});
-    assert_eq!(c.admin("POST", "/v1/objects", Some(vm)).0, 201);
+    assert_eq!(
+        c.admin("POST", "/v1/objects?allow_missing=true", Some(vm))
+            .0,
+        201
+    );
     let (code, got) = c.call("GET", "/v1/objects/db", Some(READER), None);
     assert_eq!((code, got), (200, obj.clone()));
     refused(
@@ -245,7 +253,17 @@ fn suite(c: &Controller) {
         409,
         "protected by plan nightly",
     );
-    assert_eq!(c.admin("DELETE", "/v1/plans/nightly", None).0, 204);
+    // (Its first slot ran at creation: a plan is deleted once nothing of it is in progress.)
+    let mut deleted = (0, Value::Null);
+    wait_for("the plan is deleted", 30, || {
+        deleted = c.admin("DELETE", "/v1/plans/nightly", None);
+        if deleted.0 == 409 {
+            let msg = deleted.1["error"]["message"].as_str().unwrap_or_default();
+            assert!(msg.contains("is in progress"), "{msg}");
+        }
+        deleted.0 != 409
+    });
+    assert_eq!(deleted.0, 204, "{}", deleted.1);
     refused(
         c.admin("DELETE", "/v1/plans/nightly", None),
         404,
@@ -337,7 +355,11 @@ fn scheduling(store: &str) {
         .to_string();
     let obj =
         json!({"name": "vol", "kind": {"type": "virtual_volume", "volume": volume("n1", "v")}});
-    assert_eq!(c.admin("POST", "/v1/objects", Some(obj)).0, 201);
+    assert_eq!(
+        c.admin("POST", "/v1/objects?allow_missing=true", Some(obj))
+            .0,
+        201
+    );
     let plan = |name: &str, start: &str, enabled: bool| {
         json!({"name": name, "objects": ["vol"],
         "schedule": {"every": "hourly", "start": start}, "retention": 3, "enabled": enabled})

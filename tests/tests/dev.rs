@@ -4,89 +4,10 @@
 //! SIGKILL, it takes its agent with it; started again on the same data directory, it has
 //! kept its plans and groups.
 
-use std::io::BufRead;
-use std::process::{Child, Command, Stdio};
-
 use ferry_tests::controller::wait_for;
-use ferry_tests::{agent_volume_path, bin, file_hash, rng, write_random};
-use serde_json::{json, Value};
-
-struct Dev {
-    child: Child,
-    info: Value,
-}
-
-impl Drop for Dev {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Dev {
-    fn start(dir: &std::path::Path) -> Dev {
-        let mut child = Command::new(bin("ferry-controller"))
-            .args(["--json", "dev", "--data-dir"])
-            .arg(dir)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn dev");
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("read");
-        let info: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
-        Dev { child, info }
-    }
-
-    fn ferry(&self, args: &[&str]) -> (bool, Value, String) {
-        let out = Command::new(bin("ferry"))
-            .env("FERRY_ADDR", self.info["api"].as_str().expect("api"))
-            .env("FERRY_TOKEN", self.info["token"].as_str().expect("token"))
-            .arg("--json")
-            .args(args)
-            .output()
-            .expect("ferry");
-        (
-            out.status.success(),
-            serde_json::from_slice(&out.stdout).unwrap_or(Value::Null),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    }
-
-    /// One HTTP request with the admin token, through curl-free std TCP.
-    fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-        use std::io::{Read, Write};
-        let api = self.info["api"].as_str().expect("api");
-        let addr = api.trim_start_matches("http://");
-        let mut s = std::net::TcpStream::connect(addr).expect("connect");
-        let body = body.map(|b| b.to_string()).unwrap_or_default();
-        let req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: ferry\r\nConnection: close\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            self.info["token"].as_str().expect("token"),
-            body.len()
-        );
-        s.write_all(req.as_bytes()).expect("write");
-        let mut out = String::new();
-        let _ = s.read_to_string(&mut out);
-        let status = out
-            .split(' ')
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        let body = out.split("\r\n\r\n").nth(1).unwrap_or_default();
-        (status, serde_json::from_str(body).unwrap_or(Value::Null))
-    }
-
-    fn agent_up(&self) -> bool {
-        let (_, v) = self.call("GET", "/v1/agents", None);
-        v.as_array()
-            .into_iter()
-            .flatten()
-            .any(|a| a["node"] == "node1" && a["status"] == "up")
-    }
-}
+use ferry_tests::dev::Dev;
+use ferry_tests::{agent_volume_path, file_hash, rng, write_random};
+use serde_json::json;
 
 fn alive(pid: u64) -> bool {
     // A zombie is dead too: look at its state.
@@ -109,7 +30,6 @@ fn dev_mode_is_a_whole_site_in_one_command() {
         "{}",
         dev.info
     );
-    wait_for("the dev agent links", 20, || dev.agent_up());
     for v in ["disk0", "disk1"] {
         let (code, r) = dev.call(
             "POST",
@@ -165,7 +85,6 @@ fn dev_mode_is_a_whole_site_in_one_command() {
 
     // Again on the same directory: plans and groups are kept, with a new token.
     let again = Dev::start(dir.path());
-    wait_for("the dev agent links again", 30, || again.agent_up());
     let (ok, groups2, err) = again.ferry(&["plans", "groups", "p"]);
     assert!(ok, "{err}");
     assert_eq!(groups2.as_array().map(Vec::len), Some(2), "{groups2}");

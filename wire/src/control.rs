@@ -21,6 +21,11 @@ pub const HEARTBEAT_SECS: u64 = 2;
 /// Seconds without a heartbeat after which the controller marks an agent down.
 pub const DOWN_AFTER_SECS: u64 = 10;
 
+/// Most volumes an agent lists in one [`AgentMsg::Register`] or [`AgentMsg::Volumes`]
+/// (about 160 bytes each: the list stays well under [`CONTROL_LINK_LIMIT`]); a node with
+/// more lists the first ones by name and says how many it left out.
+pub const MAX_REPORTED_VOLUMES: usize = 4096;
+
 /// One volume as an agent reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VolumeReport {
@@ -49,6 +54,21 @@ pub enum AgentMsg {
     },
     /// Where a task stands (sent when it starts and when it ends, and again on request).
     TaskReport { id: Name, state: TaskState },
+    /// The node's volumes changed (created, deleted, snapshotted, here or through the
+    /// controller): the whole list again, at most [`MAX_REPORTED_VOLUMES`], with how many
+    /// were left out.
+    Volumes {
+        volumes: Vec<VolumeReport>,
+        omitted: u64,
+        free_bytes: u64,
+    },
+    /// How far a running task is: bytes done of the bytes it expects to read or write (sent
+    /// about once a second while it runs; `total_bytes` may grow as it learns more).
+    TaskProgress {
+        id: Name,
+        done_bytes: u64,
+        total_bytes: u64,
+    },
 }
 
 /// What a controller tells an agent.
@@ -122,6 +142,16 @@ mod tests {
             AgentMsg::TaskReport {
                 id: n("t-1"),
                 state: TaskState::Interrupted,
+            },
+            AgentMsg::Volumes {
+                volumes: Vec::new(),
+                omitted: 3,
+                free_bytes: 7,
+            },
+            AgentMsg::TaskProgress {
+                id: n("t-2"),
+                done_bytes: 5,
+                total_bytes: 9,
             },
         ];
         for m in msgs {

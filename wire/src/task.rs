@@ -81,6 +81,12 @@ pub enum TaskKind {
         snapshot: Name,
         new_volume: Name,
     },
+    /// Delete a volume (an adopted one is forgotten, its file left where it is). One with
+    /// snapshots is refused unless `force`, which deletes them too.
+    DeleteVolume {
+        volume: Name,
+        force: bool,
+    },
 }
 
 /// A snapshot a task made.
@@ -121,6 +127,11 @@ pub enum TaskResult {
     RolledBack,
     Cloned {
         volume: Name,
+    },
+    VolumeDeleted {
+        volume: Name,
+        /// Snapshots deleted with it (`force`).
+        snapshots: u32,
     },
 }
 

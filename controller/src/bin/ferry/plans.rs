@@ -1,0 +1,603 @@
+//! `ferry plans`: protection plans, their runs, their snapshot groups and rollback.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::bail;
+use clap::Subcommand;
+use ferry_controller::exit::Coded;
+use serde_json::{json, Value};
+
+use crate::client::{checked, read_json_file, Api};
+use crate::output::{confirm, duration, s, size, when, Follow, Seen, Table};
+use crate::print_json;
+
+const PLAN_FILE: &str = "\
+A plan file is JSON:
+  {\"name\": \"nightly\", \"objects\": [\"web\", \"db\"], \"retention\": 7,
+   \"schedule\": {\"every\": \"daily\", \"start\": \"2026-11-24T02:30\", \"timezone\": \"Europe/Berlin\"},
+   \"hooks\": {\"pre\": \"fsfreeze -f /mnt/db\", \"post\": \"fsfreeze -u /mnt/db\", \"timeout_secs\": 30}}
+every: hourly, daily, weekly or monthly; start: wall-clock time in the time zone (UTC if
+none); retention: snapshot groups kept; \"enabled\": false creates it paused; hooks are optional.";
+
+#[derive(Subcommand)]
+pub enum Cmd {
+    /// List the plans with their schedule and next run.
+    List,
+    /// Show one plan whole.
+    #[command(after_help = "Example: ferry plans get nightly")]
+    Get {
+        /// The plan's name.
+        name: String,
+    },
+    /// Create a plan from a JSON file (- reads standard input).
+    #[command(after_help = PLAN_FILE)]
+    Create {
+        /// The plan's JSON file, e.g. nightly.json.
+        file: PathBuf,
+    },
+    /// Replace a plan with a JSON file (the plan named in the file); it stays paused or not.
+    #[command(after_help = PLAN_FILE)]
+    Update {
+        /// The plan's JSON file, e.g. nightly.json.
+        file: PathBuf,
+    },
+    /// Delete a plan. One that keeps snapshot groups needs to be told what becomes of them.
+    #[command(
+        after_help = "Examples:\n  ferry plans delete nightly --keep-groups     # kept as orphaned groups: ferry orphans list\n  ferry plans delete nightly --delete-groups   # its snapshots are deleted too"
+    )]
+    Delete {
+        /// The plan's name.
+        name: String,
+        /// Keep its groups (and their snapshots) as orphaned groups, listed and deleted with
+        /// `ferry orphans`.
+        #[arg(long, conflicts_with = "delete_groups")]
+        keep_groups: bool,
+        /// Delete its groups and their snapshots on the agents.
+        #[arg(long)]
+        delete_groups: bool,
+        /// Do not ask (deleting groups asks on a terminal).
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Stop running the plan on its schedule (runs by hand still work).
+    Pause {
+        /// The plan's name.
+        name: String,
+    },
+    /// Run the plan on its schedule again.
+    Resume {
+        /// The plan's name.
+        name: String,
+    },
+    /// Start a run now (refused while one is in progress); --wait follows it to its end.
+    #[command(after_help = "Example: ferry plans run nightly --wait")]
+    Run {
+        /// The plan's name.
+        name: String,
+        /// Show its progress until it is over, then the run per object and volume.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// The plan's runs: when, why, how long, how much was read, how they ended.
+    Runs {
+        /// The plan's name.
+        name: String,
+    },
+    /// One run per object and volume: status, snapshot, bytes read, when, errors.
+    #[command(
+        after_help = "Example: ferry plans run-show nightly m1796157342598-4f7b711b7aee7a60\n(ferry plans runs nightly lists the run ids)"
+    )]
+    RunShow {
+        /// The plan's name.
+        name: String,
+        /// The run's id.
+        run: String,
+    },
+    /// The plan's kept snapshot groups, oldest first.
+    Groups {
+        /// The plan's name.
+        name: String,
+    },
+    /// Roll the plan's objects (or some) back to a kept group, in place. Their current data
+    /// is replaced; only volumes the plan protects now are touched.
+    #[command(
+        after_help = "Examples:\n  ferry plans rollback nightly nightly-20261124T013000Z --wait\n  ferry plans rollback nightly nightly-20261124T013000Z --object db --yes\n(ferry plans groups nightly lists the groups)"
+    )]
+    Rollback {
+        /// The plan's name.
+        name: String,
+        /// The group to roll back to.
+        group: String,
+        /// Only this object (again for more).
+        #[arg(long = "object")]
+        objects: Vec<String>,
+        /// Follow it to its end.
+        #[arg(long)]
+        wait: bool,
+        /// Do not ask for confirmation (asked on a terminal).
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+fn state(p: &Value) -> &'static str {
+    if p["paused"] == true {
+        "paused"
+    } else {
+        "active"
+    }
+}
+
+fn print_list(v: &Value) {
+    let mut t =
+        Table::new(&["NAME", "EVERY", "STATE", "RETENTION", "OBJECTS", "NEXT RUN"]).right(&[3]);
+    for p in v.as_array().into_iter().flatten() {
+        let spec = &p["spec"];
+        t.row(vec![
+            s(&spec["name"]),
+            s(&spec["schedule"]["every"]),
+            state(p).into(),
+            s(&spec["retention"]),
+            spec["objects"]
+                .as_array()
+                .map(|o| o.iter().map(s).collect::<Vec<_>>().join(", "))
+                .unwrap_or_default(),
+            when(&p["next_run"]),
+        ]);
+    }
+    if t.is_empty() {
+        println!("no plans yet: ferry plans create FILE (ferry plans create --help shows one)");
+    } else {
+        t.print();
+    }
+}
+
+fn print_one(p: &Value) {
+    let spec = &p["spec"];
+    let sch = &spec["schedule"];
+    println!("name:       {}", s(&spec["name"]));
+    println!("id:         {}", s(&p["id"]));
+    println!("state:      {}", state(p));
+    println!(
+        "schedule:   {} from {} ({}){}",
+        s(&sch["every"]),
+        s(&sch["start"]),
+        s(&sch["timezone"]),
+        sch["end"]
+            .as_str()
+            .map(|e| format!(" until {e}"))
+            .unwrap_or_default()
+    );
+    println!("next run:   {}", when(&p["next_run"]));
+    println!("retention:  {} groups", s(&spec["retention"]));
+    let objects: Vec<String> = spec["objects"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(s)
+        .collect();
+    println!("objects:    {}", objects.join(", "));
+    let h = &spec["hooks"];
+    if h["pre"].is_string() || h["post"].is_string() {
+        println!("pre hook:   {}", s(&h["pre"]));
+        println!("post hook:  {}", s(&h["post"]));
+        if let Some(t) = h["timeout_secs"].as_u64() {
+            println!("hook limit: {t} s");
+        }
+    }
+}
+
+/// A run's state in one line.
+fn run_line(r: &Value) -> String {
+    let run = &r["run"];
+    let nodes = run["nodes"].as_object().cloned().unwrap_or_default();
+    let done = nodes
+        .values()
+        .filter(|n| n["state"].get("done").is_some())
+        .count();
+    let step = run["step"].as_str().unwrap_or("?");
+    let what = match step {
+        "prepare" => {
+            let held = nodes.values().filter(|n| n["state"] == "prepared").count();
+            format!("preparing: {held}/{} nodes frozen and holding", nodes.len())
+        }
+        "snapshot" => format!("snapshot: {done}/{} nodes done", nodes.len()),
+        "compensate" => "a node failed: deleting what the others took".into(),
+        "prune" => "group recorded; deleting groups past retention".into(),
+        "done" => format!("done: group {}", s(&run["group"])),
+        "failed" => "failed".into(),
+        other => other.into(),
+    };
+    let mut line = format!("run {}: {what}", s(&run["id"]));
+    if let Some(e) = run["error"].as_str() {
+        line.push_str(&format!(": {e}"));
+    }
+    line
+}
+
+/// A run's detail: a summary line, then one row per object and volume.
+fn print_run_detail(d: &Value) {
+    let rep = &d["report"];
+    let took = rep["duration_secs"]
+        .as_f64()
+        .map_or(String::new(), |t| format!(" in {}", duration(t)));
+    println!(
+        "{}{took}, {} read",
+        run_line(d),
+        size(rep["bytes_read"].as_u64().unwrap_or(0))
+    );
+    let mut t = Table::new(&[
+        "OBJECT",
+        "STATUS",
+        "NODE/VOLUME",
+        "READ",
+        "SNAPSHOT / ERROR",
+    ])
+    .right(&[3]);
+    for o in rep["objects"].as_array().into_iter().flatten() {
+        for v in o["volumes"].as_array().into_iter().flatten() {
+            let what = v["error"]
+                .as_str()
+                .or_else(|| v["snapshot"]["snapshot"].as_str())
+                .unwrap_or("")
+                .to_string();
+            t.row(vec![
+                s(&o["name"]),
+                s(&v["status"]),
+                format!("{}/{}", s(&v["node"]), s(&v["volume"])),
+                v["snapshot"]["bytes_read"]
+                    .as_u64()
+                    .map_or("-".into(), size),
+                what,
+            ]);
+        }
+    }
+    t.print();
+}
+
+fn print_runs(v: &Value) {
+    let mut t =
+        Table::new(&["RUN", "TRIGGER", "STARTED", "DURATION", "READ", "RESULT"]).right(&[3, 4]);
+    for r in v.as_array().into_iter().flatten() {
+        let rep = ferry_report(r);
+        let step = r["run"]["step"].as_str().unwrap_or("?");
+        let result = match (step, r["run"]["error"].as_str()) {
+            ("done", _) => format!("done: group {}", s(&r["run"]["group"])),
+            (_, Some(e)) => format!("{step}: {e}"),
+            (other, None) => format!("{other} (in progress)"),
+        };
+        t.row(vec![
+            s(&r["run"]["id"]),
+            s(&r["trigger"]),
+            when(&r["created"]),
+            rep.0.map_or("-".into(), duration),
+            size(rep.1),
+            result,
+        ]);
+    }
+    if t.is_empty() {
+        println!("no runs yet");
+    } else {
+        t.print();
+    }
+}
+
+/// (duration, bytes read) of a run record, as its report computes them.
+fn ferry_report(r: &Value) -> (Option<f64>, u64) {
+    let start = r["created"]
+        .as_str()
+        .and_then(|t| t.parse::<jiff::Timestamp>().ok());
+    let end = r["run"]["finished"]
+        .as_str()
+        .and_then(|t| t.parse::<jiff::Timestamp>().ok());
+    let secs = match (start, end) {
+        (Some(a), Some(b)) => {
+            Some((b.as_millisecond() - a.as_millisecond()).max(0) as f64 / 1000.0)
+        }
+        _ => None,
+    };
+    let bytes = r["run"]["nodes"]
+        .as_object()
+        .into_iter()
+        .flat_map(|m| m.values())
+        .flat_map(|n| {
+            n["state"]["done"]["snapshots"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .filter_map(|s| s["bytes_read"].as_u64())
+        .sum();
+    (secs, bytes)
+}
+
+fn print_groups(v: &Value) {
+    let mut t = Table::new(&["GROUP", "TAKEN", "SNAPSHOTS", "VOLUMES"]).right(&[2]);
+    for g in v.as_array().into_iter().flatten() {
+        let snaps = g["snapshots"].as_array().cloned().unwrap_or_default();
+        let vols: Vec<String> = snaps
+            .iter()
+            .map(|pair| format!("{}/{}", s(&pair[0]), s(&pair[1]["volume"])))
+            .collect();
+        t.row(vec![
+            s(&g["group"]),
+            when(&g["created"]),
+            snaps.len().to_string(),
+            vols.join(", "),
+        ]);
+    }
+    if t.is_empty() {
+        println!("no groups kept (a run takes one: ferry plans run NAME --wait)");
+    } else {
+        t.print();
+    }
+}
+
+/// A rollback's state in one line.
+pub fn job_line(r: &Value) -> String {
+    let vols: Vec<&Value> = r["volumes"]
+        .as_object()
+        .into_iter()
+        .flat_map(|m| m.values())
+        .flat_map(|v| v.as_object().into_iter().flat_map(|m| m.values()))
+        .collect();
+    let done = vols.iter().filter(|v| **v == "done").count();
+    let failed: Vec<String> = vols
+        .iter()
+        .filter_map(|v| v["failed"]["message"].as_str().map(String::from))
+        .collect();
+    let what = if r["action"] == "delete" {
+        "removal"
+    } else {
+        "rollback"
+    };
+    let mut line = format!(
+        "{what} {} to group {}: {} ({done}/{} volumes done)",
+        s(&r["id"]),
+        s(&r["group"]),
+        s(&r["step"]),
+        vols.len()
+    );
+    if !failed.is_empty() {
+        line.push_str(&format!(": {}", failed.join("; ")));
+    }
+    line
+}
+
+/// Follows a run to its end; returns its detail.
+async fn follow_run(api: &Api, plan: &str, id: &str, json: bool) -> anyhow::Result<Value> {
+    let mut f = Follow::new(json);
+    loop {
+        let d = api.get(&format!("/v1/plans/{plan}/runs/{id}")).await?;
+        let step = d["run"]["step"].as_str().unwrap_or("");
+        let over = step == "done" || step == "failed";
+        let read = d["report"]["bytes_read"].as_u64().unwrap_or(0);
+        let (done, total) = match d["progress"].as_object() {
+            Some(p) => (
+                read + p["done_bytes"].as_u64().unwrap_or(0),
+                Some(read + p["total_bytes"].as_u64().unwrap_or(0)),
+            ),
+            None => (read, over.then_some(read)),
+        };
+        f.show(&Seen {
+            line: run_line(&d),
+            done_bytes: done,
+            total_bytes: total,
+            over,
+        });
+        if over {
+            return Ok(d);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Follows a rollback to its end; returns it.
+async fn follow_rollback(api: &Api, plan: &str, id: &str, json: bool) -> anyhow::Result<Value> {
+    let mut f = Follow::new(json);
+    loop {
+        let r = api.get(&format!("/v1/plans/{plan}/rollbacks/{id}")).await?;
+        let over = r["step"] != "running";
+        let (done, total) = match r["progress"].as_object() {
+            Some(p) => (
+                p["done_bytes"].as_u64().unwrap_or(0),
+                p["total_bytes"].as_u64(),
+            ),
+            None => (0, None),
+        };
+        f.show(&Seen {
+            line: job_line(&r),
+            done_bytes: done,
+            total_bytes: total,
+            over,
+        });
+        if over {
+            return Ok(r);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+pub async fn run(api: &Api, cmd: &Cmd, json: bool) -> anyhow::Result<()> {
+    let out = |v: Value, human: &dyn Fn(&Value)| {
+        if json {
+            print_json(&v)
+        } else {
+            human(&v);
+            Ok(())
+        }
+    };
+    match cmd {
+        Cmd::List => out(api.get("/v1/plans").await?, &print_list),
+        Cmd::Get { name } => out(
+            api.get(&format!("/v1/plans/{}", checked("plan", name)?))
+                .await?,
+            &print_one,
+        ),
+        Cmd::Create { file } => {
+            let (body, _) = read_json_file(file)?;
+            let v = api.call("POST", "/v1/plans", Some(body)).await?;
+            out(v, &|v| {
+                println!(
+                    "created plan {} ({}; next run {})",
+                    s(&v["spec"]["name"]),
+                    state(v),
+                    when(&v["next_run"])
+                )
+            })
+        }
+        Cmd::Update { file } => {
+            let (body, name) = read_json_file(file)?;
+            let name = name.ok_or_else(|| {
+                Coded::new(
+                    "invalid_file",
+                    format!("{}: the plan has no \"name\"", file.display()),
+                )
+            })?;
+            let v = api
+                .call(
+                    "PUT",
+                    &format!("/v1/plans/{}", checked("plan", &name)?),
+                    Some(body),
+                )
+                .await?;
+            out(v, &|v| {
+                println!(
+                    "updated plan {name} ({}; next run {})",
+                    state(v),
+                    when(&v["next_run"])
+                )
+            })
+        }
+        Cmd::Delete {
+            name,
+            keep_groups,
+            delete_groups,
+            yes,
+        } => {
+            let name = checked("plan", name)?;
+            let q = if *keep_groups {
+                "?groups=keep"
+            } else if *delete_groups {
+                confirm(
+                    &format!("Delete plan {name} and every snapshot of its groups?"),
+                    *yes,
+                )?;
+                "?groups=delete"
+            } else {
+                ""
+            };
+            api.call("DELETE", &format!("/v1/plans/{name}{q}"), None)
+                .await?;
+            let fate = if *keep_groups {
+                "; its groups are kept (ferry orphans list)"
+            } else if *delete_groups {
+                "; its groups are being deleted"
+            } else {
+                ""
+            };
+            out(json!({ "deleted": name }), &|_| {
+                println!("deleted plan {name}{fate}")
+            })
+        }
+        Cmd::Pause { name } | Cmd::Resume { name } => {
+            let verb = if matches!(cmd, Cmd::Pause { .. }) {
+                "pause"
+            } else {
+                "resume"
+            };
+            let v = api
+                .call(
+                    "POST",
+                    &format!("/v1/plans/{}/{verb}", checked("plan", name)?),
+                    None,
+                )
+                .await?;
+            out(v, &|v| {
+                println!(
+                    "plan {name} is {} (next run {})",
+                    state(v),
+                    when(&v["next_run"])
+                )
+            })
+        }
+        Cmd::Run { name, wait } => {
+            let name = checked("plan", name)?;
+            let r = api
+                .call("POST", &format!("/v1/plans/{name}/run"), None)
+                .await?;
+            let id = s(&r["run"]["id"]);
+            if !*wait {
+                return out(r, &|_| {
+                    println!("started run {id} of plan {name} (ferry plans run-show {name} {id} follows it)")
+                });
+            }
+            let detail = follow_run(api, &name, &id, json).await?;
+            let ok = detail["run"]["step"] == "done";
+            out(detail.clone(), &print_run_detail)?;
+            if !ok {
+                bail!(Coded::new("run_failed", run_line(&detail)));
+            }
+            Ok(())
+        }
+        Cmd::Runs { name } => out(
+            api.get(&format!("/v1/plans/{}/runs", checked("plan", name)?))
+                .await?,
+            &print_runs,
+        ),
+        Cmd::RunShow { name, run } => out(
+            api.get(&format!(
+                "/v1/plans/{}/runs/{}",
+                checked("plan", name)?,
+                checked("run", run)?
+            ))
+            .await?,
+            &print_run_detail,
+        ),
+        Cmd::Groups { name } => out(
+            api.get(&format!("/v1/plans/{}/groups", checked("plan", name)?))
+                .await?,
+            &print_groups,
+        ),
+        Cmd::Rollback {
+            name,
+            group,
+            objects,
+            wait,
+            yes,
+        } => {
+            let name = checked("plan", name)?;
+            let group = checked("group", group)?;
+            let which = if objects.is_empty() {
+                "all its objects".to_string()
+            } else {
+                objects.join(", ")
+            };
+            confirm(
+                &format!(
+                    "Roll plan {name}'s {which} back to group {group}? What they hold now is replaced."
+                ),
+                *yes,
+            )?;
+            let mut body = json!({ "group": group });
+            if !objects.is_empty() {
+                body["objects"] = json!(objects);
+            }
+            let r = api
+                .post(&format!("/v1/plans/{name}/rollbacks"), &body)
+                .await?;
+            let id = s(&r["id"]);
+            if !*wait {
+                return out(r, &|r| println!("started {}", job_line(r)));
+            }
+            let end = follow_rollback(api, &name, &id, json).await?;
+            let ok = end["step"] == "done";
+            out(end.clone(), &|e| println!("{}", job_line(e)))?;
+            if !ok {
+                bail!(Coded::new("rollback_failed", job_line(&end)));
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,130 @@
+//! `ferry status`: the site on one screen, refreshed with --watch.
+
+use std::io::IsTerminal as _;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::client::Api;
+use crate::output::{ago, duration, s, size, when, Table};
+use crate::print_json;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Refresh every N seconds (default 2) until interrupted.
+    #[arg(long, num_args = 0..=1, default_missing_value = "2", value_name = "SECS")]
+    pub watch: Option<u64>,
+}
+
+fn print(v: &Value) {
+    let mut t = Table::new(&[
+        "PLAN",
+        "EVERY",
+        "LAST RUN",
+        "RESULT",
+        "LAST SUCCESS",
+        "NEWEST GROUP",
+        "NOW",
+    ]);
+    let mut failures = Vec::new();
+    let plans = v["plans"].as_array().cloned().unwrap_or_default();
+    for p in &plans {
+        let last = &p["last_run"];
+        let result = match last["step"].as_str() {
+            None => "never run".to_string(),
+            Some("done") => format!(
+                "done in {}, {} read",
+                last["duration_secs"].as_f64().map_or("-".into(), duration),
+                size(last["bytes_read"].as_u64().unwrap_or(0))
+            ),
+            Some("failed") => "FAILED".into(),
+            Some(step) => format!("{step}..."),
+        };
+        let newest = match p["newest_group_age_secs"].as_f64() {
+            Some(a) => format!("{} ago", duration(a)),
+            None => "none".into(),
+        };
+        let state = if p["paused"] == true {
+            "paused".to_string()
+        } else {
+            format!("next {}", when(&p["next_run"]))
+        };
+        t.row(vec![
+            s(&p["name"]),
+            s(&p["every"]),
+            ago(&last["started"]),
+            result,
+            ago(&p["last_success"]),
+            newest,
+            p["in_progress"].as_str().map_or(state, String::from),
+        ]);
+        if let Some(f) = p["failure"].as_object() {
+            failures.push(format!(
+                "  {}: run {} failed {}: {}",
+                s(&p["name"]),
+                s(&f["id"]),
+                ago(&f["finished"]),
+                s(&f["error"])
+            ));
+        }
+    }
+    if plans.is_empty() {
+        println!("no plans yet: ferry plans create FILE");
+    } else {
+        t.print();
+    }
+    if !failures.is_empty() {
+        println!("\nfailing (no success since):");
+        for f in failures {
+            println!("{f}");
+        }
+    }
+    let agents = v["agents"].as_array().cloned().unwrap_or_default();
+    let down: Vec<String> = agents
+        .iter()
+        .filter(|a| a["status"] != "up")
+        .map(|a| s(&a["node"]))
+        .collect();
+    println!(
+        "\nagents: {} up, {} down{}",
+        agents.len() - down.len(),
+        down.len(),
+        if down.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", down.join(", "))
+        }
+    );
+    let left = v["deleted_plans_with_leftovers"].as_u64().unwrap_or(0);
+    if left > 0 {
+        println!("deleted plans with kept groups or history: {left} (ferry orphans list)");
+    }
+}
+
+pub async fn run(api: &Api, args: &Args, json: bool) -> anyhow::Result<()> {
+    loop {
+        let v = api.get("/v1/status").await?;
+        match args.watch {
+            None if json => return print_json(&v),
+            None => {
+                print(&v);
+                return Ok(());
+            }
+            Some(secs) => {
+                if json {
+                    println!("{v}");
+                } else {
+                    if std::io::stdout().is_terminal() {
+                        print!("\x1b[2J\x1b[H"); // clear the screen, home the cursor
+                    }
+                    println!(
+                        "ferry status at {} (every {secs} s; Ctrl-C ends)\n",
+                        when(&v["now"])
+                    );
+                    print(&v);
+                }
+                tokio::time::sleep(Duration::from_secs(secs.max(1))).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,267 @@
+//! The site at a glance (`GET /v1/status`, `ferry status`): every plan's last run, last
+//! success, the age of its newest snapshot group (the recovery point actually held), what is
+//! in progress and the latest failure; the agents up and down. A pure function of what the
+//! store holds and the time, table-tested.
+
+use std::collections::BTreeMap;
+
+use ferry_wire::Name;
+use jiff::Timestamp;
+use serde::Serialize;
+
+use crate::agents::AgentRecord;
+use crate::run::Step;
+use crate::scheduler::RunRecord;
+use crate::schema::{Busy, PlanRecord};
+
+/// The whole site.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Status {
+    /// RFC 3339: when this was computed.
+    pub now: String,
+    pub plans: Vec<PlanStatus>,
+    pub agents: Vec<AgentStatus>,
+    /// Deleted plans with groups or history left (`ferry orphans list`).
+    pub deleted_plans_with_leftovers: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PlanStatus {
+    pub name: Name,
+    pub paused: bool,
+    pub every: String,
+    pub retention: u32,
+    pub next_run: Option<String>,
+    /// The newest run, whatever its state.
+    pub last_run: Option<RunSummary>,
+    /// When the newest successful run finished (RFC 3339).
+    pub last_success: Option<String>,
+    /// The newest group: the one a successful run recorded last.
+    pub newest_group: Option<Name>,
+    /// Seconds since the newest group was taken: the recovery point held now.
+    pub newest_group_age_secs: Option<u64>,
+    /// A run, rollback or removal in progress, in words.
+    pub in_progress: Option<String>,
+    /// The newest failed run, if none succeeded since.
+    pub failure: Option<RunSummary>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RunSummary {
+    pub id: Name,
+    pub trigger: String,
+    pub step: Step,
+    pub started: String,
+    pub finished: Option<String>,
+    pub duration_secs: Option<f64>,
+    pub bytes_read: u64,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AgentStatus {
+    pub node: Name,
+    pub status: String,
+    pub volumes: usize,
+    pub free_bytes: u64,
+    pub last_heartbeat: String,
+}
+
+fn summary(r: &RunRecord) -> RunSummary {
+    let report = r.report();
+    RunSummary {
+        id: r.run.id.clone(),
+        trigger: r.trigger.clone(),
+        step: r.run.step.clone(),
+        started: r.created.clone(),
+        finished: r.run.finished.clone(),
+        duration_secs: report.duration_secs,
+        bytes_read: report.bytes_read,
+        error: r.run.error.clone(),
+    }
+}
+
+fn ts(s: &str) -> Option<Timestamp> {
+    s.parse().ok()
+}
+
+/// The status of `plans` from their `runs` (any order), what is in progress (`busy`, by
+/// plan id), the `agents` (status already computed for now) and the number of deleted
+/// plans with leftovers, at `now`.
+pub fn summarize(
+    plans: &[PlanRecord],
+    runs: &[RunRecord],
+    busy: &BTreeMap<Name, Busy>,
+    agents: &[AgentRecord],
+    deleted_plans_with_leftovers: usize,
+    now: Timestamp,
+) -> Status {
+    let mut by_plan: BTreeMap<&Name, Vec<&RunRecord>> = BTreeMap::new();
+    for r in runs {
+        by_plan.entry(r.plan_id()).or_default().push(r);
+    }
+    let plans = plans
+        .iter()
+        .map(|p| {
+            let mut mine = by_plan.remove(p.id()).unwrap_or_default();
+            mine.sort_by(|a, b| a.created.cmp(&b.created));
+            let last = mine.last().copied();
+            let ok = mine
+                .iter()
+                .rev()
+                .find(|r| r.run.step == Step::Done)
+                .copied();
+            let failed = mine
+                .iter()
+                .rev()
+                .find(|r| r.run.step == Step::Failed)
+                .copied()
+                .filter(|f| ok.is_none_or(|o| f.created > o.created));
+            let finished = ok.and_then(|o| o.run.finished.clone());
+            let age = finished
+                .as_deref()
+                .and_then(ts)
+                .map(|t| (now.as_second() - t.as_second()).max(0) as u64);
+            PlanStatus {
+                name: p.spec.name.clone(),
+                paused: p.paused,
+                every: p.spec.schedule.every.clone(),
+                retention: p.spec.retention,
+                next_run: p.next_run.clone(),
+                last_run: last.map(summary),
+                last_success: finished,
+                newest_group: ok.map(|o| o.run.group.clone()),
+                newest_group_age_secs: age,
+                in_progress: busy.get(p.id()).map(Busy::describe),
+                failure: failed.map(summary),
+            }
+        })
+        .collect();
+    let agents = agents
+        .iter()
+        .map(|a| AgentStatus {
+            node: a.node.clone(),
+            status: a.status.clone(),
+            volumes: a.volumes.len() + a.volumes_omitted as usize,
+            free_bytes: a.free_bytes,
+            last_heartbeat: a.last_heartbeat.clone(),
+        })
+        .collect();
+    Status {
+        now: now.to_string(),
+        plans,
+        agents,
+        deleted_plans_with_leftovers,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{HookSpec, PlanSpec, ScheduleSpec};
+    use crate::run::{Run, RunHooks};
+
+    fn n(s: &str) -> Name {
+        Name::new(s).expect("name")
+    }
+
+    fn plan(name: &str) -> PlanRecord {
+        PlanRecord {
+            id: Some(n(&format!("{name}.01"))),
+            spec: PlanSpec {
+                name: n(name),
+                objects: vec![n("o")],
+                schedule: ScheduleSpec {
+                    every: "hourly".into(),
+                    start: "2026-01-01T00:00".into(),
+                    timezone: "UTC".into(),
+                    end: None,
+                },
+                retention: 3,
+                enabled: true,
+                hooks: HookSpec::default(),
+            },
+            paused: false,
+            next_run: None,
+        }
+    }
+
+    /// A run of `plan` started at minute `at` and ended in `step` a minute later.
+    fn run(plan: &str, id: &str, at: i64, step: Step) -> RunRecord {
+        let t0 = Timestamp::from_second(1_800_000_000 + at * 60).expect("ts");
+        let mut vols = BTreeMap::new();
+        vols.insert(n("node1"), vec![n("v")]);
+        let mut r = Run::new(
+            n(id),
+            n(plan),
+            n(&format!("g-{id}")),
+            1,
+            RunHooks::default(),
+            vols,
+            t0,
+        )
+        .expect("run");
+        if step.is_final() {
+            r.finished = Some((t0 + jiff::SignedDuration::from_secs(60)).to_string());
+        }
+        if step == Step::Failed {
+            r.error = Some("agent node1 is down".into());
+        }
+        r.step = step;
+        RunRecord {
+            plan_id: Some(n(&format!("{plan}.01"))),
+            run: r,
+            trigger: "schedule".into(),
+            slot: None,
+            created: t0.to_string(),
+            objects: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn plans_at_a_glance() {
+        let now = Timestamp::from_second(1_800_000_000 + 100 * 60).expect("ts");
+        let plans = [plan("ok"), plan("broken"), plan("recovered"), plan("new")];
+        let runs = [
+            run("ok", "r1", 10, Step::Done),
+            run("ok", "r2", 40, Step::Done),
+            run("ok", "r3", 99, Step::Snapshot),
+            run("broken", "r4", 10, Step::Done),
+            run("broken", "r5", 50, Step::Failed),
+            run("recovered", "r6", 10, Step::Failed),
+            run("recovered", "r7", 20, Step::Done),
+            // A run of a deleted plan's life under the same name is not this plan's.
+            RunRecord {
+                plan_id: Some(n("new.99")),
+                ..run("new", "r8", 30, Step::Done)
+            },
+        ];
+        let mut busy = BTreeMap::new();
+        busy.insert(n("ok.01"), Busy::Run(n("r3")));
+        let s = summarize(&plans, &runs, &busy, &[], 1, now);
+        let ok = &s.plans[0];
+        assert_eq!(ok.last_run.as_ref().map(|r| r.id.as_str()), Some("r3"));
+        assert_eq!(ok.newest_group.as_ref().map(|g| g.as_str()), Some("g-r2"));
+        assert_eq!(
+            ok.newest_group_age_secs,
+            Some(59 * 60),
+            "finished at minute 41"
+        );
+        assert_eq!(ok.in_progress.as_deref(), Some("run r3 is in progress"));
+        assert!(ok.failure.is_none());
+        let broken = &s.plans[1];
+        assert_eq!(broken.failure.as_ref().map(|r| r.id.as_str()), Some("r5"));
+        assert_eq!(
+            broken.failure.as_ref().and_then(|r| r.error.as_deref()),
+            Some("agent node1 is down")
+        );
+        assert_eq!(
+            broken.newest_group.as_ref().map(|g| g.as_str()),
+            Some("g-r4")
+        );
+        assert!(s.plans[2].failure.is_none(), "a success since the failure");
+        let new = &s.plans[3];
+        assert!(new.last_run.is_none() && new.newest_group_age_secs.is_none());
+        assert_eq!(s.deleted_plans_with_leftovers, 1);
+    }
+}
