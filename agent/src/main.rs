@@ -91,6 +91,7 @@ enum Cmd {
     Ping {
         /// The peer's address, HOST:PORT.
         peer: String,
+        /// Round trips to measure.
         #[arg(long, default_value_t = 3)]
         count: usize,
     },
@@ -99,16 +100,26 @@ enum Cmd {
 #[derive(Subcommand)]
 enum TaskCmd {
     /// Run the task in FILE (JSON; - for stdin) unless its id already ran; print its state.
-    Run { file: PathBuf },
+    Run {
+        /// The task as JSON, e.g. {"id": "t1", "generation": 1, "kind": {"delete_snapshot":
+        /// {"volume": "v", "snapshot": "s"}}}.
+        file: PathBuf,
+    },
     /// The recorded state of a task id.
-    Show { id: String },
+    Show {
+        /// The task's id.
+        id: String,
+    },
 }
 
 #[derive(Subcommand)]
 enum PkiCmd {
     /// Create a site CA in DIR (ca.pem, and ca.key readable by root only).
+    #[command(after_help = "Example: ferry-agent pki ca site-a --dir /etc/ferry/ca")]
     Ca {
+        /// The site's name (in every certificate it issues).
         site: String,
+        /// Where ca.pem and ca.key go.
         #[arg(long)]
         dir: PathBuf,
         /// Validity in days.
@@ -116,12 +127,19 @@ enum PkiCmd {
         days: u32,
     },
     /// Issue a node certificate (NODE.pem, NODE.key) from the CA in --ca-dir.
+    #[command(
+        after_help = "Example: ferry-agent pki issue node1 --ca-dir /etc/ferry/ca --out /etc/ferry/pki"
+    )]
     Issue {
+        /// The node's (or controller's) name.
         node: String,
+        /// The site CA's directory (ferry-agent pki ca).
         #[arg(long)]
         ca_dir: PathBuf,
+        /// Where NODE.pem and NODE.key go.
         #[arg(long)]
         out: PathBuf,
+        /// Validity in days.
         #[arg(long, default_value_t = 825)]
         days: u32,
     },
@@ -130,7 +148,9 @@ enum PkiCmd {
 #[derive(Subcommand)]
 enum VolumeCmd {
     /// Create a sparse raw image volume.
+    #[command(after_help = "Example: ferry-agent volume create vm-disk0 --size 100G")]
     Create {
+        /// The volume's name.
         name: String,
         /// Size, e.g. 10G, 512MiB.
         #[arg(long, value_parser = size_arg)]
@@ -140,29 +160,48 @@ enum VolumeCmd {
         block_size: Option<u64>,
     },
     /// Adopt an existing image file by absolute path (it stays where it is).
+    #[command(after_help = "Example: ferry-agent volume adopt lun0 /srv/iscsi/lun0.img")]
     Adopt {
+        /// The name it is known by.
         name: String,
+        /// The image file's absolute path.
         path: PathBuf,
+        /// Block size for manifests and dedup (default from config).
         #[arg(long, value_parser = size_arg)]
         block_size: Option<u64>,
     },
     /// List volumes.
     List,
     /// Print a volume's image path.
-    Path { name: String },
+    Path {
+        /// The volume's name.
+        name: String,
+    },
     /// Delete a volume (adopted files are only forgotten, never deleted).
     Delete {
+        /// The volume's name.
         name: String,
         /// Also delete its snapshots.
         #[arg(long)]
         force: bool,
     },
     /// Roll a volume back to a snapshot, in place.
-    Rollback { volume: String, snapshot: String },
-    /// Create a new volume from a snapshot.
-    Clone {
+    Rollback {
+        /// The volume.
         volume: String,
+        /// The snapshot it goes back to.
         snapshot: String,
+    },
+    /// Create a new, writable volume from a snapshot (a rebuild, from a mirror too).
+    #[command(
+        after_help = "Example: ferry-agent volume clone vm-disk0 hourly-2026-11-24T09 vm-disk0-restored"
+    )]
+    Clone {
+        /// The volume whose snapshot it is.
+        volume: String,
+        /// The snapshot.
+        snapshot: String,
+        /// The new volume's name.
         new: String,
     },
 }
@@ -193,34 +232,63 @@ impl HookArgs {
 #[derive(Subcommand)]
 enum SnapshotCmd {
     /// Snapshot one volume.
+    #[command(after_help = "Example: ferry-agent snapshot create vm-disk0 hourly-2026-11-24T10")]
     Create {
+        /// The volume.
         volume: String,
+        /// The snapshot's name.
         snapshot: String,
         #[command(flatten)]
         hooks: HookArgs,
     },
     /// Snapshot several volumes in one step under one name (all or nothing).
+    #[command(
+        after_help = "Example: ferry-agent snapshot group nightly vm-disk0 vm-disk1 --pre 'fsfreeze -f /mnt/db' --post 'fsfreeze -u /mnt/db'"
+    )]
     Group {
+        /// The snapshot's name, the same on every volume.
         snapshot: String,
+        /// The volumes.
         #[arg(required = true)]
         volumes: Vec<String>,
         #[command(flatten)]
         hooks: HookArgs,
     },
     /// List a volume's snapshots, oldest first.
-    List { volume: String },
+    List {
+        /// The volume.
+        volume: String,
+    },
     /// Byte ranges changed between two snapshots.
     Diff {
+        /// The volume.
         volume: String,
+        /// The older snapshot.
         base: String,
+        /// The newer snapshot.
         snapshot: String,
     },
     /// One hex BLAKE3 hash per block, in order.
-    Hashes { volume: String, snapshot: String },
+    Hashes {
+        /// The volume.
+        volume: String,
+        /// The snapshot.
+        snapshot: String,
+    },
     /// Re-read a snapshot and compare it with its manifest.
-    Verify { volume: String, snapshot: String },
+    Verify {
+        /// The volume.
+        volume: String,
+        /// The snapshot.
+        snapshot: String,
+    },
     /// Delete a snapshot.
-    Delete { volume: String, snapshot: String },
+    Delete {
+        /// The volume.
+        volume: String,
+        /// The snapshot.
+        snapshot: String,
+    },
 }
 
 fn size_arg(s: &str) -> Result<u64, String> {

@@ -27,7 +27,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Serve the HTTP API (configuration: see controller/ferry-controller.example.toml).
+    #[command(after_help = "Example: ferry-controller serve --config /etc/ferry/controller.toml")]
     Serve {
+        /// The configuration (TOML; controller/ferry-controller.example.toml documents it).
         #[arg(long)]
         config: PathBuf,
     },

@@ -186,3 +186,69 @@ fn objects_and_plans_from_the_command_line() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the controller"));
 }
+
+/// The lines of `bin ARGS --help` under `section` (`Commands:`, `Arguments:`, `Options:`).
+fn help_section(text: &str, section: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut inside = false;
+    for line in text.lines() {
+        if line == section {
+            inside = true;
+        } else if inside && !line.starts_with(' ') {
+            inside = false;
+        } else if inside {
+            out.push(line.to_string());
+        }
+    }
+    out
+}
+
+/// Every command and argument of every ferry binary says what it does (`--help`).
+#[test]
+fn every_command_and_argument_has_help() {
+    let mut undocumented = Vec::new();
+    for b in ["ferry", "ferry-controller", "ferry-agent"] {
+        let mut todo = vec![Vec::<String>::new()];
+        while let Some(path) = todo.pop() {
+            let out = Command::new(bin(b))
+                .args(&path)
+                .arg("--help")
+                .output()
+                .expect("help");
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            assert!(out.status.success(), "{b} {path:?} --help: {text}");
+            for line in help_section(&text, "Commands:") {
+                let mut words = line.split_whitespace();
+                let Some(name) = words.next() else { continue };
+                if name == "help" {
+                    continue;
+                }
+                if words.next().is_none() {
+                    undocumented.push(format!("{b} {} {name}", path.join(" ")));
+                }
+                let mut sub = path.clone();
+                sub.push(name.to_string());
+                todo.push(sub);
+            }
+            for section in ["Arguments:", "Options:"] {
+                for line in help_section(&text, section) {
+                    let t = line.trim();
+                    // "<NAME>  what it is" or "--flag <V>  what it does": two spaces
+                    // before the help; a continuation line starts with neither.
+                    if !(t.starts_with('<') || t.starts_with('-') || t.starts_with('[')) {
+                        continue;
+                    }
+                    let help = t.split_once("  ").map_or("", |(_, h)| h.trim());
+                    if help.is_empty() || help.starts_with("[default") {
+                        undocumented.push(format!("{b} {}: {t}", path.join(" ")));
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        undocumented.is_empty(),
+        "without help:\n{}",
+        undocumented.join("\n")
+    );
+}
