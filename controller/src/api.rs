@@ -946,6 +946,14 @@ async fn delete_plan(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// The record at `key`, if there is a readable one.
+async fn record<T: serde::de::DeserializeOwned>(store: &Store, key: &str) -> ApiResult<Option<T>> {
+    Ok(store
+        .get(key)
+        .await?
+        .and_then(|kv| serde_json::from_slice(&kv.value).ok()))
+}
+
 // ---- runs ----
 
 async fn load_runs(store: &Store, prefix: &str) -> ApiResult<Vec<crate::scheduler::RunRecord>> {
@@ -1016,11 +1024,8 @@ async fn get_run(
     let name = name_param("plan", &name)?;
     let run = name_param("run", &run)?;
     let (plan, _) = read_plan(&s.store, &name).await?;
-    let record: crate::scheduler::RunRecord = s
-        .store
-        .get(&schema::run_key(plan.id(), &run))
+    let record: crate::scheduler::RunRecord = record(&s.store, &schema::run_key(plan.id(), &run))
         .await?
-        .and_then(|kv| serde_json::from_slice(&kv.value).ok())
         .ok_or_else(|| ApiError::not_found(&format!("run of plan {name}"), run.as_str()))?;
     let report = record.report();
     let progress = if record.run.step.is_final() {
@@ -1095,10 +1100,8 @@ async fn get_group(
     let name = name_param("plan", &name)?;
     let group = name_param("group", &group)?;
     let (plan, _) = read_plan(&s.store, &name).await?;
-    s.store
-        .get(&schema::group_key(plan.id(), &group))
+    record(&s.store, &schema::group_key(plan.id(), &group))
         .await?
-        .and_then(|kv| serde_json::from_slice(&kv.value).ok())
         .map(Json)
         .ok_or_else(|| ApiError::not_found(&format!("group of plan {name}"), group.as_str()))
 }
@@ -1148,11 +1151,8 @@ async fn get_rollback(
     let name = name_param("plan", &name)?;
     let id = name_param("rollback", &id)?;
     let (plan, _) = read_plan(&s.store, &name).await?;
-    let job: GroupJob = s
-        .store
-        .get(&schema::rollback_key(plan.id(), &id))
+    let job: GroupJob = record(&s.store, &schema::rollback_key(plan.id(), &id))
         .await?
-        .and_then(|kv| serde_json::from_slice(&kv.value).ok())
         .ok_or_else(|| ApiError::not_found(&format!("rollback of plan {name}"), id.as_str()))?;
     let progress = if job.is_over() {
         None
@@ -1177,11 +1177,8 @@ async fn start_rollback(
     let (plan, _) = read_plan(&s.store, &name).await?;
     refuse_busy(&s.store, &plan, "roll back").await?;
     let plan_id = plan.id().clone();
-    let group: GroupRecord = s
-        .store
-        .get(&schema::group_key(&plan_id, &req.group))
+    let group: GroupRecord = record(&s.store, &schema::group_key(&plan_id, &req.group))
         .await?
-        .and_then(|kv| serde_json::from_slice(&kv.value).ok())
         .ok_or_else(|| {
             ApiError::bad(format!(
                 "group: plan {name} keeps no group named {} (ferry plans groups {name} lists them)",

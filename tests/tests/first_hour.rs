@@ -20,6 +20,14 @@ fn plan(name: &str, objects: &[&str], retention: u32) -> Value {
         "schedule": {"every": "daily", "start": "2026-01-01T00:00"}})
 }
 
+/// For each name: an 8 MiB volume on node1 and a virtual-volume object on it, both so named.
+fn volumes_with_objects(dev: &Dev, names: &[&str]) {
+    for n in names {
+        dev.volume(n, "8M");
+        create(dev, "objects", &volume_object(n, n));
+    }
+}
+
 fn create(dev: &Dev, what: &str, v: &Value) {
     let (code, r) = dev.call("POST", &format!("/v1/{what}"), Some(v.clone()));
     assert_eq!(code, 201, "create {what} {v}: {r}");
@@ -72,10 +80,7 @@ fn rollback_done(dev: &Dev, plan: &str, id: &str) -> Value {
 #[test]
 fn a_new_plan_does_not_inherit_a_deleted_plans_groups() {
     let dev = Dev::shared();
-    dev.volume("inh-web", "8M");
-    dev.volume("inh-scratch", "8M");
-    create(dev, "objects", &volume_object("inh-web", "inh-web"));
-    create(dev, "objects", &volume_object("inh-scratch", "inh-scratch"));
+    volumes_with_objects(dev, &["inh-web", "inh-scratch"]);
     create(dev, "plans", &plan("inh-p2", &["inh-web"], 3));
     let web = dev.volume_path("inh-web");
     write_random(&web, 0, 1 << 20, &mut rng("inherit"));
@@ -115,10 +120,7 @@ fn a_new_plan_does_not_inherit_a_deleted_plans_groups() {
 #[test]
 fn a_rollback_touches_only_what_the_plan_protects_now() {
     let dev = Dev::shared();
-    dev.volume("now-a", "8M");
-    dev.volume("now-b", "8M");
-    create(dev, "objects", &volume_object("now-a", "now-a"));
-    create(dev, "objects", &volume_object("now-b", "now-b"));
+    volumes_with_objects(dev, &["now-a", "now-b"]);
     create(dev, "plans", &plan("now-p", &["now-a", "now-b"], 3));
     let (a, b) = (dev.volume_path("now-a"), dev.volume_path("now-b"));
     let mut r = rng("protects-now");
@@ -162,10 +164,7 @@ fn a_rollback_touches_only_what_the_plan_protects_now() {
 #[test]
 fn deleting_a_plan_asks_what_becomes_of_its_groups() {
     let dev = Dev::shared();
-    dev.volume("orph-a", "8M");
-    dev.volume("orph-b", "8M");
-    create(dev, "objects", &volume_object("orph-a", "orph-a"));
-    create(dev, "objects", &volume_object("orph-b", "orph-b"));
+    volumes_with_objects(dev, &["orph-a", "orph-b"]);
     create(dev, "plans", &plan("orph-keep", &["orph-a"], 5));
     create(dev, "plans", &plan("orph-del", &["orph-b"], 5));
     for p in ["orph-keep", "orph-del"] {

@@ -84,12 +84,6 @@ enum Cmd {
     },
 }
 
-/// Prints a value as the API gave it.
-pub fn print_json(v: &serde_json::Value) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(v)?);
-    Ok(())
-}
-
 async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Cmd::Completion { shell } = &cli.cmd {
         clap_complete::generate(*shell, &mut Cli::command(), "ferry", &mut std::io::stdout());
@@ -105,15 +99,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Status(a) => status::run(&api, a, json).await,
         Cmd::Objects(c) => objects::run(&api, c, json).await,
         Cmd::Plans(c) => plans::run(&api, c, json).await,
-        Cmd::Agents => {
-            let v = api.get("/v1/agents").await?;
-            if json {
-                print_json(&v)
-            } else {
-                volumes::print_agents(&v);
-                Ok(())
-            }
-        }
+        Cmd::Agents => output::emit(json, &api.get("/v1/agents").await?, volumes::print_agents),
         Cmd::Volumes(c) => volumes::run(&api, c, json).await,
         Cmd::Orphans(c) => orphans::run(&api, c, json).await,
         Cmd::Completion { .. } => Ok(()),

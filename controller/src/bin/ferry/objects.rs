@@ -7,8 +7,7 @@ use clap::Subcommand;
 use serde_json::Value;
 
 use crate::client::{checked, read_json_file, Api};
-use crate::output::{s, Table};
-use crate::print_json;
+use crate::output::{emit, s, Table};
 
 const OBJECT_FILES: &str = "\
 An object file is JSON, one per object kind:
@@ -135,47 +134,29 @@ fn print_one(o: &Value) {
 
 pub async fn run(api: &Api, cmd: &Cmd, json: bool) -> anyhow::Result<()> {
     let q = |allow: bool| if allow { "?allow_missing=true" } else { "" };
-    let v = match cmd {
-        Cmd::List => {
-            let v = api.get("/v1/objects").await?;
-            if !json {
-                print_list(&v);
-                return Ok(());
-            }
-            v
-        }
+    match cmd {
+        Cmd::List => emit(json, &api.get("/v1/objects").await?, print_list),
         Cmd::Get { name } => {
             let v = api
                 .get(&format!("/v1/objects/{}", checked("object", name)?))
                 .await?;
-            if !json {
-                print_one(&v);
-                return Ok(());
-            }
-            v
+            emit(json, &v, print_one)
         }
         Cmd::Create {
             file,
             allow_missing,
         } => {
             let (body, _) = read_json_file(file)?;
-            let v = api
-                .call(
-                    "POST",
-                    &format!("/v1/objects{}", q(*allow_missing)),
-                    Some(body),
-                )
-                .await?;
-            if !json {
+            let path = format!("/v1/objects{}", q(*allow_missing));
+            let v = api.call("POST", &path, Some(body)).await?;
+            emit(json, &v, |v| {
                 println!(
                     "created object {} ({}: {})",
                     s(&v["name"]),
                     s(&v["kind"]["type"]),
-                    volumes(&v)
-                );
-                return Ok(());
-            }
-            v
+                    volumes(v)
+                )
+            })
         }
         Cmd::Update {
             file,
@@ -194,26 +175,21 @@ pub async fn run(api: &Api, cmd: &Cmd, json: bool) -> anyhow::Result<()> {
                 q(*allow_missing)
             );
             let v = api.call("PUT", &path, Some(body)).await?;
-            if !json {
+            emit(json, &v, |v| {
                 println!(
                     "updated object {name} ({}: {})",
                     s(&v["kind"]["type"]),
-                    volumes(&v)
-                );
-                return Ok(());
-            }
-            v
+                    volumes(v)
+                )
+            })
         }
         Cmd::Delete { name } => {
             let name = checked("object", name)?;
             api.call("DELETE", &format!("/v1/objects/{name}"), None)
                 .await?;
-            if !json {
-                println!("deleted object {name}");
-                return Ok(());
-            }
-            serde_json::json!({ "deleted": name })
+            emit(json, &serde_json::json!({ "deleted": name }), |_| {
+                println!("deleted object {name}")
+            })
         }
-    };
-    print_json(&v)
+    }
 }

@@ -4,8 +4,7 @@ use clap::Subcommand;
 use serde_json::Value;
 
 use crate::client::{checked, Api};
-use crate::output::{confirm, s, when, Table};
-use crate::print_json;
+use crate::output::{confirm, emit, s, when, Table};
 
 #[derive(Subcommand)]
 pub enum Cmd {
@@ -60,15 +59,8 @@ fn print_list(v: &Value) {
 }
 
 pub async fn run(api: &Api, cmd: &Cmd, json: bool) -> anyhow::Result<()> {
-    let v = match cmd {
-        Cmd::List => {
-            let v = api.get("/v1/orphans").await?;
-            if !json {
-                print_list(&v);
-                return Ok(());
-            }
-            v
-        }
+    match cmd {
+        Cmd::List => emit(json, &api.get("/v1/orphans").await?, print_list),
         Cmd::Delete { plan_id, yes } => {
             let id = checked("plan id", plan_id)?;
             confirm(
@@ -78,15 +70,12 @@ pub async fn run(api: &Api, cmd: &Cmd, json: bool) -> anyhow::Result<()> {
             let v = api
                 .call("DELETE", &format!("/v1/orphans/{id}"), None)
                 .await?;
-            if !json {
+            emit(json, &v, |v| {
                 println!(
                     "deleting the groups of deleted plan {} ({id}); ferry orphans list shows what is left",
                     s(&v["plan"])
-                );
-                return Ok(());
-            }
-            v
+                )
+            })
         }
-    };
-    print_json(&v)
+    }
 }

@@ -7,6 +7,16 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+/// Prints `v` as the API gave it under `--json`, else as `human` tells it.
+pub fn emit(json: bool, v: &Value, human: impl FnOnce(&Value)) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(v)?);
+    } else {
+        human(v);
+    }
+    Ok(())
+}
+
 /// A table whose columns are as wide as their widest cell.
 pub struct Table {
     header: Vec<&'static str>,

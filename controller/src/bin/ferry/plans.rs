@@ -9,8 +9,7 @@ use ferry_controller::exit::Coded;
 use serde_json::{json, Value};
 
 use crate::client::{checked, read_json_file, Api};
-use crate::output::{confirm, duration, s, size, when, Follow, Seen, Table};
-use crate::print_json;
+use crate::output::{confirm, duration, emit, s, size, when, Follow, Seen, Table};
 
 const PLAN_FILE: &str = "\
 A plan file is JSON:
@@ -365,69 +364,64 @@ pub fn job_line(r: &Value) -> String {
     line
 }
 
-/// Follows a run to its end; returns its detail.
-async fn follow_run(api: &Api, plan: &str, id: &str, json: bool) -> anyhow::Result<Value> {
-    let mut f = Follow::new(json);
-    loop {
-        let d = api.get(&format!("/v1/plans/{plan}/runs/{id}")).await?;
-        let step = d["run"]["step"].as_str().unwrap_or("");
-        let over = step == "done" || step == "failed";
-        let read = d["report"]["bytes_read"].as_u64().unwrap_or(0);
-        let (done, total) = match d["progress"].as_object() {
-            Some(p) => (
-                read + p["done_bytes"].as_u64().unwrap_or(0),
-                Some(read + p["total_bytes"].as_u64().unwrap_or(0)),
-            ),
-            None => (read, over.then_some(read)),
-        };
-        f.show(&Seen {
-            line: run_line(&d),
-            done_bytes: done,
-            total_bytes: total,
-            over,
-        });
-        if over {
-            return Ok(d);
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+/// What a run's detail shows while it is followed.
+fn run_seen(d: &Value) -> Seen {
+    let step = d["run"]["step"].as_str().unwrap_or("");
+    let over = step == "done" || step == "failed";
+    let read = d["report"]["bytes_read"].as_u64().unwrap_or(0);
+    let (done, total) = match d["progress"].as_object() {
+        Some(p) => (
+            read + p["done_bytes"].as_u64().unwrap_or(0),
+            Some(read + p["total_bytes"].as_u64().unwrap_or(0)),
+        ),
+        None => (read, over.then_some(read)),
+    };
+    Seen {
+        line: run_line(d),
+        done_bytes: done,
+        total_bytes: total,
+        over,
     }
 }
 
-/// Follows a rollback to its end; returns it.
-async fn follow_rollback(api: &Api, plan: &str, id: &str, json: bool) -> anyhow::Result<Value> {
+/// What a rollback shows while it is followed.
+fn rollback_seen(r: &Value) -> Seen {
+    let (done, total) = match r["progress"].as_object() {
+        Some(p) => (
+            p["done_bytes"].as_u64().unwrap_or(0),
+            p["total_bytes"].as_u64(),
+        ),
+        None => (0, None),
+    };
+    Seen {
+        line: job_line(r),
+        done_bytes: done,
+        total_bytes: total,
+        over: r["step"] != "running",
+    }
+}
+
+/// Follows what `path` shows until it is over; returns its last state.
+async fn follow(
+    api: &Api,
+    path: &str,
+    seen: fn(&Value) -> Seen,
+    json: bool,
+) -> anyhow::Result<Value> {
     let mut f = Follow::new(json);
     loop {
-        let r = api.get(&format!("/v1/plans/{plan}/rollbacks/{id}")).await?;
-        let over = r["step"] != "running";
-        let (done, total) = match r["progress"].as_object() {
-            Some(p) => (
-                p["done_bytes"].as_u64().unwrap_or(0),
-                p["total_bytes"].as_u64(),
-            ),
-            None => (0, None),
-        };
-        f.show(&Seen {
-            line: job_line(&r),
-            done_bytes: done,
-            total_bytes: total,
-            over,
-        });
-        if over {
-            return Ok(r);
+        let v = api.get(path).await?;
+        let now = seen(&v);
+        f.show(&now);
+        if now.over {
+            return Ok(v);
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 
 pub async fn run(api: &Api, cmd: &Cmd, json: bool) -> anyhow::Result<()> {
-    let out = |v: Value, human: &dyn Fn(&Value)| {
-        if json {
-            print_json(&v)
-        } else {
-            human(&v);
-            Ok(())
-        }
-    };
+    let out = |v: Value, human: &dyn Fn(&Value)| emit(json, &v, human);
     match cmd {
         Cmd::List => out(api.get("/v1/plans").await?, &print_list),
         Cmd::Get { name } => out(
@@ -533,7 +527,8 @@ pub async fn run(api: &Api, cmd: &Cmd, json: bool) -> anyhow::Result<()> {
                     println!("started run {id} of plan {name} (ferry plans run-show {name} {id} follows it)")
                 });
             }
-            let detail = follow_run(api, &name, &id, json).await?;
+            let detail =
+                follow(api, &format!("/v1/plans/{name}/runs/{id}"), run_seen, json).await?;
             let ok = detail["run"]["step"] == "done";
             out(detail.clone(), &print_run_detail)?;
             if !ok {
@@ -591,7 +586,8 @@ pub async fn run(api: &Api, cmd: &Cmd, json: bool) -> anyhow::Result<()> {
             if !*wait {
                 return out(r, &|r| println!("started {}", job_line(r)));
             }
-            let end = follow_rollback(api, &name, &id, json).await?;
+            let path = format!("/v1/plans/{name}/rollbacks/{id}");
+            let end = follow(api, &path, rollback_seen, json).await?;
             let ok = end["step"] == "done";
             out(end.clone(), &|e| println!("{}", job_line(e)))?;
             if !ok {

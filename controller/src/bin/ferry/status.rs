@@ -6,8 +6,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::client::Api;
-use crate::output::{ago, duration, s, size, when, Table};
-use crate::print_json;
+use crate::output::{ago, duration, emit, s, size, when, Table};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -105,11 +104,7 @@ pub async fn run(api: &Api, args: &Args, json: bool) -> anyhow::Result<()> {
     loop {
         let v = api.get("/v1/status").await?;
         match args.watch {
-            None if json => return print_json(&v),
-            None => {
-                print(&v);
-                return Ok(());
-            }
+            None => return emit(json, &v, print),
             Some(secs) => {
                 if json {
                     println!("{v}");

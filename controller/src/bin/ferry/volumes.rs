@@ -4,8 +4,7 @@ use clap::Subcommand;
 use serde_json::{json, Value};
 
 use crate::client::{checked, Api};
-use crate::output::{ago, confirm, s, size, Table};
-use crate::print_json;
+use crate::output::{ago, confirm, emit, s, size, Table};
 
 pub fn print_agents(v: &Value) {
     let mut t = Table::new(&[
@@ -114,18 +113,13 @@ fn print_volumes(v: &Value) {
 }
 
 pub async fn run(api: &Api, cmd: &Cmd, json: bool) -> anyhow::Result<()> {
-    let v = match cmd {
+    match cmd {
         Cmd::List { node } => {
             let path = match node {
                 Some(n) => format!("/v1/agents/{}/volumes", checked("node", n)?),
                 None => "/v1/volumes".into(),
             };
-            let v = api.get(&path).await?;
-            if !json {
-                print_volumes(&v);
-                return Ok(());
-            }
-            v
+            emit(json, &api.get(&path).await?, print_volumes)
         }
         Cmd::Create {
             node,
@@ -141,15 +135,13 @@ pub async fn run(api: &Api, cmd: &Cmd, json: bool) -> anyhow::Result<()> {
             let v = api
                 .post(&format!("/v1/agents/{node}/volumes"), &body)
                 .await?;
-            if !json {
+            emit(json, &v, |v| {
                 println!(
                     "created volume {node}/{} of {}",
                     s(&v["volume"]),
                     size(v["size"].as_u64().unwrap_or(0))
-                );
-                return Ok(());
-            }
-            v
+                )
+            })
         }
         Cmd::Delete {
             node,
@@ -162,20 +154,12 @@ pub async fn run(api: &Api, cmd: &Cmd, json: bool) -> anyhow::Result<()> {
             let also = if *force { " and all its snapshots" } else { "" };
             confirm(&format!("Delete volume {node}/{name}{also}?"), *yes)?;
             let q = if *force { "?force=true" } else { "" };
-            let v = api
-                .call(
-                    "DELETE",
-                    &format!("/v1/agents/{node}/volumes/{name}{q}"),
-                    None,
-                )
-                .await?;
-            if !json {
+            let path = format!("/v1/agents/{node}/volumes/{name}{q}");
+            let v = api.call("DELETE", &path, None).await?;
+            emit(json, &v, |v| {
                 let n = v["snapshots_deleted"].as_u64().unwrap_or(0);
-                println!("deleted volume {node}/{name} ({n} snapshots with it)");
-                return Ok(());
-            }
-            v
+                println!("deleted volume {node}/{name} ({n} snapshots with it)")
+            })
         }
-    };
-    print_json(&v)
+    }
 }
