@@ -1,23 +1,21 @@
-//! `ferry-controller`: the control plane of one site (see `../shared/design/blueprint.md`,
-//! "Control plane"). Built so far: the state store ([`store`]), one interface over etcd and
-//! an embedded redb file, tested with one suite against both.
+//! `ferry-controller`: the control plane of one site. The folders are its layers, each
+//! using only those before it:
+//!
+//! * [`policy`]: objects and plans with their validation, schedules, retention (pure);
+//! * [`machines`]: runs and group jobs as sans-IO state machines;
+//! * [`state`]: the state store (etcd or embedded redb), what is stored where
+//!   ([`state::schema`]), and its migrations;
+//! * [`daemon`]: the IO shells (scheduler, executor, agent links, leadership, forwarding)
+//!   and the process that runs them;
+//! * [`http`]: the HTTP API, one file per resource, and its OpenAPI document;
+//! * `bin/ferry/`: the `ferry` CLI, a client of the HTTP API only.
 
 // The hand-written OpenAPI document is one large `json!` literal.
 #![recursion_limit = "512"]
 
-pub mod agents;
-pub mod api;
-pub mod executor;
+pub mod daemon;
 pub mod exit;
-pub mod group_job;
-pub mod leader;
-pub mod model;
-pub mod openapi;
-pub mod peer;
-pub mod retention;
-pub mod run;
-pub mod schedule;
-pub mod scheduler;
-pub mod schema;
-pub mod status;
-pub mod store;
+pub mod http;
+pub mod machines;
+pub mod policy;
+pub mod state;

@@ -4,7 +4,7 @@
 
 use std::process::{Command, Stdio};
 
-use ferry_controller::store::{EmbeddedStore, Store};
+use ferry_controller::state::{EmbeddedStore, Store};
 use ferry_tests::bin;
 use ferry_tests::controller::{wait_for, Controller};
 use serde_json::json;

@@ -3,12 +3,12 @@
 
 use std::time::Duration;
 
-use ferry_controller::store::{
+use ferry_controller::state::{
     Compare, EmbeddedStore, EtcdStore, Event, Op, Store, StoreError, Txn, MAX_VALUE,
 };
 use ferry_tests::Etcd;
 
-async fn next(w: &mut ferry_controller::store::Watch) -> Event {
+async fn next(w: &mut ferry_controller::state::Watch) -> Event {
     tokio::time::timeout(Duration::from_secs(5), w.next())
         .await
         .expect("an event within 5 s")

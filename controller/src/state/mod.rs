@@ -14,6 +14,8 @@
 
 mod embedded;
 mod etcd;
+pub mod migrate;
+pub mod schema;
 
 pub use embedded::EmbeddedStore;
 pub use etcd::EtcdStore;
@@ -248,6 +250,18 @@ impl Store {
             Store::Embedded(s) => s.revision().await,
         }
     }
+}
+
+/// Every readable record under `prefix` (an unreadable one is logged and skipped).
+pub async fn load<T: serde::de::DeserializeOwned>(store: &Store, prefix: &str) -> Result<Vec<T>> {
+    let mut out = Vec::new();
+    for kv in store.list(prefix).await? {
+        match serde_json::from_slice(&kv.value) {
+            Ok(v) => out.push(v),
+            Err(e) => tracing::warn!(key = %kv.key, error = %e, "skipping an unreadable record"),
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -17,7 +17,8 @@ use std::process::{Child, Command, Stdio};
 use anyhow::{bail, Context as _};
 use serde_json::json;
 
-use crate::{serve, Config, Ready, StoreConfig, TokenConfig};
+use crate::config::{Config, StoreConfig, TokenConfig};
+use crate::serve::{serve, Ready};
 
 /// The dev site's node name.
 const NODE: &str = "node1";
@@ -151,7 +152,7 @@ pub async fn run(
             let hash = blake3::hash(t.as_bytes()).to_hex().to_string();
             (t, hash)
         }
-        None => crate::new_token(),
+        None => crate::serve::new_token(),
     };
     let pki = dir.join("pki");
     let cfg = Config {
@@ -161,10 +162,10 @@ pub async fn run(
         },
         tokens: vec![TokenConfig {
             name: "dev".into(),
-            role: ferry_controller::api::Role::Admin,
+            role: ferry_controller::http::Role::Admin,
             blake3: hash,
         }],
-        agents: Some(ferry_controller::agents::AgentsConfig {
+        agents: Some(ferry_controller::daemon::agents::AgentsConfig {
             listen: "127.0.0.1:0".parse().context("loopback")?,
             cert: pki.join("controller.pem"),
             key: pki.join("controller.key"),
@@ -224,7 +225,7 @@ pub async fn run(
         },
         async {
             tokio::select! {
-                _ = crate::terminated() => {}
+                _ = crate::serve::terminated() => {}
                 Ok(()) = failed_rx => {}
             }
         },

@@ -10,7 +10,7 @@
 //!   was cut off or killed) none of its writes can land.
 //!
 //! Only the leader schedules, executes runs and links agents; the others serve the HTTP API
-//! by forwarding it to the leader ([`crate::peer`]). A leader whose lease could not be
+//! by forwarding it to the leader ([`crate::daemon::forwarding`]). A leader whose lease could not be
 //! renewed in time has lost its term: the process exits, to be restarted as a follower.
 //!
 //! On the embedded store there is one controller (the database file is locked): it leads
@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::store::{Compare, Store, StoreError};
+use crate::state::{Compare, Store, StoreError};
 
 /// The election's name (its keys are `<ELECTION>/<lease>` on etcd).
 pub const ELECTION: &str = "/ferry/leader";

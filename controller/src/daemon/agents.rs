@@ -13,16 +13,16 @@ use std::time::Duration;
 use ferry_net::pki::{Identity, Trust};
 use ferry_net::quic::{self as net, NetError};
 use ferry_wire::control::{
-    AgentMsg, ControllerMsg, ForwardRequest, VolumeReport, CONTROL_LINK_LIMIT, DOWN_AFTER_SECS,
-    FORWARD_LIMIT,
+    AgentMsg, ControllerMsg, ForwardRequest, CONTROL_LINK_LIMIT, DOWN_AFTER_SECS, FORWARD_LIMIT,
 };
 use ferry_wire::task::TaskState;
 use ferry_wire::Name;
 use jiff::Timestamp;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use tokio::sync::mpsc;
 
-use crate::store::{Store, StoreError};
+use crate::state::schema::{AgentRecord, AGENTS};
+use crate::state::{Store, StoreError};
 
 /// Why the agent endpoint or one agent's link stopped.
 #[derive(Debug, thiserror::Error)]
@@ -37,50 +37,6 @@ pub enum LinkError {
     Io(#[from] std::io::Error),
     #[error("{0}")]
     Protocol(String),
-}
-
-pub const AGENTS: &str = "/ferry/agents/";
-
-/// An agent as recorded.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct AgentRecord {
-    pub node: Name,
-    pub site: Name,
-    pub address: String,
-    /// `up` or `down`.
-    pub status: String,
-    pub volumes: Vec<VolumeReport>,
-    /// Volumes the agent has beyond those listed (it lists at most
-    /// `ferry_wire::control::MAX_REPORTED_VOLUMES`).
-    #[serde(default)]
-    pub volumes_omitted: u64,
-    pub capacity_bytes: u64,
-    pub free_bytes: u64,
-    /// RFC 3339.
-    pub connected: String,
-    pub last_heartbeat: String,
-}
-
-impl AgentRecord {
-    /// `down` when recorded so, or when its last heartbeat is older than
-    /// [`DOWN_AFTER_SECS`] (also after this controller restarted).
-    /// Whether the agent has been silent for more than `secs` (or never registered).
-    pub fn silent_for(&self, now: Timestamp, secs: u64) -> bool {
-        self.last_heartbeat
-            .parse::<Timestamp>()
-            .map_or(true, |t| now.as_second() - t.as_second() > secs as i64)
-    }
-
-    pub fn status_at(&self, now: Timestamp) -> &'static str {
-        let stale = self.last_heartbeat.parse::<Timestamp>().map_or(true, |t| {
-            now.as_second() - t.as_second() > DOWN_AFTER_SECS as i64
-        });
-        if self.status == "up" && !stale {
-            "up"
-        } else {
-            "down"
-        }
-    }
 }
 
 /// Where the agent endpoint listens and who it is.
@@ -202,7 +158,7 @@ pub fn bind(cfg: &AgentsConfig) -> Result<Bound, LinkError> {
 pub struct Context {
     pub store: Store,
     pub links: Arc<Links>,
-    pub role: tokio::sync::watch::Receiver<crate::leader::Role>,
+    pub role: tokio::sync::watch::Receiver<crate::daemon::leader::Role>,
     pub router: axum::Router,
 }
 
@@ -258,8 +214,8 @@ async fn connection(
             s.peer_node, s.peer_site, id.site
         )));
     }
-    if !matches!(*cx.role.borrow(), crate::leader::Role::Leader(_)) {
-        let leader = crate::leader::current(&cx.store)
+    if !matches!(*cx.role.borrow(), crate::daemon::leader::Role::Leader(_)) {
+        let leader = crate::daemon::leader::current(&cx.store)
             .await
             .ok()
             .flatten()
@@ -336,7 +292,7 @@ async fn forwarded(
                     return;
                 }
             };
-            let resp = crate::peer::answer(router, req).await;
+            let resp = crate::daemon::forwarding::answer(router, req).await;
             if net::send_msg(&mut send, &resp).await.is_ok() {
                 let _ = send.finish();
             }

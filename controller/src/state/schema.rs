@@ -29,8 +29,10 @@
 use ferry_wire::Name;
 use serde::{Deserialize, Serialize};
 
-use crate::leader::Term;
-use crate::store::{Compare, Op, Store, StoreError, Txn};
+use crate::machines::run::Run;
+use crate::state::{Store, StoreError};
+use ferry_wire::control::VolumeReport;
+use jiff::Timestamp;
 
 pub const SCHEMA: &str = "/ferry/schema";
 pub const OBJECTS: &str = "/ferry/objects/";
@@ -102,7 +104,7 @@ pub struct PlanRecord {
     /// it. Absent in plans stored before ids existed: their id is their name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<Name>,
-    pub spec: crate::model::PlanSpec,
+    pub spec: crate::policy::model::PlanSpec,
     pub paused: bool,
     /// The next scheduled run (RFC 3339), when not paused and not ended.
     #[serde(default, skip_deserializing)]
@@ -144,7 +146,86 @@ pub struct GroupRecord {
     pub snapshots: Vec<(Name, ferry_wire::task::SnapshotRecord)>,
     /// The plan's objects at the run, each with its volumes.
     #[serde(default)]
-    pub objects: Vec<crate::scheduler::ObjectVolumes>,
+    pub objects: Vec<ObjectVolumes>,
+}
+
+/// A run as stored and listed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunRecord {
+    /// The id of the plan it runs (absent in runs older than plan ids: the plan's name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan_id: Option<Name>,
+    pub run: Run,
+    /// `schedule` or `manual`.
+    pub trigger: String,
+    /// The schedule slot it runs for (RFC 3339), for scheduled runs.
+    pub slot: Option<String>,
+    /// When the record was made (RFC 3339).
+    pub created: String,
+    /// The plan's objects when the run was made, each with the volumes it covers.
+    #[serde(default)]
+    pub objects: Vec<ObjectVolumes>,
+}
+
+/// An object of a run and its protected volumes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectVolumes {
+    pub name: Name,
+    pub volumes: Vec<crate::policy::model::VolumeRef>,
+}
+
+impl RunRecord {
+    /// The id of the plan it runs.
+    pub fn plan_id(&self) -> &Name {
+        self.plan_id.as_ref().unwrap_or(&self.run.plan)
+    }
+
+    /// Its key in the store.
+    pub fn key(&self) -> String {
+        run_key(self.plan_id(), &self.run.id)
+    }
+}
+
+/// An agent as recorded.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AgentRecord {
+    pub node: Name,
+    pub site: Name,
+    pub address: String,
+    /// `up` or `down`.
+    pub status: String,
+    pub volumes: Vec<VolumeReport>,
+    /// Volumes the agent has beyond those listed (it lists at most
+    /// `ferry_wire::control::MAX_REPORTED_VOLUMES`).
+    #[serde(default)]
+    pub volumes_omitted: u64,
+    pub capacity_bytes: u64,
+    pub free_bytes: u64,
+    /// RFC 3339.
+    pub connected: String,
+    pub last_heartbeat: String,
+}
+
+impl AgentRecord {
+    /// `down` when recorded so, or when its last heartbeat is older than
+    /// [`ferry_wire::control::DOWN_AFTER_SECS`] (also after this controller restarted).
+    /// Whether the agent has been silent for more than `secs` (or never registered).
+    pub fn silent_for(&self, now: Timestamp, secs: u64) -> bool {
+        self.last_heartbeat
+            .parse::<Timestamp>()
+            .map_or(true, |t| now.as_second() - t.as_second() > secs as i64)
+    }
+
+    pub fn status_at(&self, now: Timestamp) -> &'static str {
+        let stale = self.last_heartbeat.parse::<Timestamp>().map_or(true, |t| {
+            now.as_second() - t.as_second() > ferry_wire::control::DOWN_AFTER_SECS as i64
+        });
+        if self.status == "up" && !stale {
+            "up"
+        } else {
+            "down"
+        }
+    }
 }
 
 /// What is in progress for a plan (the value of `/ferry/active/<plan-id>`).
@@ -210,109 +291,6 @@ pub struct OrphanRecord {
     pub deleted: String,
     /// What becomes of its groups.
     pub fate: GroupsFate,
-}
-
-/// Why a controller cannot use a store.
-#[derive(Debug, thiserror::Error)]
-pub enum SchemaError {
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error("the state store holds schema version {found}, newer than this controller knows ({VERSION}): run a ferry-controller at least as new as the one that wrote it")]
-    Newer { found: u32 },
-    #[error("the state store's schema version is unreadable: {0:?}")]
-    Unreadable(String),
-    #[error("another controller changed the store while this one migrated it; start again")]
-    Raced,
-}
-
-/// The store's schema version (0: written before versions existed).
-pub async fn version(store: &Store) -> Result<u32, SchemaError> {
-    match store.get(SCHEMA).await? {
-        None => Ok(0),
-        Some(kv) => {
-            let text = String::from_utf8_lossy(&kv.value).into_owned();
-            text.trim()
-                .parse()
-                .map_err(|_| SchemaError::Unreadable(text))
-        }
-    }
-}
-
-/// Refuses a store written by a newer controller.
-pub async fn check(store: &Store) -> Result<u32, SchemaError> {
-    let v = version(store).await?;
-    if v > VERSION {
-        return Err(SchemaError::Newer { found: v });
-    }
-    Ok(v)
-}
-
-/// Brings the store to [`VERSION`], as the leader of `term`, before it schedules anything.
-/// Each step is idempotent, so a migration cut short is simply done again.
-pub async fn migrate(store: &Store, term: &Term) -> Result<(), SchemaError> {
-    let from = check(store).await?;
-    if from == VERSION {
-        return Ok(());
-    }
-    if from < 1 {
-        to_v1(store, term).await?;
-    }
-    tracing::info!(from, to = VERSION, "state store schema migrated");
-    Ok(())
-}
-
-/// Version 0 -> 1: the active index was one empty key per run (`/ferry/active/<plan>/<run>`)
-/// and rollbacks had none; now it is one key per plan saying what is in progress. Plans
-/// keep their names as ids, so their records stay where they are.
-async fn to_v1(store: &Store, term: &Term) -> Result<(), SchemaError> {
-    for kv in store.list(ACTIVE).await? {
-        let rest = &kv.key[ACTIVE.len()..];
-        let Some((plan, run)) = rest.split_once('/') else {
-            continue; // already one per plan
-        };
-        let (Ok(plan), Ok(run)) = (Name::new(plan), Name::new(run)) else {
-            store.delete(&kv.key).await?;
-            continue;
-        };
-        let key = active_key(&plan);
-        store
-            .txn(Txn {
-                when: vec![term.fence()],
-                then: vec![
-                    Op::Delete(kv.key.clone()),
-                    Op::Put(key, Busy::Run(run).encode()),
-                ],
-            })
-            .await?;
-    }
-    for kv in store.list(ROLLBACKS).await? {
-        let Ok(job) = serde_json::from_slice::<crate::group_job::GroupJob>(&kv.value) else {
-            continue;
-        };
-        if job.is_over() {
-            continue;
-        }
-        let rest = &kv.key[ROLLBACKS.len()..];
-        let Some(plan) = rest.split('/').next().and_then(|p| Name::new(p).ok()) else {
-            continue;
-        };
-        store
-            .txn(Txn {
-                when: vec![Compare::Absent(active_key(&plan)), term.fence()],
-                then: vec![Op::Put(active_key(&plan), Busy::Rollback(job.id).encode())],
-            })
-            .await?;
-    }
-    let done = store
-        .txn(Txn {
-            when: vec![term.fence()],
-            then: vec![Op::Put(SCHEMA.into(), VERSION.to_string().into_bytes())],
-        })
-        .await?;
-    if !done.succeeded {
-        return Err(SchemaError::Raced);
-    }
-    Ok(())
 }
 
 #[cfg(test)]

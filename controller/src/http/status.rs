@@ -9,10 +9,11 @@ use ferry_wire::Name;
 use jiff::Timestamp;
 use serde::Serialize;
 
-use crate::agents::AgentRecord;
-use crate::run::Step;
-use crate::scheduler::RunRecord;
-use crate::schema::{Busy, PlanRecord};
+use super::*;
+use crate::machines::run::Step;
+use crate::state::schema::AgentRecord;
+use crate::state::schema::RunRecord;
+use crate::state::schema::{Busy, PlanRecord};
 
 /// The whole site.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -155,11 +156,41 @@ pub fn summarize(
     }
 }
 
+/// `GET /v1/status`.
+pub(super) async fn status(
+    State(s): State<Arc<ApiState>>,
+    headers: HeaderMap,
+) -> ApiResult<Json<crate::http::status::Status>> {
+    auth(&s, &headers, false)?;
+    let plans = load_plans(&s.store).await?;
+    let runs = load_runs(&s.store, RUNS).await?;
+    let agents = load_agents(&s.store).await?;
+    let orphans = s.store.list(schema::ORPHANS).await?.len();
+    let mut busy = std::collections::BTreeMap::new();
+    for kv in s.store.list(schema::ACTIVE).await? {
+        if let (Some(id), Ok(b)) = (
+            schema::last_name(&kv.key),
+            serde_json::from_slice::<Busy>(&kv.value),
+        ) {
+            busy.insert(id, b);
+        }
+    }
+    let plans: Vec<PlanRecord> = plans.into_iter().map(with_next_run).collect();
+    Ok(Json(crate::http::status::summarize(
+        &plans,
+        &runs,
+        &busy,
+        &agents,
+        orphans,
+        jiff::Timestamp::now(),
+    )))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{HookSpec, PlanSpec, ScheduleSpec};
-    use crate::run::{Run, RunHooks};
+    use crate::machines::run::{Run, RunHooks};
+    use crate::policy::model::{HookSpec, PlanSpec, ScheduleSpec};
 
     fn n(s: &str) -> Name {
         Name::new(s).expect("name")

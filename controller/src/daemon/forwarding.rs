@@ -17,7 +17,7 @@ use ferry_net::pki::{Identity, Trust};
 use ferry_net::quic::{self as net, NetError};
 use ferry_wire::control::{ForwardRequest, ForwardResponse, FORWARD_LIMIT};
 
-use crate::leader::LeaderInfo;
+use crate::daemon::leader::LeaderInfo;
 
 /// The header that marks a forwarded request.
 pub const FORWARDED: &str = "x-ferry-forwarded";

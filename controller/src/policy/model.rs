@@ -12,7 +12,7 @@
 use ferry_wire::Name;
 use serde::{Deserialize, Serialize};
 
-use crate::schedule::{Every, Schedule};
+use crate::policy::schedule::{Every, Schedule};
 
 /// A validation failure: the field's path and the problem.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -441,7 +441,7 @@ impl PlanSpec {
             .schedule
             .every
             .parse()
-            .map_err(|e: crate::schedule::ScheduleError| bad(e.field, e.problem))?;
+            .map_err(|e: crate::policy::schedule::ScheduleError| bad(e.field, e.problem))?;
         Schedule::new(
             every,
             &self.schedule.start,

@@ -1,5 +1,5 @@
 //! Work on every volume of one snapshot group, as a sans-IO state machine like
-//! [`crate::run::Run`]: one task per volume, task ids derived from the job's id, node and
+//! [`crate::machines::run::Run`]: one task per volume, task ids derived from the job's id, node and
 //! volume so that sending again is harmless. Two kinds:
 //! * a **rollback** of a plan's objects to a kept group (the agent rolls each volume back in
 //!   place, crash-safely);

@@ -1,6 +1,6 @@
 //! The scheduler: turns due schedule slots into run records in the state store.
 //!
-//! For each plan not paused, the slot due now ([`crate::schedule::due`]: the latest slot at or
+//! For each plan not paused, the slot due now ([`crate::policy::schedule::due`]: the latest slot at or
 //! before now that is later than the plan's last fired slot) becomes a run. The run record
 //! and the plan's "last fired slot" marker are written in one compare-and-swap transaction on
 //! the run's key being absent, and the run's key is derived from the plan and the slot: a
@@ -8,7 +8,7 @@
 //! downtime only the latest missed slot runs. The scheduler then sleeps until the earliest
 //! next slot of any plan, or until a plan changes (a watch on the plans), whichever is first.
 //!
-//! The run records are what the run executor (next) drives through [`crate::run::Run`]; the
+//! The run records are what the run executor (next) drives through [`crate::machines::run::Run`]; the
 //! API lists them.
 
 use std::collections::BTreeMap;
@@ -16,158 +16,16 @@ use std::time::Duration;
 
 use ferry_wire::Name;
 use jiff::Timestamp;
-use serde::{Deserialize, Serialize};
 
-use crate::leader::Term;
-use crate::model::Object;
-use crate::run::{Run, RunHooks, Step};
-use crate::schedule::{due, Schedule};
-use crate::schema::{self, Busy, PlanRecord, ACTIVE, FIRED, OBJECTS, PLANS};
-use crate::store::{Compare, Op, Store, StoreError, Txn};
-
-/// A run as stored and listed.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct RunRecord {
-    /// The id of the plan it runs (absent in runs older than plan ids: the plan's name).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub plan_id: Option<Name>,
-    pub run: Run,
-    /// `schedule` or `manual`.
-    pub trigger: String,
-    /// The schedule slot it runs for (RFC 3339), for scheduled runs.
-    pub slot: Option<String>,
-    /// When the record was made (RFC 3339).
-    pub created: String,
-    /// The plan's objects when the run was made, each with the volumes it covers.
-    #[serde(default)]
-    pub objects: Vec<ObjectVolumes>,
-}
-
-/// An object of a run and its protected volumes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ObjectVolumes {
-    pub name: Name,
-    pub volumes: Vec<crate::model::VolumeRef>,
-}
-
-/// A run seen per object and volume, for the API and the CLI.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct RunReport {
-    pub objects: Vec<ObjectReport>,
-    /// Bytes the snapshots' manifests read, all volumes together.
-    pub bytes_read: u64,
-    /// Seconds from the run's record to its end (so far, if it is not over: `None`).
-    pub duration_secs: Option<f64>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct ObjectReport {
-    pub name: Name,
-    /// `pending`, `done`, `failed` or `undone` (taken, then deleted because the run failed).
-    pub status: &'static str,
-    pub volumes: Vec<VolumeReport>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct VolumeReport {
-    pub node: Name,
-    pub volume: Name,
-    pub status: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub snapshot: Option<ferry_wire::task::SnapshotRecord>,
-    /// When its node's part of the snapshot step ended.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub finished: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
-
-impl RunRecord {
-    /// The id of the plan it runs.
-    pub fn plan_id(&self) -> &Name {
-        self.plan_id.as_ref().unwrap_or(&self.run.plan)
-    }
-
-    /// Its key in the store.
-    pub fn key(&self) -> String {
-        schema::run_key(self.plan_id(), &self.run.id)
-    }
-
-    /// The run per object and volume (pure: from the record alone).
-    pub fn report(&self) -> RunReport {
-        use crate::run::NodeState;
-        let failed_run = self.run.step == Step::Failed || self.run.step == Step::Compensate;
-        let mut bytes_read = 0;
-        let objects = self
-            .objects
-            .iter()
-            .map(|o| {
-                let volumes: Vec<VolumeReport> = o
-                    .volumes
-                    .iter()
-                    .map(|v| {
-                        let part = self.run.nodes.get(&v.node);
-                        let (status, snapshot, error) = match part.map(|p| &p.state) {
-                            None => ("failed", None, self.run.error.clone()),
-                            Some(NodeState::Pending | NodeState::Prepared)
-                                if self.run.step.is_final() =>
-                            {
-                                ("failed", None, self.run.error.clone())
-                            }
-                            Some(NodeState::Pending | NodeState::Prepared) => {
-                                ("pending", None, None)
-                            }
-                            Some(NodeState::Failed { message }) => {
-                                ("failed", None, Some(message.clone()))
-                            }
-                            Some(NodeState::Done { snapshots }) => {
-                                let s = snapshots.iter().find(|s| s.volume == v.volume).cloned();
-                                bytes_read += s.as_ref().map_or(0, |s| s.bytes_read);
-                                (if failed_run { "undone" } else { "done" }, s, None)
-                            }
-                        };
-                        VolumeReport {
-                            node: v.node.clone(),
-                            volume: v.volume.clone(),
-                            status,
-                            snapshot,
-                            finished: part.and_then(|p| p.finished.clone()),
-                            error,
-                        }
-                    })
-                    .collect();
-                let any = |s: &str| volumes.iter().any(|v| v.status == s);
-                let status = if any("failed") {
-                    "failed"
-                } else if any("pending") {
-                    "pending"
-                } else if any("undone") {
-                    "undone"
-                } else {
-                    "done"
-                };
-                ObjectReport {
-                    name: o.name.clone(),
-                    status,
-                    volumes,
-                }
-            })
-            .collect();
-        let secs = |t: &str| t.parse::<Timestamp>().ok().map(|t| t.as_millisecond());
-        let duration_secs = match (
-            secs(&self.created),
-            self.run.finished.as_deref().and_then(secs),
-        ) {
-            (Some(a), Some(b)) => Some((b - a).max(0) as f64 / 1000.0),
-            _ => None,
-        };
-        RunReport {
-            objects,
-            bytes_read,
-            duration_secs,
-        }
-    }
-}
+use crate::daemon::leader::Term;
+use crate::machines::run::{Run, RunHooks, Step};
+use crate::policy::model::Object;
+use crate::policy::schedule::{due, Schedule};
+use crate::state::load;
+use crate::state::schema::{
+    self, Busy, ObjectVolumes, PlanRecord, RunRecord, ACTIVE, FIRED, OBJECTS, PLANS,
+};
+use crate::state::{Compare, Op, Store, StoreError, Txn};
 
 /// A run id unique per plan and instant: the instant, then 16 hex digits of the plan name's
 /// hash (so task ids `<run>.<node>.<step>` stay short and distinct across plans).
@@ -308,21 +166,6 @@ pub async fn store_run(store: &Store, rec: &RunRecord, term: &Term) -> Result<bo
     Ok(done.succeeded)
 }
 
-/// Every readable record under `prefix` (an unreadable one is logged and skipped).
-pub async fn load<T: serde::de::DeserializeOwned>(
-    store: &Store,
-    prefix: &str,
-) -> Result<Vec<T>, StoreError> {
-    let mut out = Vec::new();
-    for kv in store.list(prefix).await? {
-        match serde_json::from_slice(&kv.value) {
-            Ok(v) => out.push(v),
-            Err(e) => tracing::warn!(key = %kv.key, error = %e, "skipping an unreadable record"),
-        }
-    }
-    Ok(out)
-}
-
 /// One pass: fire every due slot; returns the earliest next slot of any active plan.
 pub async fn tick(
     store: &Store,
@@ -442,108 +285,5 @@ mod tests {
         // A task id built from a run id stays a valid name.
         let node = Name::new(&"n".repeat(64)).expect("name");
         assert!(Name::new(&format!("{}.{node}.snap", run_id(&b, t, true))).is_ok());
-    }
-
-    #[test]
-    fn a_run_is_reported_per_object_and_volume() {
-        use crate::model::VolumeRef;
-        use ferry_wire::task::{SnapshotRecord, TaskResult, TaskState};
-        let n = |s: &str| Name::new(s).expect("name");
-        let t0: Timestamp = "2026-11-24T02:30:00Z".parse().expect("ts");
-        let mut vols = BTreeMap::new();
-        vols.insert(n("n1"), vec![n("a"), n("b")]);
-        vols.insert(n("n2"), vec![n("c")]);
-        let run = Run::new(n("r1"), n("p"), n("g"), 1, RunHooks::default(), vols, t0).expect("run");
-        let vr = |node: &str, v: &str| VolumeRef {
-            node: n(node),
-            volume: n(v),
-        };
-        let mut rec = RunRecord {
-            plan_id: None,
-            run,
-            trigger: "manual".into(),
-            slot: None,
-            created: t0.to_string(),
-            objects: vec![
-                ObjectVolumes {
-                    name: n("vm"),
-                    volumes: vec![vr("n1", "a"), vr("n1", "b")],
-                },
-                ObjectVolumes {
-                    name: n("lun"),
-                    volumes: vec![vr("n2", "c")],
-                },
-            ],
-        };
-        let r = rec.report();
-        assert_eq!(
-            r.objects.iter().map(|o| o.status).collect::<Vec<_>>(),
-            ["pending", "pending"]
-        );
-        assert_eq!(r.duration_secs, None);
-        let snap = |v: &str, read: u64| SnapshotRecord {
-            volume: n(v),
-            snapshot: n("g"),
-            size: 4096,
-            root: "00".into(),
-            bytes_read: read,
-            manifest_ms: 3,
-        };
-        let t1 = t0 + jiff::SignedDuration::from_secs(2);
-        rec.run
-            .on_report(
-                &n("n1"),
-                &n("r1.n1.snap"),
-                &TaskState::Done {
-                    result: TaskResult::SnapshotGroup {
-                        snapshots: vec![snap("a", 100), snap("b", 20)],
-                    },
-                },
-                t1,
-            )
-            .expect("report");
-        let r = rec.report();
-        assert_eq!(r.objects[0].status, "done");
-        assert_eq!(
-            r.objects[0].volumes[1]
-                .snapshot
-                .as_ref()
-                .map(|s| s.bytes_read),
-            Some(20)
-        );
-        assert_eq!(r.objects[0].volumes[0].finished, Some(t1.to_string()));
-        assert_eq!((r.objects[1].status, r.bytes_read), ("pending", 120));
-        // n2 fails: its object failed, n1's snapshots are undone.
-        rec.run
-            .on_report(
-                &n("n2"),
-                &n("r1.n2.snap"),
-                &TaskState::Failed {
-                    kind: "no_space".into(),
-                    message: "disk full".into(),
-                },
-                t1,
-            )
-            .expect("report");
-        let r = rec.report();
-        assert_eq!(
-            r.objects.iter().map(|o| o.status).collect::<Vec<_>>(),
-            ["undone", "failed"]
-        );
-        assert_eq!(r.objects[1].volumes[0].error.as_deref(), Some("disk full"));
-        for v in ["a", "b"] {
-            rec.run
-                .on_report(
-                    &n("n1"),
-                    &n(&format!("r1.n1.undo.{v}")),
-                    &TaskState::Done {
-                        result: TaskResult::SnapshotDeleted,
-                    },
-                    t1 + jiff::SignedDuration::from_secs(1),
-                )
-                .expect("report");
-        }
-        assert_eq!(rec.run.step, Step::Failed);
-        assert_eq!(rec.report().duration_secs, Some(3.0));
     }
 }

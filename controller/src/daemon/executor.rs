@@ -18,16 +18,17 @@ use ferry_wire::control::ControllerMsg;
 use ferry_wire::task::TaskState;
 use ferry_wire::Name;
 
-use crate::agents::{AgentRecord, Links};
-use crate::group_job::{GroupJob, JobAction, JobSpec};
-use crate::leader::Term;
-use crate::retention::{prune, GroupInfo};
-use crate::run::Action;
-use crate::scheduler::{load, RunRecord};
-use crate::schema::{
-    self, Busy, GroupRecord, GroupsFate, OrphanRecord, PlanRecord, ACTIVE, AGENTS, ORPHANS,
+use crate::daemon::agents::Links;
+use crate::daemon::leader::Term;
+use crate::machines::group_job::{GroupJob, JobAction, JobSpec};
+use crate::machines::run::Action;
+use crate::policy::retention::{prune, GroupInfo};
+use crate::state::load;
+use crate::state::schema::{
+    self, AgentRecord, Busy, GroupRecord, GroupsFate, OrphanRecord, PlanRecord, RunRecord, ACTIVE,
+    AGENTS, ORPHANS,
 };
-use crate::store::{Compare, Op, Store, StoreError, Txn};
+use crate::state::{Compare, Op, Store, StoreError, Txn};
 
 /// Most groups one run prunes (each is a delete in the run's transaction), and most
 /// snapshot deletions it takes on (each is an entry in the run's record); a retention cut
@@ -51,7 +52,7 @@ const REMOVAL_RETRY_SECS: i64 = 60;
 async fn write_back(
     store: &Store,
     term: &Term,
-    kv: &crate::store::KeyValue,
+    kv: &crate::state::KeyValue,
     value: Vec<u8>,
     more: Vec<Op>,
 ) -> Result<bool, StoreError> {
@@ -158,7 +159,7 @@ impl Executor {
     pub async fn pass(&mut self, store: &Store, links: &Links) -> Result<(), StoreError> {
         let now = jiff::Timestamp::now();
         let agents: Vec<AgentRecord> = load(store, AGENTS).await?;
-        let mut work: Vec<(crate::store::KeyValue, Name, Busy)> = Vec::new();
+        let mut work: Vec<(crate::state::KeyValue, Name, Busy)> = Vec::new();
         for kv in store.list(ACTIVE).await? {
             let plan_id = schema::last_name(&kv.key);
             match (plan_id, serde_json::from_slice::<Busy>(&kv.value)) {
@@ -263,7 +264,7 @@ impl Executor {
         now: jiff::Timestamp,
         plan_id: &Name,
         busy: &Busy,
-        kv: &crate::store::KeyValue,
+        kv: &crate::state::KeyValue,
     ) -> Result<(), StoreError> {
         let Ok(mut job) = serde_json::from_slice::<GroupJob>(&kv.value) else {
             return Ok(());
@@ -279,7 +280,9 @@ impl Executor {
             let mut more = Vec::new();
             if job.is_over() {
                 more.push(Op::Delete(schema::active_key(plan_id)));
-                if job.action == JobAction::Delete && job.step == crate::group_job::JobStep::Done {
+                if job.action == JobAction::Delete
+                    && job.step == crate::machines::group_job::JobStep::Done
+                {
                     more.push(Op::Delete(schema::group_key(plan_id, &job.group)));
                 }
             }
@@ -346,7 +349,7 @@ impl Executor {
             let failed_lately = |g: &GroupRecord| {
                 jobs.iter().any(|j| {
                     j.group == g.group
-                        && j.step == crate::group_job::JobStep::Failed
+                        && j.step == crate::machines::group_job::JobStep::Failed
                         && j.finished
                             .as_deref()
                             .and_then(|t| t.parse::<jiff::Timestamp>().ok())

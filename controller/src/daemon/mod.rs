@@ -1,0 +1,10 @@
+//! The controller's IO shells: the [`scheduler`] (due slots into runs), the [`executor`]
+//! (runs and jobs carried out on the agents), the agent endpoint and its links
+//! ([`agents`]), [`leader`]ship on etcd, and follower-to-leader [`forwarding`]; [`serve`]
+//! starts them all with the HTTP API, and [`dev`] runs a whole site on one machine.
+
+pub mod agents;
+pub mod executor;
+pub mod forwarding;
+pub mod leader;
+pub mod scheduler;

@@ -1,0 +1,155 @@
+//! `/v1/objects`: the inventory.
+
+use super::*;
+
+pub(super) async fn load_objects(store: &Store) -> ApiResult<Vec<Object>> {
+    Ok(crate::state::load(store, OBJECTS).await?)
+}
+
+/// `?allow_missing=true`: declare an object before its agent or volumes exist.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ObjectQuery {
+    #[serde(default)]
+    allow_missing: bool,
+}
+
+pub(super) async fn list_objects(
+    State(s): State<Arc<ApiState>>,
+    headers: HeaderMap,
+) -> ApiResult<Json<Vec<Object>>> {
+    auth(&s, &headers, false)?;
+    Ok(Json(load_objects(&s.store).await?))
+}
+
+pub(super) async fn get_object(
+    State(s): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Object>> {
+    auth(&s, &headers, false)?;
+    let name = name_param("object", &name)?;
+    let kv = s
+        .store
+        .get(&schema::object_key(&name))
+        .await?
+        .ok_or_else(|| ApiError::not_found("object", name.as_str()))?;
+    Ok(Json(parse(&Bytes::from(kv.value))?))
+}
+
+/// What the registered agents say they hold: node -> its volumes.
+pub(super) async fn known_volumes(
+    store: &Store,
+) -> ApiResult<std::collections::BTreeMap<Name, crate::policy::model::NodeVolumes>> {
+    let agents: Vec<crate::state::schema::AgentRecord> =
+        crate::state::load(store, schema::AGENTS).await?;
+    Ok(agents
+        .into_iter()
+        .map(|a| {
+            let known = crate::policy::model::NodeVolumes {
+                volumes: a.volumes.iter().map(|v| v.name.clone()).collect(),
+                complete: a.volumes_omitted == 0,
+            };
+            (a.node, known)
+        })
+        .collect())
+}
+
+/// An object from a request body: valid, and (unless `allow_missing`) naming only volumes
+/// that registered agents hold.
+pub(super) async fn checked_object(store: &Store, o: Object, q: &ObjectQuery) -> ApiResult<Object> {
+    o.validate().map_err(|e| ApiError::bad(e.to_string()))?;
+    if !q.allow_missing {
+        let known = known_volumes(store).await?;
+        o.check_volumes_exist(|n| known.get(n).cloned())
+            .map_err(|e| ApiError::bad(e.to_string()))?;
+    }
+    Ok(o)
+}
+
+pub(super) async fn create_object(
+    State(s): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    q: axum::extract::RawQuery,
+    raw: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> ApiResult<(StatusCode, Json<Object>)> {
+    auth(&s, &headers, true)?;
+    let q: ObjectQuery = query(q)?;
+    let o = checked_object(&s.store, parse(&body(raw)?)?, &q).await?;
+    let key = schema::object_key(&o.name);
+    let done = s
+        .store
+        .txn(Txn {
+            when: vec![Compare::Absent(key.clone())],
+            then: vec![Op::Put(key, encode(&o)?)],
+        })
+        .await?;
+    if !done.succeeded {
+        return Err(ApiError::conflict(format!(
+            "object {} exists; change it with PUT /v1/objects/{} (ferry objects update FILE)",
+            o.name, o.name
+        )));
+    }
+    tracing::info!(object = %o.name, "object created");
+    Ok((StatusCode::CREATED, Json(o)))
+}
+
+pub(super) async fn put_object(
+    State(s): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    q: axum::extract::RawQuery,
+    raw: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> ApiResult<Json<Object>> {
+    auth(&s, &headers, true)?;
+    let name = name_param("object", &name)?;
+    let q: ObjectQuery = query(q)?;
+    let o: Object = parse(&body(raw)?)?;
+    if o.name != name {
+        return Err(ApiError::bad(format!(
+            "name: the body names {}, the path {name}",
+            o.name
+        )));
+    }
+    let o = checked_object(&s.store, o, &q).await?;
+    let key = schema::object_key(&name);
+    let cur = s
+        .store
+        .get(&key)
+        .await?
+        .ok_or_else(|| ApiError::not_found("object", name.as_str()))?;
+    let done = s
+        .store
+        .txn(Txn {
+            when: vec![Compare::ModRevision(key.clone(), cur.mod_revision)],
+            then: vec![Op::Put(key, encode(&o)?)],
+        })
+        .await?;
+    if !done.succeeded {
+        return Err(ApiError::conflict(format!(
+            "object {name} changed meanwhile; read it again"
+        )));
+    }
+    Ok(Json(o))
+}
+
+pub(super) async fn delete_object(
+    State(s): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> ApiResult<StatusCode> {
+    auth(&s, &headers, true)?;
+    let name = name_param("object", &name)?;
+    for p in load_plans(&s.store).await? {
+        if p.spec.objects.contains(&name) {
+            return Err(ApiError::conflict(format!(
+                "object {name} is protected by plan {}; remove it from the plan first",
+                p.spec.name
+            )));
+        }
+    }
+    if !s.store.delete(&schema::object_key(&name)).await? {
+        return Err(ApiError::not_found("object", name.as_str()));
+    }
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,72 @@
+//! `/v1/orphans`: deleted plans' kept groups, and their removal.
+
+use super::*;
+
+/// A deleted plan's kept groups, as listed.
+#[derive(Debug, Serialize)]
+pub(super) struct Orphan {
+    #[serde(flatten)]
+    record: OrphanRecord,
+    /// Its groups still kept, oldest first.
+    groups: Vec<GroupRecord>,
+    /// A removal of one of its groups in progress.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    removing: Option<Name>,
+}
+
+pub(super) async fn list_orphans(
+    State(s): State<Arc<ApiState>>,
+    headers: HeaderMap,
+) -> ApiResult<Json<Vec<Orphan>>> {
+    auth(&s, &headers, false)?;
+    let markers: Vec<OrphanRecord> = crate::state::load(&s.store, schema::ORPHANS).await?;
+    let mut out = Vec::new();
+    for m in markers {
+        let groups = load_groups(&s.store, &m.plan_id).await?;
+        if groups.is_empty() {
+            continue; // only its run history is left, being deleted
+        }
+        let removing = match schema::busy(&s.store, &m.plan_id).await? {
+            Some(Busy::Removal(id)) => Some(id),
+            _ => None,
+        };
+        out.push(Orphan {
+            record: m,
+            groups,
+            removing,
+        });
+    }
+    Ok(Json(out))
+}
+
+/// Deletes a deleted plan's kept groups, snapshots included (202: the executor deletes them
+/// group by group; they leave `GET /v1/orphans` as they go).
+pub(super) async fn delete_orphans(
+    State(s): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path(plan_id): Path<String>,
+) -> ApiResult<(StatusCode, Json<OrphanRecord>)> {
+    auth(&s, &headers, true)?;
+    let plan_id = name_param("plan id", &plan_id)?;
+    let key = schema::orphan_key(&plan_id);
+    let kv = s.store.get(&key).await?.ok_or_else(|| {
+        ApiError::not_found(
+            "deleted plan with the id (ferry orphans list)",
+            plan_id.as_str(),
+        )
+    })?;
+    let mut m: OrphanRecord = parse(&Bytes::from(kv.value))?;
+    m.fate = GroupsFate::Delete;
+    let done = s
+        .store
+        .txn(Txn {
+            when: vec![Compare::ModRevision(key.clone(), kv.mod_revision)],
+            then: vec![Op::Put(key, encode(&m)?)],
+        })
+        .await?;
+    if !done.succeeded {
+        return Err(ApiError::conflict("changed meanwhile; try again"));
+    }
+    tracing::info!(plan = %m.plan, %plan_id, "deleting a deleted plan's groups");
+    Ok((StatusCode::ACCEPTED, Json(m)))
+}

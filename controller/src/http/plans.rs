@@ -1,0 +1,267 @@
+//! `/v1/plans`: plans, their pause and resume, and their deletion.
+
+use super::*;
+
+pub(super) async fn load_plans(store: &Store) -> ApiResult<Vec<PlanRecord>> {
+    Ok(crate::state::load(store, PLANS).await?)
+}
+
+/// Validates a plan against the current inventory.
+pub(super) async fn checked_plan(
+    store: &Store,
+    raw: &Bytes,
+) -> ApiResult<(PlanSpec, crate::policy::schedule::Schedule)> {
+    let spec: PlanSpec = parse(raw)?;
+    let objects = load_objects(store).await?;
+    let schedule = spec
+        .validate(|n| objects.iter().find(|o| &o.name == n))
+        .map_err(|e| ApiError::bad(e.to_string()))?;
+    Ok((spec, schedule))
+}
+
+pub(super) fn with_next_run(mut p: PlanRecord) -> PlanRecord {
+    p.next_run = None;
+    if p.paused {
+        return p;
+    }
+    // Saved plans were validated; a schedule that no longer parses (a time zone removed
+    // from the database) simply has no next run to show.
+    let sched = &p.spec.schedule;
+    if let Ok(every) = sched.every.parse() {
+        if let Ok(s) = crate::policy::schedule::Schedule::new(
+            every,
+            &sched.start,
+            &sched.timezone,
+            sched.end.as_deref(),
+        ) {
+            p.next_run = s.next_after(jiff::Timestamp::now()).map(|t| t.to_string());
+        }
+    }
+    p
+}
+
+pub(super) async fn list_plans(
+    State(s): State<Arc<ApiState>>,
+    headers: HeaderMap,
+) -> ApiResult<Json<Vec<PlanRecord>>> {
+    auth(&s, &headers, false)?;
+    Ok(Json(
+        load_plans(&s.store)
+            .await?
+            .into_iter()
+            .map(with_next_run)
+            .collect(),
+    ))
+}
+
+pub(super) async fn read_plan(store: &Store, name: &Name) -> ApiResult<(PlanRecord, i64)> {
+    let kv = store
+        .get(&schema::plan_key(name))
+        .await?
+        .ok_or_else(|| ApiError::not_found("plan", name.as_str()))?;
+    let rec: PlanRecord = serde_json::from_slice(&kv.value)
+        .map_err(|e| ApiError::conflict(format!("plan {name} is unreadable: {e}")))?;
+    Ok((rec, kv.mod_revision))
+}
+
+pub(super) async fn get_plan(
+    State(s): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> ApiResult<Json<PlanRecord>> {
+    auth(&s, &headers, false)?;
+    let name = name_param("plan", &name)?;
+    Ok(Json(with_next_run(read_plan(&s.store, &name).await?.0)))
+}
+
+pub(super) async fn create_plan(
+    State(s): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    raw: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> ApiResult<(StatusCode, Json<PlanRecord>)> {
+    auth(&s, &headers, true)?;
+    let (spec, _) = checked_plan(&s.store, &body(raw)?).await?;
+    let key = schema::plan_key(&spec.name);
+    let id = schema::new_plan_id(&spec.name);
+    let rec = PlanRecord {
+        id: Some(id.clone()),
+        paused: !spec.enabled,
+        spec,
+        next_run: None,
+    };
+    let done = s
+        .store
+        .txn(Txn {
+            when: vec![
+                Compare::Absent(key.clone()),
+                Compare::Absent(schema::orphan_key(&id)),
+            ],
+            then: vec![Op::Put(key, encode(&rec)?)],
+        })
+        .await?;
+    if !done.succeeded {
+        return Err(ApiError::conflict(format!(
+            "plan {} exists; change it with PUT /v1/plans/{} (ferry plans update FILE)",
+            rec.spec.name, rec.spec.name
+        )));
+    }
+    tracing::info!(plan = %rec.spec.name, %id, "plan created");
+    Ok((StatusCode::CREATED, Json(with_next_run(rec))))
+}
+
+pub(super) async fn put_plan(
+    State(s): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    raw: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> ApiResult<Json<PlanRecord>> {
+    auth(&s, &headers, true)?;
+    let name = name_param("plan", &name)?;
+    let (spec, _) = checked_plan(&s.store, &body(raw)?).await?;
+    if spec.name != name {
+        return Err(ApiError::bad(format!(
+            "name: the body names {}, the path {name}",
+            spec.name
+        )));
+    }
+    let (cur, rev) = read_plan(&s.store, &name).await?;
+    let rec = PlanRecord {
+        id: cur.id,
+        paused: cur.paused,
+        spec,
+        next_run: None,
+    };
+    update_plan(&s.store, &name, rev, &rec).await?;
+    Ok(Json(with_next_run(rec)))
+}
+
+pub(super) async fn update_plan(
+    store: &Store,
+    name: &Name,
+    rev: i64,
+    rec: &PlanRecord,
+) -> ApiResult<()> {
+    let key = schema::plan_key(name);
+    let done = store
+        .txn(Txn {
+            when: vec![Compare::ModRevision(key.clone(), rev)],
+            then: vec![Op::Put(key, encode(rec)?)],
+        })
+        .await?;
+    if !done.succeeded {
+        return Err(ApiError::conflict(format!(
+            "plan {name} changed meanwhile; read it again"
+        )));
+    }
+    Ok(())
+}
+
+pub(super) async fn set_paused(
+    s: &ApiState,
+    headers: &HeaderMap,
+    name: &str,
+    paused: bool,
+) -> ApiResult<Json<PlanRecord>> {
+    auth(s, headers, true)?;
+    let name = name_param("plan", name)?;
+    let (mut rec, rev) = read_plan(&s.store, &name).await?;
+    rec.paused = paused;
+    update_plan(&s.store, &name, rev, &rec).await?;
+    tracing::info!(plan = %name, paused, "plan paused or resumed");
+    Ok(Json(with_next_run(rec)))
+}
+
+pub(super) async fn pause_plan(
+    State(s): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> ApiResult<Json<PlanRecord>> {
+    set_paused(&s, &headers, &name, true).await
+}
+
+pub(super) async fn resume_plan(
+    State(s): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> ApiResult<Json<PlanRecord>> {
+    set_paused(&s, &headers, &name, false).await
+}
+
+/// `?groups=keep|delete`: what becomes of a deleted plan's groups.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct DeletePlanQuery {
+    #[serde(default)]
+    groups: Option<GroupsFate>,
+}
+
+/// 409 when something of the plan is in progress.
+pub(super) async fn refuse_busy(store: &Store, plan: &PlanRecord, doing: &str) -> ApiResult<()> {
+    match schema::busy(store, plan.id()).await? {
+        None => Ok(()),
+        Some(b) => Err(ApiError::conflict(format!(
+            "plan {}: {}; {doing} when it is over",
+            plan.spec.name,
+            b.describe()
+        ))),
+    }
+}
+
+/// Deletes a plan. One that keeps snapshot groups is refused unless the request says what
+/// becomes of them: `groups=keep` keeps them as orphaned groups (listed under
+/// `/v1/orphans`, deleted there), `groups=delete` deletes them, snapshots included. Its
+/// run history goes in either case.
+pub(super) async fn delete_plan(
+    State(s): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    q: axum::extract::RawQuery,
+) -> ApiResult<StatusCode> {
+    auth(&s, &headers, true)?;
+    let name = name_param("plan", &name)?;
+    let q: DeletePlanQuery = query(q)?;
+    let (plan, rev) = read_plan(&s.store, &name).await?;
+    refuse_busy(&s.store, &plan, "delete it").await?;
+    let id = plan.id().clone();
+    let groups = s.store.list(&schema::groups_of(&id)).await?.len();
+    let fate = match (groups, q.groups) {
+        (0, f) => f.unwrap_or(GroupsFate::Delete),
+        (_, Some(f)) => f,
+        (n, None) => {
+            return Err(ApiError::conflict(format!(
+                "plan {name} keeps {n} snapshot group{}; say what becomes of them: \
+                 groups=keep keeps them as orphaned groups (listed by GET /v1/orphans, deleted \
+                 there later), groups=delete deletes them and their snapshots now \
+                 (ferry plans delete {name} --keep-groups | --delete-groups)",
+                if n == 1 { "" } else { "s" }
+            )))
+        }
+    };
+    let marker = OrphanRecord {
+        plan: name.clone(),
+        plan_id: id.clone(),
+        deleted: jiff::Timestamp::now().to_string(),
+        fate,
+    };
+    let key = schema::plan_key(&name);
+    let done = s
+        .store
+        .txn(Txn {
+            when: vec![
+                Compare::ModRevision(key.clone(), rev),
+                Compare::Absent(schema::active_key(&id)),
+            ],
+            then: vec![
+                Op::Delete(key),
+                Op::Put(schema::orphan_key(&id), encode(&marker)?),
+            ],
+        })
+        .await?;
+    if !done.succeeded {
+        return Err(ApiError::conflict(format!(
+            "plan {name} changed or started something meanwhile; try again"
+        )));
+    }
+    tracing::info!(plan = %name, plan_id = %id, groups, ?fate, "plan deleted");
+    Ok(StatusCode::NO_CONTENT)
+}
