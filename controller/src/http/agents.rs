@@ -2,18 +2,6 @@
 
 use super::*;
 
-pub(super) async fn load_agents(
-    store: &Store,
-) -> ApiResult<Vec<crate::state::schema::AgentRecord>> {
-    let now = jiff::Timestamp::now();
-    let mut out: Vec<crate::state::schema::AgentRecord> =
-        crate::state::load(store, schema::AGENTS).await?;
-    for a in &mut out {
-        a.status = a.status_at(now).to_string();
-    }
-    Ok(out)
-}
-
 pub(super) async fn list_agents(
     State(s): State<Arc<ApiState>>,
     headers: HeaderMap,

@@ -96,14 +96,3 @@ pub(super) fn query<T: serde::de::DeserializeOwned + Default>(
 pub(super) fn encode<T: Serialize>(v: &T) -> ApiResult<Vec<u8>> {
     serde_json::to_vec(v).map_err(|e| ApiError::bad(format!("cannot encode: {e}")))
 }
-
-/// The record at `key`, if there is a readable one.
-pub(super) async fn record<T: serde::de::DeserializeOwned>(
-    store: &Store,
-    key: &str,
-) -> ApiResult<Option<T>> {
-    Ok(store
-        .get(key)
-        .await?
-        .and_then(|kv| serde_json::from_slice(&kv.value).ok()))
-}

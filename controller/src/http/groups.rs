@@ -13,12 +13,6 @@ pub(super) async fn plan_groups(
     Ok(Json(load_groups(&s.store, plan.id()).await?))
 }
 
-pub(super) async fn load_groups(store: &Store, plan_id: &Name) -> ApiResult<Vec<GroupRecord>> {
-    let mut out: Vec<GroupRecord> = crate::state::load(store, &schema::groups_of(plan_id)).await?;
-    out.sort_by(|a, b| a.created.cmp(&b.created));
-    Ok(out)
-}
-
 pub(super) async fn get_group(
     State(s): State<Arc<ApiState>>,
     headers: HeaderMap,

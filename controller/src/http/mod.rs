@@ -18,19 +18,16 @@ mod objects;
 pub mod openapi;
 mod orphans;
 mod plans;
+mod read;
 mod rollbacks;
 mod runs;
 pub mod status;
 
-use agents::load_agents;
 use auth::auth;
 pub use auth::{Role, TokenEntry};
 pub use error::ApiError;
 use error::*;
-use groups::load_groups;
-use objects::load_objects;
-use plans::{load_plans, read_plan, refuse_busy, with_next_run};
-use runs::{load_runs, progress_of, Progress};
+use read::*;
 pub use runs::{ObjectReport, RunReport, VolumeReport};
 
 use std::sync::Arc;

@@ -2,10 +2,6 @@
 
 use super::*;
 
-pub(super) async fn load_objects(store: &Store) -> ApiResult<Vec<Object>> {
-    Ok(crate::state::load(store, OBJECTS).await?)
-}
-
 /// `?allow_missing=true`: declare an object before its agent or volumes exist.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

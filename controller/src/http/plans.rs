@@ -2,10 +2,6 @@
 
 use super::*;
 
-pub(super) async fn load_plans(store: &Store) -> ApiResult<Vec<PlanRecord>> {
-    Ok(crate::state::load(store, PLANS).await?)
-}
-
 /// Validates a plan against the current inventory.
 pub(super) async fn checked_plan(
     store: &Store,
@@ -17,27 +13,6 @@ pub(super) async fn checked_plan(
         .validate(|n| objects.iter().find(|o| &o.name == n))
         .map_err(|e| ApiError::bad(e.to_string()))?;
     Ok((spec, schedule))
-}
-
-pub(super) fn with_next_run(mut p: PlanRecord) -> PlanRecord {
-    p.next_run = None;
-    if p.paused {
-        return p;
-    }
-    // Saved plans were validated; a schedule that no longer parses (a time zone removed
-    // from the database) simply has no next run to show.
-    let sched = &p.spec.schedule;
-    if let Ok(every) = sched.every.parse() {
-        if let Ok(s) = crate::policy::schedule::Schedule::new(
-            every,
-            &sched.start,
-            &sched.timezone,
-            sched.end.as_deref(),
-        ) {
-            p.next_run = s.next_after(jiff::Timestamp::now()).map(|t| t.to_string());
-        }
-    }
-    p
 }
 
 pub(super) async fn list_plans(
@@ -52,16 +27,6 @@ pub(super) async fn list_plans(
             .map(with_next_run)
             .collect(),
     ))
-}
-
-pub(super) async fn read_plan(store: &Store, name: &Name) -> ApiResult<(PlanRecord, i64)> {
-    let kv = store
-        .get(&schema::plan_key(name))
-        .await?
-        .ok_or_else(|| ApiError::not_found("plan", name.as_str()))?;
-    let rec: PlanRecord = serde_json::from_slice(&kv.value)
-        .map_err(|e| ApiError::conflict(format!("plan {name} is unreadable: {e}")))?;
-    Ok((rec, kv.mod_revision))
 }
 
 pub(super) async fn get_plan(
@@ -193,18 +158,6 @@ pub(super) async fn resume_plan(
 pub(super) struct DeletePlanQuery {
     #[serde(default)]
     groups: Option<GroupsFate>,
-}
-
-/// 409 when something of the plan is in progress.
-pub(super) async fn refuse_busy(store: &Store, plan: &PlanRecord, doing: &str) -> ApiResult<()> {
-    match schema::busy(store, plan.id()).await? {
-        None => Ok(()),
-        Some(b) => Err(ApiError::conflict(format!(
-            "plan {}: {}; {doing} when it is over",
-            plan.spec.name,
-            b.describe()
-        ))),
-    }
 }
 
 /// Deletes a plan. One that keeps snapshot groups is refused unless the request says what

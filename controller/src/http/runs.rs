@@ -5,15 +5,6 @@ use crate::machines::run::Step;
 use crate::state::schema::RunRecord;
 use jiff::Timestamp;
 
-pub(super) async fn load_runs(
-    store: &Store,
-    prefix: &str,
-) -> ApiResult<Vec<crate::state::schema::RunRecord>> {
-    let mut out: Vec<crate::state::schema::RunRecord> = crate::state::load(store, prefix).await?;
-    out.sort_by(|a, b| a.created.cmp(&b.created));
-    Ok(out)
-}
-
 pub(super) async fn all_runs(
     State(s): State<Arc<ApiState>>,
     headers: HeaderMap,
@@ -44,27 +35,6 @@ pub(super) struct RunDetail {
     /// While it runs: bytes the agents' current tasks have done of what they expect.
     #[serde(skip_serializing_if = "Option::is_none")]
     progress: Option<Progress>,
-}
-
-/// Live progress of a run's or a job's tasks (agents report it about once a second).
-#[derive(Debug, Clone, Copy, Default, Serialize)]
-pub(super) struct Progress {
-    done_bytes: u64,
-    total_bytes: u64,
-}
-
-/// The progress the agents reported for tasks whose ids start with `prefix` (`<run>.`).
-pub(super) fn progress_of(links: &crate::daemon::agents::Links, prefix: &str) -> Option<Progress> {
-    let p = links.progress.lock().ok()?;
-    let mut out: Option<Progress> = None;
-    for (id, (done, total)) in p.iter() {
-        if id.starts_with(prefix) {
-            let o = out.get_or_insert_with(Progress::default);
-            o.done_bytes += done;
-            o.total_bytes += total;
-        }
-    }
-    out
 }
 
 pub(super) async fn get_run(

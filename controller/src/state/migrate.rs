@@ -6,7 +6,6 @@
 
 use ferry_wire::Name;
 
-use crate::daemon::leader::Term;
 use crate::state::schema::{active_key, Busy, ACTIVE, ROLLBACKS, SCHEMA, VERSION};
 use crate::state::{Compare, Op, Store, StoreError, Txn};
 
@@ -45,15 +44,16 @@ pub async fn check(store: &Store) -> Result<u32, SchemaError> {
     Ok(v)
 }
 
-/// Brings the store to [`VERSION`], as the leader of `term`, before it schedules anything.
+/// Brings the store to [`VERSION`], as the leader whose term `fence` is (every write carries
+/// it), before it schedules anything.
 /// Each step is idempotent, so a migration cut short is simply done again.
-pub async fn migrate(store: &Store, term: &Term) -> Result<(), SchemaError> {
+pub async fn migrate(store: &Store, fence: &Compare) -> Result<(), SchemaError> {
     let from = check(store).await?;
     if from == VERSION {
         return Ok(());
     }
     if from < 1 {
-        to_v1(store, term).await?;
+        to_v1(store, fence).await?;
     }
     tracing::info!(from, to = VERSION, "state store schema migrated");
     Ok(())
@@ -62,7 +62,7 @@ pub async fn migrate(store: &Store, term: &Term) -> Result<(), SchemaError> {
 /// Version 0 -> 1: the active index was one empty key per run (`/ferry/active/<plan>/<run>`)
 /// and rollbacks had none; now it is one key per plan saying what is in progress. Plans
 /// keep their names as ids, so their records stay where they are.
-async fn to_v1(store: &Store, term: &Term) -> Result<(), SchemaError> {
+async fn to_v1(store: &Store, fence: &Compare) -> Result<(), SchemaError> {
     for kv in store.list(ACTIVE).await? {
         let rest = &kv.key[ACTIVE.len()..];
         let Some((plan, run)) = rest.split_once('/') else {
@@ -75,7 +75,7 @@ async fn to_v1(store: &Store, term: &Term) -> Result<(), SchemaError> {
         let key = active_key(&plan);
         store
             .txn(Txn {
-                when: vec![term.fence()],
+                when: vec![fence.clone()],
                 then: vec![
                     Op::Delete(kv.key.clone()),
                     Op::Put(key, Busy::Run(run).encode()),
@@ -97,14 +97,14 @@ async fn to_v1(store: &Store, term: &Term) -> Result<(), SchemaError> {
         };
         store
             .txn(Txn {
-                when: vec![Compare::Absent(active_key(&plan)), term.fence()],
+                when: vec![Compare::Absent(active_key(&plan)), fence.clone()],
                 then: vec![Op::Put(active_key(&plan), Busy::Rollback(job.id).encode())],
             })
             .await?;
     }
     let done = store
         .txn(Txn {
-            when: vec![term.fence()],
+            when: vec![fence.clone()],
             then: vec![Op::Put(SCHEMA.into(), VERSION.to_string().into_bytes())],
         })
         .await?;

@@ -1,21 +1,23 @@
 //! What the controller keeps in its state store, and where: every key prefix and key
-//! function, the small records that index others, and the schema version with its
-//! migrations. Nothing else builds a key.
+//! function, and every record type stored (but the machines' own states, `Run` and
+//! `GroupJob`, and the objects the users write, `Object`). Nothing else builds a key.
+//! The schema version and its migrations are in `state::migrate`; a test checks that every
+//! key a site writes matches a row of this table.
 //!
 //! | key | record | written by | read by |
 //! |---|---|---|---|
-//! | `/ferry/schema` | schema version (decimal) | [`migrate`] | every controller at start |
-//! | `/ferry/objects/<name>` | `model::Object` | API | API, scheduler |
+//! | `/ferry/schema` | schema version (decimal) | `state::migrate` | every controller at start |
+//! | `/ferry/objects/<name>` | `policy::model::Object` | API | API, scheduler |
 //! | `/ferry/plans/<name>` | [`PlanRecord`] (with the plan's id) | API | API, scheduler, executor |
-//! | `/ferry/runs/<plan-id>/<run>` | `scheduler::RunRecord` | scheduler, API (run now), executor | executor, API |
+//! | `/ferry/runs/<plan-id>/<run>` | [`RunRecord`] | scheduler, API (run now), executor | executor, API |
 //! | `/ferry/fired/<plan-id>` | the last fired slot (RFC 3339) | scheduler | scheduler |
 //! | `/ferry/active/<plan-id>` | [`Busy`]: the plan's one run, rollback or removal in progress | scheduler, API, executor | executor, API, scheduler (watch) |
 //! | `/ferry/groups/<plan-id>/<group>` | [`GroupRecord`] | executor | API, executor (retention) |
-//! | `/ferry/rollbacks/<plan-id>/<id>` | `group_job::GroupJob` (rollback) | API | executor, API |
-//! | `/ferry/removals/<plan-id>/<id>` | `group_job::GroupJob` (deletion) | executor | executor, API |
+//! | `/ferry/rollbacks/<plan-id>/<id>` | `machines::group_job::GroupJob` (rollback) | API | executor, API |
+//! | `/ferry/removals/<plan-id>/<id>` | `machines::group_job::GroupJob` (deletion) | executor | executor, API |
 //! | `/ferry/orphans/<plan-id>` | [`OrphanRecord`]: a deleted plan's leftovers | API | executor, API |
-//! | `/ferry/agents/<node>` | `agents::AgentRecord` | agent endpoint | API, executor |
-//! | `/ferry/leader...` | leader election (see `leader`) | `leader` | `leader`, API |
+//! | `/ferry/agents/<node>` | [`AgentRecord`] | agent endpoint | API, executor |
+//! | `/ferry/leader...` | leader election (see `daemon::leader`) | `daemon::leader` | `daemon::leader`, API |
 //!
 //! **Plan ids.** Runs, groups, jobs and markers are keyed by the plan's id, not its name:
 //! they belong to one plan's life. A plan deleted and created again under the same name

@@ -130,7 +130,7 @@ fn lead(
         };
         let term = l.term.clone();
         // The store is brought to this code's schema before anything is scheduled.
-        if let Err(e) = ferry_controller::state::migrate::migrate(&store, &term).await {
+        if let Err(e) = ferry_controller::state::migrate::migrate(&store, &term.fence()).await {
             l.resign(&store).await;
             return Err(format!("cannot migrate the state store: {e}"));
         }
