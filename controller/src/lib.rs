@@ -10,9 +10,6 @@
 //! * [`http`]: the HTTP API, one file per resource, and its OpenAPI document;
 //! * `bin/ferry/`: the `ferry` CLI, a client of the HTTP API only.
 
-// The hand-written OpenAPI document is one large `json!` literal.
-#![recursion_limit = "512"]
-
 pub mod daemon;
 pub mod exit;
 pub mod http;

@@ -28,6 +28,7 @@ pub const MAX_REPORTED_VOLUMES: usize = 4096;
 
 /// One volume as an agent reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct VolumeReport {
     pub name: Name,
     pub size: u64,

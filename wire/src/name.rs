@@ -24,6 +24,27 @@ pub enum NameError {
     BadChar(char),
 }
 
+/// The rules of a [`Name`] as a regular expression (ECMA-262), for API documents.
+pub const PATTERN: &str = "^[A-Za-z0-9][A-Za-z0-9._-]*$";
+
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for Name {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .min_length(Some(1))
+            .max_length(Some(MAX_NAME_LEN))
+            .pattern(Some(PATTERN))
+            .description(Some(
+                "a name: 1-128 of [A-Za-z0-9._-], starting with a letter or digit; never a path",
+            ))
+            .into()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for Name {}
+
 /// A validated identifier (see the module documentation for the rules).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(transparent)]

@@ -91,6 +91,7 @@ pub enum TaskKind {
 
 /// A snapshot a task made.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SnapshotRecord {
     pub volume: Name,
     pub snapshot: Name,

@@ -1,7 +1,9 @@
 //! `/v1/agents` and `/v1/volumes`: the site's agents and the volumes on them.
 
 use super::*;
+use crate::state::schema::AgentRecord;
 
+#[utoipa::path(get, path = "/v1/agents", responses((status = 200, description = "the site's agents", body = Vec<AgentRecord>)))]
 pub(super) async fn list_agents(
     State(s): State<Arc<ApiState>>,
     headers: HeaderMap,
@@ -12,7 +14,7 @@ pub(super) async fn list_agents(
 
 /// A volume as the API lists it: where it is, what the agent says of it, and which objects
 /// name it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(super) struct VolumeView {
     node: Name,
     #[serde(flatten)]
@@ -47,6 +49,7 @@ pub(super) async fn volume_views(store: &Store, node: Option<&Name>) -> ApiResul
     Ok(out)
 }
 
+#[utoipa::path(get, path = "/v1/volumes", responses((status = 200, description = "every agent's volumes, with the objects that name them", body = Vec<VolumeView>)))]
 pub(super) async fn list_volumes(
     State(s): State<Arc<ApiState>>,
     headers: HeaderMap,
@@ -55,6 +58,7 @@ pub(super) async fn list_volumes(
     Ok(Json(volume_views(&s.store, None).await?))
 }
 
+#[utoipa::path(get, path = "/v1/agents/{node}/volumes", params(("node" = Name, Path, description = "the agent's node")), responses((status = 200, description = "one agent's volumes", body = Vec<VolumeView>)))]
 pub(super) async fn node_volumes(
     State(s): State<Arc<ApiState>>,
     headers: HeaderMap,
@@ -69,7 +73,7 @@ pub(super) async fn node_volumes(
 }
 
 /// A volume to create on an agent.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct VolumeRequest {
     name: Name,
@@ -154,13 +158,14 @@ pub(super) async fn volume_task(
     }
 }
 
+#[utoipa::path(post, path = "/v1/agents/{node}/volumes", params(("node" = Name, Path, description = "the agent's node")), request_body = VolumeRequest, responses((status = 201, description = "created (answered when the agent reports)", body = VolumeCreated), (status = 502, description = "the agent failed", body = ErrorBody), (status = 504, description = "the agent did not answer in time", body = ErrorBody), (status = 507, description = "no space on the agent", body = ErrorBody)))]
 /// Creates a volume on a connected agent (a task, answered when the agent reports).
 pub(super) async fn create_volume(
     State(s): State<Arc<ApiState>>,
     headers: HeaderMap,
     Path(node): Path<String>,
     raw: Result<Bytes, axum::extract::rejection::BytesRejection>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<VolumeCreated>)> {
     auth(&s, &headers, true)?;
     let node = name_param("node", &node)?;
     let req: VolumeRequest = parse(&body(raw)?)?;
@@ -187,7 +192,7 @@ pub(super) async fn create_volume(
     match volume_task(&s, &node, "cv", kind).await? {
         ferry_wire::task::TaskResult::VolumeCreated { volume, size } => Ok((
             StatusCode::CREATED,
-            Json(json!({ "node": node, "volume": volume, "size": size })),
+            Json(VolumeCreated { node, volume, size }),
         )),
         other => Err(unexpected(&node, &other)),
     }
@@ -202,13 +207,15 @@ pub(super) fn unexpected(node: &Name, r: &ferry_wire::task::TaskResult) -> ApiEr
 }
 
 /// `?force=true`: delete a volume's snapshots with it.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(super) struct DeleteVolumeQuery {
     #[serde(default)]
     force: bool,
 }
 
+#[utoipa::path(delete, path = "/v1/agents/{node}/volumes/{volume}", params(("node" = Name, Path, description = "the agent's node"), ("volume" = Name, Path, description = "the volume's name"), DeleteVolumeQuery), responses((status = 200, description = "deleted (refused while an object names it)", body = VolumeDeleted), (status = 502, description = "the agent failed", body = ErrorBody), (status = 504, description = "the agent did not answer in time", body = ErrorBody)))]
 /// Deletes a volume on a connected agent. Refused while an object names it; one with
 /// snapshots needs `force=true`, which deletes them (groups that hold them can no longer
 /// roll that volume back).
@@ -217,7 +224,7 @@ pub(super) async fn delete_volume(
     headers: HeaderMap,
     Path((node, volume)): Path<(String, String)>,
     q: axum::extract::RawQuery,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<VolumeDeleted>> {
     auth(&s, &headers, true)?;
     let node = name_param("node", &node)?;
     let volume = name_param("volume", &volume)?;
@@ -248,9 +255,30 @@ pub(super) async fn delete_volume(
         }
     })?;
     match r {
-        ferry_wire::task::TaskResult::VolumeDeleted { volume, snapshots } => Ok(Json(
-            json!({ "node": node, "volume": volume, "snapshots_deleted": snapshots }),
-        )),
+        ferry_wire::task::TaskResult::VolumeDeleted { volume, snapshots } => {
+            Ok(Json(VolumeDeleted {
+                node,
+                volume,
+                snapshots_deleted: snapshots,
+            }))
+        }
         other => Err(unexpected(&node, &other)),
     }
+}
+
+/// A volume a node made.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(super) struct VolumeCreated {
+    node: Name,
+    volume: Name,
+    size: u64,
+}
+
+/// A volume a node deleted.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(super) struct VolumeDeleted {
+    node: Name,
+    volume: Name,
+    /// Snapshots deleted with it (`force=true`).
+    snapshots_deleted: u32,
 }

@@ -3,6 +3,22 @@
 
 use super::*;
 
+/// Every error's body.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+/// What went wrong.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// Stable: `invalid`, `unauthorized`, `forbidden`, `not_found`, `conflict`, `too_large`,
+    /// `not_leader`, `store_unavailable`, `timeout`, `agent_failed`, `no_space`.
+    pub code: String,
+    /// What is wrong (naming the field) and what to do.
+    pub message: String,
+}
+
 /// An API error: status, stable code, message.
 #[derive(Debug)]
 pub struct ApiError {
@@ -36,7 +52,12 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({ "error": { "code": self.code, "message": self.message } });
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code.into(),
+                message: self.message,
+            },
+        };
         (self.status, Json(body)).into_response()
     }
 }

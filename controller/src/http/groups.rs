@@ -2,6 +2,7 @@
 
 use super::*;
 
+#[utoipa::path(get, path = "/v1/plans/{name}/groups", params(("name" = Name, Path, description = "the plan's name")), responses((status = 200, description = "the plan's kept snapshot groups, oldest first", body = Vec<GroupRecord>)))]
 pub(super) async fn plan_groups(
     State(s): State<Arc<ApiState>>,
     headers: HeaderMap,
@@ -13,6 +14,7 @@ pub(super) async fn plan_groups(
     Ok(Json(load_groups(&s.store, plan.id()).await?))
 }
 
+#[utoipa::path(get, path = "/v1/plans/{name}/groups/{group}", params(("name" = Name, Path, description = "the plan's name"), ("group" = Name, Path, description = "the group's name")), responses((status = 200, description = "one kept group", body = GroupRecord)))]
 pub(super) async fn get_group(
     State(s): State<Arc<ApiState>>,
     headers: HeaderMap,

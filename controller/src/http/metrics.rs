@@ -31,6 +31,7 @@ pub(super) fn label(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
+#[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text format: requests, plans, objects, runs by plan and step, last success, the last run's duration and bytes per plan, store revision", body = String, content_type = "text/plain")))]
 /// Prometheus metrics: requests, plans, objects, runs by plan and step, the last successful
 /// run per plan, the store's revision.
 pub(super) async fn metrics(

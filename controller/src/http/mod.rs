@@ -28,7 +28,7 @@ pub use auth::{Role, TokenEntry};
 pub use error::ApiError;
 use error::*;
 use read::*;
-pub use runs::{ObjectReport, RunReport, VolumeReport};
+pub use runs::{ObjectReport, RunReport, VolumeRunReport};
 
 use std::sync::Arc;
 
@@ -174,6 +174,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .with_state(state)
 }
 
+#[utoipa::path(get, path = "/healthz", responses((status = 200, description = "healthy: the store, its revision, this controller's role and the leader", body = serde_json::Value)), security(()))]
 async fn healthz(State(s): State<Arc<ApiState>>) -> ApiResult<Json<Value>> {
     let revision = s.store.revision().await?;
     let store = match s.store {
@@ -191,6 +192,7 @@ async fn healthz(State(s): State<Arc<ApiState>>) -> ApiResult<Json<Value>> {
     ))
 }
 
-async fn openapi() -> Json<Value> {
-    Json(crate::http::openapi::document())
+#[utoipa::path(get, path = "/v1/openapi.json", responses((status = 200, description = "this document", body = serde_json::Value)), security(()))]
+async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(openapi::document())
 }

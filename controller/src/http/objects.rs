@@ -2,14 +2,19 @@
 
 use super::*;
 
+/// `Object` as utoipa must be told it (the bare name means a free-form object there).
+type InventoryObject = Object;
+
 /// `?allow_missing=true`: declare an object before its agent or volumes exist.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ObjectQuery {
     #[serde(default)]
     allow_missing: bool,
 }
 
+#[utoipa::path(get, path = "/v1/objects", responses((status = 200, description = "the objects", body = Vec<InventoryObject>)))]
 pub(super) async fn list_objects(
     State(s): State<Arc<ApiState>>,
     headers: HeaderMap,
@@ -18,6 +23,7 @@ pub(super) async fn list_objects(
     Ok(Json(load_objects(&s.store).await?))
 }
 
+#[utoipa::path(get, path = "/v1/objects/{name}", params(("name" = Name, Path, description = "the object's name")), responses((status = 200, description = "the object", body = InventoryObject)))]
 pub(super) async fn get_object(
     State(s): State<Arc<ApiState>>,
     headers: HeaderMap,
@@ -63,6 +69,7 @@ pub(super) async fn checked_object(store: &Store, o: Object, q: &ObjectQuery) ->
     Ok(o)
 }
 
+#[utoipa::path(post, path = "/v1/objects", params(ObjectQuery), request_body = InventoryObject, responses((status = 201, description = "created; every volume it names is on a registered agent unless allow_missing", body = InventoryObject)))]
 pub(super) async fn create_object(
     State(s): State<Arc<ApiState>>,
     headers: HeaderMap,
@@ -90,6 +97,7 @@ pub(super) async fn create_object(
     Ok((StatusCode::CREATED, Json(o)))
 }
 
+#[utoipa::path(put, path = "/v1/objects/{name}", params(("name" = Name, Path, description = "the object's name"), ObjectQuery), request_body = InventoryObject, responses((status = 200, description = "replaced", body = InventoryObject)))]
 pub(super) async fn put_object(
     State(s): State<Arc<ApiState>>,
     headers: HeaderMap,
@@ -129,6 +137,7 @@ pub(super) async fn put_object(
     Ok(Json(o))
 }
 
+#[utoipa::path(delete, path = "/v1/objects/{name}", params(("name" = Name, Path, description = "the object's name")), responses((status = 204, description = "deleted (refused while a plan protects it)")))]
 pub(super) async fn delete_object(
     State(s): State<Arc<ApiState>>,
     headers: HeaderMap,

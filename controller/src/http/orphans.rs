@@ -3,7 +3,7 @@
 use super::*;
 
 /// A deleted plan's kept groups, as listed.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(super) struct Orphan {
     #[serde(flatten)]
     record: OrphanRecord,
@@ -14,6 +14,7 @@ pub(super) struct Orphan {
     removing: Option<Name>,
 }
 
+#[utoipa::path(get, path = "/v1/orphans", responses((status = 200, description = "deleted plans whose groups are kept, with those groups", body = Vec<Orphan>)))]
 pub(super) async fn list_orphans(
     State(s): State<Arc<ApiState>>,
     headers: HeaderMap,
@@ -39,6 +40,7 @@ pub(super) async fn list_orphans(
     Ok(Json(out))
 }
 
+#[utoipa::path(delete, path = "/v1/orphans/{plan_id}", params(("plan_id" = Name, Path, description = "the deleted plan's id")), responses((status = 202, description = "deleting its groups, snapshots included, group by group", body = OrphanRecord)))]
 /// Deletes a deleted plan's kept groups, snapshots included (202: the executor deletes them
 /// group by group; they leave `GET /v1/orphans` as they go).
 pub(super) async fn delete_orphans(

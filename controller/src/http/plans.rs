@@ -15,6 +15,7 @@ pub(super) async fn checked_plan(
     Ok((spec, schedule))
 }
 
+#[utoipa::path(get, path = "/v1/plans", responses((status = 200, description = "the plans, with their next runs", body = Vec<PlanRecord>)))]
 pub(super) async fn list_plans(
     State(s): State<Arc<ApiState>>,
     headers: HeaderMap,
@@ -29,6 +30,7 @@ pub(super) async fn list_plans(
     ))
 }
 
+#[utoipa::path(get, path = "/v1/plans/{name}", params(("name" = Name, Path, description = "the plan's name")), responses((status = 200, description = "the plan, with its next run", body = PlanRecord)))]
 pub(super) async fn get_plan(
     State(s): State<Arc<ApiState>>,
     headers: HeaderMap,
@@ -39,6 +41,7 @@ pub(super) async fn get_plan(
     Ok(Json(with_next_run(read_plan(&s.store, &name).await?.0)))
 }
 
+#[utoipa::path(post, path = "/v1/plans", request_body = PlanSpec, responses((status = 201, description = "created", body = PlanRecord)))]
 pub(super) async fn create_plan(
     State(s): State<Arc<ApiState>>,
     headers: HeaderMap,
@@ -74,6 +77,7 @@ pub(super) async fn create_plan(
     Ok((StatusCode::CREATED, Json(with_next_run(rec))))
 }
 
+#[utoipa::path(put, path = "/v1/plans/{name}", params(("name" = Name, Path, description = "the plan's name")), request_body = PlanSpec, responses((status = 200, description = "replaced (paused or not as before)", body = PlanRecord)))]
 pub(super) async fn put_plan(
     State(s): State<Arc<ApiState>>,
     headers: HeaderMap,
@@ -136,6 +140,7 @@ pub(super) async fn set_paused(
     Ok(Json(with_next_run(rec)))
 }
 
+#[utoipa::path(post, path = "/v1/plans/{name}/pause", params(("name" = Name, Path, description = "the plan's name")), responses((status = 200, description = "paused", body = PlanRecord)))]
 pub(super) async fn pause_plan(
     State(s): State<Arc<ApiState>>,
     headers: HeaderMap,
@@ -144,6 +149,7 @@ pub(super) async fn pause_plan(
     set_paused(&s, &headers, &name, true).await
 }
 
+#[utoipa::path(post, path = "/v1/plans/{name}/resume", params(("name" = Name, Path, description = "the plan's name")), responses((status = 200, description = "resumed", body = PlanRecord)))]
 pub(super) async fn resume_plan(
     State(s): State<Arc<ApiState>>,
     headers: HeaderMap,
@@ -153,13 +159,15 @@ pub(super) async fn resume_plan(
 }
 
 /// `?groups=keep|delete`: what becomes of a deleted plan's groups.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(super) struct DeletePlanQuery {
     #[serde(default)]
     groups: Option<GroupsFate>,
 }
 
+#[utoipa::path(delete, path = "/v1/plans/{name}", params(("name" = Name, Path, description = "the plan's name"), DeletePlanQuery), responses((status = 204, description = "deleted; one that keeps groups needs groups=keep or groups=delete")))]
 /// Deletes a plan. One that keeps snapshot groups is refused unless the request says what
 /// becomes of them: `groups=keep` keeps them as orphaned groups (listed under
 /// `/v1/orphans`, deleted there), `groups=delete` deletes them, snapshots included. Its

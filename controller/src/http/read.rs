@@ -94,7 +94,7 @@ pub(super) async fn load_runs(
 }
 
 /// Live progress of a run's or a job's tasks (agents report it about once a second).
-#[derive(Debug, Clone, Copy, Default, Serialize)]
+#[derive(Debug, Clone, Copy, Default, Serialize, utoipa::ToSchema)]
 pub(super) struct Progress {
     done_bytes: u64,
     total_bytes: u64,

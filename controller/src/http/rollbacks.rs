@@ -3,7 +3,7 @@
 use super::*;
 
 /// What a rollback request says.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RollbackRequest {
     /// The kept group to roll back to.
@@ -13,6 +13,7 @@ pub(super) struct RollbackRequest {
     objects: Option<Vec<Name>>,
 }
 
+#[utoipa::path(get, path = "/v1/plans/{name}/rollbacks", params(("name" = Name, Path, description = "the plan's name")), responses((status = 200, description = "the plan's rollbacks, oldest first", body = Vec<GroupJob>)))]
 pub(super) async fn plan_rollbacks(
     State(s): State<Arc<ApiState>>,
     headers: HeaderMap,
@@ -28,7 +29,7 @@ pub(super) async fn plan_rollbacks(
 }
 
 /// A rollback with, while it runs, the agents' progress.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(super) struct JobDetail {
     #[serde(flatten)]
     job: GroupJob,
@@ -36,6 +37,7 @@ pub(super) struct JobDetail {
     progress: Option<Progress>,
 }
 
+#[utoipa::path(get, path = "/v1/plans/{name}/rollbacks/{id}", params(("name" = Name, Path, description = "the plan's name"), ("id" = Name, Path, description = "the rollback's id")), responses((status = 200, description = "the rollback, with its progress while it runs", body = JobDetail)))]
 pub(super) async fn get_rollback(
     State(s): State<Arc<ApiState>>,
     headers: HeaderMap,
@@ -56,6 +58,7 @@ pub(super) async fn get_rollback(
     Ok(Json(JobDetail { job, progress }))
 }
 
+#[utoipa::path(post, path = "/v1/plans/{name}/rollbacks", params(("name" = Name, Path, description = "the plan's name")), request_body = RollbackRequest, responses((status = 202, description = "the rollback, started; only volumes the plan protects now are touched", body = GroupJob)))]
 /// Rolls the plan's objects (or some) back to one of its kept groups. Only volumes the plan
 /// protects now are touched, whatever else the group holds. Refused while a run, a rollback
 /// or a removal of the plan is in progress.

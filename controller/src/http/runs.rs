@@ -5,6 +5,7 @@ use crate::machines::run::Step;
 use crate::state::schema::RunRecord;
 use jiff::Timestamp;
 
+#[utoipa::path(get, path = "/v1/runs", responses((status = 200, description = "every run, oldest first", body = Vec<RunRecord>)))]
 pub(super) async fn all_runs(
     State(s): State<Arc<ApiState>>,
     headers: HeaderMap,
@@ -13,6 +14,7 @@ pub(super) async fn all_runs(
     Ok(Json(load_runs(&s.store, RUNS).await?))
 }
 
+#[utoipa::path(get, path = "/v1/plans/{name}/runs", params(("name" = Name, Path, description = "the plan's name")), responses((status = 200, description = "the plan's runs, oldest first", body = Vec<RunRecord>)))]
 pub(super) async fn plan_runs(
     State(s): State<Arc<ApiState>>,
     headers: HeaderMap,
@@ -27,7 +29,7 @@ pub(super) async fn plan_runs(
 }
 
 /// A run with its report per object and volume.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(super) struct RunDetail {
     #[serde(flatten)]
     record: crate::state::schema::RunRecord,
@@ -37,6 +39,7 @@ pub(super) struct RunDetail {
     progress: Option<Progress>,
 }
 
+#[utoipa::path(get, path = "/v1/plans/{name}/runs/{run}", params(("name" = Name, Path, description = "the plan's name"), ("run" = Name, Path, description = "the run's id")), responses((status = 200, description = "the run per object and volume, with its progress while it runs", body = RunDetail)))]
 pub(super) async fn get_run(
     State(s): State<Arc<ApiState>>,
     headers: HeaderMap,
@@ -63,6 +66,7 @@ pub(super) async fn get_run(
     }))
 }
 
+#[utoipa::path(post, path = "/v1/plans/{name}/run", params(("name" = Name, Path, description = "the plan's name")), responses((status = 202, description = "the run, started (409 while a run, rollback or removal of the plan is in progress)", body = RunRecord)))]
 /// Starts a run of the plan now (paused or not), outside its schedule. Refused (409) while
 /// a run, a rollback or a removal of the plan is in progress.
 pub(super) async fn run_now(
@@ -95,7 +99,7 @@ pub(super) async fn run_now(
 }
 
 /// A run seen per object and volume, for the API and the CLI.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct RunReport {
     pub objects: Vec<ObjectReport>,
     /// Bytes the snapshots' manifests read, all volumes together.
@@ -104,16 +108,16 @@ pub struct RunReport {
     pub duration_secs: Option<f64>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ObjectReport {
     pub name: Name,
     /// `pending`, `done`, `failed` or `undone` (taken, then deleted because the run failed).
     pub status: &'static str,
-    pub volumes: Vec<VolumeReport>,
+    pub volumes: Vec<VolumeRunReport>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct VolumeReport {
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct VolumeRunReport {
     pub node: Name,
     pub volume: Name,
     pub status: &'static str,
@@ -136,7 +140,7 @@ impl RunRecord {
             .objects
             .iter()
             .map(|o| {
-                let volumes: Vec<VolumeReport> = o
+                let volumes: Vec<VolumeRunReport> = o
                     .volumes
                     .iter()
                     .map(|v| {
@@ -160,7 +164,7 @@ impl RunRecord {
                                 (if failed_run { "undone" } else { "done" }, s, None)
                             }
                         };
-                        VolumeReport {
+                        VolumeRunReport {
                             node: v.node.clone(),
                             volume: v.volume.clone(),
                             status,

@@ -16,7 +16,7 @@ use crate::state::schema::RunRecord;
 use crate::state::schema::{Busy, PlanRecord};
 
 /// The whole site.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Status {
     /// RFC 3339: when this was computed.
     pub now: String,
@@ -26,7 +26,7 @@ pub struct Status {
     pub deleted_plans_with_leftovers: usize,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct PlanStatus {
     pub name: Name,
     pub paused: bool,
@@ -47,7 +47,7 @@ pub struct PlanStatus {
     pub failure: Option<RunSummary>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct RunSummary {
     pub id: Name,
     pub trigger: String,
@@ -59,7 +59,7 @@ pub struct RunSummary {
     pub error: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct AgentStatus {
     pub node: Name,
     pub status: String,
@@ -156,6 +156,7 @@ pub fn summarize(
     }
 }
 
+#[utoipa::path(get, path = "/v1/status", responses((status = 200, description = "the site at a glance", body = Status)))]
 /// `GET /v1/status`.
 pub(super) async fn status(
     State(s): State<Arc<ApiState>>,

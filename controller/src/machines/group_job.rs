@@ -16,7 +16,7 @@ use ferry_wire::Name;
 use serde::{Deserialize, Serialize};
 
 /// What a job does to each volume.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum JobAction {
     /// Roll the volume back to the group's snapshot.
@@ -27,7 +27,7 @@ pub enum JobAction {
 }
 
 /// Where a job is.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum JobStep {
     Running,
@@ -36,7 +36,7 @@ pub enum JobStep {
 }
 
 /// One volume's part.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum VolumeState {
     Pending,
@@ -45,7 +45,7 @@ pub enum VolumeState {
 }
 
 /// A job, as persisted.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct GroupJob {
     pub id: Name,
     pub plan: Name,

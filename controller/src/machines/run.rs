@@ -33,7 +33,7 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 /// Where a run is.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Step {
     /// Coordinated runs: every node runs its pre hook and holds.
@@ -54,7 +54,7 @@ impl Step {
 }
 
 /// One node's part in a step.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum NodeState {
     Pending,
@@ -68,7 +68,7 @@ pub enum NodeState {
     },
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NodePart {
     pub volumes: Vec<Name>,
     pub state: NodeState,
@@ -85,7 +85,7 @@ pub struct NodePart {
 }
 
 /// The hooks a plan runs around each node's snapshot.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RunHooks {
     pub pre: Option<String>,
     pub post: Option<String>,
@@ -99,7 +99,7 @@ pub struct RunHooks {
 pub const DEFAULT_DEADLINE_SECS: u64 = 60;
 
 /// A run, as persisted.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Run {
     pub id: Name,
     pub plan: Name,

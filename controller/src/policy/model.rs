@@ -30,14 +30,16 @@ fn bad(field: impl Into<String>, problem: impl Into<String>) -> FieldError {
 }
 
 /// A volume on an agent.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
+)]
 pub struct VolumeRef {
     pub node: Name,
     pub volume: Name,
 }
 
 /// What a VM disk is; only `Disk` is protected.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DiskRole {
     #[default]
@@ -46,7 +48,7 @@ pub enum DiskRole {
     Shared,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VmDisk {
     pub volume: VolumeRef,
@@ -54,35 +56,54 @@ pub struct VmDisk {
     pub role: DiskRole,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Nic {
     /// The virtual switch the NIC is on (a backup plan needs it mapped at each target).
     pub switch: Name,
     #[serde(default)]
+    #[schema(
+        pattern = "^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$",
+        example = "52:54:00:12:34:56"
+    )]
     pub mac: Option<String>,
 }
 
 /// The four kinds of protected object.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ObjectKind {
     VirtualVolume {
         volume: VolumeRef,
     },
     IscsiLun {
+        /// `iqn.YYYY-MM.reversed.domain[:anything]` (RFC 3720).
+        #[schema(
+            max_length = 223,
+            pattern = "^iqn\\.[0-9]{4}-(0[1-9]|1[0-2])\\.[a-z0-9][a-z0-9.-]*(:[a-z0-9.:-]*)?$",
+            example = "iqn.2026-11.com.example:db"
+        )]
         target_iqn: String,
+        #[schema(maximum = 16383)]
         lun: u32,
         volume: VolumeRef,
     },
     NfsFile {
+        /// The export's absolute path, without `.` or `..`.
+        #[schema(max_length = 1024, pattern = "^/", example = "/srv/nfs/vms")]
         export: String,
+        /// The file's path within the export: relative, without empty, `.` or `..` parts.
+        #[schema(max_length = 1024, pattern = "^[^/]", example = "web/disk0.img")]
         path: String,
         volume: VolumeRef,
     },
     Vm {
+        #[schema(minimum = 1, maximum = 1024)]
         vcpus: u32,
+        #[schema(minimum = 16, maximum = 67108864)]
         memory_mib: u64,
+        /// At least one of role `disk`; CD-ROM and shared disks are not protected.
+        #[schema(min_items = 1)]
         disks: Vec<VmDisk>,
         #[serde(default)]
         nics: Vec<Nic>,
@@ -90,7 +111,7 @@ pub enum ObjectKind {
 }
 
 /// A protected object.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Object {
     pub name: Name,
@@ -299,15 +320,18 @@ fn check_mac(m: &str) -> Result<(), String> {
 }
 
 /// When a plan runs, as users write it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ScheduleSpec {
     /// hourly, daily, weekly or monthly.
+    #[schema(pattern = "^(hourly|daily|weekly|monthly)$", example = "daily")]
     pub every: String,
-    /// Wall-clock start, e.g. 2026-11-24T02:30.
+    /// Wall-clock start in the time zone, YYYY-MM-DDTHH:MM.
+    #[schema(example = "2026-11-24T02:30")]
     pub start: String,
     /// IANA time zone; UTC if omitted.
     #[serde(default = "utc")]
+    #[schema(example = "Europe/Berlin", default = "UTC")]
     pub timezone: String,
     /// Optional wall-clock end after which the plan stops by itself.
     #[serde(default)]
@@ -319,33 +343,45 @@ fn utc() -> String {
 }
 
 /// Commands run around a plan's snapshot on each node (e.g. fsfreeze).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HookSpec {
+    /// Run on each node before its snapshot (e.g. a freeze); its failure fails the run.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 4096)]
     pub pre: Option<String>,
+    /// Run on each node after its snapshot, also when it failed (e.g. a thaw).
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 4096)]
     pub post: Option<String>,
+    /// Seconds a hook may run.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 3600)]
     pub timeout_secs: Option<u64>,
     /// When the plan's volumes are on several nodes and there is a pre hook, runs go
     /// prepare / snapshot / release: every node must have run its pre hook within this
     /// many seconds, and a node not released this long after its pre hook releases itself
     /// (runs its post hook). Default 60.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 3600)]
     pub deadline_secs: Option<u64>,
 }
 
 /// A protection plan as users write it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PlanSpec {
     pub name: Name,
+    /// The objects it protects, each once.
+    #[schema(min_items = 1, max_items = 1024)]
     pub objects: Vec<Name>,
     pub schedule: ScheduleSpec,
     /// Snapshot groups kept (a change applies at the next prune).
+    #[schema(minimum = 1, maximum = 10000)]
     pub retention: u32,
+    /// false: created paused.
     #[serde(default = "yes")]
+    #[schema(default = true)]
     pub enabled: bool,
     #[serde(default)]
     pub hooks: HookSpec,

@@ -100,7 +100,7 @@ pub fn last_name(key: &str) -> Option<Name> {
 }
 
 /// A plan as kept and returned.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PlanRecord {
     /// The plan's id, unique to this plan's life: its runs, groups and jobs are kept under
     /// it. Absent in plans stored before ids existed: their id is their name.
@@ -134,7 +134,7 @@ pub fn new_plan_id(name: &Name) -> Name {
 }
 
 /// A snapshot group as recorded: complete, on every node of its run.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct GroupRecord {
     pub plan: Name,
     /// The id of the plan whose run took it (absent in records older than plan ids: the
@@ -152,7 +152,7 @@ pub struct GroupRecord {
 }
 
 /// A run as stored and listed.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RunRecord {
     /// The id of the plan it runs (absent in runs older than plan ids: the plan's name).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -170,7 +170,7 @@ pub struct RunRecord {
 }
 
 /// An object of a run and its protected volumes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ObjectVolumes {
     pub name: Name,
     pub volumes: Vec<crate::policy::model::VolumeRef>,
@@ -189,7 +189,7 @@ impl RunRecord {
 }
 
 /// An agent as recorded.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AgentRecord {
     pub node: Name,
     pub site: Name,
@@ -231,7 +231,7 @@ impl AgentRecord {
 }
 
 /// What is in progress for a plan (the value of `/ferry/active/<plan-id>`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Busy {
     Run(Name),
@@ -273,7 +273,7 @@ pub async fn busy(store: &Store, plan_id: &Name) -> Result<Option<Busy>, StoreEr
 }
 
 /// What becomes of a deleted plan's groups.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum GroupsFate {
     /// Kept, listed as orphaned, until deleted by request.
@@ -285,7 +285,7 @@ pub enum GroupsFate {
 /// A deleted plan's leftovers (`/ferry/orphans/<plan-id>`): its groups, kept or being
 /// deleted, and its run history, which the executor deletes. The marker goes when nothing
 /// is left.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct OrphanRecord {
     pub plan: Name,
     pub plan_id: Name,
