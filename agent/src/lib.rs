@@ -7,12 +7,15 @@
 //! * [`engine`]: the io_uring / pread read pipeline feeding hashing threads.
 //! * [`diff`]: changed ranges between snapshots from FIEMAP (pure comparison + windowed driver).
 //! * [`fsx`]: the Linux file interfaces used (FICLONE, FIEMAP, SEEK_DATA, flock, fsync).
-//! * [`config`]: the agent's TOML configuration.
+//! * [`replication`]: sending and receiving snapshots between agents of paired sites.
+//! * [`daemon`]: `serve`: the QUIC endpoint, the controller link, the task ledger.
+//! * [`hooks`], [`progress`]: freeze hooks around snapshots; a running task's progress.
+//! * [`config`]: the agent's TOML configuration; [`net`], [`pki`]: `ferry-net` re-exported.
 //!
 //! The agent knows nothing of plans, schedules or sites: it does what it is told to volumes.
 
 pub mod config;
-pub mod control;
+pub mod daemon;
 pub mod diff;
 pub mod engine;
 pub mod error;
@@ -22,12 +25,8 @@ pub mod manifest;
 pub mod net;
 pub mod pki;
 pub mod progress;
-pub mod ratelimit;
-pub mod receive;
-pub mod replicate;
-pub mod server;
+pub mod replication;
 pub mod store;
-pub mod tasks;
 
 pub use config::AgentConfig;
 pub use error::StoreError;

@@ -337,7 +337,7 @@ static PARTIAL_FAILURE: std::sync::atomic::AtomicBool = std::sync::atomic::Atomi
 
 fn replicate_line(
     o: &mut dyn Write,
-    r: &ferry_agent::replicate::ReplicateReport,
+    r: &ferry_agent::replication::send::ReplicateReport,
 ) -> std::io::Result<()> {
     if r.already_there {
         return writeln!(
@@ -390,7 +390,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Ping { peer, count } => {
             let addr = resolve(&peer)?;
-            let r = runtime()?.block_on(ferry_agent::server::ping(&cfg, addr, count))?;
+            let r = runtime()?.block_on(ferry_agent::daemon::server::ping(&cfg, addr, count))?;
             return emit(json, &r, |o| {
                 writeln!(
                     o,
@@ -432,7 +432,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if many && (mirror.is_some() || base.is_some()) {
                 anyhow::bail!("--as and --base name one volume's mirror and base: give one VOLUME SNAPSHOT pair");
             }
-            let target = ferry_agent::replicate::Target {
+            let target = ferry_agent::replication::send::Target {
                 peer: resolve(&to)?,
                 mirror,
                 base,
@@ -442,8 +442,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let store = std::sync::Arc::new(store);
             let results = runtime()?.block_on(async {
-                let peers = std::sync::Arc::new(ferry_agent::replicate::Peers::new(&cfg)?);
-                let budget = ferry_agent::replicate::Budget::new(cfg.net.bandwidth_limit);
+                let peers = std::sync::Arc::new(ferry_agent::replication::send::Peers::new(&cfg)?);
+                let budget = ferry_agent::replication::send::Budget::new(cfg.net.bandwidth_limit);
                 let mut set = tokio::task::JoinSet::new();
                 for (k, pair) in pairs.chunks(2).enumerate() {
                     let (cfg, store, peers, budget, target) = (
@@ -455,7 +455,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     );
                     let (volume, snapshot) = (pair[0].clone(), pair[1].clone());
                     set.spawn(async move {
-                        let r = ferry_agent::replicate::replicate_with_retries(
+                        let r = ferry_agent::replication::send::replicate_with_retries(
                             &cfg,
                             store,
                             (&peers, &budget),
@@ -524,7 +524,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let task: ferry_wire::task::Task =
                 serde_json::from_str(&text).context("not a valid task")?;
-            let ledger = ferry_agent::tasks::Ledger::open(&store)?;
+            let ledger = ferry_agent::daemon::tasks::Ledger::open(&store)?;
             let state = ledger.run(&store, &task)?;
             if !matches!(state, ferry_wire::task::TaskState::Done { .. }) {
                 PARTIAL_FAILURE.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -533,7 +533,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Task(TaskCmd::Show { id }) => {
             let id = ferry_agent::error::check_name("task id", &id)?;
-            let ledger = ferry_agent::tasks::Ledger::open(&store)?;
+            let ledger = ferry_agent::daemon::tasks::Ledger::open(&store)?;
             let rec = ledger
                 .get(&id)?
                 .ok_or_else(|| ferry_agent::error::StoreError::NotFound {
@@ -618,7 +618,7 @@ fn serve(cfg: &AgentConfig, json: bool) -> anyhow::Result<()> {
     }
     let rt = runtime()?;
     rt.block_on(async {
-        let server = ferry_agent::server::Server::bind(cfg)?;
+        let server = ferry_agent::daemon::server::Server::bind(cfg)?;
         let addr = server.local_addr()?;
         let id = server.identity();
         // One line saying where we listen, for operators and for scripts that start us.
@@ -631,7 +631,7 @@ fn serve(cfg: &AgentConfig, json: bool) -> anyhow::Result<()> {
             let _ = rx.wait_for(|s| *s).await;
         };
         // The link to the site controller, when one is configured.
-        let control = tokio::spawn(ferry_agent::control::run(
+        let control = tokio::spawn(ferry_agent::daemon::control::run(
             cfg.clone(),
             server.store(),
             stopped(stop_rx.clone()),

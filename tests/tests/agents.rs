@@ -574,7 +574,7 @@ fn misbehaving_peers_of_the_controller_are_disconnected() {
     // A node of site-a that trusts site-a (the controller's CA).
     let cfg = pki.agent_config("site-a", "x9", &["site-a"], &dir.path().join("x9"));
     let cfg = ferry_agent::config::AgentConfig::load(&cfg).expect("config");
-    let (id, trust) = ferry_agent::server::load_tls(&cfg).expect("tls");
+    let (id, trust) = ferry_agent::daemon::server::load_tls(&cfg).expect("tls");
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {

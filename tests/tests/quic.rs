@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use ferry_agent::config::AgentConfig;
+use ferry_agent::daemon::server::load_tls;
 use ferry_agent::net;
-use ferry_agent::server::load_tls;
 use ferry_tests::{bin, Pki, Served};
 use ferry_wire::msg::{close, Hello};
 use serde_json::Value;

@@ -6,8 +6,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use ferry_agent::config::AgentConfig;
+use ferry_agent::daemon::server::load_tls;
 use ferry_agent::net;
-use ferry_agent::server::load_tls;
 use ferry_tests::{bin, file_hash, random_page_writes, rng, write_random, Pki, Served};
 use ferry_wire::repl::{block_header, Payload, Request, Response, REPL_CONTROL_LIMIT};
 use ferry_wire::BlockHash;

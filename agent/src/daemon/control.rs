@@ -14,11 +14,11 @@ use ferry_wire::task::TaskState;
 use tokio::sync::mpsc;
 
 use crate::config::AgentConfig;
+use crate::daemon::tasks::Ledger;
 use crate::error::{Result, StoreError};
 use crate::net::{self, NetError};
 use crate::pki::{Identity, Trust};
 use crate::store::Store;
-use crate::tasks::Ledger;
 
 fn net_err(e: NetError) -> StoreError {
     StoreError::Net {

@@ -29,12 +29,12 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 use crate::config::{AgentConfig, Cache, Compression};
+use crate::daemon::server::load_tls;
 use crate::engine::ReadJob;
 use crate::error::{check_name, Result, StoreError};
 use crate::net::{self, NetError};
 use crate::pki::{Identity, Trust};
-use crate::ratelimit::TokenBucket;
-use crate::server::load_tls;
+use crate::replication::ratelimit::TokenBucket;
 use crate::store::Store;
 use ferry_wire::units::format_size;
 

@@ -15,7 +15,7 @@ use crate::config::AgentConfig;
 use crate::error::{Result, StoreError};
 use crate::net::{self, NetError, Session};
 use crate::pki::{Identity, Trust};
-use crate::receive::{self, Receivers, Registry};
+use crate::replication::receive::{self, Receivers, Registry};
 use crate::store::{MirrorInfo, Store};
 
 /// The TLS identity and trust of this node, from the `[net]` config.

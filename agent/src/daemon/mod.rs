@@ -1,0 +1,7 @@
+//! `ferry-agent serve`: the [`server`] (the QUIC endpoint for paired sites, whose sessions
+//! are replication's), the [`control`] link to the site controller, and the at-most-once
+//! task ledger ([`tasks`]) that runs what the controller sends.
+
+pub mod control;
+pub mod server;
+pub mod tasks;

@@ -1,0 +1,398 @@
+//! Snapshots: single and grouped (with hooks), their manifests, diffs, verification and
+//! deletion.
+
+use super::*;
+
+impl Store {
+    pub(super) fn snapshot_dir(dir: &Path, snap: &Name) -> PathBuf {
+        dir.join("snapshots").join(snap.as_str())
+    }
+
+    pub(super) fn read_snapshot(dir: &Path, volume: &Name, snap: &Name) -> Result<SnapshotMeta> {
+        let p = Self::snapshot_dir(dir, snap).join(SNAPSHOT_META);
+        match read_json(&p, "snapshot metadata") {
+            Err(StoreError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                Err(StoreError::NotFound {
+                    what: "snapshot",
+                    name: format!("{volume}@{snap}"),
+                })
+            }
+            other => other,
+        }
+    }
+
+    /// Takes a snapshot of one volume.
+    pub fn create_snapshot(&self, volume: &str, snap: &str, hooks: &Hooks) -> Result<SnapshotMeta> {
+        let mut v = self.create_group(snap, &[volume.to_owned()], hooks)?;
+        v.pop()
+            .ok_or_else(|| StoreError::Invalid("empty group".into()))
+    }
+
+    /// Takes a snapshot named `snap` of several volumes in one step: all volumes are locked,
+    /// the pre hook runs, every image is snapshotted, the post hook runs, and only then are the
+    /// manifests computed (so the hooks' freeze window covers only the snapshot step). All
+    /// snapshots commit, or none.
+    pub fn create_group(
+        &self,
+        snap: &str,
+        volumes: &[String],
+        hooks: &Hooks,
+    ) -> Result<Vec<SnapshotMeta>> {
+        self.create_group_with(snap, volumes, hooks, None)
+    }
+
+    /// [`Store::create_group`], for the replication receiver when `expect_root` is given: the
+    /// snapshot commits only if its manifest root equals the sender's, and mirror volumes are
+    /// accepted. Users go through `create_group`, which refuses mirrors (read-only).
+    pub(super) fn create_group_with(
+        &self,
+        snap: &str,
+        volumes: &[String],
+        hooks: &Hooks,
+        expect_root: Option<BlockHash>,
+    ) -> Result<Vec<SnapshotMeta>> {
+        let snap = check_name("snapshot", snap)?;
+        let mut names = volumes
+            .iter()
+            .map(|v| check_name("volume", v))
+            .collect::<Result<Vec<_>>>()?;
+        if names.is_empty() {
+            return Err(StoreError::Invalid(
+                "a snapshot needs at least one volume".into(),
+            ));
+        }
+        names.sort();
+        if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+            return Err(StoreError::Invalid(format!(
+                "volume {} is named twice",
+                w[0]
+            )));
+        }
+        let guards = names
+            .iter()
+            .map(|n| self.lock_volume(n))
+            .collect::<Result<Vec<_>>>()?;
+        for g in &guards {
+            if expect_root.is_none() {
+                refuse_mirror(&g.meta, "snapshot")?;
+            }
+            if Self::snapshot_dir(&g.dir, &snap).exists() {
+                return Err(StoreError::AlreadyExists {
+                    what: "snapshot",
+                    name: format!("{}@{snap}", g.meta.name),
+                });
+            }
+        }
+        let group = (names.len() > 1).then(|| GroupInfo {
+            id: nonce(),
+            volumes: names.clone(),
+        });
+        let journal = self.journal_dir().join(format!("group-{snap}.json"));
+        if let Some(group) = &group {
+            write_json(
+                &journal,
+                &GroupJournal {
+                    snapshot: snap.clone(),
+                    group: group.clone(),
+                },
+            )?;
+        }
+        let tmp_name = format!(".tmp-{snap}");
+        let mut committed: Vec<PathBuf> = Vec::new();
+        let res = self.group_steps(
+            &snap,
+            &guards,
+            group.as_ref(),
+            hooks,
+            &tmp_name,
+            &mut committed,
+            expect_root,
+        );
+        if res.is_err() {
+            for g in &guards {
+                let _ = remove_tree(&g.dir.join("snapshots").join(&tmp_name));
+            }
+            for dir in &committed {
+                if let (Some(parent), Some(name)) = (dir.parent(), dir.file_name()) {
+                    let _ = delete_dir(parent, &name.to_string_lossy());
+                }
+            }
+        }
+        if group.is_some() {
+            fs::remove_file(&journal).ctx("remove", &journal)?;
+            fsx::fsync_dir(&self.journal_dir()).ctx("fsync", self.journal_dir())?;
+        }
+        res
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn group_steps(
+        &self,
+        snap: &Name,
+        guards: &[VolumeGuard],
+        group: Option<&GroupInfo>,
+        hooks: &Hooks,
+        tmp_name: &str,
+        committed: &mut Vec<PathBuf>,
+        expect_root: Option<BlockHash>,
+    ) -> Result<Vec<SnapshotMeta>> {
+        let vols: Vec<(String, PathBuf)> = guards
+            .iter()
+            .map(|g| (g.meta.name.to_string(), self.image_path(&g.dir, &g.meta)))
+            .collect();
+        let env = hooks::env(snap.as_str(), &vols);
+        let timeout = self.hook_timeout(hooks.timeout);
+        if let Some(pre) = &hooks.pre {
+            if let Err(e) = hooks::run("pre", pre, &env, timeout) {
+                // The pre hook may have frozen part of what it meant to: thaw regardless.
+                if let Some(post) = &hooks.post {
+                    let _ = hooks::run("post", post, &env, timeout);
+                }
+                return Err(e);
+            }
+        }
+        let mut made = Vec::new();
+        let snap_res: Result<()> = (|| {
+            for g in guards {
+                let tmp = g.dir.join("snapshots").join(tmp_name);
+                fs::create_dir_all(&tmp).ctx("create", &tmp)?;
+                let src = self.image_path(&g.dir, &g.meta);
+                let size = fs::metadata(&src).ctx("stat", &src)?.len();
+                let created = now_ns();
+                let t0 = std::time::Instant::now();
+                let method = self.backend.snapshot(&src, &tmp.join(IMAGE))?;
+                tracing::debug!(volume = %g.meta.name, ms = t0.elapsed().as_secs_f64() * 1e3, "snapshot image taken");
+                made.push((tmp, method, size, created));
+            }
+            Ok(())
+        })();
+        let post_res = match &hooks.post {
+            Some(post) => hooks::run("post", post, &env, timeout),
+            None => Ok(()),
+        };
+        snap_res?;
+        post_res?;
+        let mut out = Vec::new();
+        for (g, (tmp, method, size, created)) in guards.iter().zip(made) {
+            let meta =
+                self.finish_snapshot(g, snap, &tmp, method, size, created, group, expect_root)?;
+            let dst = Self::snapshot_dir(&g.dir, snap);
+            fsx::rename_durable(&tmp, &dst).ctx("rename", &tmp)?;
+            committed.push(dst);
+            out.push(meta);
+        }
+        Ok(out)
+    }
+
+    /// Computes the manifest of a snapshot image in `tmp` and writes its metadata there.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn finish_snapshot(
+        &self,
+        g: &VolumeGuard,
+        snap: &Name,
+        tmp: &Path,
+        method: Method,
+        size: u64,
+        created: u64,
+        group: Option<&GroupInfo>,
+        expect_root: Option<BlockHash>,
+    ) -> Result<SnapshotMeta> {
+        let new_files = SnapshotFiles {
+            image: tmp.join(IMAGE),
+            size,
+            method,
+        };
+        let base = self.newest_snapshot(g)?;
+        let changed = match &base {
+            Some(b) => {
+                let bdir = Self::snapshot_dir(&g.dir, &b.name);
+                let bf = SnapshotFiles {
+                    image: bdir.join(IMAGE),
+                    size: b.size,
+                    method: b.method,
+                };
+                let t0 = std::time::Instant::now();
+                let c = self.backend.changed(&bf, &new_files)?;
+                tracing::debug!(volume = %g.meta.name, ms = t0.elapsed().as_secs_f64() * 1e3, ranges = c.as_ref().map_or(0, Vec::len), "changed ranges found");
+                c.map(|c| (bdir, c))
+            }
+            None => None,
+        };
+        let base_files = changed
+            .as_ref()
+            .map(|(bdir, c)| (bdir.join(MANIFEST), bdir.join(LEAVES), c));
+        // A clone is a new inode with nothing in the page cache; a copy was just written.
+        let cache = match method {
+            Method::Clone => Cache::Cold,
+            Method::Copy => Cache::Warm,
+        };
+        let src = manifest::Source {
+            image: &new_files.image,
+            cache,
+            size,
+            block_size: g.meta.block_size,
+        };
+        let report: BuildReport = manifest::build(
+            src,
+            base_files.as_ref().map(|(m, l, c)| Base {
+                manifest: m,
+                leaves: l,
+                changed: c,
+            }),
+            &tmp.join(MANIFEST),
+            &tmp.join(LEAVES),
+            &self.cfg.io,
+        )?;
+        let meta = SnapshotMeta {
+            name: snap.clone(),
+            volume: g.meta.name.clone(),
+            created_unix_ns: created,
+            size,
+            block_size: g.meta.block_size,
+            root: report.root.to_hex(),
+            method,
+            manifest: ManifestInfo {
+                mode: report.mode,
+                base: (report.mode == manifest::BuildMode::Incremental)
+                    .then(|| base.map(|b| b.name))
+                    .flatten(),
+                bytes_read: report.bytes_read,
+                elapsed_ms: report.elapsed.as_secs_f64() * 1000.0,
+                engine: report.engine,
+            },
+            group: group.cloned(),
+        };
+        if let Some(want) = expect_root {
+            if report.root != want {
+                return Err(StoreError::Corrupt {
+                    what: "mirror snapshot",
+                    path: tmp.to_owned(),
+                    detail: format!(
+                        "manifest root {} differs from the sender's {}; not committed",
+                        report.root, want
+                    ),
+                });
+            }
+        }
+        write_json(&tmp.join(SNAPSHOT_META), &meta)?;
+        fsx::fsync_dir(tmp).ctx("fsync", tmp)?;
+        Ok(meta)
+    }
+
+    pub(super) fn newest_snapshot(&self, g: &VolumeGuard) -> Result<Option<SnapshotMeta>> {
+        Ok(self.snapshots_of(g)?.into_iter().next_back())
+    }
+
+    pub(super) fn snapshots_of(&self, g: &VolumeGuard) -> Result<Vec<SnapshotMeta>> {
+        self.read_snapshots(&g.dir, &g.meta.name)
+    }
+
+    pub(super) fn read_snapshots(&self, dir: &Path, volume: &Name) -> Result<Vec<SnapshotMeta>> {
+        let mut out = Vec::new();
+        for n in self.snapshot_names(dir)? {
+            let name = check_name("snapshot", &n)?;
+            match Self::read_snapshot(dir, volume, &name) {
+                Ok(m) => out.push(m),
+                Err(StoreError::NotFound { .. }) => {} // deleted meanwhile
+                Err(e) => return Err(e),
+            }
+        }
+        out.sort_by_key(|m| (m.created_unix_ns, m.name.clone()));
+        Ok(out)
+    }
+
+    /// A volume's snapshots, oldest first.
+    pub fn list_snapshots(&self, volume: &str) -> Result<Vec<SnapshotMeta>> {
+        let name = check_name("volume", volume)?;
+        let info = self.volume(name.as_str())?;
+        self.read_snapshots(&self.volumes_dir().join(info.name.as_str()), &info.name)
+    }
+
+    /// One snapshot's metadata.
+    pub fn snapshot(&self, volume: &str, snap: &str) -> Result<SnapshotMeta> {
+        let v = check_name("volume", volume)?;
+        let s = check_name("snapshot", snap)?;
+        self.volume(v.as_str())?;
+        Self::read_snapshot(&self.volumes_dir().join(v.as_str()), &v, &s)
+    }
+
+    /// Paths of a snapshot's image, manifest and leaf index.
+    pub fn snapshot_paths(&self, volume: &str, snap: &str) -> Result<(PathBuf, PathBuf, PathBuf)> {
+        let m = self.snapshot(volume, snap)?;
+        let d = Self::snapshot_dir(&self.volumes_dir().join(m.volume.as_str()), &m.name);
+        Ok((d.join(IMAGE), d.join(MANIFEST), d.join(LEAVES)))
+    }
+
+    /// A snapshot's verified manifest.
+    pub fn manifest(&self, volume: &str, snap: &str) -> Result<HashFile> {
+        let (_, m, _) = self.snapshot_paths(volume, snap)?;
+        HashFile::open(&m, Kind::Manifest).map_err(|e| StoreError::Corrupt {
+            what: "manifest",
+            path: m.clone(),
+            detail: e.to_string(),
+        })
+    }
+
+    /// The byte ranges where `snap` differs from `base` (two snapshots of one volume).
+    pub fn diff(&self, volume: &str, base: &str, snap: &str) -> Result<DiffReport> {
+        let a = self.snapshot(volume, base)?;
+        let b = self.snapshot(volume, snap)?;
+        let vdir = self.volumes_dir().join(a.volume.as_str());
+        let files = |m: &SnapshotMeta| SnapshotFiles {
+            image: Self::snapshot_dir(&vdir, &m.name).join(IMAGE),
+            size: m.size,
+            method: m.method,
+        };
+        if let Some(ranges) = self.backend.changed(&files(&a), &files(&b))? {
+            let fs_block = fs_block_size(&vdir);
+            return Ok(DiffReport {
+                volume: a.volume,
+                base: a.name,
+                snapshot: b.name,
+                method: "fiemap",
+                granularity: fs_block,
+                changed_bytes: ranges.iter().map(|(s, e)| e - s).sum(),
+                ranges,
+            });
+        }
+        let ma = self.manifest(volume, base)?;
+        let mb = self.manifest(volume, snap)?;
+        let g = mb.geometry();
+        let mut ranges = Vec::new();
+        let same_cut = ma.geometry().block_size == g.block_size;
+        for i in 0..g.block_count() {
+            let (off, len) = g.block_range(i);
+            let differs = !same_cut
+                || i >= ma.len()
+                || ma.geometry().block_range(i).1 != len
+                || ma.hash(i) != mb.hash(i);
+            if differs {
+                diff::push_merged(&mut ranges, (off, off + len));
+            }
+        }
+        Ok(DiffReport {
+            volume: a.volume,
+            base: a.name,
+            snapshot: b.name,
+            method: "manifest",
+            granularity: g.block_size as u64,
+            changed_bytes: ranges.iter().map(|(s, e)| e - s).sum(),
+            ranges,
+        })
+    }
+
+    /// Re-reads a snapshot and checks it against its manifest.
+    pub fn verify(&self, volume: &str, snap: &str) -> Result<VerifyReport> {
+        let (img, m, l) = self.snapshot_paths(volume, snap)?;
+        manifest::verify(&img, &m, &l, &self.cfg.io)
+    }
+
+    /// Deletes a snapshot.
+    pub fn delete_snapshot(&self, volume: &str, snap: &str) -> Result<()> {
+        let v = check_name("volume", volume)?;
+        let s = check_name("snapshot", snap)?;
+        let g = self.lock_volume(&v)?;
+        Self::read_snapshot(&g.dir, &v, &s)?;
+        delete_dir(&g.dir.join("snapshots"), s.as_str())
+    }
+}

@@ -1,0 +1,354 @@
+//! Volumes: create, adopt, list, delete, roll back in place, clone from a snapshot.
+
+use super::*;
+
+impl Store {
+    pub(super) fn info(&self, dir: &Path, meta: VolumeMeta) -> Result<VolumeInfo> {
+        let path = self.image_path(dir, &meta);
+        let size = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        let snapshots = self.snapshot_names(dir)?.len();
+        Ok(VolumeInfo {
+            name: meta.name,
+            kind: meta.kind,
+            path,
+            size,
+            block_size: meta.block_size,
+            snapshots,
+            created_unix_ms: meta.created_unix_ms,
+            origin: meta.origin,
+            mirror: meta.mirror,
+        })
+    }
+
+    pub(super) fn snapshot_names(&self, dir: &Path) -> Result<Vec<String>> {
+        let sd = dir.join("snapshots");
+        let mut out = Vec::new();
+        let rd = match fs::read_dir(&sd) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(io_err(e, "list", sd)),
+        };
+        for entry in rd {
+            let entry = entry.ctx("list", &sd)?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !is_scratch(&name) && entry.path().join(SNAPSHOT_META).exists() {
+                out.push(name);
+            }
+        }
+        Ok(out)
+    }
+
+    pub(super) fn block_size(&self, requested: Option<u64>) -> Result<u32> {
+        let bs = requested.unwrap_or(self.cfg.block_size);
+        check_block_size(bs).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        Ok(bs as u32)
+    }
+
+    /// Commits a volume directory built in a temporary place.
+    pub(super) fn commit_volume(
+        &self,
+        name: &Name,
+        meta: &VolumeMeta,
+        tmp: &Path,
+    ) -> Result<VolumeInfo> {
+        write_json(&tmp.join(VOLUME_META), meta)?;
+        fs::create_dir_all(tmp.join("snapshots")).ctx("create", tmp)?;
+        fsx::fsync_dir(tmp).ctx("fsync", tmp)?;
+        let dst = self.volumes_dir().join(name.as_str());
+        fsx::rename_durable(tmp, &dst).ctx("rename", tmp)?;
+        self.info(&dst, meta.clone())
+    }
+
+    pub(super) fn check_new_volume(&self, name: &Name) -> Result<()> {
+        if self.volumes_dir().join(name.as_str()).exists() {
+            return Err(StoreError::AlreadyExists {
+                what: "volume",
+                name: name.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    pub(super) fn tmp_volume_dir(&self, name: &Name) -> Result<PathBuf> {
+        let tmp = self.volumes_dir().join(format!(".tmp-{name}-{}", nonce()));
+        fs::create_dir(&tmp).ctx("create", &tmp)?;
+        Ok(tmp)
+    }
+
+    /// Builds an owned, sparse volume (optionally a mirror) and commits it; the caller holds
+    /// the store lock and has checked the name is free.
+    pub(super) fn new_sparse_volume(
+        &self,
+        name: &Name,
+        size: u64,
+        block_size: u32,
+        mirror: Option<MirrorInfo>,
+    ) -> Result<VolumeInfo> {
+        let tmp = self.tmp_volume_dir(name)?;
+        let res = (|| {
+            let img = tmp.join(IMAGE);
+            let f = create_new(&img)?;
+            f.set_len(size).ctx("size", &img)?;
+            f.sync_all().ctx("fsync", &img)?;
+            let meta = VolumeMeta {
+                name: name.clone(),
+                kind: VolumeKind::Owned,
+                path: None,
+                block_size,
+                created_unix_ms: now_ns() / 1_000_000,
+                origin: None,
+                mirror,
+            };
+            self.commit_volume(name, &meta, &tmp)
+        })();
+        if res.is_err() {
+            let _ = remove_tree(&tmp);
+        }
+        res
+    }
+
+    /// Creates an owned, sparse volume of `size` bytes.
+    pub fn create_volume(
+        &self,
+        name: &str,
+        size: u64,
+        block_size: Option<u64>,
+    ) -> Result<VolumeInfo> {
+        let name = check_name("volume", name)?;
+        if size == 0 {
+            return Err(StoreError::Invalid(
+                "volume size must be at least 1 byte".into(),
+            ));
+        }
+        if size > i64::MAX as u64 {
+            return Err(StoreError::Invalid(format!(
+                "volume size {size} exceeds the largest file size ({})",
+                ferry_wire::units::format_size(i64::MAX as u64)
+            )));
+        }
+        let block_size = self.block_size(block_size)?;
+        let _lock = self.store_lock()?;
+        self.check_new_volume(&name)?;
+        self.new_sparse_volume(&name, size, block_size, None)
+            .map_err(|e| match e {
+                StoreError::Io { source, path, .. }
+                    if source.raw_os_error() == Some(libc::EFBIG) =>
+                {
+                    StoreError::Invalid(format!(
+                        "volume size {} is larger than the filesystem of {} allows",
+                        ferry_wire::units::format_size(size),
+                        path.parent()
+                            .and_then(Path::parent)
+                            .unwrap_or(&path)
+                            .display()
+                    ))
+                }
+                other => other,
+            })
+    }
+
+    /// Adopts an existing image file (a LUN's backing file, a file in an NFS export, a VM disk).
+    /// The file stays where it is; deleting the volume later only forgets it.
+    pub fn adopt_volume(
+        &self,
+        name: &str,
+        path: &Path,
+        block_size: Option<u64>,
+    ) -> Result<VolumeInfo> {
+        let name = check_name("volume", name)?;
+        let block_size = self.block_size(block_size)?;
+        if !path.is_absolute() {
+            return Err(StoreError::Invalid(format!(
+                "{} is not an absolute path",
+                path.display()
+            )));
+        }
+        let real = fs::canonicalize(path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => StoreError::NotFound {
+                what: "file",
+                name: path.display().to_string(),
+            },
+            _ => io_err(e, "resolve", path.to_owned()),
+        })?;
+        let md = fs::metadata(&real).ctx("stat", &real)?;
+        if !md.is_file() {
+            return Err(StoreError::Invalid(format!(
+                "{} is not a regular file",
+                real.display()
+            )));
+        }
+        if md.len() == 0 {
+            return Err(StoreError::Invalid(format!("{} is empty", real.display())));
+        }
+        let root = fs::canonicalize(&self.root).ctx("resolve", &self.root)?;
+        if real.starts_with(&root) {
+            return Err(StoreError::Invalid(format!(
+                "{} is inside the agent's data directory",
+                real.display()
+            )));
+        }
+        let _lock = self.store_lock()?;
+        self.check_new_volume(&name)?;
+        for v in self.list_volumes_unlocked()? {
+            if v.kind == VolumeKind::Adopted && v.path == real {
+                return Err(StoreError::AlreadyExists {
+                    what: "adopted file",
+                    name: format!("{} (volume {})", real.display(), v.name),
+                });
+            }
+        }
+        let tmp = self.tmp_volume_dir(&name)?;
+        let meta = VolumeMeta {
+            name: name.clone(),
+            kind: VolumeKind::Adopted,
+            path: Some(real),
+            block_size,
+            created_unix_ms: now_ns() / 1_000_000,
+            origin: None,
+            mirror: None,
+        };
+        let res = self.commit_volume(&name, &meta, &tmp);
+        if res.is_err() {
+            let _ = remove_tree(&tmp);
+        }
+        res
+    }
+
+    pub(super) fn list_volumes_unlocked(&self) -> Result<Vec<VolumeInfo>> {
+        let vd = self.volumes_dir();
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&vd).ctx("list", &vd)? {
+            let entry = entry.ctx("list", &vd)?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if is_scratch(&name) {
+                continue;
+            }
+            let meta_path = entry.path().join(VOLUME_META);
+            match read_json::<VolumeMeta>(&meta_path, "volume metadata") {
+                Ok(meta) => out.push(self.info(&entry.path(), meta)?),
+                Err(StoreError::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    /// All volumes, by name.
+    pub fn list_volumes(&self) -> Result<Vec<VolumeInfo>> {
+        self.list_volumes_unlocked()
+    }
+
+    /// One volume.
+    pub fn volume(&self, name: &str) -> Result<VolumeInfo> {
+        let name = check_name("volume", name)?;
+        let dir = self.volumes_dir().join(name.as_str());
+        let meta: VolumeMeta = match read_json(&dir.join(VOLUME_META), "volume metadata") {
+            Ok(m) => m,
+            Err(StoreError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                return Err(StoreError::NotFound {
+                    what: "volume",
+                    name: name.to_string(),
+                })
+            }
+            Err(e) => return Err(e),
+        };
+        self.info(&dir, meta)
+    }
+
+    /// Deletes a volume. With snapshots it refuses unless `force`. An adopted image is kept.
+    pub fn delete_volume(&self, name: &str, force: bool) -> Result<DeleteReport> {
+        let name = check_name("volume", name)?;
+        let _store = self.store_lock()?;
+        let g = self.lock_volume(&name)?;
+        let snaps = self.snapshot_names(&g.dir)?;
+        if !snaps.is_empty() && !force {
+            return Err(StoreError::Busy(format!(
+                "volume {name:?} has {} snapshot(s); delete them first or pass --force",
+                snaps.len()
+            )));
+        }
+        let path = self.image_path(&g.dir, &g.meta);
+        delete_dir(&self.volumes_dir(), name.as_str())?;
+        Ok(DeleteReport {
+            volume: name,
+            kind: g.meta.kind,
+            snapshots_deleted: snaps.len(),
+            image_deleted: g.meta.kind == VolumeKind::Owned,
+            path,
+        })
+    }
+
+    /// Rolls a volume back to a snapshot, in place.
+    pub fn rollback(&self, volume: &str, snap: &str) -> Result<RollbackReport> {
+        let v = check_name("volume", volume)?;
+        let s = check_name("snapshot", snap)?;
+        let g = self.lock_volume(&v)?;
+        refuse_mirror(&g.meta, "rollback")?;
+        let m = Self::read_snapshot(&g.dir, &v, &s)?;
+        write_json(
+            &g.dir.join(ROLLBACK_INTENT),
+            &serde_json::json!({ "snapshot": s }),
+        )?;
+        self.do_rollback(&g, &s)?;
+        Ok(RollbackReport {
+            volume: v,
+            snapshot: s,
+            path: self.image_path(&g.dir, &g.meta),
+            size: m.size,
+        })
+    }
+
+    /// Performs (or replays) a rollback whose intent is recorded; removes the intent after.
+    pub(super) fn do_rollback(&self, g: &VolumeGuard, snap: &Name) -> Result<()> {
+        let intent = g.dir.join(ROLLBACK_INTENT);
+        let src = Self::snapshot_dir(&g.dir, snap).join(IMAGE);
+        if !src.exists() {
+            return Err(StoreError::Corrupt {
+                what: "rollback intent",
+                path: intent,
+                detail: format!("snapshot {snap} is gone"),
+            });
+        }
+        let dst = self.image_path(&g.dir, &g.meta);
+        self.backend.restore(&src, &dst)?;
+        fs::remove_file(&intent).ctx("remove", &intent)?;
+        fsx::fsync_dir(&g.dir).ctx("fsync", &g.dir)
+    }
+
+    /// Creates a new owned volume `new` from a snapshot.
+    pub fn clone_volume(&self, volume: &str, snap: &str, new: &str) -> Result<VolumeInfo> {
+        let v = check_name("volume", volume)?;
+        let s = check_name("snapshot", snap)?;
+        let n = check_name("volume", new)?;
+        let _store = self.store_lock()?;
+        let g = self.lock_volume(&v)?;
+        let m = Self::read_snapshot(&g.dir, &v, &s)?;
+        self.check_new_volume(&n)?;
+        let tmp = self.tmp_volume_dir(&n)?;
+        let res = (|| {
+            self.backend.snapshot(
+                &Self::snapshot_dir(&g.dir, &s).join(IMAGE),
+                &tmp.join(IMAGE),
+            )?;
+            let meta = VolumeMeta {
+                name: n.clone(),
+                kind: VolumeKind::Owned,
+                path: None,
+                block_size: m.block_size,
+                created_unix_ms: now_ns() / 1_000_000,
+                origin: Some(Origin {
+                    volume: v.clone(),
+                    snapshot: s.clone(),
+                }),
+                mirror: None,
+            };
+            self.commit_volume(&n, &meta, &tmp)
+        })();
+        if res.is_err() {
+            let _ = remove_tree(&tmp);
+        }
+        res
+    }
+}
