@@ -250,7 +250,12 @@ pub async fn replicate_with_retries(
 }
 
 /// Sends snapshot `snap` of `volume` to the agent at `target.peer`, into its mirror volume,
-/// over the peer's shared connection, within the agent's bandwidth budget.
+/// over the peer's shared connection, within the agent's bandwidth budget. The phases, each
+/// a function of its own: what to send ([`Source::open`]); connect and open the session's
+/// control stream; ask what the mirror holds; choose the base ([`choose`]) and where changed
+/// pages come from ([`Delta::plan`]); begin; then, at once, the data pipeline
+/// ([`Pipeline::start`]: a reader thread feeding the data streams) and the offers
+/// ([`offer`]: the sans-IO core's steps on the control stream); last the commit.
 pub async fn replicate(
     cfg: &AgentConfig,
     store: Arc<Store>,
@@ -260,56 +265,17 @@ pub async fn replicate(
     target: &Target,
 ) -> Result<ReplicateReport> {
     let started = Instant::now();
-    let peer = target.peer;
-    let meta = store.snapshot(volume, snap)?;
-    let mirror = check_name("mirror volume", target.mirror.as_deref().unwrap_or(volume))?;
-    let want_base = match &target.base {
-        Some(b) => Some(check_name("base snapshot", b)?),
-        None => None,
-    };
-    let root = BlockHash::from_hex(&meta.root)
-        .ok_or_else(|| StoreError::Invalid("bad root in snapshot metadata".into()))?;
-    let ours: Vec<(Name, BlockHash)> = store
-        .list_snapshots(volume)?
-        .into_iter()
-        .filter(|m| {
-            m.created_unix_ns < meta.created_unix_ns
-                && m.block_size == meta.block_size
-                && m.size == meta.size
-        })
-        .filter_map(|m| BlockHash::from_hex(&m.root).map(|r| (m.name, r)))
-        .collect();
-    let (image, manifest_path, _) = store.snapshot_paths(volume, snap)?;
-    let new = store.manifest(volume, snap)?;
-
-    let (conn, peer_label) = peers.connection(peer).await?;
+    let src = Source::open(&store, volume, snap, target)?;
+    let (conn, peer_label) = peers.connection(target.peer).await?;
     let mut ctl = conn.open_bi().await.map_err(|e| net_err(e.into()))?;
     // Offers and needs go ahead of block data on the shared connection.
     let _ = ctl.0.set_priority(1);
     let sid = u64::from(ctl.0.id());
-
-    let mut report = ReplicateReport {
-        volume: meta.volume.clone(),
-        snapshot: meta.name.clone(),
-        mirror: mirror.clone(),
-        peer: peer_label,
-        base: None,
-        root: meta.root.clone(),
-        blocks: new.len(),
-        zero_blocks: 0,
-        offered_blocks: 0,
-        sent_blocks: 0,
-        sent_bytes: 0,
-        compressed_blocks: 0,
-        compression_saved_bytes: 0,
-        resumed_blocks: 0,
-        elapsed_ms: 0.0,
-        already_there: false,
-    };
+    let mut report = src.report(peer_label);
     let theirs = match call(
         &mut ctl,
         &Request::Snapshots {
-            mirror: mirror.clone(),
+            mirror: src.mirror.clone(),
         },
     )
     .await?
@@ -317,62 +283,23 @@ pub async fn replicate(
         Response::Snapshots { snapshots } => snapshots,
         r => return Err(unexpected(&r)),
     };
-    if let Some((_, r)) = theirs.iter().find(|(n, _)| *n == meta.name) {
-        if *r != root {
-            return Err(StoreError::Corrupt {
-                what: "mirror snapshot",
-                path: mirror.as_str().into(),
-                detail: format!("the peer holds {mirror}@{snap} with root {r}, ours is {root}"),
-            });
-        }
+    if src.already_there(&theirs)? {
         report.already_there = true;
         let _ = ctl.0.finish();
         report.elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
         return Ok(report);
     }
-    let base = match want_base {
-        None => choose_base(&ours, &theirs),
-        Some(b) => {
-            let Some((_, r)) = ours.iter().find(|(n, _)| *n == b) else {
-                return Err(StoreError::Invalid(format!(
-                    "base {volume}@{b} is not an older snapshot of the same size and block size as {snap}"
-                )));
-            };
-            if !theirs.iter().any(|(n, tr)| *n == b && tr == r) {
-                return Err(StoreError::Invalid(format!(
-                    "the peer does not hold {mirror}@{b} with the same root; \
-                     omit --base to use the newest snapshot both hold"
-                )));
-            }
-            Some(b)
-        }
-    };
-    let base_manifest = match &base {
-        Some(b) => Some(store.manifest(volume, b.as_str())?),
-        None => None,
-    };
-    // The changed 4 KiB pages of each block, when the backend's diff is exact (reflink):
-    // page deltas then need no read of the base. Otherwise the base image is read to find them.
-    let (page_masks, base_image) = match &base {
-        Some(b) => {
-            let d = store.diff(volume, b.as_str(), snap)?;
-            if d.method == "fiemap" {
-                (Some(page_masks(&d.ranges, meta.block_size as u64)), None)
-            } else {
-                (None, Some(store.snapshot_paths(volume, b.as_str())?.0))
-            }
-        }
-        None => (None, None),
-    };
+    let base = choose(&src, &theirs, target)?;
+    let delta = Delta::plan(&store, &src, base.as_ref())?;
     report.base = base.clone();
     match call(
         &mut ctl,
         &Request::Begin {
-            mirror: mirror.clone(),
-            snapshot: meta.name.clone(),
-            size: meta.size,
-            block_size: meta.block_size,
-            root,
+            mirror: src.mirror.clone(),
+            snapshot: src.meta.name.clone(),
+            size: src.meta.size,
+            block_size: src.meta.block_size,
+            root: src.root,
             base,
         },
     )
@@ -381,139 +308,445 @@ pub async fn replicate(
         Response::Begun { resumed } => report.resumed_blocks = resumed,
         r => return Err(unexpected(&r)),
     }
+    let pipeline = Pipeline::start(&conn, cfg, &src, delta.pages, target, budget, sid).await?;
+    let (mut ctl_send, mut responses) = Responses::spawn(ctl);
+    let offered = offer(
+        &mut ctl_send,
+        &mut responses,
+        &src,
+        delta.base_manifest.as_ref(),
+        &pipeline,
+        target.progress,
+        &mut report,
+    )
+    .await;
+    let sent = pipeline.finish(offered).await?;
+    report.sent_blocks = sent.blocks;
+    // Counted once, by the reader, as each frame goes out (progress reads it too).
+    report.sent_bytes = sent.bytes;
+    report.compressed_blocks = sent.compressed_blocks;
+    report.compression_saved_bytes = sent.compression_saved;
+    commit(&mut ctl_send, &mut responses, src.root).await?;
+    let stats = conn.stats();
+    tracing::debug!(
+        mtu = stats.path.current_mtu,
+        rtt_us = stats.path.rtt.as_micros() as u64,
+        lost = stats.path.lost_packets,
+        sent_packets = stats.path.sent_packets,
+        cwnd = stats.path.cwnd,
+        "transfer path"
+    );
+    report.elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
+    Ok(report)
+}
 
-    // Data path: a reader thread feeding DATA_STREAMS stream writers; it counts what it sent
-    // so the control path can keep the number of needed-but-unsent blocks bounded.
-    let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let total_sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let progress = Arc::new(tokio::sync::Notify::new());
-    let (reader_sent, reader_progress) = (sent.clone(), progress.clone());
-    let (need_tx, mut need_rx) = mpsc::channel::<Vec<u64>>(8);
-    let mut stream_txs = Vec::new();
-    let mut writers = Vec::new();
-    for _ in 0..DATA_STREAMS {
-        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(STREAM_QUEUE);
-        let mut s = conn.open_uni().await.map_err(|e| net_err(e.into()))?;
-        stream_txs.push(tx);
-        writers.push(tokio::spawn(async move {
-            while let Some(frame) = rx.recv().await {
-                net::write_framed(&mut s, frame).await?;
-            }
-            let _ = s.finish();
-            Ok::<_, NetError>(())
-        }));
+/// The snapshot to send, with what choosing a base needs.
+struct Source {
+    volume: String,
+    meta: crate::store::SnapshotMeta,
+    mirror: Name,
+    root: BlockHash,
+    /// Our older snapshots of the same size and block size, with their roots.
+    ours: Vec<(Name, BlockHash)>,
+    image: std::path::PathBuf,
+    manifest_path: std::path::PathBuf,
+    manifest: HashFile,
+}
+
+impl Source {
+    fn open(store: &Store, volume: &str, snap: &str, target: &Target) -> Result<Source> {
+        let meta = store.snapshot(volume, snap)?;
+        let mirror = check_name("mirror volume", target.mirror.as_deref().unwrap_or(volume))?;
+        let root = BlockHash::from_hex(&meta.root)
+            .ok_or_else(|| StoreError::Invalid("bad root in snapshot metadata".into()))?;
+        let ours: Vec<(Name, BlockHash)> = store
+            .list_snapshots(volume)?
+            .into_iter()
+            .filter(|m| {
+                m.created_unix_ns < meta.created_unix_ns
+                    && m.block_size == meta.block_size
+                    && m.size == meta.size
+            })
+            .filter_map(|m| BlockHash::from_hex(&m.root).map(|r| (m.name, r)))
+            .collect();
+        let (image, manifest_path, _) = store.snapshot_paths(volume, snap)?;
+        let manifest = store.manifest(volume, snap)?;
+        Ok(Source {
+            volume: volume.to_string(),
+            meta,
+            mirror,
+            root,
+            ours,
+            image,
+            manifest_path,
+            manifest,
+        })
     }
-    let bs = meta.block_size as u64;
-    let size = meta.size;
-    let io = cfg.io.clone();
-    let sent_bytes = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let reader_bytes = sent_bytes.clone();
-    let mut bucket = target
-        .bandwidth_limit
-        .map(|l| TokenBucket::new(l, Instant::now()));
-    let budget = budget.clone();
-    let compress = target.compress;
-    let mut compressed = (0u64, 0u64);
-    let reader = tokio::task::spawn_blocking(move || -> Result<(u64, (u64, u64))> {
+
+    /// The report before anything is sent.
+    fn report(&self, peer: String) -> ReplicateReport {
+        ReplicateReport {
+            volume: self.meta.volume.clone(),
+            snapshot: self.meta.name.clone(),
+            mirror: self.mirror.clone(),
+            peer,
+            base: None,
+            root: self.meta.root.clone(),
+            blocks: self.manifest.len(),
+            zero_blocks: 0,
+            offered_blocks: 0,
+            sent_blocks: 0,
+            sent_bytes: 0,
+            compressed_blocks: 0,
+            compression_saved_bytes: 0,
+            resumed_blocks: 0,
+            elapsed_ms: 0.0,
+            already_there: false,
+        }
+    }
+
+    /// Whether the mirror holds this snapshot already (with another root: corrupt).
+    fn already_there(&self, theirs: &[(Name, BlockHash)]) -> Result<bool> {
+        let Some((_, r)) = theirs.iter().find(|(n, _)| *n == self.meta.name) else {
+            return Ok(false);
+        };
+        if *r != self.root {
+            return Err(StoreError::Corrupt {
+                what: "mirror snapshot",
+                path: self.mirror.as_str().into(),
+                detail: format!(
+                    "the peer holds {}@{} with root {r}, ours is {}",
+                    self.mirror, self.meta.name, self.root
+                ),
+            });
+        }
+        Ok(true)
+    }
+}
+
+/// The base: the newest snapshot both sides hold with the same root, or the one asked for,
+/// which both must hold so.
+fn choose(src: &Source, theirs: &[(Name, BlockHash)], target: &Target) -> Result<Option<Name>> {
+    let Some(b) = &target.base else {
+        return Ok(choose_base(&src.ours, theirs));
+    };
+    let b = check_name("base snapshot", b)?;
+    let Some((_, r)) = src.ours.iter().find(|(n, _)| *n == b) else {
+        return Err(StoreError::Invalid(format!(
+            "base {}@{b} is not an older snapshot of the same size and block size as {}",
+            src.volume, src.meta.name
+        )));
+    };
+    if !theirs.iter().any(|(n, tr)| *n == b && tr == r) {
+        return Err(StoreError::Invalid(format!(
+            "the peer does not hold {}@{b} with the same root; omit --base to use the newest \
+             snapshot both hold",
+            src.mirror
+        )));
+    }
+    Ok(Some(b))
+}
+
+/// Where a changed block's changed pages come from.
+#[derive(Default)]
+struct PageSource {
+    /// The changed 4 KiB pages of each block, when the backend's diff is exact (reflink):
+    /// page deltas then need no read of the base.
+    masks: Option<HashMap<u64, Vec<u8>>>,
+    /// Otherwise the base image, read to find them.
+    base_image: Option<std::path::PathBuf>,
+}
+
+/// What a transfer relative to a base knows of it.
+struct Delta {
+    base_manifest: Option<HashFile>,
+    pages: PageSource,
+}
+
+impl Delta {
+    fn plan(store: &Store, src: &Source, base: Option<&Name>) -> Result<Delta> {
+        let Some(b) = base else {
+            return Ok(Delta {
+                base_manifest: None,
+                pages: PageSource::default(),
+            });
+        };
+        let (volume, snap) = (src.volume.as_str(), src.meta.name.as_str());
+        let base_manifest = Some(store.manifest(volume, b.as_str())?);
+        let d = store.diff(volume, b.as_str(), snap)?;
+        let pages = if d.method == "fiemap" {
+            PageSource {
+                masks: Some(page_masks(&d.ranges, src.meta.block_size as u64)),
+                base_image: None,
+            }
+        } else {
+            PageSource {
+                masks: None,
+                base_image: Some(store.snapshot_paths(volume, b.as_str())?.0),
+            }
+        };
+        Ok(Delta {
+            base_manifest,
+            pages,
+        })
+    }
+}
+
+/// What the reader has sent, shared with the control path (which keeps the number of
+/// needed-but-unsent blocks bounded) and the progress line.
+#[derive(Default)]
+struct Counters {
+    /// Blocks sent since the control path last looked.
+    unseen: std::sync::atomic::AtomicU64,
+    blocks: std::sync::atomic::AtomicU64,
+    bytes: std::sync::atomic::AtomicU64,
+    /// Told whenever a block went out, and when the reader stops.
+    moved: tokio::sync::Notify,
+}
+
+fn load(a: &std::sync::atomic::AtomicU64) -> u64 {
+    a.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// What the data path sent, all told.
+struct Sent {
+    blocks: u64,
+    bytes: u64,
+    compressed_blocks: u64,
+    compression_saved: u64,
+}
+
+/// The data path: a reader thread that reads, checks, frames and paces the needed blocks,
+/// feeding [`DATA_STREAMS`] stream writers round-robin.
+struct Pipeline {
+    needs: mpsc::Sender<Vec<u64>>,
+    reader: tokio::task::JoinHandle<Result<(u64, (u64, u64))>>,
+    writers: Vec<tokio::task::JoinHandle<std::result::Result<(), NetError>>>,
+    counters: Arc<Counters>,
+}
+
+impl Pipeline {
+    async fn start(
+        conn: &quinn::Connection,
+        cfg: &AgentConfig,
+        src: &Source,
+        pages: PageSource,
+        target: &Target,
+        budget: &Budget,
+        sid: u64,
+    ) -> Result<Pipeline> {
+        let mut streams = Vec::new();
+        let mut writers = Vec::new();
+        for _ in 0..DATA_STREAMS {
+            let (tx, mut rx) = mpsc::channel::<Vec<u8>>(STREAM_QUEUE);
+            let mut s = conn.open_uni().await.map_err(|e| net_err(e.into()))?;
+            streams.push(tx);
+            writers.push(tokio::spawn(async move {
+                while let Some(frame) = rx.recv().await {
+                    net::write_framed(&mut s, frame).await?;
+                }
+                let _ = s.finish();
+                Ok::<_, NetError>(())
+            }));
+        }
+        let counters = Arc::new(Counters::default());
+        let (needs, needs_rx) = mpsc::channel::<Vec<u64>>(8);
+        let reader = Reader {
+            image: src.image.clone(),
+            manifest_path: src.manifest_path.clone(),
+            framing: Framing {
+                bs: src.meta.block_size as u64,
+                sid,
+                compress: target.compress,
+                pages,
+            },
+            size: src.meta.size,
+            io: cfg.io.clone(),
+            bucket: target
+                .bandwidth_limit
+                .map(|l| TokenBucket::new(l, Instant::now())),
+            budget: budget.clone(),
+            streams,
+            needs: needs_rx,
+            counters: counters.clone(),
+        };
+        Ok(Pipeline {
+            needs,
+            reader: tokio::task::spawn_blocking(move || reader.run()),
+            writers,
+            counters,
+        })
+    }
+
+    /// Ends the data path after the offers ended with `offered`; the first error of the
+    /// writers, the offers and the reader, in that order, wins.
+    async fn finish(self, offered: Result<()>) -> Result<Sent> {
+        drop(self.needs);
+        let read = self
+            .reader
+            .await
+            .map_err(|e| StoreError::Invalid(format!("reader thread: {e}")))?;
+        for w in self.writers {
+            w.await
+                .map_err(|e| StoreError::Invalid(format!("stream writer: {e}")))?
+                .map_err(net_err)?;
+        }
+        offered?;
+        let (blocks, (compressed_blocks, compression_saved)) = read?;
+        Ok(Sent {
+            blocks,
+            bytes: load(&self.counters.bytes),
+            compressed_blocks,
+            compression_saved,
+        })
+    }
+}
+
+/// How a block becomes a data frame.
+struct Framing {
+    bs: u64,
+    sid: u64,
+    compress: Compression,
+    pages: PageSource,
+}
+
+impl Framing {
+    /// The frames of the blocks of `data`, read at `job`: each block whole or as its changed
+    /// pages (when that is clearly smaller: the receiver's working copy holds the base block
+    /// of every block it asks for), compressed when that saves enough.
+    fn frames(
+        &self,
+        job: &ReadJob,
+        data: &[u8],
+        base_file: Option<&std::fs::File>,
+    ) -> std::io::Result<Vec<Framed>> {
+        let bs = self.bs;
+        let mut out = Vec::new();
+        let mut base_block = Vec::new();
+        for (j, chunk) in data.chunks(bs as usize).enumerate() {
+            let i = job.offset / bs + j as u64;
+            let hash = BlockHash::of(chunk);
+            let full = chunk.len() as u64 == bs;
+            let delta = match (&self.pages.masks, base_file) {
+                (Some(masks), _) if full => masks.get(&i).and_then(|m| pages_payload(chunk, m)),
+                (None, Some(bf)) if full => {
+                    base_block.resize(bs as usize, 0);
+                    bf.read_exact_at(&mut base_block, i * bs)?;
+                    page_delta(&base_block, chunk)
+                }
+                _ => None,
+            };
+            let (kind, payload) = match &delta {
+                Some(d) => (Payload::Pages, d.as_slice()),
+                None => (Payload::Full, chunk),
+            };
+            let packed = match self.compress {
+                Compression::Zstd(level) => zstd_smaller(payload, level),
+                Compression::Off => None,
+            };
+            let saved = packed.as_ref().map_or(0, |p| payload.len() - p.len()) as u64;
+            let (kind, payload) = match (&packed, kind) {
+                (Some(p), Payload::Pages) => (Payload::ZstdPages, p.as_slice()),
+                (Some(p), _) => (Payload::ZstdFull, p.as_slice()),
+                (None, k) => (k, payload),
+            };
+            let mut frame = Vec::with_capacity(net::FRAME_PREFIX + BLOCK_HEADER + payload.len());
+            frame.extend_from_slice(&[0; net::FRAME_PREFIX]);
+            frame.extend_from_slice(&block_header(self.sid, i, kind));
+            frame.extend_from_slice(payload);
+            out.push((i, hash, frame, saved));
+        }
+        Ok(out)
+    }
+}
+
+/// The reader thread's inputs.
+struct Reader {
+    image: std::path::PathBuf,
+    manifest_path: std::path::PathBuf,
+    framing: Framing,
+    size: u64,
+    io: crate::config::IoConfig,
+    bucket: Option<TokenBucket>,
+    budget: Budget,
+    streams: Vec<mpsc::Sender<Vec<u8>>>,
+    needs: mpsc::Receiver<Vec<u64>>,
+    counters: Arc<Counters>,
+}
+
+/// The reads of the blocks in `need` (sorted): runs of consecutive blocks, at most
+/// `per_read` blocks each.
+fn read_jobs(need: &[u64], bs: u64, size: u64, per_read: u64) -> Vec<ReadJob> {
+    let mut jobs = Vec::new();
+    let mut k = 0;
+    while k < need.len() {
+        let start = need[k];
+        let mut n = 1u64;
+        while k + (n as usize) < need.len() && need[k + n as usize] == start + n && n < per_read {
+            n += 1;
+        }
+        let at = start * bs;
+        jobs.push(ReadJob {
+            offset: at,
+            len: (n * bs).min(size - at) as usize,
+            tag: 0,
+        });
+        k += n as usize;
+    }
+    jobs
+}
+
+impl Reader {
+    /// Reads every batch of needed blocks to its end before taking the next, so it never
+    /// waits for needs with reads in flight: through the io_uring engine (O_DIRECT: a fresh
+    /// clone has nothing in the page cache), hashed and framed on the hashing threads, each
+    /// block checked against the manifest, paced, then handed to a data stream. Returns the
+    /// blocks sent and (blocks compressed, bytes compression saved).
+    fn run(self) -> Result<(u64, (u64, u64))> {
+        let Reader {
+            image,
+            manifest_path,
+            framing,
+            size,
+            io,
+            mut bucket,
+            budget,
+            streams,
+            mut needs,
+            counters,
+        } = self;
         // Wake the control loop when the reader stops, whatever the reason.
-        struct WakeOnExit(Arc<tokio::sync::Notify>);
+        struct WakeOnExit(Arc<Counters>);
         impl Drop for WakeOnExit {
             fn drop(&mut self) {
-                self.0.notify_one();
+                self.0.moved.notify_one();
             }
         }
-        let _wake = WakeOnExit(reader_progress.clone());
+        let _wake = WakeOnExit(counters.clone());
         let manifest =
             HashFile::open(&manifest_path, Kind::Manifest).map_err(|e| StoreError::Corrupt {
                 what: "manifest",
                 path: manifest_path.clone(),
                 detail: e.to_string(),
             })?;
-        // With a base, the receiver's working copy holds the base block of every block it
-        // asks for: send only the pages that differ when that is clearly smaller.
-        let base_file = match &base_image {
+        let base_file = match &framing.pages.base_image {
             Some(p) => Some(
                 std::fs::File::open(p).map_err(|e| crate::error::io_err(e, "open", p.clone()))?,
             ),
             None => None,
         };
-        let (mut blocks, mut next) = (0u64, 0usize);
+        let bs = framing.bs;
+        let (mut blocks, mut next, mut compressed) = (0u64, 0usize, (0u64, 0u64));
         let per_read = (io.read_size / bs).max(1);
-        while let Some(need) = need_rx.blocking_recv() {
-            // Runs of consecutive needed blocks, read through io_uring (O_DIRECT: a fresh
-            // clone has nothing in the page cache) in pieces of up to `read_size`, hashed and
-            // framed on the hashing threads. Each batch is read to its end before the next is
-            // taken, so the reader never waits for needs with reads in flight.
-            let mut jobs = Vec::new();
-            let mut k = 0;
-            while k < need.len() {
-                let start = need[k];
-                let mut n = 1u64;
-                while k + (n as usize) < need.len()
-                    && need[k + n as usize] == start + n
-                    && n < per_read
-                {
-                    n += 1;
-                }
-                let at = start * bs;
-                jobs.push(ReadJob {
-                    offset: at,
-                    len: (n * bs).min(size - at) as usize,
-                    tag: 0,
-                });
-                k += n as usize;
-            }
-            let frame_blocks = |job: &ReadJob, data: &[u8]| -> std::io::Result<Vec<Framed>> {
-                let mut out = Vec::new();
-                let mut base_block = Vec::new();
-                for (j, chunk) in data.chunks(bs as usize).enumerate() {
-                    let i = job.offset / bs + j as u64;
-                    let hash = BlockHash::of(chunk);
-                    let mut frame = Vec::new();
-                    // With a base, the receiver's working copy holds the base block of every
-                    // block it asks for: send only the pages that differ when that is clearly
-                    // smaller.
-                    let full = chunk.len() as u64 == bs;
-                    let delta = match (&page_masks, &base_file) {
-                        (Some(masks), _) if full => {
-                            masks.get(&i).and_then(|m| pages_payload(chunk, m))
-                        }
-                        (None, Some(bf)) if full => {
-                            base_block.resize(bs as usize, 0);
-                            bf.read_exact_at(&mut base_block, i * bs)?;
-                            page_delta(&base_block, chunk)
-                        }
-                        _ => None,
-                    };
-                    let (kind, payload) = match &delta {
-                        Some(d) => (Payload::Pages, d.as_slice()),
-                        None => (Payload::Full, chunk),
-                    };
-                    let packed = match compress {
-                        Compression::Zstd(level) => zstd_smaller(payload, level),
-                        Compression::Off => None,
-                    };
-                    let saved = packed.as_ref().map_or(0, |p| payload.len() - p.len()) as u64;
-                    let (kind, payload) = match (&packed, kind) {
-                        (Some(p), Payload::Pages) => (Payload::ZstdPages, p.as_slice()),
-                        (Some(p), _) => (Payload::ZstdFull, p.as_slice()),
-                        (None, k) => (k, payload),
-                    };
-                    frame.reserve_exact(net::FRAME_PREFIX + BLOCK_HEADER + payload.len());
-                    frame.extend_from_slice(&[0; net::FRAME_PREFIX]);
-                    frame.extend_from_slice(&block_header(sid, i, kind));
-                    frame.extend_from_slice(payload);
-                    out.push((i, hash, frame, saved));
-                }
-                Ok(out)
-            };
+        let relaxed = std::sync::atomic::Ordering::Relaxed;
+        while let Some(need) = needs.blocking_recv() {
             crate::engine::run(
                 &image,
                 &io,
                 Cache::Cold,
                 (per_read * bs) as usize,
-                jobs,
-                frame_blocks,
+                read_jobs(&need, bs, size, per_read),
+                |job, data| framing.frames(job, data, base_file.as_ref()),
                 |_, framed| {
                     for (i, hash, frame, saved) in framed
                         .map_err(|e| crate::error::io_err(e, "read base of", image.clone()))?
@@ -541,179 +774,194 @@ pub async fn replicate(
                         if !wait.is_zero() {
                             std::thread::sleep(wait);
                         }
-                        reader_bytes.fetch_add(payload, std::sync::atomic::Ordering::Relaxed);
-                        if stream_txs[next % DATA_STREAMS]
-                            .blocking_send(frame)
-                            .is_err()
-                        {
+                        counters.bytes.fetch_add(payload, relaxed);
+                        if streams[next % DATA_STREAMS].blocking_send(frame).is_err() {
                             return Err(StoreError::Net {
                                 retryable: true,
                                 message: "data stream closed".into(),
                             });
                         }
                         next += 1;
-                        reader_sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        reader_progress.notify_one();
+                        counters.unseen.fetch_add(1, relaxed);
+                        counters.moved.notify_one();
                     }
                     Ok(())
                 },
             )?;
         }
         Ok((blocks, compressed))
-    });
-    // Responses are read by their own task, so the control loop can wait for either a
-    // response or send progress without cancelling a half-read frame.
-    let (resp_tx, mut resp_rx) = mpsc::channel::<Result<Response>>(8);
-    let mut ctl_recv = ctl.1;
-    let responses = tokio::spawn(async move {
-        loop {
-            let r = match net::recv_msg(&mut ctl_recv, REPL_CONTROL_LIMIT).await {
-                Ok(Response::Error { permanent, message }) => Err(peer_err(permanent, message)),
-                Ok(r) => Ok(r),
-                Err(e) => Err(net_err(e)),
-            };
-            let stop = r.is_err();
-            if resp_tx.send(r).await.is_err() || stop {
-                break;
-            }
-        }
-    });
-    let mut ctl_send = ctl.0;
-    let closed = || StoreError::Net {
-        retryable: true,
-        message: "control stream closed".into(),
-    };
+    }
+}
 
-    // Control path: offers and needs, driven by the sans-IO core.
+/// The control stream's responses, read by their own task, so the offers can wait for a
+/// response or for send progress without cancelling a half-read frame.
+struct Responses {
+    rx: mpsc::Receiver<Result<Response>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Responses {
+    fn spawn(ctl: (quinn::SendStream, quinn::RecvStream)) -> (quinn::SendStream, Responses) {
+        let (tx, rx) = mpsc::channel::<Result<Response>>(8);
+        let (send, mut recv) = ctl;
+        let task = tokio::spawn(async move {
+            loop {
+                let r = match net::recv_msg(&mut recv, REPL_CONTROL_LIMIT).await {
+                    Ok(Response::Error { permanent, message }) => Err(peer_err(permanent, message)),
+                    Ok(r) => Ok(r),
+                    Err(e) => Err(net_err(e)),
+                };
+                let stop = r.is_err();
+                if tx.send(r).await.is_err() || stop {
+                    break;
+                }
+            }
+        });
+        (send, Responses { rx, task })
+    }
+
+    async fn next(&mut self) -> Result<Response> {
+        self.rx.recv().await.ok_or_else(|| StoreError::Net {
+            retryable: true,
+            message: "control stream closed".into(),
+        })?
+    }
+}
+
+impl Drop for Responses {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The offers: the sans-IO core's zero ranges and offers sent, the receiver's needs handed
+/// to the reader, never more needed-but-unsent blocks than the core allows. With `progress`,
+/// a line on stderr every second.
+async fn offer(
+    ctl: &mut quinn::SendStream,
+    responses: &mut Responses,
+    src: &Source,
+    base: Option<&HashFile>,
+    pipeline: &Pipeline,
+    progress: bool,
+    report: &mut ReplicateReport,
+) -> Result<()> {
+    let new = &src.manifest;
     let new_fn = |i: u64| new.hash(i);
-    let base_fn = |i: u64| {
-        base_manifest
-            .as_ref()
-            .map_or(BlockHash([0; 32]), |m| m.hash(i))
-    };
+    let base_fn = |i: u64| base.map_or(BlockHash([0; 32]), |m| m.hash(i));
     let base_dyn: &(dyn Fn(u64) -> BlockHash + Sync) = &base_fn;
-    let mut core = SenderCore::new(
-        new.geometry(),
-        &new_fn,
-        base_manifest.as_ref().map(|_| base_dyn),
-    );
-    // Progress: scanned blocks (control loop), needed blocks, bytes sent (reader).
+    let mut core = SenderCore::new(new.geometry(), &new_fn, base.map(|_| base_dyn));
     let scanned = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let needed = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let ticker = target.progress.then(|| {
-        let (scanned, needed, sent_bytes, sent_blocks) = (
+    let ticker = progress.then(|| {
+        progress_line(
             scanned.clone(),
             needed.clone(),
-            sent_bytes.clone(),
-            total_sent.clone(),
-        );
-        let total = new.len().max(1);
-        tokio::spawn(async move {
-            let t0 = Instant::now();
-            loop {
-                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                let ld =
-                    |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
-                let (sc, nd, sb, sk) =
-                    (ld(&scanned), ld(&needed), ld(&sent_bytes), ld(&sent_blocks));
-                let done =
-                    (sc as f64 / total as f64) * if nd > 0 { sk as f64 / nd as f64 } else { 1.0 };
-                let secs = t0.elapsed().as_secs_f64();
-                let eta = if done > 0.0 {
-                    secs * (1.0 - done) / done
-                } else {
-                    f64::NAN
-                };
-                eprintln!(
-                    "progress: {:.0}% scanned, {} sent ({}/s), ETA {:.0} s",
-                    100.0 * sc as f64 / total as f64,
-                    format_size(sb),
-                    format_size((sb as f64 / secs) as u64),
-                    eta
-                );
-            }
-        })
+            pipeline.counters.clone(),
+            new.len(),
+        )
     });
-    let control: Result<()> = async {
+    let relaxed = std::sync::atomic::Ordering::Relaxed;
+    let c = &pipeline.counters;
+    let result = async {
         loop {
-            let n = sent.swap(0, std::sync::atomic::Ordering::Relaxed);
+            let n = c.unseen.swap(0, relaxed);
             core.on_sent(n);
-            total_sent.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
-            scanned.store(core.position(), std::sync::atomic::Ordering::Relaxed);
+            c.blocks.fetch_add(n, relaxed);
+            scanned.store(core.position(), relaxed);
             match core.poll() {
                 SenderStep::Zeros(ranges) => {
                     report.zero_blocks += ranges.iter().map(|(a, b)| b - a).sum::<u64>();
-                    net::send_msg(&mut ctl_send, &Request::Zeros { ranges })
+                    net::send_msg(ctl, &Request::Zeros { ranges })
                         .await
                         .map_err(net_err)?;
                 }
                 SenderStep::Offer(blocks) => {
                     report.offered_blocks += blocks.len() as u64;
-                    net::send_msg(&mut ctl_send, &Request::Offer { blocks })
+                    net::send_msg(ctl, &Request::Offer { blocks })
                         .await
                         .map_err(net_err)?;
                 }
                 SenderStep::Wait if core.awaiting_need() => {
                     tokio::select! {
-                        r = resp_rx.recv() => match r.ok_or_else(closed)?? {
+                        r = responses.next() => match r? {
                             Response::Need { blocks } => {
                                 core.on_need(blocks.len());
-                                needed.fetch_add(blocks.len() as u64, std::sync::atomic::Ordering::Relaxed);
-                                if !blocks.is_empty() && need_tx.send(blocks).await.is_err() {
-                                    return Ok(()); // the reader failed; its error is reported below
+                                needed.fetch_add(blocks.len() as u64, relaxed);
+                                if !blocks.is_empty() && pipeline.needs.send(blocks).await.is_err() {
+                                    return Ok(()); // the reader failed; its error is reported by finish
                                 }
                             }
                             r => return Err(unexpected(&r)),
                         },
-                        _ = progress.notified() => {}
+                        _ = c.moved.notified() => {}
                     }
                 }
-                SenderStep::Wait if reader.is_finished() => return Ok(()), // reported below
-                SenderStep::Wait => progress.notified().await,
+                SenderStep::Wait if pipeline.reader.is_finished() => return Ok(()),
+                SenderStep::Wait => c.moved.notified().await,
                 SenderStep::Done => return Ok(()),
             }
         }
     }
     .await;
-    drop(need_tx);
     if let Some(t) = ticker {
         t.abort();
     }
-    let read = reader
-        .await
-        .map_err(|e| StoreError::Invalid(format!("reader thread: {e}")))?;
-    for w in writers {
-        w.await
-            .map_err(|e| StoreError::Invalid(format!("stream writer: {e}")))?
-            .map_err(net_err)?;
-    }
-    control?;
-    let (blocks, (packed, saved)) = read?;
-    report.sent_blocks = blocks;
-    // Counted once, by the reader, as each frame goes out (progress reads it too).
-    report.sent_bytes = sent_bytes.load(std::sync::atomic::Ordering::Relaxed);
-    report.compressed_blocks = packed;
-    report.compression_saved_bytes = saved;
-    net::send_msg(&mut ctl_send, &Request::Commit)
+    result
+}
+
+/// Prints scanned, sent, rate and ETA every second until aborted.
+fn progress_line(
+    scanned: Arc<std::sync::atomic::AtomicU64>,
+    needed: Arc<std::sync::atomic::AtomicU64>,
+    counters: Arc<Counters>,
+    total: u64,
+) -> tokio::task::JoinHandle<()> {
+    let total = total.max(1);
+    tokio::spawn(async move {
+        let t0 = Instant::now();
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            let (sc, nd, sb, sk) = (
+                load(&scanned),
+                load(&needed),
+                load(&counters.bytes),
+                load(&counters.blocks),
+            );
+            let done =
+                (sc as f64 / total as f64) * if nd > 0 { sk as f64 / nd as f64 } else { 1.0 };
+            let secs = t0.elapsed().as_secs_f64();
+            let eta = if done > 0.0 {
+                secs * (1.0 - done) / done
+            } else {
+                f64::NAN
+            };
+            eprintln!(
+                "progress: {:.0}% scanned, {} sent ({}/s), ETA {:.0} s",
+                100.0 * sc as f64 / total as f64,
+                format_size(sb),
+                format_size((sb as f64 / secs) as u64),
+                eta
+            );
+        }
+    })
+}
+
+/// Asks the receiver to commit and checks it committed the sender's root.
+async fn commit(
+    ctl: &mut quinn::SendStream,
+    responses: &mut Responses,
+    root: BlockHash,
+) -> Result<()> {
+    net::send_msg(ctl, &Request::Commit)
         .await
         .map_err(net_err)?;
-    match resp_rx.recv().await.ok_or_else(closed)?? {
+    match responses.next().await? {
         Response::Committed { root: r } if r == root => {}
         r => return Err(unexpected(&r)),
     }
-    let _ = ctl_send.finish();
-    responses.abort();
-    let stats = conn.stats();
-    tracing::debug!(
-        mtu = stats.path.current_mtu,
-        rtt_us = stats.path.rtt.as_micros() as u64,
-        lost = stats.path.lost_packets,
-        sent_packets = stats.path.sent_packets,
-        cwnd = stats.path.cwnd,
-        "transfer path"
-    );
-    report.elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
-    Ok(report)
+    let _ = ctl.finish();
+    Ok(())
 }
 
 /// A block ready to send: index, hash, data frame, bytes compression saved.
