@@ -389,30 +389,26 @@ fn end(receivers: &Receivers, b: &Begun) {
     }
 }
 
+/// A protocol violation: the session ends, and the sender should not retry.
+fn protocol(m: &str) -> Response {
+    Response::Error {
+        permanent: true,
+        message: m.to_string(),
+    }
+}
+
+/// One request of the session's control stream. The phases, each its own function: what
+/// the mirror holds ([`snapshots`]); [`begin`] (reset the working copy to the base or to
+/// where an interrupted transfer stopped, and start the writer and the journal); [`zeros`];
+/// [`offer`] (resolve each offered block: present, copied locally, or needed); [`commit`]
+/// (wait for every needed block, then fsync, check the root and commit).
 async fn handle(
     ctx: &Ctx<'_>,
     begun: &mut Option<Begun>,
     req: Request,
 ) -> Result<Option<Response>, Response> {
-    let (store, peer, registry, id) = (ctx.store, ctx.peer, ctx.registry, ctx.id);
-    let protocol = |m: &str| Response::Error {
-        permanent: true,
-        message: m.to_string(),
-    };
     match req {
-        Request::Snapshots { mirror } => {
-            let list = blocking(|| match store.volume(mirror.as_str()) {
-                Ok(_) => store.list_snapshots(mirror.as_str()),
-                Err(StoreError::NotFound { .. }) => Ok(Vec::new()),
-                Err(e) => Err(e),
-            })
-            .map_err(store_err)?;
-            let snapshots = list
-                .into_iter()
-                .filter_map(|m| ferry_wire::BlockHash::from_hex(&m.root).map(|r| (m.name, r)))
-                .collect();
-            Ok(Some(Response::Snapshots { snapshots }))
-        }
+        Request::Snapshots { mirror } => snapshots(ctx.store, &mirror).map(Some),
         Request::Begin {
             mirror,
             snapshot,
@@ -424,108 +420,15 @@ async fn handle(
             if begun.is_some() {
                 return Err(protocol("session already begun"));
             }
-            let geometry =
-                Geometry::new(block_size as u64, size).map_err(|e| protocol(&e.to_string()))?;
-            blocking(|| store.ensure_mirror(&mirror, size, block_size, peer)).map_err(store_err)?;
-            let lock = take_receive_lock(store, ctx.receivers, &mirror, peer.node.as_str())
-                .await
-                .map_err(store_err)?;
             let header = JournalHeader {
-                snapshot: snapshot.clone(),
-                base: base.clone(),
+                snapshot,
+                base,
                 root,
                 size,
                 block_size,
             };
-            let b = blocking(|| -> Result<Begun, StoreError> {
-                if store.snapshot(mirror.as_str(), snapshot.as_str()).is_ok() {
-                    return Err(StoreError::AlreadyExists {
-                        what: "mirror snapshot",
-                        name: format!("{mirror}@{snapshot}"),
-                    });
-                }
-                let base_manifest = match &base {
-                    Some(b) => Some(store.manifest(mirror.as_str(), b.as_str())?),
-                    None => None,
-                };
-                let jpath = store.receive_journal_path(&mirror);
-                let (jfile, done) = open_journal(&jpath, &header, geometry.block_count())?;
-                let img = match &done {
-                    Some(_) => store.working_copy(&mirror)?,
-                    None => store.reset_working_copy(&mirror, base.as_ref(), size)?,
-                };
-                let file = OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .open(&img)
-                    .map_err(|e| crate::error::io_err(e, "open", img.clone()))?;
-                let index = store.block_index(block_size)?;
-                Ok(Begun {
-                    id,
-                    mirror: mirror.clone(),
-                    snapshot: snapshot.clone(),
-                    root,
-                    geometry,
-                    session: Arc::new(RecvSession {
-                        core: Mutex::new(ReceiverCore::new(geometry)),
-                        file,
-                        block_size: block_size as u64,
-                        failed: Mutex::new(None),
-                        progress: Notify::new(),
-                        node: peer.node.to_string(),
-                        gate: RwLock::new(true),
-                        cancel: Notify::new(),
-                        written: Mutex::new(Vec::new()),
-                        journal: Mutex::new(jfile),
-                        journal_path: jpath,
-                        ended: AtomicBool::new(false),
-                        writer: Mutex::new(None),
-                    }),
-                    base: base_manifest,
-                    index,
-                    sources: HashMap::new(),
-                    requested: HashMap::new(),
-                    deferred: Vec::new(),
-                    done: done.unwrap_or_default(),
-                    _lock: lock,
-                })
-            })
-            .map_err(store_err)?;
-            let (wtx, wrx) = tokio::sync::mpsc::channel(WRITE_QUEUE);
-            if let Ok(mut w) = b.session.writer.lock() {
-                *w = Some(wtx);
-            }
-            let ws = b.session.clone();
-            std::thread::Builder::new()
-                .name("ferry-recv-write".into())
-                .spawn(move || run_writer(ws, wrx))
-                .map_err(|e| Response::Error {
-                    permanent: false,
-                    message: format!("cannot start the writer thread: {e}"),
-                })?;
-            if let Ok(mut r) = registry.lock() {
-                r.insert(b.id, b.session.clone());
-            }
-            if let Ok(mut r) = ctx.receivers.lock() {
-                r.insert(b.mirror.clone(), b.session.clone());
-            }
+            let b = begin(ctx, &mirror, header).await?;
             let resumed: u64 = b.done.iter().map(|w| u64::from(w.count_ones())).sum();
-            tracing::info!(mirror = %b.mirror, snapshot = %b.snapshot, base = ?base, resumed, "receiving");
-            let flusher = b.session.clone();
-            tokio::spawn(async move {
-                while !flusher.ended.load(Ordering::Relaxed) {
-                    tokio::time::sleep(JOURNAL_EVERY).await;
-                    let s = flusher.clone();
-                    match tokio::task::spawn_blocking(move || s.flush_journal()).await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => {
-                            fail(&flusher, format!("journal: {e}"));
-                            break;
-                        }
-                        Err(_) => break,
-                    }
-                }
-            });
             *begun = Some(b);
             Ok(Some(Response::Begun { resumed }))
         }
@@ -533,145 +436,301 @@ async fn handle(
             let b = begun
                 .as_mut()
                 .ok_or_else(|| protocol("zeros before begin"))?;
-            let count = b.geometry.block_count();
-            blocking(|| {
-                for (s, e) in ranges {
-                    if s >= e || e > count {
-                        return Err(protocol(&format!("zero range {s}..{e} outside the volume")));
-                    }
-                    let start = s * b.session.block_size;
-                    let end = (e * b.session.block_size).min(b.geometry.volume_size);
-                    fsx::punch_hole(&b.session.file, start, end - start).map_err(|err| {
-                        store_err(crate::error::io_err(
-                            err,
-                            "zero",
-                            PathBuf::from(b.mirror.as_str()),
-                        ))
-                    })?;
-                }
-                Ok(None)
-            })
+            blocking(|| zeros(b, ranges)).map(|()| None)
         }
         Request::Offer { blocks } => {
             let b = begun
                 .as_mut()
                 .ok_or_else(|| protocol("offer before begin"))?;
-            let plan: OfferPlan<Source> = {
-                let mut core = b.session.core.lock().map_err(|_| protocol("poisoned"))?;
-                let (base, index, requested, geometry, done) =
-                    (&b.base, &b.index, &mut b.requested, b.geometry, &b.done);
-                core.on_offer(&blocks, |i, h| {
-                    if bit(done, i) {
-                        if i < geometry.full_blocks() {
-                            requested.entry(*h).or_insert(i);
-                        }
-                        Resolution::Present
-                    } else if base
-                        .as_ref()
-                        .is_some_and(|m| i < m.len() && m.hash(i) == *h)
-                    {
-                        Resolution::Present
-                    } else if let Some(loc) = index.get(h) {
-                        Resolution::Copy(Source::Snapshot(loc.0.clone(), loc.1))
-                    } else if let Some(&j) = requested.get(h) {
-                        Resolution::Copy(Source::Requested(j))
-                    } else {
-                        if i < geometry.full_blocks() {
-                            requested.insert(*h, i);
-                        }
-                        Resolution::Need
-                    }
-                })
-                .map_err(|e| protocol(&e.to_string()))?
-            };
-            blocking(|| {
-                for (i, from) in plan.copies {
-                    let (src, off) = match from {
-                        Source::Requested(j) => {
-                            b.deferred.push((i, j));
-                            continue;
-                        }
-                        Source::Snapshot(path, off) => match b.sources.contains_key(&path) {
-                            true => (&b.sources[&path], off),
-                            false => {
-                                let f = File::open(&path).map_err(|e| {
-                                    store_err(crate::error::io_err(e, "open", path.clone()))
-                                })?;
-                                (&*b.sources.entry(path).or_insert(f), off)
-                            }
-                        },
-                    };
-                    let (at, len) = b.geometry.block_range(i);
-                    fsx::copy_between(src, off, &b.session.file, at, len).map_err(|e| {
-                        store_err(crate::error::io_err(
-                            e,
-                            "copy block into",
-                            PathBuf::from(b.mirror.as_str()),
-                        ))
-                    })?;
-                    b.session.record(i);
-                }
-                Ok(())
-            })?;
-            Ok(Some(Response::Need { blocks: plan.need }))
+            offer(b, &blocks).map(|need| Some(Response::Need { blocks: need }))
         }
         Request::Commit => {
             let b = begun
                 .as_ref()
                 .ok_or_else(|| protocol("commit before begin"))?;
-            loop {
-                let notified = b.session.progress.notified();
-                if let Some(f) = b.session.failed.lock().ok().and_then(|f| f.clone()) {
-                    return Err(protocol(&f));
-                }
-                let pending = b
-                    .session
-                    .core
-                    .lock()
-                    .map(|c| c.pending())
-                    .unwrap_or(usize::MAX);
-                if pending == 0 {
-                    break;
-                }
-                if tokio::time::timeout(COMMIT_IDLE, notified).await.is_err() {
-                    return Err(Response::Error {
-                        permanent: false,
-                        message: format!("{pending} block(s) never arrived"),
-                    });
-                }
-            }
-            tracing::debug!(mirror = %b.mirror, deferred = b.deferred.len(), "all blocks received");
-            let meta = blocking(|| {
-                let bs = b.session.block_size;
-                for &(to, from) in &b.deferred {
-                    let f = &b.session.file;
-                    fsx::copy_between(f, from * bs, f, to * bs, bs).map_err(|e| {
-                        crate::error::io_err(e, "copy block in", PathBuf::from(b.mirror.as_str()))
-                    })?;
-                }
-                let t0 = std::time::Instant::now();
-                b.session.file.sync_all().map_err(|e| {
-                    crate::error::io_err(e, "fsync", PathBuf::from(b.mirror.as_str()))
-                })?;
-                tracing::debug!(mirror = %b.mirror, ms = t0.elapsed().as_secs_f64() * 1e3, "working copy synced");
-                let meta = store
-                    .commit_mirror_snapshot(&b.mirror, &b.snapshot, b.root)
-                    .inspect_err(|e| {
-                        // A root that does not match: resuming would only repeat it.
-                        if matches!(e, StoreError::Corrupt { .. }) {
-                            let _ = std::fs::remove_file(&b.session.journal_path);
-                        }
-                    })?;
-                // Committed: the journal is of no use any more.
-                b.session.ended.store(true, Ordering::Relaxed);
-                let _ = std::fs::remove_file(&b.session.journal_path);
-                Ok(meta)
-            })
-            .map_err(store_err)?;
-            tracing::info!(mirror = %b.mirror, snapshot = %b.snapshot, root = %meta.root, "mirror snapshot committed");
+            commit(ctx.store, b).await?;
             Ok(Some(Response::Committed { root: b.root }))
         }
     }
+}
+
+/// The mirror's committed snapshots and their roots (none when it does not exist yet).
+fn snapshots(store: &Store, mirror: &Name) -> Result<Response, Response> {
+    let list = blocking(|| match store.volume(mirror.as_str()) {
+        Ok(_) => store.list_snapshots(mirror.as_str()),
+        Err(StoreError::NotFound { .. }) => Ok(Vec::new()),
+        Err(e) => Err(e),
+    })
+    .map_err(store_err)?;
+    let snapshots = list
+        .into_iter()
+        .filter_map(|m| ferry_wire::BlockHash::from_hex(&m.root).map(|r| (m.name, r)))
+        .collect();
+    Ok(Response::Snapshots { snapshots })
+}
+
+/// Begins receiving `header`'s snapshot into `mirror`: takes its receive lock, opens the
+/// session ([`open_session`]), then starts its writer thread and journal flusher.
+async fn begin(ctx: &Ctx<'_>, mirror: &Name, header: JournalHeader) -> Result<Begun, Response> {
+    let (store, peer) = (ctx.store, ctx.peer);
+    let geometry = Geometry::new(header.block_size as u64, header.size)
+        .map_err(|e| protocol(&e.to_string()))?;
+    blocking(|| store.ensure_mirror(mirror, header.size, header.block_size, peer))
+        .map_err(store_err)?;
+    let lock = take_receive_lock(store, ctx.receivers, mirror, peer.node.as_str())
+        .await
+        .map_err(store_err)?;
+    let b = blocking(|| open_session(ctx, mirror, &header, geometry, lock)).map_err(store_err)?;
+    let (wtx, wrx) = tokio::sync::mpsc::channel(WRITE_QUEUE);
+    if let Ok(mut w) = b.session.writer.lock() {
+        *w = Some(wtx);
+    }
+    let ws = b.session.clone();
+    std::thread::Builder::new()
+        .name("ferry-recv-write".into())
+        .spawn(move || run_writer(ws, wrx))
+        .map_err(|e| Response::Error {
+            permanent: false,
+            message: format!("cannot start the writer thread: {e}"),
+        })?;
+    if let Ok(mut r) = ctx.registry.lock() {
+        r.insert(b.id, b.session.clone());
+    }
+    if let Ok(mut r) = ctx.receivers.lock() {
+        r.insert(b.mirror.clone(), b.session.clone());
+    }
+    tracing::info!(mirror = %b.mirror, snapshot = %b.snapshot, base = ?header.base, "receiving");
+    spawn_journal_flusher(b.session.clone());
+    Ok(b)
+}
+
+/// Resets the working copy (to the base, or to zeros) unless the journal says an earlier
+/// session of this very transfer wrote some of it, which is then kept; reads the base
+/// manifest and the dedup index of every committed snapshot held.
+fn open_session(
+    ctx: &Ctx<'_>,
+    mirror: &Name,
+    header: &JournalHeader,
+    geometry: Geometry,
+    lock: crate::fsx::FileLock,
+) -> Result<Begun, StoreError> {
+    let store = ctx.store;
+    let (snapshot, base) = (&header.snapshot, &header.base);
+    if store.snapshot(mirror.as_str(), snapshot.as_str()).is_ok() {
+        return Err(StoreError::AlreadyExists {
+            what: "mirror snapshot",
+            name: format!("{mirror}@{snapshot}"),
+        });
+    }
+    let base_manifest = match base {
+        Some(b) => Some(store.manifest(mirror.as_str(), b.as_str())?),
+        None => None,
+    };
+    let jpath = store.receive_journal_path(mirror);
+    let (jfile, done) = open_journal(&jpath, header, geometry.block_count())?;
+    let img = match &done {
+        Some(_) => store.working_copy(mirror)?,
+        None => store.reset_working_copy(mirror, base.as_ref(), header.size)?,
+    };
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&img)
+        .map_err(|e| crate::error::io_err(e, "open", img.clone()))?;
+    let index = store.block_index(header.block_size)?;
+    Ok(Begun {
+        id: ctx.id,
+        mirror: mirror.clone(),
+        snapshot: snapshot.clone(),
+        root: header.root,
+        geometry,
+        session: Arc::new(RecvSession {
+            core: Mutex::new(ReceiverCore::new(geometry)),
+            file,
+            block_size: header.block_size as u64,
+            failed: Mutex::new(None),
+            progress: Notify::new(),
+            node: ctx.peer.node.to_string(),
+            gate: RwLock::new(true),
+            cancel: Notify::new(),
+            written: Mutex::new(Vec::new()),
+            journal: Mutex::new(jfile),
+            journal_path: jpath,
+            ended: AtomicBool::new(false),
+            writer: Mutex::new(None),
+        }),
+        base: base_manifest,
+        index,
+        sources: HashMap::new(),
+        requested: HashMap::new(),
+        deferred: Vec::new(),
+        done: done.unwrap_or_default(),
+        _lock: lock,
+    })
+}
+
+/// Makes what the session wrote durable and journals it every [`JOURNAL_EVERY`] until the
+/// session ends; a journal that cannot be written fails the session.
+fn spawn_journal_flusher(session: Arc<RecvSession>) {
+    tokio::spawn(async move {
+        while !session.ended.load(Ordering::Relaxed) {
+            tokio::time::sleep(JOURNAL_EVERY).await;
+            let s = session.clone();
+            match tokio::task::spawn_blocking(move || s.flush_journal()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    fail(&session, format!("journal: {e}"));
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+    });
+}
+
+/// Punches the ranges of zero blocks into the working copy.
+fn zeros(b: &Begun, ranges: Vec<(u64, u64)>) -> Result<(), Response> {
+    let count = b.geometry.block_count();
+    for (s, e) in ranges {
+        if s >= e || e > count {
+            return Err(protocol(&format!("zero range {s}..{e} outside the volume")));
+        }
+        let start = s * b.session.block_size;
+        let end = (e * b.session.block_size).min(b.geometry.volume_size);
+        fsx::punch_hole(&b.session.file, start, end - start).map_err(|err| {
+            store_err(crate::error::io_err(
+                err,
+                "zero",
+                PathBuf::from(b.mirror.as_str()),
+            ))
+        })?;
+    }
+    Ok(())
+}
+
+/// Resolves an offer: each block is present (journaled already, or equal to the base's),
+/// copied from a snapshot held here or from a block requested earlier in this session, or
+/// needed. Local copies are made at once (those from requested blocks at the commit);
+/// returns the needed blocks.
+fn offer(b: &mut Begun, blocks: &[(u64, ferry_wire::BlockHash)]) -> Result<Vec<u64>, Response> {
+    let plan: OfferPlan<Source> = {
+        let mut core = b.session.core.lock().map_err(|_| protocol("poisoned"))?;
+        let (base, index, requested, geometry, done) =
+            (&b.base, &b.index, &mut b.requested, b.geometry, &b.done);
+        core.on_offer(blocks, |i, h| {
+            if bit(done, i) {
+                if i < geometry.full_blocks() {
+                    requested.entry(*h).or_insert(i);
+                }
+                Resolution::Present
+            } else if base
+                .as_ref()
+                .is_some_and(|m| i < m.len() && m.hash(i) == *h)
+            {
+                Resolution::Present
+            } else if let Some(loc) = index.get(h) {
+                Resolution::Copy(Source::Snapshot(loc.0.clone(), loc.1))
+            } else if let Some(&j) = requested.get(h) {
+                Resolution::Copy(Source::Requested(j))
+            } else {
+                if i < geometry.full_blocks() {
+                    requested.insert(*h, i);
+                }
+                Resolution::Need
+            }
+        })
+        .map_err(|e| protocol(&e.to_string()))?
+    };
+    blocking(|| copy_local(b, plan.copies))?;
+    Ok(plan.need)
+}
+
+/// Copies blocks held locally into the working copy (shared extents where the filesystem
+/// can); copies from blocks this session requested wait for the commit, when they are here.
+fn copy_local(b: &mut Begun, copies: Vec<(u64, Source)>) -> Result<(), Response> {
+    for (i, from) in copies {
+        let (src, off) = match from {
+            Source::Requested(j) => {
+                b.deferred.push((i, j));
+                continue;
+            }
+            Source::Snapshot(path, off) => match b.sources.contains_key(&path) {
+                true => (&b.sources[&path], off),
+                false => {
+                    let f = File::open(&path)
+                        .map_err(|e| store_err(crate::error::io_err(e, "open", path.clone())))?;
+                    (&*b.sources.entry(path).or_insert(f), off)
+                }
+            },
+        };
+        let (at, len) = b.geometry.block_range(i);
+        fsx::copy_between(src, off, &b.session.file, at, len).map_err(|e| {
+            store_err(crate::error::io_err(
+                e,
+                "copy block into",
+                PathBuf::from(b.mirror.as_str()),
+            ))
+        })?;
+        b.session.record(i);
+    }
+    Ok(())
+}
+
+/// Waits for every needed block ([`COMMIT_IDLE`] at most between two), makes the deferred
+/// local copies, fsyncs, and commits the mirror snapshot if its root is the sender's.
+async fn commit(store: &Store, b: &Begun) -> Result<(), Response> {
+    loop {
+        let notified = b.session.progress.notified();
+        if let Some(f) = b.session.failed.lock().ok().and_then(|f| f.clone()) {
+            return Err(protocol(&f));
+        }
+        let pending = b
+            .session
+            .core
+            .lock()
+            .map(|c| c.pending())
+            .unwrap_or(usize::MAX);
+        if pending == 0 {
+            break;
+        }
+        if tokio::time::timeout(COMMIT_IDLE, notified).await.is_err() {
+            return Err(Response::Error {
+                permanent: false,
+                message: format!("{pending} block(s) never arrived"),
+            });
+        }
+    }
+    tracing::debug!(mirror = %b.mirror, deferred = b.deferred.len(), "all blocks received");
+    let meta = blocking(|| {
+        let bs = b.session.block_size;
+        for &(to, from) in &b.deferred {
+            let f = &b.session.file;
+            fsx::copy_between(f, from * bs, f, to * bs, bs).map_err(|e| {
+                crate::error::io_err(e, "copy block in", PathBuf::from(b.mirror.as_str()))
+            })?;
+        }
+        let t0 = std::time::Instant::now();
+        b.session
+            .file
+            .sync_all()
+            .map_err(|e| crate::error::io_err(e, "fsync", PathBuf::from(b.mirror.as_str())))?;
+        tracing::debug!(mirror = %b.mirror, ms = t0.elapsed().as_secs_f64() * 1e3, "working copy synced");
+        let meta = store
+            .commit_mirror_snapshot(&b.mirror, &b.snapshot, b.root)
+            .inspect_err(|e| {
+                // A root that does not match: resuming would only repeat it.
+                if matches!(e, StoreError::Corrupt { .. }) {
+                    let _ = std::fs::remove_file(&b.session.journal_path);
+                }
+            })?;
+        // Committed: the journal is of no use any more.
+        b.session.ended.store(true, Ordering::Relaxed);
+        let _ = std::fs::remove_file(&b.session.journal_path);
+        Ok(meta)
+    })
+    .map_err(store_err)?;
+    tracing::info!(mirror = %b.mirror, snapshot = %b.snapshot, root = %meta.root, "mirror snapshot committed");
+    Ok(())
 }
 
 /// Reads one data stream: checks every block against its session's offer and writes it.
