@@ -55,35 +55,7 @@ enum Cmd {
         listen: Option<std::net::SocketAddr>,
     },
     /// Send a snapshot to a mirror volume on a peer agent (changed blocks only).
-    Replicate {
-        /// VOLUME SNAPSHOT, or several such pairs: they run at once as sessions of one
-        /// connection and share it fairly (JSON output: then an array, one entry per pair).
-        #[arg(required = true, num_args = 2.., value_names = ["VOLUME", "SNAPSHOT"])]
-        pairs: Vec<String>,
-        /// The peer agent, HOST:PORT.
-        #[arg(long)]
-        to: String,
-        /// Name of the mirror volume at the peer (default: the volume's name; one pair only).
-        #[arg(long = "as")]
-        mirror: Option<String>,
-        /// Send relative to this snapshot, which the peer must hold with the same root
-        /// (default: the newest snapshot both hold; one pair only).
-        #[arg(long)]
-        base: Option<String>,
-        /// Per-block compression: off, zstd or zstd:LEVEL (default: net.compress).
-        #[arg(long)]
-        compress: Option<ferry_agent::config::Compression>,
-        /// Retries of network failures (with backoff from 1 s to 30 s).
-        #[arg(long, default_value_t = 5)]
-        retries: u32,
-        /// Bytes per second for each transfer, e.g. 50MiB, on top of net.bandwidth_limit
-        /// (which all transfers of the agent share).
-        #[arg(long, value_parser = size_arg)]
-        bwlimit: Option<u64>,
-        /// Print progress to stderr every second (default: when stderr is a terminal).
-        #[arg(long)]
-        progress: bool,
-    },
+    Replicate(ReplicateArgs),
     /// Controller tasks, run at most once per task id (the ledger is in the data dir).
     #[command(subcommand)]
     Task(TaskCmd),
@@ -95,6 +67,38 @@ enum Cmd {
         #[arg(long, default_value_t = 3)]
         count: usize,
     },
+}
+
+/// What `replicate` sends, where and how.
+#[derive(Args)]
+struct ReplicateArgs {
+    /// VOLUME SNAPSHOT, or several such pairs: they run at once as sessions of one
+    /// connection and share it fairly (JSON output: then an array, one entry per pair).
+    #[arg(required = true, num_args = 2.., value_names = ["VOLUME", "SNAPSHOT"])]
+    pairs: Vec<String>,
+    /// The peer agent, HOST:PORT.
+    #[arg(long)]
+    to: String,
+    /// Name of the mirror volume at the peer (default: the volume's name; one pair only).
+    #[arg(long = "as")]
+    mirror: Option<String>,
+    /// Send relative to this snapshot, which the peer must hold with the same root
+    /// (default: the newest snapshot both hold; one pair only).
+    #[arg(long)]
+    base: Option<String>,
+    /// Per-block compression: off, zstd or zstd:LEVEL (default: net.compress).
+    #[arg(long)]
+    compress: Option<ferry_agent::config::Compression>,
+    /// Retries of network failures (with backoff from 1 s to 30 s).
+    #[arg(long, default_value_t = 5)]
+    retries: u32,
+    /// Bytes per second for each transfer, e.g. 50MiB, on top of net.bandwidth_limit
+    /// (which all transfers of the agent share).
+    #[arg(long, value_parser = size_arg)]
+    bwlimit: Option<u64>,
+    /// Print progress to stderr every second (default: when stderr is a terminal).
+    #[arg(long)]
+    progress: bool,
 }
 
 #[derive(Subcommand)]
@@ -388,128 +392,148 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             return serve(&cfg, json);
         }
-        Cmd::Ping { peer, count } => {
-            let addr = resolve(&peer)?;
-            let r = runtime()?.block_on(ferry_agent::daemon::server::ping(&cfg, addr, count))?;
-            return emit(json, &r, |o| {
-                writeln!(
-                    o,
-                    "{} is {}@{} (protocol {}), connected in {:.1} ms",
-                    r.peer, r.peer_node, r.peer_site, r.version, r.connect_ms
-                )?;
-                writeln!(
-                    o,
-                    "round trips (ms): {:?}",
-                    r.rtt_ms
-                        .iter()
-                        .map(|x| (x * 100.0).round() / 100.0)
-                        .collect::<Vec<_>>()
-                )
-            });
-        }
+        Cmd::Ping { peer, count } => return ping(&cfg, json, &peer, count),
         _ => {}
     }
     let store = Store::open(cfg.clone()).map_err(anyhow::Error::new)?;
     match cli.cmd {
         Cmd::Pki(_) | Cmd::Serve { .. } | Cmd::Ping { .. } => unreachable!("handled above"),
-        Cmd::Replicate {
-            pairs,
-            to,
-            mirror,
-            base,
-            compress,
-            retries,
-            bwlimit,
-            progress,
-        } => {
-            if pairs.len() % 2 != 0 {
-                anyhow::bail!(
-                    "replicate takes VOLUME SNAPSHOT pairs; {} is missing its snapshot",
-                    pairs[pairs.len() - 1]
-                );
-            }
-            let many = pairs.len() > 2;
-            if many && (mirror.is_some() || base.is_some()) {
-                anyhow::bail!("--as and --base name one volume's mirror and base: give one VOLUME SNAPSHOT pair");
-            }
-            let target = ferry_agent::replication::send::Target {
-                peer: resolve(&to)?,
-                mirror,
-                base,
-                bandwidth_limit: bwlimit,
-                compress: compress.unwrap_or(cfg.net.compress),
-                progress: progress || std::io::IsTerminal::is_terminal(&std::io::stderr()),
-            };
-            let store = std::sync::Arc::new(store);
-            let results = runtime()?.block_on(async {
-                let peers = std::sync::Arc::new(ferry_agent::replication::send::Peers::new(&cfg)?);
-                let budget = ferry_agent::replication::send::Budget::new(cfg.net.bandwidth_limit);
-                let mut set = tokio::task::JoinSet::new();
-                for (k, pair) in pairs.chunks(2).enumerate() {
-                    let (cfg, store, peers, budget, target) = (
-                        cfg.clone(),
-                        store.clone(),
-                        peers.clone(),
-                        budget.clone(),
-                        target.clone(),
-                    );
-                    let (volume, snapshot) = (pair[0].clone(), pair[1].clone());
-                    set.spawn(async move {
-                        let r = ferry_agent::replication::send::replicate_with_retries(
-                            &cfg,
-                            store,
-                            (&peers, &budget),
-                            &volume,
-                            &snapshot,
-                            &target,
-                            retries,
-                        )
-                        .await;
-                        (k, volume, snapshot, r)
-                    });
-                }
-                let mut out = Vec::new();
-                while let Some(r) = set.join_next().await {
-                    out.push(r?);
-                }
-                peers.close().await;
-                out.sort_by_key(|r| r.0);
-                anyhow::Ok(out)
-            })?;
-            if !many {
-                let r = results
-                    .into_iter()
-                    .next()
-                    .map(|r| r.3)
-                    .ok_or_else(|| anyhow::anyhow!("no transfer ran"))??;
-                return emit(json, &r, |o| replicate_line(o, &r));
-            }
-            let failed = results.iter().filter(|r| r.3.is_err()).count();
-            let rows: Vec<serde_json::Value> = results
+        Cmd::Replicate(a) => replicate(&cfg, store, json, a),
+        Cmd::Task(c) => task(&store, json, c),
+        Cmd::Info => info(&cfg, &store, json),
+        Cmd::Volume(c) => volume(&store, json, c),
+        Cmd::Snapshot(c) => snapshot(&store, json, c),
+    }
+}
+
+/// `ping`: the handshake with a peer agent, then round trips.
+fn ping(cfg: &AgentConfig, json: bool, peer: &str, count: usize) -> anyhow::Result<()> {
+    let addr = resolve(peer)?;
+    let r = runtime()?.block_on(ferry_agent::daemon::server::ping(cfg, addr, count))?;
+    emit(json, &r, |o| {
+        writeln!(
+            o,
+            "{} is {}@{} (protocol {}), connected in {:.1} ms",
+            r.peer, r.peer_node, r.peer_site, r.version, r.connect_ms
+        )?;
+        writeln!(
+            o,
+            "round trips (ms): {:?}",
+            r.rtt_ms
                 .iter()
-                .map(|(_, volume, snapshot, r)| match r {
-                    Ok(rep) => serde_json::to_value(rep).unwrap_or_default(),
-                    Err(e) => serde_json::json!({
-                        "volume": volume, "snapshot": snapshot,
-                        "error": { "kind": e.kind(), "message": e.to_string() }
-                    }),
-                })
-                .collect();
-            emit(json, &rows, |o| {
-                for (_, volume, snapshot, r) in &results {
-                    match r {
-                        Ok(rep) => replicate_line(o, rep)?,
-                        Err(e) => writeln!(o, "{volume}@{snapshot}: error: {e}")?,
-                    }
-                }
-                Ok(())
-            })?;
-            if failed > 0 {
-                PARTIAL_FAILURE.store(true, std::sync::atomic::Ordering::Relaxed);
-            }
-            Ok(())
+                .map(|x| (x * 100.0).round() / 100.0)
+                .collect::<Vec<_>>()
+        )
+    })
+}
+
+/// `replicate`: every VOLUME SNAPSHOT pair a session of one shared connection per peer;
+/// one report, or one per pair (some may have failed) when there are several.
+fn replicate(cfg: &AgentConfig, store: Store, json: bool, a: ReplicateArgs) -> anyhow::Result<()> {
+    let ReplicateArgs {
+        pairs,
+        to,
+        mirror,
+        base,
+        compress,
+        retries,
+        bwlimit,
+        progress,
+    } = a;
+    if pairs.len() % 2 != 0 {
+        anyhow::bail!(
+            "replicate takes VOLUME SNAPSHOT pairs; {} is missing its snapshot",
+            pairs[pairs.len() - 1]
+        );
+    }
+    let many = pairs.len() > 2;
+    if many && (mirror.is_some() || base.is_some()) {
+        anyhow::bail!(
+            "--as and --base name one volume's mirror and base: give one VOLUME SNAPSHOT pair"
+        );
+    }
+    let target = ferry_agent::replication::send::Target {
+        peer: resolve(&to)?,
+        mirror,
+        base,
+        bandwidth_limit: bwlimit,
+        compress: compress.unwrap_or(cfg.net.compress),
+        progress: progress || std::io::IsTerminal::is_terminal(&std::io::stderr()),
+    };
+    let store = std::sync::Arc::new(store);
+    let results = runtime()?.block_on(async {
+        let peers = std::sync::Arc::new(ferry_agent::replication::send::Peers::new(cfg)?);
+        let budget = ferry_agent::replication::send::Budget::new(cfg.net.bandwidth_limit);
+        let mut set = tokio::task::JoinSet::new();
+        for (k, pair) in pairs.chunks(2).enumerate() {
+            let (cfg, store, peers, budget, target) = (
+                cfg.clone(),
+                store.clone(),
+                peers.clone(),
+                budget.clone(),
+                target.clone(),
+            );
+            let (volume, snapshot) = (pair[0].clone(), pair[1].clone());
+            set.spawn(async move {
+                let r = ferry_agent::replication::send::replicate_with_retries(
+                    &cfg,
+                    store,
+                    (&peers, &budget),
+                    &volume,
+                    &snapshot,
+                    &target,
+                    retries,
+                )
+                .await;
+                (k, volume, snapshot, r)
+            });
         }
-        Cmd::Task(TaskCmd::Run { file }) => {
+        let mut out = Vec::new();
+        while let Some(r) = set.join_next().await {
+            out.push(r?);
+        }
+        peers.close().await;
+        out.sort_by_key(|r| r.0);
+        anyhow::Ok(out)
+    })?;
+    if !many {
+        let r = results
+            .into_iter()
+            .next()
+            .map(|r| r.3)
+            .ok_or_else(|| anyhow::anyhow!("no transfer ran"))??;
+        return emit(json, &r, |o| replicate_line(o, &r));
+    }
+    let failed = results.iter().filter(|r| r.3.is_err()).count();
+    let rows: Vec<serde_json::Value> = results
+        .iter()
+        .map(|(_, volume, snapshot, r)| match r {
+            Ok(rep) => serde_json::to_value(rep).unwrap_or_default(),
+            Err(e) => serde_json::json!({
+                "volume": volume, "snapshot": snapshot,
+                "error": { "kind": e.kind(), "message": e.to_string() }
+            }),
+        })
+        .collect();
+    emit(json, &rows, |o| {
+        for (_, volume, snapshot, r) in &results {
+            match r {
+                Ok(rep) => replicate_line(o, rep)?,
+                Err(e) => writeln!(o, "{volume}@{snapshot}: error: {e}")?,
+            }
+        }
+        Ok(())
+    })?;
+    if failed > 0 {
+        PARTIAL_FAILURE.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+    Ok(())
+}
+
+/// `task run` / `task show`: a controller task run by hand (at most once), or its record.
+fn task(store: &Store, json: bool, c: TaskCmd) -> anyhow::Result<()> {
+    match c {
+        TaskCmd::Run { file } => {
             let text = if file.as_os_str() == "-" {
                 let mut s = String::new();
                 std::io::Read::read_to_string(&mut std::io::stdin().lock(), &mut s)
@@ -524,16 +548,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let task: ferry_wire::task::Task =
                 serde_json::from_str(&text).context("not a valid task")?;
-            let ledger = ferry_agent::daemon::tasks::Ledger::open(&store)?;
-            let state = ledger.run(&store, &task)?;
+            let ledger = ferry_agent::daemon::tasks::Ledger::open(store)?;
+            let state = ledger.run(store, &task)?;
             if !matches!(state, ferry_wire::task::TaskState::Done { .. }) {
                 PARTIAL_FAILURE.store(true, std::sync::atomic::Ordering::Relaxed);
             }
             emit(json, &state, |o| writeln!(o, "task {}: {state:?}", task.id))
         }
-        Cmd::Task(TaskCmd::Show { id }) => {
+        TaskCmd::Show { id } => {
             let id = ferry_agent::error::check_name("task id", &id)?;
-            let ledger = ferry_agent::daemon::tasks::Ledger::open(&store)?;
+            let ledger = ferry_agent::daemon::tasks::Ledger::open(store)?;
             let rec = ledger
                 .get(&id)?
                 .ok_or_else(|| ferry_agent::error::StoreError::NotFound {
@@ -544,28 +568,28 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 writeln!(o, "task {}: {:?}", rec.task.id, rec.state)
             })
         }
-        Cmd::Info => {
-            let v = serde_json::json!({
-                "data_dir": store.root(),
-                "backend": store.backend_name(),
-                "filesystem": ferry_agent::fsx::fs_type(store.root()),
-                "io_uring": ferry_agent::engine::io_uring_available(),
-                "block_size": cfg.block_size,
-            });
-            emit(json, &v, |o| {
-                writeln!(o, "data dir:   {}", store.root().display())?;
-                writeln!(o, "backend:    {}", store.backend_name())?;
-                writeln!(o, "filesystem: {}", ferry_agent::fsx::fs_type(store.root()))?;
-                writeln!(
-                    o,
-                    "io_uring:   {}",
-                    ferry_agent::engine::io_uring_available()
-                )
-            })
-        }
-        Cmd::Volume(c) => volume(&store, json, c),
-        Cmd::Snapshot(c) => snapshot(&store, json, c),
     }
+}
+
+/// `info`: the store's backend, filesystem and read engine.
+fn info(cfg: &AgentConfig, store: &Store, json: bool) -> anyhow::Result<()> {
+    let v = serde_json::json!({
+        "data_dir": store.root(),
+        "backend": store.backend_name(),
+        "filesystem": ferry_agent::fsx::fs_type(store.root()),
+        "io_uring": ferry_agent::engine::io_uring_available(),
+        "block_size": cfg.block_size,
+    });
+    emit(json, &v, |o| {
+        writeln!(o, "data dir:   {}", store.root().display())?;
+        writeln!(o, "backend:    {}", store.backend_name())?;
+        writeln!(o, "filesystem: {}", ferry_agent::fsx::fs_type(store.root()))?;
+        writeln!(
+            o,
+            "io_uring:   {}",
+            ferry_agent::engine::io_uring_available()
+        )
+    })
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
