@@ -1,6 +1,6 @@
 //! `ferry plans`: protection plans, their runs, their snapshot groups and rollback.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::bail;
@@ -421,179 +421,186 @@ async fn follow(
 }
 
 pub async fn run(api: &Api, cmd: &Cmd, json: bool) -> anyhow::Result<()> {
-    let out = |v: Value, human: &dyn Fn(&Value)| emit(json, &v, human);
+    let get =
+        |path: String, human: fn(&Value)| async move { emit(json, &api.get(&path).await?, human) };
     match cmd {
-        Cmd::List => out(api.get("/v1/plans").await?, &print_list),
-        Cmd::Get { name } => out(
-            api.get(&format!("/v1/plans/{}", checked("plan", name)?))
-                .await?,
-            &print_one,
-        ),
-        Cmd::Create { file } => {
-            let (body, _) = read_json_file(file)?;
-            let v = api.call("POST", "/v1/plans", Some(body)).await?;
-            out(v, &|v| {
-                println!(
-                    "created plan {} ({}; next run {})",
-                    s(&v["spec"]["name"]),
-                    state(v),
-                    when(&v["next_run"])
-                )
-            })
-        }
-        Cmd::Update { file } => {
-            let (body, name) = read_json_file(file)?;
-            let name = name.ok_or_else(|| {
-                Coded::new(
-                    "invalid_file",
-                    format!("{}: the plan has no \"name\"", file.display()),
-                )
-            })?;
-            let v = api
-                .call(
-                    "PUT",
-                    &format!("/v1/plans/{}", checked("plan", &name)?),
-                    Some(body),
-                )
-                .await?;
-            out(v, &|v| {
-                println!(
-                    "updated plan {name} ({}; next run {})",
-                    state(v),
-                    when(&v["next_run"])
-                )
-            })
-        }
+        Cmd::List => get("/v1/plans".into(), print_list).await,
+        Cmd::Get { name } => get(format!("/v1/plans/{}", checked("plan", name)?), print_one).await,
+        Cmd::Create { file } => create(api, file, json).await,
+        Cmd::Update { file } => update(api, file, json).await,
         Cmd::Delete {
             name,
             keep_groups,
             delete_groups,
             yes,
-        } => {
-            let name = checked("plan", name)?;
-            let q = if *keep_groups {
-                "?groups=keep"
-            } else if *delete_groups {
-                confirm(
-                    &format!("Delete plan {name} and every snapshot of its groups?"),
-                    *yes,
-                )?;
-                "?groups=delete"
-            } else {
-                ""
-            };
-            api.call("DELETE", &format!("/v1/plans/{name}{q}"), None)
-                .await?;
-            let fate = if *keep_groups {
-                "; its groups are kept (ferry orphans list)"
-            } else if *delete_groups {
-                "; its groups are being deleted"
-            } else {
-                ""
-            };
-            out(json!({ "deleted": name }), &|_| {
-                println!("deleted plan {name}{fate}")
-            })
+        } => delete(api, name, (*keep_groups, *delete_groups), *yes, json).await,
+        Cmd::Pause { name } => pause(api, name, "pause", json).await,
+        Cmd::Resume { name } => pause(api, name, "resume", json).await,
+        Cmd::Run { name, wait } => run_now(api, name, *wait, json).await,
+        Cmd::Runs { name } => {
+            get(
+                format!("/v1/plans/{}/runs", checked("plan", name)?),
+                print_runs,
+            )
+            .await
         }
-        Cmd::Pause { name } | Cmd::Resume { name } => {
-            let verb = if matches!(cmd, Cmd::Pause { .. }) {
-                "pause"
-            } else {
-                "resume"
-            };
-            let v = api
-                .call(
-                    "POST",
-                    &format!("/v1/plans/{}/{verb}", checked("plan", name)?),
-                    None,
-                )
-                .await?;
-            out(v, &|v| {
-                println!(
-                    "plan {name} is {} (next run {})",
-                    state(v),
-                    when(&v["next_run"])
-                )
-            })
-        }
-        Cmd::Run { name, wait } => {
-            let name = checked("plan", name)?;
-            let r = api
-                .call("POST", &format!("/v1/plans/{name}/run"), None)
-                .await?;
-            let id = s(&r["run"]["id"]);
-            if !*wait {
-                return out(r, &|_| {
-                    println!("started run {id} of plan {name} (ferry plans run-show {name} {id} follows it)")
-                });
-            }
-            let detail =
-                follow(api, &format!("/v1/plans/{name}/runs/{id}"), run_seen, json).await?;
-            let ok = detail["run"]["step"] == "done";
-            out(detail.clone(), &print_run_detail)?;
-            if !ok {
-                bail!(Coded::new("run_failed", run_line(&detail)));
-            }
-            Ok(())
-        }
-        Cmd::Runs { name } => out(
-            api.get(&format!("/v1/plans/{}/runs", checked("plan", name)?))
-                .await?,
-            &print_runs,
-        ),
-        Cmd::RunShow { name, run } => out(
-            api.get(&format!(
+        Cmd::RunShow { name, run } => {
+            let path = format!(
                 "/v1/plans/{}/runs/{}",
                 checked("plan", name)?,
                 checked("run", run)?
-            ))
-            .await?,
-            &print_run_detail,
-        ),
-        Cmd::Groups { name } => out(
-            api.get(&format!("/v1/plans/{}/groups", checked("plan", name)?))
-                .await?,
-            &print_groups,
-        ),
+            );
+            get(path, print_run_detail).await
+        }
+        Cmd::Groups { name } => {
+            get(
+                format!("/v1/plans/{}/groups", checked("plan", name)?),
+                print_groups,
+            )
+            .await
+        }
         Cmd::Rollback {
             name,
             group,
             objects,
             wait,
             yes,
-        } => {
-            let name = checked("plan", name)?;
-            let group = checked("group", group)?;
-            let which = if objects.is_empty() {
-                "all its objects".to_string()
-            } else {
-                objects.join(", ")
-            };
-            confirm(
-                &format!(
-                    "Roll plan {name}'s {which} back to group {group}? What they hold now is replaced."
-                ),
-                *yes,
-            )?;
-            let mut body = json!({ "group": group });
-            if !objects.is_empty() {
-                body["objects"] = json!(objects);
-            }
-            let r = api
-                .post(&format!("/v1/plans/{name}/rollbacks"), &body)
-                .await?;
-            let id = s(&r["id"]);
-            if !*wait {
-                return out(r, &|r| println!("started {}", job_line(r)));
-            }
-            let path = format!("/v1/plans/{name}/rollbacks/{id}");
-            let end = follow(api, &path, rollback_seen, json).await?;
-            let ok = end["step"] == "done";
-            out(end.clone(), &|e| println!("{}", job_line(e)))?;
-            if !ok {
-                bail!(Coded::new("rollback_failed", job_line(&end)));
-            }
-            Ok(())
-        }
+        } => rollback(api, name, group, objects, (*wait, *yes), json).await,
     }
+}
+
+async fn create(api: &Api, file: &Path, json: bool) -> anyhow::Result<()> {
+    let (body, _) = read_json_file(file)?;
+    let v = api.call("POST", "/v1/plans", Some(body)).await?;
+    emit(json, &v, |v| {
+        println!(
+            "created plan {} ({}; next run {})",
+            s(&v["spec"]["name"]),
+            state(v),
+            when(&v["next_run"])
+        )
+    })
+}
+
+async fn update(api: &Api, file: &Path, json: bool) -> anyhow::Result<()> {
+    let (body, name) = read_json_file(file)?;
+    let name = name.ok_or_else(|| {
+        Coded::new(
+            "invalid_file",
+            format!("{}: the plan has no \"name\"", file.display()),
+        )
+    })?;
+    let path = format!("/v1/plans/{}", checked("plan", &name)?);
+    let v = api.call("PUT", &path, Some(body)).await?;
+    emit(json, &v, |v| {
+        println!(
+            "updated plan {name} ({}; next run {})",
+            state(v),
+            when(&v["next_run"])
+        )
+    })
+}
+
+/// Deletes a plan; `(keep, delete)` say what becomes of its groups (deleting them asks).
+async fn delete(
+    api: &Api,
+    name: &str,
+    (keep, delete): (bool, bool),
+    yes: bool,
+    json: bool,
+) -> anyhow::Result<()> {
+    let name = checked("plan", name)?;
+    let (q, fate) = if keep {
+        ("?groups=keep", "; its groups are kept (ferry orphans list)")
+    } else if delete {
+        confirm(
+            &format!("Delete plan {name} and every snapshot of its groups?"),
+            yes,
+        )?;
+        ("?groups=delete", "; its groups are being deleted")
+    } else {
+        ("", "")
+    };
+    api.call("DELETE", &format!("/v1/plans/{name}{q}"), None)
+        .await?;
+    emit(json, &json!({ "deleted": name }), |_| {
+        println!("deleted plan {name}{fate}")
+    })
+}
+
+/// `verb`: pause or resume.
+async fn pause(api: &Api, name: &str, verb: &str, json: bool) -> anyhow::Result<()> {
+    let path = format!("/v1/plans/{}/{verb}", checked("plan", name)?);
+    let v = api.call("POST", &path, None).await?;
+    emit(json, &v, |v| {
+        println!(
+            "plan {name} is {} (next run {})",
+            state(v),
+            when(&v["next_run"])
+        )
+    })
+}
+
+/// Starts a run; with `wait`, follows it and shows it per object and volume.
+async fn run_now(api: &Api, name: &str, wait: bool, json: bool) -> anyhow::Result<()> {
+    let name = checked("plan", name)?;
+    let r = api
+        .call("POST", &format!("/v1/plans/{name}/run"), None)
+        .await?;
+    let id = s(&r["run"]["id"]);
+    if !wait {
+        return emit(json, &r, |_| {
+            println!(
+                "started run {id} of plan {name} (ferry plans run-show {name} {id} follows it)"
+            )
+        });
+    }
+    let detail = follow(api, &format!("/v1/plans/{name}/runs/{id}"), run_seen, json).await?;
+    emit(json, &detail, print_run_detail)?;
+    if detail["run"]["step"] != "done" {
+        bail!(Coded::new("run_failed", run_line(&detail)));
+    }
+    Ok(())
+}
+
+/// Rolls back to `group` after confirming (`yes` skips); with `wait`, follows it.
+async fn rollback(
+    api: &Api,
+    name: &str,
+    group: &str,
+    objects: &[String],
+    (wait, yes): (bool, bool),
+    json: bool,
+) -> anyhow::Result<()> {
+    let name = checked("plan", name)?;
+    let group = checked("group", group)?;
+    let which = if objects.is_empty() {
+        "all its objects".to_string()
+    } else {
+        objects.join(", ")
+    };
+    confirm(
+        &format!(
+            "Roll plan {name}'s {which} back to group {group}? What they hold now is replaced."
+        ),
+        yes,
+    )?;
+    let mut body = json!({ "group": group });
+    if !objects.is_empty() {
+        body["objects"] = json!(objects);
+    }
+    let r = api
+        .post(&format!("/v1/plans/{name}/rollbacks"), &body)
+        .await?;
+    let id = s(&r["id"]);
+    if !wait {
+        return emit(json, &r, |r| println!("started {}", job_line(r)));
+    }
+    let path = format!("/v1/plans/{name}/rollbacks/{id}");
+    let end = follow(api, &path, rollback_seen, json).await?;
+    emit(json, &end, |e| println!("{}", job_line(e)))?;
+    if end["step"] != "done" {
+        bail!(Coded::new("rollback_failed", job_line(&end)));
+    }
+    Ok(())
 }
