@@ -33,127 +33,201 @@ pub(super) fn label(v: &str) -> String {
 
 #[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text format: requests, plans, objects, runs by plan and step, last success, the last run's duration and bytes per plan, store revision", body = String, content_type = "text/plain")))]
 /// Prometheus metrics: requests, plans, objects, runs by plan and step, the last successful
-/// run per plan, the store's revision.
+/// run per plan, the newest finished run's duration and bytes, the store's revision.
 pub(super) async fn metrics(
     State(s): State<Arc<ApiState>>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    use std::fmt::Write as _;
     auth(&s, &headers, false)?;
     let plans = load_plans(&s.store).await?;
     let objects = load_objects(&s.store).await?;
     let runs = load_runs(&s.store, RUNS).await?;
     let revision = s.store.revision().await?;
-    let mut out = String::new();
-    let w = &mut out;
-    let _ = writeln!(w, "# HELP ferry_http_requests_total HTTP API requests by route and status.\n# TYPE ferry_http_requests_total counter");
     let requests = s.requests.lock().map(|m| m.clone()).unwrap_or_default();
-    for ((route, status), (n, _)) in &requests {
-        let _ = writeln!(
-            w,
-            "ferry_http_requests_total{{route=\"{}\",status=\"{status}\"}} {n}",
-            label(route)
-        );
-    }
-    let _ = writeln!(w, "# HELP ferry_http_request_seconds_total Time spent serving requests.\n# TYPE ferry_http_request_seconds_total counter");
-    for ((route, status), (_, secs)) in &requests {
-        let _ = writeln!(
-            w,
-            "ferry_http_request_seconds_total{{route=\"{}\",status=\"{status}\"}} {secs}",
-            label(route)
-        );
-    }
+    let mut out = Exposition::default();
+    let by_request = |f: fn(&(u64, f64)) -> String| {
+        requests
+            .iter()
+            .map(|((route, status), v)| {
+                (
+                    vec![("route", route.clone()), ("status", status.to_string())],
+                    f(v),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    out.family(
+        "ferry_http_requests_total",
+        "counter",
+        "HTTP API requests by route and status.",
+        by_request(|v| v.0.to_string()),
+    );
+    out.family(
+        "ferry_http_request_seconds_total",
+        "counter",
+        "Time spent serving requests.",
+        by_request(|v| v.1.to_string()),
+    );
     let paused = plans.iter().filter(|p| p.paused).count();
-    let _ = writeln!(
-        w,
-        "# HELP ferry_plans Protection plans.\n# TYPE ferry_plans gauge"
-    );
-    let _ = writeln!(
-        w,
-        "ferry_plans{{state=\"active\"}} {}\nferry_plans{{state=\"paused\"}} {paused}",
-        plans.len() - paused
-    );
-    let _ = writeln!(w, "# HELP ferry_objects Protected objects in the inventory.\n# TYPE ferry_objects gauge\nferry_objects {}", objects.len());
-    let mut by_step: std::collections::BTreeMap<(String, String), u64> = Default::default();
-    let mut last_ok: std::collections::BTreeMap<String, i64> = Default::default();
-    // plan -> its newest finished run
-    let mut newest: std::collections::BTreeMap<String, &crate::state::schema::RunRecord> =
-        Default::default();
-    for r in &runs {
-        if r.run.step.is_final() {
-            let e = newest.entry(r.run.plan.to_string()).or_insert(r);
-            if r.created > e.created {
-                *e = r;
-            }
-        }
-        let step = serde_json::to_value(&r.run.step)
-            .ok()
-            .and_then(|v| v.as_str().map(String::from))
-            .unwrap_or_default();
-        *by_step
-            .entry((r.run.plan.to_string(), step.clone()))
-            .or_default() += 1;
-        if step == "done" {
-            if let Ok(t) = r.created.parse::<jiff::Timestamp>() {
-                let e = last_ok.entry(r.run.plan.to_string()).or_insert(0);
-                *e = (*e).max(t.as_second());
-            }
-        }
-    }
-    let _ = writeln!(
-        w,
-        "# HELP ferry_runs Runs recorded, by plan and step.\n# TYPE ferry_runs gauge"
-    );
-    for ((plan, step), n) in &by_step {
-        let _ = writeln!(
-            w,
-            "ferry_runs{{plan=\"{}\",step=\"{}\"}} {n}",
-            label(plan),
-            label(step)
-        );
-    }
-    let _ = writeln!(w, "# HELP ferry_plan_last_success_timestamp_seconds When the plan's last successful run started.\n# TYPE ferry_plan_last_success_timestamp_seconds gauge");
-    for (plan, t) in &last_ok {
-        let _ = writeln!(
-            w,
-            "ferry_plan_last_success_timestamp_seconds{{plan=\"{}\"}} {t}",
-            label(plan)
-        );
-    }
-    // (seconds, bytes read) of each plan's newest finished run
-    let last_run: std::collections::BTreeMap<&String, (f64, u64)> = newest
-        .iter()
-        .map(|(plan, r)| {
-            let report = r.report();
+    out.family(
+        "ferry_plans",
+        "gauge",
+        "Protection plans.",
+        vec![
             (
-                plan,
-                (report.duration_secs.unwrap_or(0.0), report.bytes_read),
-            )
-        })
-        .collect();
-    let _ = writeln!(w, "# HELP ferry_plan_last_run_duration_seconds The newest finished run's duration (record to end), by plan.\n# TYPE ferry_plan_last_run_duration_seconds gauge");
-    for (plan, (secs, _)) in &last_run {
-        let _ = writeln!(
-            w,
-            "ferry_plan_last_run_duration_seconds{{plan=\"{}\"}} {secs}",
-            label(plan)
-        );
-    }
-    let _ = writeln!(w, "# HELP ferry_plan_last_run_bytes_read Bytes the newest finished run's snapshots read (the changed data), by plan.\n# TYPE ferry_plan_last_run_bytes_read gauge");
-    for (plan, (_, bytes)) in &last_run {
-        let _ = writeln!(
-            w,
-            "ferry_plan_last_run_bytes_read{{plan=\"{}\"}} {bytes}",
-            label(plan)
-        );
-    }
-    let _ = writeln!(w, "# HELP ferry_store_revision The state store's revision.\n# TYPE ferry_store_revision gauge\nferry_store_revision {revision}");
+                vec![("state", "active".into())],
+                (plans.len() - paused).to_string(),
+            ),
+            (vec![("state", "paused".into())], paused.to_string()),
+        ],
+    );
+    out.family(
+        "ferry_objects",
+        "gauge",
+        "Protected objects in the inventory.",
+        vec![(vec![], objects.len().to_string())],
+    );
+    let f = RunFigures::of(&runs);
+    let per_plan = |m: &std::collections::BTreeMap<String, String>| {
+        m.iter()
+            .map(|(plan, v)| (vec![("plan", plan.clone())], v.clone()))
+            .collect::<Vec<_>>()
+    };
+    out.family(
+        "ferry_runs",
+        "gauge",
+        "Runs recorded, by plan and step.",
+        f.by_step
+            .iter()
+            .map(|((plan, step), n)| {
+                (
+                    vec![("plan", plan.clone()), ("step", step.clone())],
+                    n.to_string(),
+                )
+            })
+            .collect(),
+    );
+    out.family(
+        "ferry_plan_last_success_timestamp_seconds",
+        "gauge",
+        "When the plan's last successful run started.",
+        per_plan(&f.last_success),
+    );
+    out.family(
+        "ferry_plan_last_run_duration_seconds",
+        "gauge",
+        "The newest finished run's duration (record to end), by plan.",
+        per_plan(&f.last_duration),
+    );
+    out.family(
+        "ferry_plan_last_run_bytes_read",
+        "gauge",
+        "Bytes the newest finished run's snapshots read (the changed data), by plan.",
+        per_plan(&f.last_bytes),
+    );
+    out.family(
+        "ferry_store_revision",
+        "gauge",
+        "The state store's revision.",
+        vec![(vec![], revision.to_string())],
+    );
     Ok((
         [(
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4",
         )],
-        out,
+        out.0,
     )
         .into_response())
+}
+
+/// The text exposition format being written.
+#[derive(Default)]
+struct Exposition(String);
+
+impl Exposition {
+    /// One metric family: its help and type lines, then a sample per (labels, value).
+    fn family(
+        &mut self,
+        name: &str,
+        kind: &str,
+        help: &str,
+        samples: Vec<(Vec<(&str, String)>, String)>,
+    ) {
+        use std::fmt::Write as _;
+        let w = &mut self.0;
+        let _ = writeln!(w, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, value) in samples {
+            let labels: Vec<String> = labels
+                .iter()
+                .map(|(k, v)| format!("{k}=\"{}\"", label(v)))
+                .collect();
+            let labels = if labels.is_empty() {
+                String::new()
+            } else {
+                format!("{{{}}}", labels.join(","))
+            };
+            let _ = writeln!(w, "{name}{labels} {value}");
+        }
+    }
+}
+
+/// What the runs say per plan: runs by step, when the last successful one started, and the
+/// newest finished one's duration and bytes read.
+struct RunFigures {
+    by_step: std::collections::BTreeMap<(String, String), u64>,
+    last_success: std::collections::BTreeMap<String, String>,
+    last_duration: std::collections::BTreeMap<String, String>,
+    last_bytes: std::collections::BTreeMap<String, String>,
+}
+
+impl RunFigures {
+    fn of(runs: &[crate::state::schema::RunRecord]) -> RunFigures {
+        let mut by_step = std::collections::BTreeMap::new();
+        let mut last_ok: std::collections::BTreeMap<String, i64> = Default::default();
+        let mut newest: std::collections::BTreeMap<String, &crate::state::schema::RunRecord> =
+            Default::default();
+        for r in runs {
+            let plan = r.run.plan.to_string();
+            if r.run.step.is_final() {
+                let e = newest.entry(plan.clone()).or_insert(r);
+                if r.created > e.created {
+                    *e = r;
+                }
+            }
+            let step = serde_json::to_value(&r.run.step)
+                .ok()
+                .and_then(|v| v.as_str().map(String::from))
+                .unwrap_or_default();
+            *by_step.entry((plan.clone(), step.clone())).or_default() += 1;
+            if step == "done" {
+                if let Ok(t) = r.created.parse::<jiff::Timestamp>() {
+                    let e = last_ok.entry(plan).or_insert(0);
+                    *e = (*e).max(t.as_second());
+                }
+            }
+        }
+        let (mut last_duration, mut last_bytes) = (Default::default(), Default::default());
+        let (d, b): (
+            &mut std::collections::BTreeMap<_, _>,
+            &mut std::collections::BTreeMap<_, _>,
+        ) = (&mut last_duration, &mut last_bytes);
+        for (plan, r) in newest {
+            let report = r.report();
+            d.insert(
+                plan.clone(),
+                report.duration_secs.unwrap_or(0.0).to_string(),
+            );
+            b.insert(plan, report.bytes_read.to_string());
+        }
+        RunFigures {
+            by_step,
+            last_success: last_ok
+                .into_iter()
+                .map(|(p, t)| (p, t.to_string()))
+                .collect(),
+            last_duration,
+            last_bytes,
+        }
+    }
 }
