@@ -183,6 +183,43 @@ async fn link(
     store: Arc<Store>,
     ledger: Arc<Ledger>,
 ) -> std::result::Result<(), LinkEnd> {
+    let (mut s, vols) = connect_and_register(address, id, trust, &store).await?;
+    let (tx, rx) = mpsc::channel::<AgentMsg>(64);
+    let writer = spawn_writer(s.send, rx, store.clone(), vols);
+    let result: std::result::Result<(), LinkEnd> = async {
+        loop {
+            let msg: ControllerMsg = net::recv_msg(&mut s.recv, CONTROL_LINK_LIMIT).await?;
+            match msg {
+                ControllerMsg::Task(task) => {
+                    let _ = tx
+                        .send(AgentMsg::TaskReport {
+                            id: task.id.clone(),
+                            state: TaskState::Running,
+                        })
+                        .await;
+                    tokio::spawn(run_task(task, store.clone(), ledger.clone(), tx.clone()));
+                }
+            }
+        }
+    }
+    .await;
+    writer.abort();
+    s.conn.close(
+        quinn::VarInt::from_u32(ferry_wire::msg::close::DONE),
+        b"bye",
+    );
+    result
+}
+
+/// Connects to the controller at `address` (of this node's site only) and registers: the
+/// volumes (and, past the bound, how many more), capacity and free space. Returns the
+/// session and the volumes it was told.
+async fn connect_and_register(
+    address: &str,
+    id: &Identity,
+    trust: &Trust,
+    store: &Arc<Store>,
+) -> std::result::Result<(net::Session, Vec<VolumeReport>), LinkEnd> {
     let addr = tokio::net::lookup_host(address)
         .await
         .map_err(|e| StoreError::Invalid(format!("controller address {address}: {e}")))?
@@ -202,7 +239,7 @@ async fn link(
     }
     tracing::info!(controller = %address, peer = %s.peer_node, "connected to the controller");
     let (free, total) = space(store.root());
-    let (mut vols, omitted) = volumes_now(&store).await;
+    let (vols, omitted) = volumes_now(store).await;
     net::send_msg(
         &mut s.send,
         &AgentMsg::Register {
@@ -220,24 +257,30 @@ async fn link(
         };
         net::send_msg(&mut s.send, &m).await?;
     }
-    // Reports come from task threads; one writer owns the stream. The volume list goes out
-    // whenever it changed: a task sends it before its own report (so the controller knows
-    // a volume the moment it hears the task made it), and every heartbeat looks again
-    // (volumes are also made and deleted on the node itself, past the controller).
-    let (tx, mut rx) = mpsc::channel::<AgentMsg>(64);
-    let mut send = s.send;
-    let root = store.root().to_path_buf();
-    let st = store.clone();
-    let writer = tokio::spawn(async move {
+    Ok((s, vols))
+}
+
+/// The one writer of the link's stream: what task threads send, a heartbeat every
+/// [`HEARTBEAT_SECS`], and the volume list whenever it changed. A task sends the list before
+/// its own report (so the controller knows a volume the moment it hears the task made it);
+/// every heartbeat looks again (volumes are also made and deleted on the node itself).
+fn spawn_writer(
+    mut send: quinn::SendStream,
+    mut rx: mpsc::Receiver<AgentMsg>,
+    store: Arc<Store>,
+    mut vols: Vec<VolumeReport>,
+) -> tokio::task::JoinHandle<std::result::Result<(), NetError>> {
+    tokio::spawn(async move {
+        let root = store.root().to_path_buf();
         let mut tick = tokio::time::interval(Duration::from_secs(HEARTBEAT_SECS));
         let mut seq = 0;
         loop {
             let msg = tokio::select! {
-                m = rx.recv() => match m { Some(m) => m, None => return Ok::<(), NetError>(()) },
+                m = rx.recv() => match m { Some(m) => m, None => return Ok(()) },
                 _ = tick.tick() => {
                     seq += 1;
                     net::send_msg(&mut send, &AgentMsg::Heartbeat { seq, running: 0, free_bytes: space(&root).0 }).await?;
-                    let (volumes, omitted) = volumes_now(&st).await;
+                    let (volumes, omitted) = volumes_now(&store).await;
                     AgentMsg::Volumes { volumes, omitted, free_bytes: space(&root).0 }
                 }
             };
@@ -249,70 +292,53 @@ async fn link(
             }
             net::send_msg(&mut send, &msg).await?;
         }
-    });
-    let result: std::result::Result<(), LinkEnd> = async {
-        loop {
-            let msg: ControllerMsg = net::recv_msg(&mut s.recv, CONTROL_LINK_LIMIT).await?;
-            match msg {
-                ControllerMsg::Task(task) => {
-                    let (store, ledger, tx) = (store.clone(), ledger.clone(), tx.clone());
-                    let _ = tx
-                        .send(AgentMsg::TaskReport {
-                            id: task.id.clone(),
-                            state: TaskState::Running,
-                        })
-                        .await;
-                    tokio::spawn(async move {
-                        let id = task.id.clone();
-                        let st = store.clone();
-                        let progress = Arc::new(crate::progress::Progress::default());
-                        let p = progress.clone();
-                        let mut work = tokio::task::spawn_blocking(move || {
-                            crate::progress::track(&p, || ledger.run(&st, &task))
-                        });
-                        // While it runs, how far it is, about once a second (when it moved).
-                        let mut tick = tokio::time::interval(Duration::from_secs(1));
-                        let mut told = (0, 0);
-                        let outcome = loop {
-                            tokio::select! {
-                                r = &mut work => break r,
-                                _ = tick.tick() => {
-                                    let (done_bytes, total_bytes) = progress.get();
-                                    if (done_bytes, total_bytes) != told && total_bytes > 0 {
-                                        told = (done_bytes, total_bytes);
-                                        let m = AgentMsg::TaskProgress { id: id.clone(), done_bytes, total_bytes };
-                                        let _ = tx.send(m).await;
-                                    }
-                                }
-                            }
-                        };
-                        let state = outcome
-                            .map_err(|e| StoreError::Invalid(format!("task thread: {e}")))
-                            .and_then(|r| r)
-                            .unwrap_or_else(|e| TaskState::Failed {
-                                kind: e.kind().to_string(),
-                                message: e.to_string(),
-                            });
-                        let (volumes, omitted) = volumes_now(&store).await;
-                        let free_bytes = space(store.root()).0;
-                        let _ = tx
-                            .send(AgentMsg::Volumes {
-                                volumes,
-                                omitted,
-                                free_bytes,
-                            })
-                            .await;
-                        let _ = tx.send(AgentMsg::TaskReport { id, state }).await;
-                    });
+    })
+}
+
+/// Runs one task through the ledger on a blocking thread, telling its progress about once
+/// a second while it runs, then the volumes and its final state.
+async fn run_task(
+    task: ferry_wire::task::Task,
+    store: Arc<Store>,
+    ledger: Arc<Ledger>,
+    tx: mpsc::Sender<AgentMsg>,
+) {
+    let id = task.id.clone();
+    let st = store.clone();
+    let progress = Arc::new(crate::progress::Progress::default());
+    let p = progress.clone();
+    let mut work =
+        tokio::task::spawn_blocking(move || crate::progress::track(&p, || ledger.run(&st, &task)));
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut told = (0, 0);
+    let outcome = loop {
+        tokio::select! {
+            r = &mut work => break r,
+            _ = tick.tick() => {
+                let (done_bytes, total_bytes) = progress.get();
+                if (done_bytes, total_bytes) != told && total_bytes > 0 {
+                    told = (done_bytes, total_bytes);
+                    let m = AgentMsg::TaskProgress { id: id.clone(), done_bytes, total_bytes };
+                    let _ = tx.send(m).await;
                 }
             }
         }
-    }
-    .await;
-    writer.abort();
-    s.conn.close(
-        quinn::VarInt::from_u32(ferry_wire::msg::close::DONE),
-        b"bye",
-    );
-    result
+    };
+    let state = outcome
+        .map_err(|e| StoreError::Invalid(format!("task thread: {e}")))
+        .and_then(|r| r)
+        .unwrap_or_else(|e| TaskState::Failed {
+            kind: e.kind().to_string(),
+            message: e.to_string(),
+        });
+    let (volumes, omitted) = volumes_now(&store).await;
+    let free_bytes = space(store.root()).0;
+    let _ = tx
+        .send(AgentMsg::Volumes {
+            volumes,
+            omitted,
+            free_bytes,
+        })
+        .await;
+    let _ = tx.send(AgentMsg::TaskReport { id, state }).await;
 }
