@@ -75,13 +75,20 @@ fn tail(out: &[u8]) -> String {
     lines[lines.len().saturating_sub(KEEP_LINES)..].join("\n")
 }
 
-/// Runs one hook to completion, killing it at the timeout.
+/// How long output is still read after the shell ended: what a child it left behind still
+/// holds open is not waited for.
+const OUTPUT_GRACE: Duration = Duration::from_millis(200);
+
+/// Runs one hook to completion in a process group of its own. At the timeout the whole group
+/// is killed (the shell and everything it started); once the shell has exited, output is read
+/// for [`OUTPUT_GRACE`] more at most, so a child it left running does not hold the caller.
 pub fn run(
     which: &'static str,
     cmd: &str,
     env: &[(&str, String)],
     timeout: Duration,
 ) -> Result<()> {
+    use std::os::unix::process::CommandExt as _;
     let cannot = |e: std::io::Error| StoreError::Hook {
         which,
         detail: format!("cannot start /bin/sh: {e}"),
@@ -94,33 +101,42 @@ pub fn run(
         .stdin(Stdio::null())
         .stdout(stdout)
         .stderr(stderr)
+        .process_group(0)
         .spawn();
     // The command holds the writing ends now (ours went with the Command): the pipe ends
     // when the hook and whatever it started close their output.
     let mut child = spawned.map_err(cannot)?;
-    let reader = std::thread::spawn(move || {
-        let mut out = Vec::new();
+    let group = child.id() as libc::pid_t;
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    std::thread::spawn(move || {
         let mut buf = [0u8; 4096];
         while let Ok(n) = output.read(&mut buf) {
-            if n == 0 {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
                 break;
             }
-            out.extend_from_slice(&buf[..n]);
-            if out.len() > 2 * KEEP {
-                out.drain(..out.len() - KEEP);
-            }
         }
-        out
     });
+    let mut out = Vec::new();
+    let keep = |chunk: Vec<u8>, out: &mut Vec<u8>| {
+        out.extend_from_slice(&chunk);
+        if out.len() > 2 * KEEP {
+            out.drain(..out.len() - KEEP);
+        }
+    };
     let started = Instant::now();
     let status = loop {
+        while let Ok(chunk) = rx.try_recv() {
+            keep(chunk, &mut out);
+        }
         match child.try_wait() {
             Ok(Some(s)) => break Ok(s),
             Ok(None) if started.elapsed() >= timeout => {
-                let _ = child.kill();
+                // SAFETY: signalling the process group this hook leads (its pid is the
+                // group's id since process_group(0)).
+                unsafe { libc::kill(-group, libc::SIGKILL) };
                 let _ = child.wait();
                 break Err(format!(
-                    "timed out after {} s and was killed",
+                    "timed out after {} s and was killed, with everything it started",
                     timeout.as_secs()
                 ));
             }
@@ -128,7 +144,13 @@ pub fn run(
             Err(e) => break Err(format!("cannot wait for it: {e}")),
         }
     };
-    let out = reader.join().unwrap_or_default();
+    let until = Instant::now() + OUTPUT_GRACE;
+    while let Some(left) = until.checked_duration_since(Instant::now()) {
+        match rx.recv_timeout(left) {
+            Ok(chunk) => keep(chunk, &mut out),
+            Err(_) => break, // all read, or a child still holds the pipe: not waited for
+        }
+    }
     let said = match tail(&out) {
         t if t.is_empty() => " (it printed nothing)".to_string(),
         t => format!("; its output ended with:\n{t}"),

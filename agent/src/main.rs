@@ -549,7 +549,7 @@ fn task(store: &Store, json: bool, c: TaskCmd) -> anyhow::Result<()> {
             let task: ferry_wire::task::Task =
                 serde_json::from_str(&text).context("not a valid task")?;
             let ledger = ferry_agent::daemon::tasks::Ledger::open(store)?;
-            let state = ledger.run(store, &task)?;
+            let state = ledger.run(store, &task, std::time::Instant::now())?;
             if !matches!(state, ferry_wire::task::TaskState::Done { .. }) {
                 PARTIAL_FAILURE.store(true, std::sync::atomic::Ordering::Relaxed);
             }

@@ -15,6 +15,9 @@ pub struct Coded {
     /// The HTTP status, when the API answered.
     pub status: Option<u16>,
     pub message: String,
+    /// Already printed under `--json`, inside the one object the command printed (a failed
+    /// run's detail carries it as `error`): not printed again.
+    pub printed: bool,
 }
 
 impl Coded {
@@ -23,6 +26,7 @@ impl Coded {
             code: code.into(),
             status: None,
             message: message.into(),
+            printed: false,
         }
     }
 }
@@ -44,7 +48,9 @@ pub fn finish(json: bool, result: anyhow::Result<()>) -> ExitCode {
         Err(e) => {
             let coded = e.chain().find_map(|c| c.downcast_ref::<Coded>()).cloned();
             let code = coded.as_ref().map_or("failed", |c| c.code.as_str());
-            if json {
+            if json && coded.as_ref().is_some_and(|c| c.printed) {
+                // said already
+            } else if json {
                 let mut err = serde_json::json!({ "code": code, "message": format!("{e:#}") });
                 if let Some(s) = coded.as_ref().and_then(|c| c.status) {
                     err["status"] = s.into();

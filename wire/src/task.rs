@@ -23,6 +23,11 @@ pub struct Task {
     /// The issuing controller's generation (leadership term); higher wins.
     pub generation: u64,
     pub kind: TaskKind,
+    /// If the agent cannot start it within this many seconds of receiving it (its other
+    /// tasks run one at a time), it refuses it (`not_started`) and never runs it: a caller
+    /// that stopped waiting knows it did not happen.
+    #[serde(default)]
+    pub start_within_secs: Option<u64>,
 }
 
 /// What a task does.
@@ -189,6 +194,7 @@ mod tests {
         let t = Task {
             id: n("t-0001"),
             generation: 3,
+            start_within_secs: None,
             kind: TaskKind::SnapshotGroup {
                 snapshot: n("hourly-2026-11-24T10"),
                 volumes: vec![n("v1"), n("v2")],
@@ -206,6 +212,7 @@ mod tests {
         let p = Task {
             id: n("t-0002"),
             generation: 3,
+            start_within_secs: Some(20),
             kind: TaskKind::Prepare {
                 hold: n("r1"),
                 volumes: vec![n("v1")],

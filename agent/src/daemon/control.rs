@@ -305,10 +305,12 @@ async fn run_task(
 ) {
     let id = task.id.clone();
     let st = store.clone();
+    let received = std::time::Instant::now();
     let progress = Arc::new(crate::progress::Progress::default());
     let p = progress.clone();
-    let mut work =
-        tokio::task::spawn_blocking(move || crate::progress::track(&p, || ledger.run(&st, &task)));
+    let mut work = tokio::task::spawn_blocking(move || {
+        crate::progress::track(&p, || ledger.run(&st, &task, received))
+    });
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut told = (0, 0);
     let outcome = loop {

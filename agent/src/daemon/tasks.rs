@@ -268,8 +268,15 @@ impl Ledger {
         }
     }
 
-    /// Runs `task` at most once (see the module doc); returns its final state.
-    pub fn run(&self, store: &Store, task: &Task) -> Result<TaskState> {
+    /// Runs `task` at most once (see the module doc); returns its final state. `received`
+    /// is when it arrived: one that cannot start within its `start_within_secs` of that is
+    /// refused, recorded so, and never runs.
+    pub fn run(
+        &self,
+        store: &Store,
+        task: &Task,
+        received: std::time::Instant,
+    ) -> Result<TaskState> {
         let _lock = self.lock()?;
         if let Err(e) = self.end_expired(store) {
             tracing::warn!(error = %e, "ending expired holds failed");
@@ -287,6 +294,18 @@ impl Ledger {
                 self.save(task, &rec.state)?;
             }
             return Ok(rec.state);
+        }
+        if let Some(secs) = task.start_within_secs {
+            if received.elapsed() > std::time::Duration::from_secs(secs) {
+                let state = TaskState::Failed {
+                    kind: "not_started".into(),
+                    message: format!(
+                        "not started: the agent was busy for over {secs} s; it will not run"
+                    ),
+                };
+                self.save(task, &state)?;
+                return Ok(state);
+            }
         }
         let newest = self.newest_generation()?;
         if task.generation < newest {

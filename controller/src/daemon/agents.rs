@@ -94,6 +94,14 @@ impl Links {
         }
     }
 
+    /// Whether the agent said it received task `id` and has not reported its end yet.
+    pub fn is_running(&self, id: &str) -> bool {
+        self.reports
+            .lock()
+            .ok()
+            .is_some_and(|r| matches!(r.get(id), Some(TaskState::Running)))
+    }
+
     /// Sends a message to a connected agent; false when it is not connected.
     pub async fn send(&self, node: &Name, msg: ControllerMsg) -> bool {
         let tx = self.senders.lock().ok().and_then(|m| m.get(node).cloned());

@@ -83,8 +83,13 @@ pub(super) struct VolumeRequest {
     block_size: Option<u64>,
 }
 
-/// How long a volume task may take on the agent.
-pub(super) const VOLUME_TASK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// How long a volume task may wait on the agent to start (behind its other tasks): past it,
+/// the agent refuses it.
+pub(super) const VOLUME_TASK_START: std::time::Duration = std::time::Duration::from_secs(20);
+/// How long the agent has to say it received a task (it does at once, over a live link).
+const VOLUME_TASK_RECEIPT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long a started volume task is waited for.
+const VOLUME_TASK_RUN: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// Sends a volume task to a connected agent and waits for its outcome: the result, or the
 /// error the agent's failure maps to.
@@ -100,6 +105,7 @@ pub(super) async fn volume_task(
         .map_err(|e| ApiError::bad(e.to_string()))?;
     let task = ferry_wire::task::Task {
         id: id.clone(),
+        start_within_secs: Some(VOLUME_TASK_START.as_secs()),
         generation: s.leading()?.generation,
         kind,
     };
@@ -112,21 +118,35 @@ pub(super) async fn volume_task(
             "agent {node} is not connected (ferry agents shows which are up)"
         )));
     }
-    let t0 = std::time::Instant::now();
+    // The agent says it received the task at once; it starts it within VOLUME_TASK_START
+    // of that or refuses it. So a task not received in time never runs, and one neither
+    // refused nor finished past that deadline has started: then it is waited for.
+    let sent = std::time::Instant::now();
+    let mut received: Option<std::time::Instant> = None;
+    let timeout = |m: String| ApiError::new(StatusCode::GATEWAY_TIMEOUT, "timeout", m);
     let state = loop {
         if let Some(st) = s.links.take_final(id.as_str()) {
             break st;
         }
-        if t0.elapsed() > VOLUME_TASK_TIMEOUT {
-            return Err(ApiError::new(
-                StatusCode::GATEWAY_TIMEOUT,
-                "timeout",
-                format!(
-                    "agent {node} did not answer within {} s; it may still do it: look again \
-                     with GET /v1/agents/{node}/volumes",
-                    VOLUME_TASK_TIMEOUT.as_secs()
-                ),
-            ));
+        if received.is_none() && s.links.is_running(id.as_str()) {
+            received = Some(std::time::Instant::now());
+        }
+        match received {
+            None if sent.elapsed() > VOLUME_TASK_RECEIPT => {
+                return Err(timeout(format!(
+                    "agent {node} did not receive the task within {} s (its link is down or \
+                     stalled); nothing was done",
+                    VOLUME_TASK_RECEIPT.as_secs()
+                )))
+            }
+            Some(r) if r.elapsed() > VOLUME_TASK_START + VOLUME_TASK_RUN => {
+                return Err(timeout(format!(
+                    "agent {node} is still running the task after {} s; look again with GET \
+                     /v1/agents/{node}/volumes",
+                    (VOLUME_TASK_START + VOLUME_TASK_RUN).as_secs()
+                )))
+            }
+            _ => {}
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     };
@@ -139,6 +159,8 @@ pub(super) async fn volume_task(
                 "not_found" => (StatusCode::NOT_FOUND, "not_found"),
                 "invalid_argument" | "invalid_name" => (StatusCode::BAD_REQUEST, "invalid"),
                 "no_space" => (StatusCode::INSUFFICIENT_STORAGE, "no_space"),
+                // Busy past its start deadline (a long hook): refused, never run.
+                "not_started" => (StatusCode::SERVICE_UNAVAILABLE, "agent_busy"),
                 _ => (StatusCode::BAD_GATEWAY, "agent_failed"),
             };
             Err(ApiError::new(

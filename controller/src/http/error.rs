@@ -13,7 +13,7 @@ pub struct ErrorBody {
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
     /// Stable: `invalid`, `unauthorized`, `forbidden`, `not_found`, `conflict`, `too_large`,
-    /// `not_leader`, `store_unavailable`, `timeout`, `agent_failed`, `no_space`.
+    /// `not_leader`, `store_unavailable`, `timeout`, `agent_failed`, `agent_busy`, `no_space`.
     pub code: String,
     /// What is wrong (naming the field) and what to do.
     pub message: String,

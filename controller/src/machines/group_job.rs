@@ -145,6 +145,7 @@ impl GroupJob {
                     out.push((
                         node.clone(),
                         Task {
+                            start_within_secs: None,
                             id,
                             generation: self.generation,
                             kind: match self.action {

@@ -213,6 +213,7 @@ impl Run {
 
     fn task(&self, id: Name, kind: TaskKind) -> Task {
         Task {
+            start_within_secs: None,
             id,
             generation: self.generation,
             kind,

@@ -201,6 +201,7 @@ impl Api {
             code,
             status: Some(status.as_u16()),
             message: format!("{message} ({}){hint}", status.as_u16()),
+            printed: false,
         }
         .into())
     }

@@ -556,11 +556,10 @@ async fn run_now(api: &Api, name: &str, wait: bool, json: bool) -> anyhow::Resul
         });
     }
     let detail = follow(api, &format!("/v1/plans/{name}/runs/{id}"), run_seen, json).await?;
-    emit(json, &detail, print_run_detail)?;
-    if detail["run"]["step"] != "done" {
-        bail!(Coded::new("run_failed", run_line(&detail)));
+    if detail["run"]["step"] == "done" {
+        return emit(json, &detail, print_run_detail);
     }
-    Ok(())
+    failed(json, detail, "run_failed", run_line, print_run_detail)
 }
 
 /// Rolls back to `group` after confirming (`yes` skips); with `wait`, follows it.
@@ -598,9 +597,28 @@ async fn rollback(
     }
     let path = format!("/v1/plans/{name}/rollbacks/{id}");
     let end = follow(api, &path, rollback_seen, json).await?;
-    emit(json, &end, |e| println!("{}", job_line(e)))?;
-    if end["step"] != "done" {
-        bail!(Coded::new("rollback_failed", job_line(&end)));
+    if end["step"] == "done" {
+        return emit(json, &end, |e| println!("{}", job_line(e)));
     }
-    Ok(())
+    failed(json, end, "rollback_failed", job_line, |e| {
+        println!("{}", job_line(e))
+    })
+}
+
+/// A followed run or rollback that failed: shown as usual, then an error with `code`. Under
+/// `--json` one object: `v` with the error in it, as `error`.
+fn failed(
+    json: bool,
+    mut v: Value,
+    code: &str,
+    line: fn(&Value) -> String,
+    human: impl FnOnce(&Value),
+) -> anyhow::Result<()> {
+    let mut e = Coded::new(code, line(&v));
+    if json {
+        v["error"] = json!({ "code": code, "message": e.message });
+        e.printed = true;
+    }
+    emit(json, &v, human)?;
+    bail!(e)
 }
