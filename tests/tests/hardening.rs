@@ -128,3 +128,157 @@ fn a_long_hook_delays_other_tasks_but_a_refusal_means_not_done() {
         "refused means not done: {vols}"
     );
 }
+
+/// `ferry-controller serve` on an embedded store at `path`: (exit code, stderr), or None
+/// when it started serving (it is killed then).
+fn serve_embedded(path: &std::path::Path) -> Option<(Option<i32>, String)> {
+    use std::io::Read;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "listen = \"127.0.0.1:0\"\n[store]\nkind = \"embedded\"\npath = {:?}\n\
+             [[tokens]]\nname = \"a\"\nrole = \"admin\"\nblake3 = \"{}\"\n",
+            path.display().to_string(),
+            "0".repeat(64)
+        ),
+    )
+    .expect("config");
+    let mut child = std::process::Command::new(ferry_tests::bin("ferry-controller"))
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(10) {
+        if let Ok(Some(st)) = child.try_wait() {
+            let mut err = String::new();
+            let _ = child
+                .stderr
+                .take()
+                .expect("stderr")
+                .read_to_string(&mut err);
+            return Some((st.code(), err));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+/// Finding 3: a damaged or empty store file panicked inside redb (exit 101, a restart loop)
+/// or, empty, started with no state at all. Now any file that is not a valid store is
+/// refused at start with a clear error.
+#[test]
+fn a_damaged_or_empty_store_file_is_refused_at_start() {
+    use ferry_controller::state::{EmbeddedStore, Store};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let empty = dir.path().join("empty.redb");
+    std::fs::write(&empty, b"").expect("write");
+    let (code, err) = serve_embedded(&empty).expect("refused");
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("empty") && !err.contains("panicked"), "{err}");
+    // A real store, then damaged: bytes flipped in its middle, or cut short.
+    let good = dir.path().join("good.redb");
+    {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("rt");
+        let s = Store::Embedded(EmbeddedStore::open(&good).expect("open"));
+        for i in 0..200 {
+            rt.block_on(s.put(&format!("/ferry/objects/o{i}"), &vec![b'x'; 2000]))
+                .expect("put");
+        }
+    }
+    let bytes = std::fs::read(&good).expect("read");
+    for (name, damaged) in [
+        ("flipped", {
+            // One byte in every 4 KiB page past the header: data pages are hit.
+            let mut b = bytes.clone();
+            for at in (4096 + 100..b.len()).step_by(4096) {
+                b[at] = !b[at];
+            }
+            b
+        }),
+        ("header", {
+            let mut b = bytes.clone();
+            for x in &mut b[..512] {
+                *x = !*x;
+            }
+            b
+        }),
+        ("truncated", bytes[..bytes.len() / 2].to_vec()),
+    ] {
+        let p = dir.path().join(format!("{name}.redb"));
+        std::fs::write(&p, &damaged).expect("write");
+        let (code, err) = serve_embedded(&p).unwrap_or_else(|| panic!("{name}: it served"));
+        assert_eq!(code, Some(1), "{name}: {err}");
+        assert!(!err.contains("panicked"), "{name}: {err}");
+        assert!(err.contains("not a valid ferry store"), "{name}: {err}");
+    }
+}
+
+/// Finding 2: after the embedded store's disk filled, every write kept failing (redb's
+/// "Previous I/O error") though space was freed, and `/healthz` said ok. Now the store is
+/// unhealthy while broken and reopens itself once there is room.
+#[test]
+fn the_embedded_store_recovers_after_its_disk_filled() {
+    use ferry_tests::controller::{wait_for, Controller};
+    use serde_json::json;
+    let Some(fs) = ferry_tests::Tmpfs::mount("16M") else {
+        return;
+    };
+    let store = format!(
+        "[store]\nkind = \"embedded\"\npath = {:?}",
+        fs.path.join("state.redb").display().to_string()
+    );
+    let c = Controller::start(&store);
+    let object = |i: usize| {
+        json!({"name": format!("o{i}"), "kind": {"type": "nfs_file", "export": "/exports",
+            "path": format!("{}/{i}.img", "d".repeat(1000)),
+            "volume": {"node": "n1", "volume": format!("v{i}")}}})
+    };
+    for i in 0..10 {
+        let (code, v) = c.admin("POST", "/v1/objects?allow_missing=true", Some(object(i)));
+        assert_eq!(code, 201, "{v}");
+    }
+    // Fill the filesystem, then write until the store fails.
+    let filler = fs.path.join("filler");
+    let _ = std::process::Command::new("dd")
+        .args(["if=/dev/zero", "bs=64k"])
+        .arg(format!("of={}", filler.display()))
+        .stderr(std::process::Stdio::null())
+        .status();
+    let mut failed_at = None;
+    for i in 10..20_000 {
+        let (code, v) = c.admin("POST", "/v1/objects?allow_missing=true", Some(object(i)));
+        if code == 503 {
+            assert_eq!(v["error"]["code"], "store_unavailable", "{v}");
+            failed_at = Some(i);
+            break;
+        }
+        assert_eq!(code, 201, "{v}");
+    }
+    let failed_at = failed_at.expect("the full disk made a write fail");
+    let (code, h) = c.call("GET", "/healthz", None, None);
+    assert_eq!(code, 503, "unhealthy while broken: {h}");
+    // Room again: the store reopens and writes go through.
+    std::fs::remove_file(&filler).expect("free space");
+    wait_for("writes work again", 20, || {
+        c.admin(
+            "POST",
+            "/v1/objects?allow_missing=true",
+            Some(object(failed_at + 1)),
+        )
+        .0 == 201
+    });
+    let (code, h) = c.call("GET", "/healthz", None, None);
+    assert_eq!(code, 200, "{h}");
+    let (code, o) = c.admin("GET", "/v1/objects/o9", None);
+    assert_eq!(code, 200, "what was written before is there: {o}");
+}

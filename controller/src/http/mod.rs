@@ -176,6 +176,9 @@ pub fn router(state: Arc<ApiState>) -> Router {
 
 #[utoipa::path(get, path = "/healthz", responses((status = 200, description = "healthy: the store, its revision, this controller's role and the leader", body = serde_json::Value)), security(()))]
 async fn healthz(State(s): State<Arc<ApiState>>) -> ApiResult<Json<Value>> {
+    s.store
+        .health()
+        .map_err(|why| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", why))?;
     let revision = s.store.revision().await?;
     let store = match s.store {
         Store::Etcd(_) => "etcd",

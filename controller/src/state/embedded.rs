@@ -38,7 +38,13 @@ impl std::fmt::Debug for EmbeddedStore {
 }
 
 struct Inner {
-    db: Database,
+    /// `None` while it is being reopened after an I/O error (a full disk, say): redb refuses
+    /// every write after one until the database is closed and opened again.
+    db: std::sync::RwLock<Option<Database>>,
+    path: std::path::PathBuf,
+    /// An I/O error happened: the next operation reopens the database first, and the
+    /// store reports itself unhealthy until that succeeds.
+    broken: std::sync::atomic::AtomicBool,
     /// Held across commit and publication, so events go out in revision order.
     publish: Mutex<Published>,
 }
@@ -72,6 +78,79 @@ fn encode(rev: i64, value: &[u8]) -> Vec<u8> {
     out
 }
 
+impl Inner {
+    /// Closes the database and opens it again (after an I/O error redb refuses every write
+    /// until then). Fails, leaving it broken, while the cause lasts.
+    fn reopen(&self) -> Result<()> {
+        let mut slot = self.db.write().map_err(|_| err("database lock poisoned"))?;
+        *slot = None; // closed: its file lock released
+        let db = Database::open(&self.path)
+            .map_err(|e| err(format!("reopen {}: {e}", self.path.display())))?;
+        // A write proves it: the cause (a full disk) may still be there.
+        let w = db.begin_write().map_err(err)?;
+        w.commit().map_err(err)?;
+        *slot = Some(db);
+        self.broken
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(path = %self.path.display(), "state store reopened");
+        Ok(())
+    }
+}
+
+/// Opens an existing store file and checks all of it: redb's checksums over every page,
+/// then ferry's tables and their entries read through. redb may panic on a damaged file;
+/// that is caught (quietly) and reported as damage.
+fn open_existing(path: &Path) -> Result<Database> {
+    let invalid = |why: String| {
+        err(format!(
+            "{} is not a valid ferry store ({why}); restore it from a backup, or move it away \
+             to start with an empty store",
+            path.display()
+        ))
+    };
+    let check = || -> std::result::Result<Database, String> {
+        let mut db = Database::open(path).map_err(|e| e.to_string())?;
+        if !db.check_integrity().map_err(|e| e.to_string())? {
+            return Err("redb found damage and repaired its allocation state".into());
+        }
+        {
+            let r = db.begin_read().map_err(|e| e.to_string())?;
+            let meta = r
+                .open_table(META)
+                .map_err(|e| format!("no ferry metadata: {e}"))?;
+            if meta.get(REVISION).map_err(|e| e.to_string())?.is_none() {
+                return Err("no store revision".into());
+            }
+            let kv = r
+                .open_table(KV)
+                .map_err(|e| format!("no ferry keys: {e}"))?;
+            for item in kv.iter().map_err(|e| e.to_string())? {
+                let (k, v) = item.map_err(|e| e.to_string())?;
+                if v.value().len() < 8 {
+                    return Err(format!("damaged entry for {:?}", k.value()));
+                }
+            }
+        }
+        Ok(db)
+    };
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(check));
+    std::panic::set_hook(hook);
+    match checked {
+        Ok(Ok(db)) => Ok(db),
+        Ok(Err(why)) => Err(invalid(why)),
+        Err(p) => {
+            let why = p
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unreadable".into());
+            Err(invalid(format!("damaged: {why}")))
+        }
+    }
+}
+
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
     tokio::task::spawn_blocking(f)
         .await
@@ -79,22 +158,39 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
 }
 
 impl EmbeddedStore {
-    /// Opens (or creates) the database at `path`.
+    /// Opens the database at `path`, or creates it where no file is. An existing file must
+    /// be a whole, valid ferry store: an empty file, a damaged one (redb's checksums), or a
+    /// redb database without ferry's tables is refused, never taken for a new, empty store.
     pub fn open(path: &Path) -> Result<EmbeddedStore> {
-        let db = Database::create(path).map_err(|e| err(format!("{}: {e}", path.display())))?;
-        let w = db.begin_write().map_err(err)?;
-        {
-            w.open_table(KV).map_err(err)?;
-            let mut meta = w.open_table(META).map_err(err)?;
-            if meta.get(REVISION).map_err(err)?.is_none() {
-                meta.insert(REVISION, 1).map_err(err)?;
+        let db = match std::fs::metadata(path) {
+            Ok(m) if m.len() == 0 => {
+                return Err(err(format!(
+                    "{} is empty: not a valid ferry store (a new store is made only where no \
+                     file is); restore it from a backup, or move it away to start empty",
+                    path.display()
+                )))
             }
-        }
-        w.commit().map_err(err)?;
+            Ok(_) => open_existing(path)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let db =
+                    Database::create(path).map_err(|e| err(format!("{}: {e}", path.display())))?;
+                let w = db.begin_write().map_err(err)?;
+                {
+                    w.open_table(KV).map_err(err)?;
+                    let mut meta = w.open_table(META).map_err(err)?;
+                    meta.insert(REVISION, 1).map_err(err)?;
+                }
+                w.commit().map_err(err)?;
+                db
+            }
+            Err(e) => return Err(err(format!("{}: {e}", path.display()))),
+        };
         let (tx, _) = broadcast::channel(WATCH_BUFFER);
         Ok(EmbeddedStore {
             inner: Arc::new(Inner {
-                db,
+                db: std::sync::RwLock::new(Some(db)),
+                path: path.to_path_buf(),
+                broken: std::sync::atomic::AtomicBool::new(false),
                 publish: Mutex::new(Published {
                     history: VecDeque::new(),
                     tx,
@@ -103,10 +199,49 @@ impl EmbeddedStore {
         })
     }
 
-    pub(super) async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
-        let (inner, key) = (self.inner.clone(), key.to_string());
+    /// Runs `f` on the database on a blocking thread: reopened first if an I/O error broke
+    /// it, and marked broken if `f` meets one.
+    async fn with_db<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Database) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let inner = self.inner.clone();
         blocking(move || {
-            let r = inner.db.begin_read().map_err(err)?;
+            use std::sync::atomic::Ordering;
+            if inner.broken.load(Ordering::Relaxed) {
+                inner.reopen()?;
+            }
+            let db = inner.db.read().map_err(|_| err("database lock poisoned"))?;
+            let db = db
+                .as_ref()
+                .ok_or_else(|| err("the database is being reopened after an I/O error"))?;
+            let out = f(db);
+            if let Err(StoreError::Embedded(m)) = &out {
+                if m.contains("I/O error") && !inner.broken.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(error = %m, "state store I/O error: reopening it before the next operation");
+                }
+            }
+            out
+        })
+        .await
+    }
+
+    /// Whether the store can be used: not while an I/O error is unmended.
+    pub fn health(&self) -> std::result::Result<(), String> {
+        if self.inner.broken.load(std::sync::atomic::Ordering::Relaxed) {
+            Err(format!(
+                "{}: an I/O error (a full disk?) stopped writes; reopening at the next request",
+                self.inner.path.display()
+            ))
+        } else {
+            Ok(())
+        }
+    }
+
+    pub(super) async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
+        let key = key.to_string();
+        self.with_db(move |db| {
+            let r = db.begin_read().map_err(err)?;
             let t = r.open_table(KV).map_err(err)?;
             let v = t.get(key.as_str()).map_err(err)?;
             v.map(|v| decode(&key, v.value())).transpose()
@@ -115,9 +250,9 @@ impl EmbeddedStore {
     }
 
     pub(super) async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<KeyValue>>> {
-        let (inner, keys) = (self.inner.clone(), keys.to_vec());
-        blocking(move || {
-            let r = inner.db.begin_read().map_err(err)?;
+        let keys = keys.to_vec();
+        self.with_db(move |db| {
+            let r = db.begin_read().map_err(err)?;
             let t = r.open_table(KV).map_err(err)?;
             keys.iter()
                 .map(|key| {
@@ -130,9 +265,9 @@ impl EmbeddedStore {
     }
 
     pub(super) async fn list(&self, prefix: &str) -> Result<Vec<KeyValue>> {
-        let (inner, prefix) = (self.inner.clone(), prefix.to_string());
-        blocking(move || {
-            let r = inner.db.begin_read().map_err(err)?;
+        let prefix = prefix.to_string();
+        self.with_db(move |db| {
+            let r = db.begin_read().map_err(err)?;
             let t = r.open_table(KV).map_err(err)?;
             let mut out = Vec::new();
             for item in t.range(prefix.as_str()..).map_err(err)? {
@@ -148,9 +283,8 @@ impl EmbeddedStore {
     }
 
     pub(super) async fn revision(&self) -> Result<i64> {
-        let inner = self.inner.clone();
-        blocking(move || {
-            let r = inner.db.begin_read().map_err(err)?;
+        self.with_db(move |db| {
+            let r = db.begin_read().map_err(err)?;
             let t = r.open_table(META).map_err(err)?;
             let rev = t.get(REVISION).map_err(err)?.map_or(1, |v| v.value());
             Ok(rev as i64)
@@ -184,12 +318,12 @@ impl EmbeddedStore {
     /// of changes.
     async fn apply(&self, txn: Txn) -> Result<(TxnOutcome, usize)> {
         let inner = self.inner.clone();
-        blocking(move || {
+        self.with_db(move |db| {
             let mut published = inner
                 .publish
                 .lock()
                 .map_err(|_| err("publish lock poisoned"))?;
-            let w = inner.db.begin_write().map_err(err)?;
+            let w = db.begin_write().map_err(err)?;
             let (outcome, events) = {
                 let mut kv = w.open_table(KV).map_err(err)?;
                 let mut meta = w.open_table(META).map_err(err)?;

@@ -243,6 +243,15 @@ impl Store {
         }
     }
 
+    /// Whether the store can be used now (the embedded one is not while an I/O error, a
+    /// full disk say, is unmended); `/healthz` reports it.
+    pub fn health(&self) -> std::result::Result<(), String> {
+        match self {
+            Store::Etcd(_) => Ok(()),
+            Store::Embedded(s) => s.health(),
+        }
+    }
+
     /// The store's current revision.
     pub async fn revision(&self) -> Result<i64> {
         match self {
