@@ -282,3 +282,69 @@ fn the_embedded_store_recovers_after_its_disk_filled() {
     let (code, o) = c.admin("GET", "/v1/objects/o9", None);
     assert_eq!(code, 200, "what was written before is there: {o}");
 }
+
+/// Finding 4: half-open requests (headers never finished) were held for ever, past the
+/// descriptor limit, and one delayed exit on SIGTERM by 40 s. Now headers have a deadline,
+/// connections a limit with a clear answer past it, and shutdown a bound.
+#[test]
+fn half_open_connections_are_bounded_and_closed() {
+    use ferry_controller::http::server::{HEADER_TIMEOUT, MAX_CONNECTIONS};
+    use ferry_tests::controller::{wait_for, Controller};
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = format!(
+        "[store]\nkind = \"embedded\"\npath = {:?}",
+        dir.path().join("s.redb").display().to_string()
+    );
+    let mut c = Controller::start(&store);
+    let half_open = || {
+        let mut s = std::net::TcpStream::connect(c.addr).expect("connect");
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            .expect("write");
+        s
+    };
+    let mut held: Vec<std::net::TcpStream> = (0..MAX_CONNECTIONS).map(|_| half_open()).collect();
+    // Past the limit: a clear answer at once.
+    let mut extra = std::net::TcpStream::connect(c.addr).expect("connect");
+    extra
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut answer = String::new();
+    let _ = extra.read_to_string(&mut answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 503") && answer.contains("too_many_connections"),
+        "{answer:?}"
+    );
+    // The half-open ones are closed at the header deadline, and the API answers again.
+    let t0 = Instant::now();
+    wait_for(
+        "the half-open connections are closed",
+        HEADER_TIMEOUT.as_secs() + 15,
+        || c.call("GET", "/healthz", None, None).0 == 200,
+    );
+    assert!(t0.elapsed() >= Duration::from_secs(1));
+    let closed = held
+        .iter_mut()
+        .map(|s| {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut buf = [0u8; 1];
+            match s.read(&mut buf) {
+                Ok(0) => true,
+                Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+                Ok(_) => false,
+            }
+        })
+        .filter(|c| *c)
+        .count();
+    assert_eq!(closed, held.len(), "every half-open connection was closed");
+    drop(held);
+    // SIGTERM with a half-open connection: the controller exits within its bound.
+    let _h = half_open();
+    let t0 = Instant::now();
+    assert!(c.terminate().is_some(), "it exits");
+    assert!(
+        t0.elapsed() < Duration::from_secs(12),
+        "exit took {:?}",
+        t0.elapsed()
+    );
+}

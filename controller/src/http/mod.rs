@@ -21,6 +21,7 @@ mod plans;
 mod read;
 mod rollbacks;
 mod runs;
+pub mod server;
 pub mod status;
 
 use auth::auth;
@@ -163,6 +164,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
         })
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn(server::body_deadline))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             forward::forward,

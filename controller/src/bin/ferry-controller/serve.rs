@@ -3,7 +3,6 @@
 //! loop: campaign, and while leading migrate the store, schedule and execute; a lost lease
 //! ends the process (a supervisor restarts it as a follower).
 
-use std::future::IntoFuture as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -229,11 +228,7 @@ pub async fn serve(
         ))
     });
     tracing::info!(addr = %api_addr, "HTTP API up");
-    let http = tokio::spawn(
-        axum::serve(listener, router)
-            .with_graceful_shutdown(stop.wait())
-            .into_future(),
-    );
+    let http = tokio::spawn(http::server::serve(listener, router, stop.wait()));
     ready(Ready {
         api: api_addr,
         endpoint: endpoint_addr,
