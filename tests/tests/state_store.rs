@@ -151,6 +151,37 @@ async fn suite(s: &Store) {
         e => panic!("unexpected {e:?}"),
     }
 
+    // A prefix larger than one etcd response (its client takes 4 MiB at most) lists whole,
+    // and pages of it follow the keys in order.
+    let big = vec![b'r'; 2000];
+    let mut ops = Vec::new();
+    for i in 0..3000 {
+        ops.push(Op::Put(format!("big/k{i:05}"), big.clone()));
+        if ops.len() == 50 {
+            let txn = Txn {
+                when: vec![],
+                then: std::mem::take(&mut ops),
+            };
+            s.txn(txn).await.expect("batch");
+        }
+    }
+    let all = s.list("big/").await.expect("list of 6 MB");
+    assert_eq!(all.len(), 3000);
+    assert!(all.windows(2).all(|w| w[0].key < w[1].key));
+    let (first, more) = s.list_page("big/", None, 1000).await.expect("page");
+    assert_eq!((first.len(), more), (1000, true));
+    let after = first.last().map(|kv| kv.key.clone());
+    let (second, _) = s
+        .list_page("big/", after.as_deref(), 1000)
+        .await
+        .expect("page");
+    assert_eq!(second[0].key, "big/k01000");
+    let (last, more) = s
+        .list_page("big/", Some("big/k02500"), 1000)
+        .await
+        .expect("page");
+    assert_eq!((last.len(), more), (499, false));
+
     // Bad input is refused before it reaches the store.
     assert!(matches!(s.put("", b"x").await, Err(StoreError::BadKey(_))));
     assert!(matches!(

@@ -282,6 +282,37 @@ impl EmbeddedStore {
         .await
     }
 
+    pub(super) async fn list_page(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<KeyValue>, bool)> {
+        let (prefix, after) = (prefix.to_string(), after.map(String::from));
+        self.with_db(move |db| {
+            let r = db.begin_read().map_err(err)?;
+            let t = r.open_table(KV).map_err(err)?;
+            let mut out = Vec::new();
+            let start = after.clone().unwrap_or_else(|| prefix.clone());
+            for item in t.range(start.as_str()..).map_err(err)? {
+                let (k, v) = item.map_err(err)?;
+                let key = k.value();
+                if !key.starts_with(prefix.as_str()) {
+                    break;
+                }
+                if after.as_deref() == Some(key) {
+                    continue;
+                }
+                if out.len() == limit {
+                    return Ok((out, true));
+                }
+                out.push(decode(key, v.value())?);
+            }
+            Ok((out, false))
+        })
+        .await
+    }
+
     pub(super) async fn revision(&self) -> Result<i64> {
         self.with_db(move |db| {
             let r = db.begin_read().map_err(err)?;

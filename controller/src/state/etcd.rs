@@ -41,6 +41,22 @@ fn kv(k: &etcd_client::KeyValue) -> Result<KeyValue> {
     })
 }
 
+/// Keys read per response when listing a prefix (records are at most 1 MiB; most are a
+/// few KiB, so a page stays far under the client's 4 MiB).
+const LIST_PAGE: usize = 256;
+
+/// The end of the range of keys starting with `prefix` (etcd's `range_end`).
+fn prefix_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
 fn revision_of(h: Option<&etcd_client::ResponseHeader>) -> i64 {
     h.map_or(0, |h| h.revision())
 }
@@ -112,15 +128,65 @@ impl EtcdStore {
         Ok(out)
     }
 
+    /// Every key under `prefix`, read in pages of [`LIST_PAGE`] at one revision (one etcd
+    /// response is bounded; a prefix of many records is not).
     pub(super) async fn list(&self, prefix: &str) -> Result<Vec<KeyValue>> {
+        let mut out = Vec::new();
+        let mut after: Option<String> = None;
+        let mut at = 0;
+        loop {
+            let (page, more, rev) = self.page(prefix, after.as_deref(), LIST_PAGE, at).await?;
+            at = rev;
+            after = page.last().map(|kv| kv.key.clone());
+            out.extend(page);
+            if !more {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// At most `limit` keys under `prefix` after `after` (exclusive), in key order, and
+    /// whether more follow.
+    pub(super) async fn list_page(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<KeyValue>, bool)> {
+        let (page, more, _) = self.page(prefix, after, limit, 0).await?;
+        Ok((page, more))
+    }
+
+    /// One page, read at revision `at` (0: the newest); returns the revision it was read at.
+    async fn page(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+        at: i64,
+    ) -> Result<(Vec<KeyValue>, bool, i64)> {
+        let start = match after {
+            Some(a) => format!("{a}\0"),
+            None => prefix.to_string(),
+        };
+        let mut opts = GetOptions::new()
+            .with_range(prefix_end(prefix))
+            .with_limit(limit as i64 + 1)
+            .with_sort(etcd_client::SortTarget::Key, etcd_client::SortOrder::Ascend);
+        if at > 0 {
+            opts = opts.with_revision(at);
+        }
         let r = self
             .client
             .as_ref()
             .clone()
-            .get(prefix, Some(GetOptions::new().with_prefix()))
+            .get(start, Some(opts))
             .await
             .map_err(err)?;
-        r.kvs().iter().map(kv).collect()
+        let mut page: Vec<KeyValue> = r.kvs().iter().map(kv).collect::<Result<_>>()?;
+        let more = page.len() > limit;
+        page.truncate(limit);
+        Ok((page, more, revision_of(r.header())))
     }
 
     pub(super) async fn revision(&self) -> Result<i64> {

@@ -24,6 +24,8 @@ pub use etcd::EtcdStore;
 pub const MAX_KEY: usize = 1024;
 /// Largest value accepted (etcd's default request limit is 1.5 MiB).
 pub const MAX_VALUE: usize = 1 << 20;
+/// Most keys in one page of [`Store::list_page`].
+pub const MAX_PAGE: usize = 1000;
 /// Operations in one transaction, at most.
 pub const MAX_TXN_OPS: usize = 64;
 
@@ -222,6 +224,28 @@ impl Store {
         match self {
             Store::Etcd(s) => s.list(prefix).await,
             Store::Embedded(s) => s.list(prefix).await,
+        }
+    }
+
+    /// At most `limit` (1 to [`MAX_PAGE`]) keys under `prefix` after the key `after`
+    /// (exclusive), in key order, and whether more follow: how the API pages its lists.
+    pub async fn list_page(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<KeyValue>, bool)> {
+        check_key(prefix)?;
+        if let Some(a) = after {
+            check_key(a)?;
+            if !a.starts_with(prefix) {
+                return Err(StoreError::BadKey(format!("{a:?} is not under {prefix:?}")));
+            }
+        }
+        let limit = limit.clamp(1, MAX_PAGE);
+        match self {
+            Store::Etcd(s) => s.list_page(prefix, after, limit).await,
+            Store::Embedded(s) => s.list_page(prefix, after, limit).await,
         }
     }
 
