@@ -775,6 +775,11 @@ pub mod controller {
             }
         }
 
+        /// The controller's process id.
+        pub fn pid(&self) -> u32 {
+            self.child.id()
+        }
+
         /// Sends SIGTERM and waits (30 s at most) for the controller to exit.
         pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
             // SAFETY: signalling our own child.
@@ -799,6 +804,11 @@ pub mod controller {
         ) -> (u16, Value) {
             let body = body.map(|b| String::from_utf8_lossy(b).into_owned());
             http(&self.addr.to_string(), method, path, token, body)
+        }
+
+        /// Every item of the paged list at `path`, read with the read-only token.
+        pub fn list(&self, path: &str) -> Result<Vec<Value>, (u16, Value)> {
+            list(&self.addr.to_string(), path, Some(READER))
         }
 
         /// A GET whose body is text (the metrics), with `token`.
@@ -848,6 +858,41 @@ pub mod controller {
         token: Option<&str>,
         body: Option<String>,
     ) -> (u16, Value) {
+        let (status, _, v) = exchange(addr, method, path, token, body);
+        (status, v)
+    }
+
+    /// Every item of the paged list at `path` (following `x-next-after`), or the first
+    /// answer that is not a 200.
+    pub fn list(addr: &str, path: &str, token: Option<&str>) -> Result<Vec<Value>, (u16, Value)> {
+        let mut all = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let sep = if path.contains('?') { '&' } else { '?' };
+            let page = match &after {
+                None => path.to_string(),
+                Some(a) => format!("{path}{sep}after={a}"),
+            };
+            let (status, next, v) = exchange(addr, "GET", &page, token, None);
+            if status != 200 {
+                return Err((status, v));
+            }
+            all.extend(v.as_array().cloned().unwrap_or_default());
+            match next {
+                Some(n) => after = Some(n),
+                None => return Ok(all),
+            }
+        }
+    }
+
+    /// One request; returns (status, the `x-next-after` header, JSON body or Null).
+    fn exchange(
+        addr: &str,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<String>,
+    ) -> (u16, Option<String>, Value) {
         let mut s = std::net::TcpStream::connect(addr).expect("connect");
         let mut req = format!("{method} {path} HTTP/1.1\r\nHost: ferry\r\nConnection: close\r\n");
         if let Some(t) = token {
@@ -868,8 +913,16 @@ pub mod controller {
             .nth(1)
             .and_then(|c| c.parse().ok())
             .unwrap_or_else(|| panic!("no status in {text:?}"));
-        let body = text.split("\r\n\r\n").nth(1).unwrap_or_default();
-        (status, serde_json::from_str(body).unwrap_or(Value::Null))
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let next = head
+            .lines()
+            .find_map(|l| l.strip_prefix("x-next-after: "))
+            .map(String::from);
+        (
+            status,
+            next,
+            serde_json::from_str(body).unwrap_or(Value::Null),
+        )
     }
 
     impl Controller {

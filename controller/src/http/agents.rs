@@ -3,13 +3,18 @@
 use super::*;
 use crate::state::schema::AgentRecord;
 
-#[utoipa::path(get, path = "/v1/agents", responses((status = 200, description = "the site's agents", body = Vec<AgentRecord>)))]
+#[utoipa::path(get, path = "/v1/agents", params(PageQuery), responses((status = 200, description = "a page of the site's agents, by node", body = Vec<AgentRecord>, headers(("x-next-after" = String, description = "the cursor of the next page, while more follow")))))]
 pub(super) async fn list_agents(
     State(s): State<Arc<ApiState>>,
     headers: HeaderMap,
-) -> ApiResult<Json<Vec<crate::state::schema::AgentRecord>>> {
+    raw: RawQuery,
+) -> ApiResult<Paged<crate::state::schema::AgentRecord>> {
     auth(&s, &headers, false)?;
-    Ok(Json(load_agents(&s.store).await?))
+    let page = Page::new(&s, raw).await?;
+    let mut p = page::stored(&s.store, schema::AGENTS, page).await?;
+    let now = jiff::Timestamp::now();
+    let agents = p.take().into_iter().map(|a| with_status(a, now)).collect();
+    Ok(p.with(agents))
 }
 
 /// A volume as the API lists it: where it is, what the agent says of it, and which objects
@@ -22,54 +27,140 @@ pub(super) struct VolumeView {
     used_by: Vec<Name>,
 }
 
-pub(super) async fn volume_views(store: &Store, node: Option<&Name>) -> ApiResult<Vec<VolumeView>> {
-    let objects = load_objects(store).await?;
-    let mut out = Vec::new();
-    for a in load_agents(store).await? {
-        if node.is_some_and(|n| n != &a.node) {
-            continue;
+/// A page of the volumes of every agent (or of `node`), by node then volume (cursors
+/// `NODE/VOLUME`), each with the objects that name it. Agents and objects are read a store
+/// page at a time, so memory follows the page, not the site.
+pub(super) async fn volume_views(
+    store: &Store,
+    node: Option<&Name>,
+    page: Page,
+) -> ApiResult<Paged<VolumeView>> {
+    let (after_node, after_volume) = match page.after.as_deref().map(|a| a.split_once('/')) {
+        None => (None, None),
+        Some(Some((n, v))) => (Some(name_param("node", n)?), Some(name_param("volume", v)?)),
+        Some(None) => {
+            return Err(ApiError::bad(
+                "after: a cursor of the volume lists is NODE/VOLUME, as the previous page's \
+                 x-next-after header names it",
+            ))
         }
-        for v in a.volumes {
-            let used_by = objects
-                .iter()
-                .filter(|o| {
-                    o.volume_fields()
-                        .iter()
-                        .any(|(_, r)| r.node == a.node && r.volume == v.name)
-                })
-                .map(|o| o.name.clone())
-                .collect();
-            out.push(VolumeView {
+    };
+    let mut views: Vec<VolumeView> = Vec::new();
+    let take = |a: crate::state::schema::AgentRecord, views: &mut Vec<VolumeView>| {
+        let mut vols = a.volumes;
+        vols.sort_by(|x, y| x.name.cmp(&y.name));
+        for v in vols {
+            if after_node.as_ref() == Some(&a.node) && after_volume.as_ref() >= Some(&v.name) {
+                continue;
+            }
+            views.push(VolumeView {
                 node: a.node.clone(),
                 volume: v,
-                used_by,
+                used_by: Vec::new(),
             });
         }
+    };
+    if let Some(n) = node {
+        if after_node.as_ref().is_none_or(|a| a <= n) {
+            if let Some(a) = record(store, &schema::agent_key(n)).await? {
+                take(a, &mut views);
+            }
+        }
+    } else {
+        // The cursor's agent first (its volumes after the cursor's), then those after it.
+        let mut after = after_node.as_ref().map(schema::agent_key);
+        if let Some(k) = &after {
+            if let Some(a) = record(store, k).await? {
+                take(a, &mut views);
+            }
+        }
+        while views.len() <= page.limit {
+            let (kvs, more) = store
+                .list_page(schema::AGENTS, after.as_deref(), 64)
+                .await?;
+            after = kvs.last().map(|kv| kv.key.clone());
+            for kv in kvs {
+                if let Ok(a) = serde_json::from_slice(&kv.value) {
+                    take(a, &mut views);
+                }
+            }
+            if !more {
+                break;
+            }
+        }
     }
-    Ok(out)
+    let next = if views.len() > page.limit {
+        views.truncate(page.limit);
+        views
+            .last()
+            .map(|v| format!("{}/{}", v.node, v.volume.name))
+    } else {
+        None
+    };
+    name_users(store, &mut views).await?;
+    Ok(Paged::of(views, next, page))
 }
 
-#[utoipa::path(get, path = "/v1/volumes", responses((status = 200, description = "every agent's volumes, with the objects that name them", body = Vec<VolumeView>)))]
+/// Fills in which objects name each of `views`, reading the objects a store page at a time.
+async fn name_users(store: &Store, views: &mut [VolumeView]) -> ApiResult<()> {
+    let at: std::collections::BTreeMap<(&Name, &Name), usize> = views
+        .iter()
+        .enumerate()
+        .map(|(i, v)| ((&v.node, &v.volume.name), i))
+        .collect();
+    let mut users: Vec<Vec<Name>> = vec![Vec::new(); views.len()];
+    let mut after: Option<String> = None;
+    loop {
+        let (kvs, more) = store.list_page(OBJECTS, after.as_deref(), 256).await?;
+        after = kvs.last().map(|kv| kv.key.clone());
+        for kv in kvs {
+            let Ok(o) = serde_json::from_slice::<Object>(&kv.value) else {
+                continue;
+            };
+            for (_, r) in o.volume_fields() {
+                if let Some(&i) = at.get(&(&r.node, &r.volume)) {
+                    if !users[i].contains(&o.name) {
+                        users[i].push(o.name.clone());
+                    }
+                }
+            }
+        }
+        if !more {
+            break;
+        }
+    }
+    for (v, u) in views.iter_mut().zip(users) {
+        v.used_by = u;
+    }
+    Ok(())
+}
+
+#[utoipa::path(get, path = "/v1/volumes", params(PageQuery), responses((status = 200, description = "a page of every agent's volumes, by node then volume (cursors NODE/VOLUME), with the objects that name them", body = Vec<VolumeView>, headers(("x-next-after" = String, description = "the cursor of the next page, while more follow")))))]
 pub(super) async fn list_volumes(
     State(s): State<Arc<ApiState>>,
     headers: HeaderMap,
-) -> ApiResult<Json<Vec<VolumeView>>> {
+    raw: RawQuery,
+) -> ApiResult<Paged<VolumeView>> {
     auth(&s, &headers, false)?;
-    Ok(Json(volume_views(&s.store, None).await?))
+    let page = Page::new(&s, raw).await?;
+    volume_views(&s.store, None, page).await
 }
 
-#[utoipa::path(get, path = "/v1/agents/{node}/volumes", params(("node" = Name, Path, description = "the agent's node")), responses((status = 200, description = "one agent's volumes", body = Vec<VolumeView>)))]
+#[utoipa::path(get, path = "/v1/agents/{node}/volumes", params(("node" = Name, Path, description = "the agent's node"), PageQuery), responses((status = 200, description = "a page of one agent's volumes, by name (cursors NODE/VOLUME)", body = Vec<VolumeView>, headers(("x-next-after" = String, description = "the cursor of the next page, while more follow")))))]
 pub(super) async fn node_volumes(
     State(s): State<Arc<ApiState>>,
     headers: HeaderMap,
     Path(node): Path<String>,
-) -> ApiResult<Json<Vec<VolumeView>>> {
+    raw: RawQuery,
+) -> ApiResult<Paged<VolumeView>> {
     auth(&s, &headers, false)?;
     let node = name_param("node", &node)?;
-    if !load_agents(&s.store).await?.iter().any(|a| a.node == node) {
-        return Err(ApiError::not_found("agent", node.as_str()));
+    let page = Page::new(&s, raw).await?;
+    if s.store.get(&schema::agent_key(&node)).await?.is_some() {
+        volume_views(&s.store, Some(&node), page).await
+    } else {
+        Err(ApiError::not_found("agent", node.as_str()))
     }
-    Ok(Json(volume_views(&s.store, Some(&node)).await?))
 }
 
 /// A volume to create on an agent.

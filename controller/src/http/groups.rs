@@ -2,16 +2,19 @@
 
 use super::*;
 
-#[utoipa::path(get, path = "/v1/plans/{name}/groups", params(("name" = Name, Path, description = "the plan's name")), responses((status = 200, description = "the plan's kept snapshot groups, oldest first", body = Vec<GroupRecord>)))]
+#[utoipa::path(get, path = "/v1/plans/{name}/groups", params(("name" = Name, Path, description = "the plan's name"), PageQuery), responses((status = 200, description = "a page of the plan's kept snapshot groups, oldest first", body = Vec<GroupRecord>, headers(("x-next-after" = String, description = "the cursor of the next page, while more follow")))))]
 pub(super) async fn plan_groups(
     State(s): State<Arc<ApiState>>,
     headers: HeaderMap,
     Path(name): Path<String>,
-) -> ApiResult<Json<Vec<GroupRecord>>> {
+    raw: RawQuery,
+) -> ApiResult<Paged<GroupRecord>> {
     auth(&s, &headers, false)?;
     let name = name_param("plan", &name)?;
+    let page = Page::new(&s, raw).await?;
     let (plan, _) = read_plan(&s.store, &name).await?;
-    Ok(Json(load_groups(&s.store, plan.id()).await?))
+    let groups = load_groups(&s.store, plan.id()).await?;
+    page::history(groups, page, |g| page::history_key(&g.created, &g.group))
 }
 
 #[utoipa::path(get, path = "/v1/plans/{name}/groups/{group}", params(("name" = Name, Path, description = "the plan's name"), ("group" = Name, Path, description = "the group's name")), responses((status = 200, description = "one kept group", body = GroupRecord)))]

@@ -39,6 +39,7 @@ pub(super) async fn metrics(
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     auth(&s, &headers, false)?;
+    let _slot = super::page::slot(&s).await?;
     let plans = load_plans(&s.store).await?;
     let objects = load_objects(&s.store).await?;
     let runs = load_runs(&s.store, RUNS).await?;

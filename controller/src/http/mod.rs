@@ -2,7 +2,8 @@
 //! resource (`objects`, `plans`, `runs`, `groups`, `rollbacks`, `orphans`, `agents` with
 //! volumes, `status`); `auth` (bearer tokens with admin and read-only roles), `error` (the
 //! one error shape and the input helpers), `forward` (a follower's requests to the leader),
-//! `metrics`, and `openapi` (the document at `/v1/openapi.json`).
+//! `metrics`, `page` (every list's pages and the slots bounding concurrent lists), and
+//! `openapi` (the document at `/v1/openapi.json`).
 //!
 //! Every bad request gets a 4xx with `{"error": {"code", "message"}}` saying what is wrong
 //! (validation errors name the field); a store failure is a 503, never a panic. Bodies are
@@ -17,6 +18,7 @@ mod metrics;
 mod objects;
 pub mod openapi;
 mod orphans;
+pub mod page;
 mod plans;
 mod read;
 mod rollbacks;
@@ -28,13 +30,14 @@ use auth::auth;
 pub use auth::{Role, TokenEntry};
 pub use error::ApiError;
 use error::*;
+use page::{Page, PageQuery, Paged};
 use read::*;
 pub use runs::{ObjectReport, RunReport, VolumeRunReport};
 
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -67,6 +70,8 @@ pub struct ApiState {
     pub requests: std::sync::Mutex<std::collections::BTreeMap<(String, u16), (u64, f64)>>,
     /// Links to the connected agents (to create volumes on them).
     pub links: Arc<crate::daemon::agents::Links>,
+    /// Slots of the requests that read many records (lists, status, metrics).
+    pub lists: Arc<tokio::sync::Semaphore>,
 }
 
 impl ApiState {
@@ -84,6 +89,7 @@ impl ApiState {
             forwarder,
             requests: Default::default(),
             links,
+            lists: Arc::new(tokio::sync::Semaphore::new(page::LIST_SLOTS)),
         }
     }
 

@@ -14,13 +14,15 @@ pub(super) struct ObjectQuery {
     allow_missing: bool,
 }
 
-#[utoipa::path(get, path = "/v1/objects", responses((status = 200, description = "the objects", body = Vec<InventoryObject>)))]
+#[utoipa::path(get, path = "/v1/objects", params(PageQuery), responses((status = 200, description = "a page of the objects, by name", body = Vec<InventoryObject>, headers(("x-next-after" = String, description = "the cursor of the next page, while more follow")))))]
 pub(super) async fn list_objects(
     State(s): State<Arc<ApiState>>,
     headers: HeaderMap,
-) -> ApiResult<Json<Vec<Object>>> {
+    raw: RawQuery,
+) -> ApiResult<Paged<Object>> {
     auth(&s, &headers, false)?;
-    Ok(Json(load_objects(&s.store).await?))
+    let page = Page::new(&s, raw).await?;
+    page::stored(&s.store, OBJECTS, page).await
 }
 
 #[utoipa::path(get, path = "/v1/objects/{name}", params(("name" = Name, Path, description = "the object's name")), responses((status = 200, description = "the object", body = InventoryObject)))]

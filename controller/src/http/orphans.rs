@@ -14,13 +14,16 @@ pub(super) struct Orphan {
     removing: Option<Name>,
 }
 
-#[utoipa::path(get, path = "/v1/orphans", responses((status = 200, description = "deleted plans whose groups are kept, with those groups", body = Vec<Orphan>)))]
+#[utoipa::path(get, path = "/v1/orphans", params(PageQuery), responses((status = 200, description = "a page of the deleted plans whose groups are kept, by plan id, with those groups", body = Vec<Orphan>, headers(("x-next-after" = String, description = "the cursor of the next page, while more follow")))))]
 pub(super) async fn list_orphans(
     State(s): State<Arc<ApiState>>,
     headers: HeaderMap,
-) -> ApiResult<Json<Vec<Orphan>>> {
+    raw: RawQuery,
+) -> ApiResult<Paged<Orphan>> {
     auth(&s, &headers, false)?;
-    let markers: Vec<OrphanRecord> = crate::state::load(&s.store, schema::ORPHANS).await?;
+    let page = Page::new(&s, raw).await?;
+    let mut p = page::stored::<OrphanRecord>(&s.store, schema::ORPHANS, page).await?;
+    let markers = p.take();
     let mut out = Vec::new();
     for m in markers {
         let groups = load_groups(&s.store, &m.plan_id).await?;
@@ -37,7 +40,7 @@ pub(super) async fn list_orphans(
             removing,
         });
     }
-    Ok(Json(out))
+    Ok(p.with(out))
 }
 
 #[utoipa::path(delete, path = "/v1/orphans/{plan_id}", params(("plan_id" = Name, Path, description = "the deleted plan's id")), responses((status = 202, description = "deleting its groups, snapshots included, group by group", body = OrphanRecord)))]

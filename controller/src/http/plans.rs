@@ -15,19 +15,17 @@ pub(super) async fn checked_plan(
     Ok((spec, schedule))
 }
 
-#[utoipa::path(get, path = "/v1/plans", responses((status = 200, description = "the plans, with their next runs", body = Vec<PlanRecord>)))]
+#[utoipa::path(get, path = "/v1/plans", params(PageQuery), responses((status = 200, description = "a page of the plans, by name, with their next runs", body = Vec<PlanRecord>, headers(("x-next-after" = String, description = "the cursor of the next page, while more follow")))))]
 pub(super) async fn list_plans(
     State(s): State<Arc<ApiState>>,
     headers: HeaderMap,
-) -> ApiResult<Json<Vec<PlanRecord>>> {
+    raw: RawQuery,
+) -> ApiResult<Paged<PlanRecord>> {
     auth(&s, &headers, false)?;
-    Ok(Json(
-        load_plans(&s.store)
-            .await?
-            .into_iter()
-            .map(with_next_run)
-            .collect(),
-    ))
+    let page = Page::new(&s, raw).await?;
+    let mut p = page::stored(&s.store, PLANS, page).await?;
+    let plans = p.take().into_iter().map(with_next_run).collect();
+    Ok(p.with(plans))
 }
 
 #[utoipa::path(get, path = "/v1/plans/{name}", params(("name" = Name, Path, description = "the plan's name")), responses((status = 200, description = "the plan, with its next run", body = PlanRecord)))]

@@ -8,12 +8,18 @@ pub(super) async fn load_agents(
     store: &Store,
 ) -> ApiResult<Vec<crate::state::schema::AgentRecord>> {
     let now = jiff::Timestamp::now();
-    let mut out: Vec<crate::state::schema::AgentRecord> =
+    let out: Vec<crate::state::schema::AgentRecord> =
         crate::state::load(store, schema::AGENTS).await?;
-    for a in &mut out {
-        a.status = a.status_at(now).to_string();
-    }
-    Ok(out)
+    Ok(out.into_iter().map(|a| with_status(a, now)).collect())
+}
+
+/// `a` with its status (up, down) at `now`.
+pub(super) fn with_status(
+    mut a: crate::state::schema::AgentRecord,
+    now: jiff::Timestamp,
+) -> crate::state::schema::AgentRecord {
+    a.status = a.status_at(now).to_string();
+    a
 }
 
 /// The record at `key`, if there is a readable one.

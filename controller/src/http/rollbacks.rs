@@ -13,19 +13,20 @@ pub(super) struct RollbackRequest {
     objects: Option<Vec<Name>>,
 }
 
-#[utoipa::path(get, path = "/v1/plans/{name}/rollbacks", params(("name" = Name, Path, description = "the plan's name")), responses((status = 200, description = "the plan's rollbacks, oldest first", body = Vec<GroupJob>)))]
+#[utoipa::path(get, path = "/v1/plans/{name}/rollbacks", params(("name" = Name, Path, description = "the plan's name"), PageQuery), responses((status = 200, description = "a page of the plan's rollbacks, oldest first", body = Vec<GroupJob>, headers(("x-next-after" = String, description = "the cursor of the next page, while more follow")))))]
 pub(super) async fn plan_rollbacks(
     State(s): State<Arc<ApiState>>,
     headers: HeaderMap,
     Path(name): Path<String>,
-) -> ApiResult<Json<Vec<GroupJob>>> {
+    raw: RawQuery,
+) -> ApiResult<Paged<GroupJob>> {
     auth(&s, &headers, false)?;
     let name = name_param("plan", &name)?;
+    let page = Page::new(&s, raw).await?;
     let (plan, _) = read_plan(&s.store, &name).await?;
-    let mut out: Vec<GroupJob> =
+    let jobs: Vec<GroupJob> =
         crate::state::load(&s.store, &schema::rollbacks_of(plan.id())).await?;
-    out.sort_by(|a, b| a.created.cmp(&b.created));
-    Ok(Json(out))
+    page::history(jobs, page, |j| page::history_key(&j.created, &j.id))
 }
 
 /// A rollback with, while it runs, the agents' progress.

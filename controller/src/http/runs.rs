@@ -5,27 +5,30 @@ use crate::machines::run::Step;
 use crate::state::schema::RunRecord;
 use jiff::Timestamp;
 
-#[utoipa::path(get, path = "/v1/runs", responses((status = 200, description = "every run, oldest first", body = Vec<RunRecord>)))]
+#[utoipa::path(get, path = "/v1/runs", params(PageQuery), responses((status = 200, description = "a page of every plan's runs, by plan id, then run id (cursors `PLAN-ID/RUN-ID`)", body = Vec<RunRecord>, headers(("x-next-after" = String, description = "the cursor of the next page, while more follow")))))]
 pub(super) async fn all_runs(
     State(s): State<Arc<ApiState>>,
     headers: HeaderMap,
-) -> ApiResult<Json<Vec<crate::state::schema::RunRecord>>> {
+    raw: RawQuery,
+) -> ApiResult<Paged<crate::state::schema::RunRecord>> {
     auth(&s, &headers, false)?;
-    Ok(Json(load_runs(&s.store, RUNS).await?))
+    let page = Page::new(&s, raw).await?;
+    page::stored(&s.store, RUNS, page).await
 }
 
-#[utoipa::path(get, path = "/v1/plans/{name}/runs", params(("name" = Name, Path, description = "the plan's name")), responses((status = 200, description = "the plan's runs, oldest first", body = Vec<RunRecord>)))]
+#[utoipa::path(get, path = "/v1/plans/{name}/runs", params(("name" = Name, Path, description = "the plan's name"), PageQuery), responses((status = 200, description = "a page of the plan's runs, oldest first", body = Vec<RunRecord>, headers(("x-next-after" = String, description = "the cursor of the next page, while more follow")))))]
 pub(super) async fn plan_runs(
     State(s): State<Arc<ApiState>>,
     headers: HeaderMap,
     Path(name): Path<String>,
-) -> ApiResult<Json<Vec<crate::state::schema::RunRecord>>> {
+    raw: RawQuery,
+) -> ApiResult<Paged<crate::state::schema::RunRecord>> {
     auth(&s, &headers, false)?;
     let name = name_param("plan", &name)?;
+    let page = Page::new(&s, raw).await?;
     let (plan, _) = read_plan(&s.store, &name).await?;
-    Ok(Json(
-        load_runs(&s.store, &schema::runs_of(plan.id())).await?,
-    ))
+    let runs = load_runs(&s.store, &schema::runs_of(plan.id())).await?;
+    page::history(runs, page, |r| page::history_key(&r.created, &r.run.id))
 }
 
 /// A run with its report per object and volume.

@@ -163,6 +163,7 @@ pub(super) async fn status(
     headers: HeaderMap,
 ) -> ApiResult<Json<crate::http::status::Status>> {
     auth(&s, &headers, false)?;
+    let _slot = page::slot(&s).await?;
     let plans = load_plans(&s.store).await?;
     let runs = load_runs(&s.store, RUNS).await?;
     let agents = load_agents(&s.store).await?;

@@ -24,6 +24,8 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Largest answer read.
 const MAX_ANSWER: usize = 64 << 20;
+/// Items asked for per page of a list (the API's most).
+const PAGE: usize = 1000;
 
 /// What the command line was given, before the config file fills the gaps.
 #[derive(Debug, Default)]
@@ -142,6 +144,38 @@ impl Api {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> anyhow::Result<Value> {
+        Ok(self.exchange(method, path, body).await?.0)
+    }
+
+    /// Every item of the paged list at `path`, following the pages' cursors.
+    pub async fn list(&self, path: &str) -> anyhow::Result<Value> {
+        let mut all = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let sep = if path.contains('?') { '&' } else { '?' };
+            let page = match &after {
+                None => format!("{path}{sep}limit={PAGE}"),
+                Some(a) => format!("{path}{sep}limit={PAGE}&after={a}"),
+            };
+            let (v, next) = self.exchange("GET", &page, None).await?;
+            match v {
+                Value::Array(items) => all.extend(items),
+                other => return Ok(other),
+            }
+            match next {
+                Some(n) if after.as_ref() != Some(&n) => after = Some(n),
+                _ => return Ok(Value::Array(all)),
+            }
+        }
+    }
+
+    /// One call and the next page's cursor its answer names.
+    async fn exchange(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> anyhow::Result<(Value, Option<String>)> {
         let req = hyper::Request::builder()
             .method(method)
             .uri(format!("{}{path}", self.addr))
@@ -165,6 +199,13 @@ impl Api {
             Ok(Ok(r)) => r,
         };
         let status = resp.status();
+        // A cursor is names and slashes: anything else is not passed on into a URL.
+        let next = resp
+            .headers()
+            .get("x-next-after")
+            .and_then(|h| h.to_str().ok())
+            .filter(|n| n.split('/').all(|p| ferry_wire::Name::new(p).is_ok()))
+            .map(String::from);
         let bytes = http_body_util::Limited::new(resp.into_body(), MAX_ANSWER)
             .collect()
             .await
@@ -185,7 +226,7 @@ impl Api {
             })?
         };
         if status.is_success() {
-            return Ok(v);
+            return Ok((v, next));
         }
         let code = v["error"]["code"].as_str().unwrap_or("failed").to_string();
         let message = v["error"]["message"].as_str().unwrap_or("no message");

@@ -99,7 +99,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Status(a) => status::run(&api, a, json).await,
         Cmd::Objects(c) => objects::run(&api, c, json).await,
         Cmd::Plans(c) => plans::run(&api, c, json).await,
-        Cmd::Agents => output::emit(json, &api.get("/v1/agents").await?, volumes::print_agents),
+        Cmd::Agents => output::emit(json, &api.list("/v1/agents").await?, volumes::print_agents),
         Cmd::Volumes(c) => volumes::run(&api, c, json).await,
         Cmd::Orphans(c) => orphans::run(&api, c, json).await,
         Cmd::Completion { .. } => Ok(()),

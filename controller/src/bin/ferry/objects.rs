@@ -135,7 +135,7 @@ fn print_one(o: &Value) {
 pub async fn run(api: &Api, cmd: &Cmd, json: bool) -> anyhow::Result<()> {
     let q = |allow: bool| if allow { "?allow_missing=true" } else { "" };
     match cmd {
-        Cmd::List => emit(json, &api.get("/v1/objects").await?, print_list),
+        Cmd::List => emit(json, &api.list("/v1/objects").await?, print_list),
         Cmd::Get { name } => {
             let v = api
                 .get(&format!("/v1/objects/{}", checked("object", name)?))

@@ -60,7 +60,7 @@ fn print_list(v: &Value) {
 
 pub async fn run(api: &Api, cmd: &Cmd, json: bool) -> anyhow::Result<()> {
     match cmd {
-        Cmd::List => emit(json, &api.get("/v1/orphans").await?, print_list),
+        Cmd::List => emit(json, &api.list("/v1/orphans").await?, print_list),
         Cmd::Delete { plan_id, yes } => {
             let id = checked("plan id", plan_id)?;
             confirm(

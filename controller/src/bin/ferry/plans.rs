@@ -423,8 +423,10 @@ async fn follow(
 pub async fn run(api: &Api, cmd: &Cmd, json: bool) -> anyhow::Result<()> {
     let get =
         |path: String, human: fn(&Value)| async move { emit(json, &api.get(&path).await?, human) };
+    let list =
+        |path: String, human: fn(&Value)| async move { emit(json, &api.list(&path).await?, human) };
     match cmd {
-        Cmd::List => get("/v1/plans".into(), print_list).await,
+        Cmd::List => list("/v1/plans".into(), print_list).await,
         Cmd::Get { name } => get(format!("/v1/plans/{}", checked("plan", name)?), print_one).await,
         Cmd::Create { file } => create(api, file, json).await,
         Cmd::Update { file } => update(api, file, json).await,
@@ -438,7 +440,7 @@ pub async fn run(api: &Api, cmd: &Cmd, json: bool) -> anyhow::Result<()> {
         Cmd::Resume { name } => pause(api, name, "resume", json).await,
         Cmd::Run { name, wait } => run_now(api, name, *wait, json).await,
         Cmd::Runs { name } => {
-            get(
+            list(
                 format!("/v1/plans/{}/runs", checked("plan", name)?),
                 print_runs,
             )
@@ -453,7 +455,7 @@ pub async fn run(api: &Api, cmd: &Cmd, json: bool) -> anyhow::Result<()> {
             get(path, print_run_detail).await
         }
         Cmd::Groups { name } => {
-            get(
+            list(
                 format!("/v1/plans/{}/groups", checked("plan", name)?),
                 print_groups,
             )

@@ -119,7 +119,7 @@ pub async fn run(api: &Api, cmd: &Cmd, json: bool) -> anyhow::Result<()> {
                 Some(n) => format!("/v1/agents/{}/volumes", checked("node", n)?),
                 None => "/v1/volumes".into(),
             };
-            emit(json, &api.get(&path).await?, print_volumes)
+            emit(json, &api.list(&path).await?, print_volumes)
         }
         Cmd::Create {
             node,
