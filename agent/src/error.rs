@@ -5,6 +5,7 @@ use std::io;
 use std::path::PathBuf;
 
 use ferry_wire::name::NameError;
+use ferry_wire::repl::ErrorClass;
 
 /// Errors of the volume store and the manifest code.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +30,13 @@ pub enum StoreError {
     ReflinkUnsupported { path: PathBuf, fs: String },
     #[error("{0}")]
     Busy(String),
+    /// A refusal by policy (a volume that is not a mirror, or mirrors another site): trying
+    /// again cannot help.
+    #[error("{0}")]
+    Refused(String),
+    /// Something of that name exists with other contents (a mirror snapshot of another root).
+    #[error("{0}")]
+    Conflict(String),
     #[error("hook {which} failed: {detail}")]
     Hook { which: &'static str, detail: String },
     /// A snapshot under a hold (across nodes) that has ended or never began.
@@ -42,6 +50,12 @@ pub enum StoreError {
     },
     #[error("{message}")]
     Net { retryable: bool, message: String },
+    /// The replication peer failed the session, for its reason `class`.
+    #[error("the receiver: {message}")]
+    Peer {
+        class: ferry_wire::repl::ErrorClass,
+        message: String,
+    },
     #[error("{op} {path}: {source}")]
     Io {
         op: String,
@@ -61,6 +75,8 @@ impl StoreError {
             StoreError::NoSpace { .. } => "no_space",
             StoreError::ReflinkUnsupported { .. } => "reflink_unsupported",
             StoreError::Busy(_) => "busy",
+            StoreError::Refused(_) => "refused",
+            StoreError::Conflict(_) => "conflict",
             StoreError::Hook { .. } => "hook_failed",
             StoreError::HoldEnded(_) => "hold_ended",
             StoreError::Corrupt { .. } => "corrupt",
@@ -70,7 +86,40 @@ impl StoreError {
             StoreError::Net {
                 retryable: false, ..
             } => "peer_refused",
+            StoreError::Peer { class, .. } => class.kind(),
             StoreError::Io { .. } => "io",
+        }
+    }
+
+    /// The class a replication peer is told this error is of.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            StoreError::InvalidName { .. }
+            | StoreError::Invalid(_)
+            | StoreError::ReflinkUnsupported { .. } => ErrorClass::Invalid,
+            StoreError::NotFound { .. } => ErrorClass::NotFound,
+            StoreError::AlreadyExists { .. } | StoreError::Conflict(_) => ErrorClass::Conflict,
+            StoreError::NoSpace { .. } => ErrorClass::NoSpace,
+            StoreError::Busy(_) | StoreError::HoldEnded(_) => ErrorClass::Busy,
+            StoreError::Refused(_) | StoreError::Hook { .. } => ErrorClass::Refused,
+            StoreError::Corrupt { .. } => ErrorClass::Corrupt,
+            StoreError::Net {
+                retryable: true, ..
+            } => ErrorClass::Network,
+            StoreError::Net {
+                retryable: false, ..
+            } => ErrorClass::Protocol,
+            StoreError::Peer { class, .. } => *class,
+            StoreError::Io { .. } => ErrorClass::Io,
+        }
+    }
+
+    /// Whether trying again soon can help: the network, a busy or briefly failing peer.
+    pub fn retryable(&self) -> bool {
+        match self {
+            StoreError::Net { retryable, .. } => *retryable,
+            StoreError::Peer { class, .. } => class.retryable(),
+            _ => false,
         }
     }
 }
@@ -123,4 +172,95 @@ pub fn check_name(what: &'static str, name: &str) -> Result<ferry_wire::Name> {
         name: name.to_owned(),
         reason,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a receiver's failure is called at the sender: its kind, and whether the sender
+    /// retries it.
+    #[test]
+    fn errors_keep_their_class_across_the_wire() {
+        let io = || io::Error::from_raw_os_error(libc::EIO);
+        let cases: Vec<(StoreError, &str, bool)> = vec![
+            (
+                io_err(
+                    io::Error::from_raw_os_error(libc::ENOSPC),
+                    "write block 3",
+                    "/m".into(),
+                ),
+                "no_space",
+                false,
+            ),
+            (io_err(io(), "write block 3", "/m".into()), "io", true),
+            (
+                StoreError::Refused("volume v exists here and is not a mirror".into()),
+                "refused",
+                false,
+            ),
+            (
+                StoreError::Refused("volume v mirrors site a, not c".into()),
+                "refused",
+                false,
+            ),
+            (
+                StoreError::Busy("mirror v is already receiving".into()),
+                "busy",
+                true,
+            ),
+            (
+                StoreError::Conflict("the mirror holds v@s with another root".into()),
+                "conflict",
+                false,
+            ),
+            (
+                StoreError::AlreadyExists {
+                    what: "mirror snapshot",
+                    name: "v@s".into(),
+                },
+                "conflict",
+                false,
+            ),
+            (
+                StoreError::NotFound {
+                    what: "snapshot",
+                    name: "v@b".into(),
+                },
+                "not_found",
+                false,
+            ),
+            (
+                StoreError::Invalid("block size".into()),
+                "invalid_argument",
+                false,
+            ),
+            (
+                StoreError::Corrupt {
+                    what: "mirror",
+                    path: "/m".into(),
+                    detail: "root".into(),
+                },
+                "corrupt",
+                false,
+            ),
+            (
+                StoreError::Net {
+                    retryable: true,
+                    message: "lost".into(),
+                },
+                "network",
+                true,
+            ),
+        ];
+        for (e, kind, retried) in cases {
+            // The receiver tells the class; the sender makes its error of it.
+            let at_sender = StoreError::Peer {
+                class: e.class(),
+                message: e.to_string(),
+            };
+            assert_eq!(at_sender.kind(), kind, "{e}");
+            assert_eq!(at_sender.retryable(), retried, "{e}");
+        }
+    }
 }

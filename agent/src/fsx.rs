@@ -399,13 +399,23 @@ pub fn fs_type(path: &Path) -> String {
     }
 }
 
-/// Whether files in `dir` can be cloned with FICLONE (tries it on two scratch files).
+/// Whether files in `dir` can be cloned with FICLONE (tries it on two scratch files of one
+/// block). On a full filesystem it tries two empty files instead, which need no data blocks
+/// (filesystems refuse FICLONE before they look at the length), so that a full disk can
+/// still be inspected and freed.
 pub fn probe_reflink(dir: &Path) -> io::Result<bool> {
+    match probe_with(dir, 4096) {
+        Err(e) if is_no_space(&e) => probe_with(dir, 0),
+        other => other,
+    }
+}
+
+fn probe_with(dir: &Path, len: usize) -> io::Result<bool> {
     let a = dir.join(format!(".probe-{}-a", std::process::id()));
     let b = dir.join(format!(".probe-{}-b", std::process::id()));
     let res = (|| {
         let mut fa = File::create(&a)?;
-        fa.write_all(&[0x5a; 4096])?;
+        fa.write_all(&vec![0x5a; len])?;
         fa.sync_all()?;
         let fa = File::open(&a)?;
         let fb = File::create(&b)?;
@@ -418,6 +428,11 @@ pub fn probe_reflink(dir: &Path) -> io::Result<bool> {
     let _ = fs::remove_file(&a);
     let _ = fs::remove_file(&b);
     res
+}
+
+/// Whether `e` says the filesystem (or the quota) is full.
+pub fn is_no_space(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
 }
 
 /// Opens `path` for reading with O_DIRECT if `want_direct` and the filesystem allows it.

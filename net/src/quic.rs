@@ -54,6 +54,9 @@ pub enum NetError {
     Version(#[from] VersionError),
     #[error("peer identity refused: {0}")]
     Identity(String),
+    /// The peer broke the protocol (data that fails its hash, frames for no session).
+    #[error("the peer broke the protocol: {0}")]
+    Protocol(String),
     #[error("peer did not complete the handshake within {0:?}")]
     Timeout(Duration),
     #[error("i/o: {0}")]
@@ -104,7 +107,8 @@ impl NetError {
             | NetError::Frame(_)
             | NetError::Codec(_)
             | NetError::Version(_)
-            | NetError::Identity(_) => false,
+            | NetError::Identity(_)
+            | NetError::Protocol(_) => false,
         }
     }
 }

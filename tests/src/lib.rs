@@ -492,13 +492,22 @@ pub struct Served {
 impl Served {
     /// Starts `ferry-agent --config CONFIG serve` and waits for its listening line.
     pub fn start(config: &Path) -> Served {
+        Self::start_with(config, Stdio::null())
+    }
+
+    /// [`Served::start`], its log written to `log`.
+    pub fn start_logged(config: &Path, log: &Path) -> Served {
+        Self::start_with(config, std::fs::File::create(log).expect("log").into())
+    }
+
+    fn start_with(config: &Path, stderr: Stdio) -> Served {
         use std::io::BufRead;
         let mut child = Command::new(bin("ferry-agent"))
             .arg("--config")
             .arg(config)
             .arg("serve")
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .expect("spawn serve");
         let stdout = child.stdout.take().expect("stdout");

@@ -558,3 +558,261 @@ fn ten_thousand_runs_list_on_etcd() {
     assert_eq!(page.as_array().map(Vec::len), Some(500));
     let _ = ADMIN;
 }
+
+/// Two sites on loopback: node n1 of site-a, and site-b's agent m1 serving (its log kept),
+/// which trusts site-a and site-c.
+struct Sites {
+    pki: ferry_tests::Pki,
+    dir: tempfile::TempDir,
+    a: std::path::PathBuf,
+    b: std::path::PathBuf,
+    b_log: std::path::PathBuf,
+    served: ferry_tests::Served,
+}
+
+impl Sites {
+    fn start(b_parent: Option<&std::path::Path>) -> Sites {
+        let pki = ferry_tests::Pki::new();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let b_data = b_parent.unwrap_or(dir.path()).join("b");
+        let a = pki.agent_config("site-a", "n1", &["site-b"], &dir.path().join("a"));
+        let b = pki.agent_config("site-b", "m1", &["site-a", "site-c"], &b_data);
+        let b_log = dir.path().join("b.log");
+        let served = ferry_tests::Served::start_logged(&b, &b_log);
+        Sites {
+            pki,
+            dir,
+            a,
+            b,
+            b_log,
+            served,
+        }
+    }
+
+    fn addr(&self) -> String {
+        self.served.addr.to_string()
+    }
+
+    /// `ferry-agent --json ARGS` with `cfg`: (success, its JSON answer).
+    fn run(cfg: &std::path::Path, args: &[&str]) -> (bool, serde_json::Value) {
+        let out = std::process::Command::new(ferry_tests::bin("ferry-agent"))
+            .arg("--config")
+            .arg(cfg)
+            .arg("--json")
+            .args(args)
+            .output()
+            .expect("run ferry-agent");
+        let v = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+        (out.status.success(), v)
+    }
+
+    fn ok(cfg: &std::path::Path, args: &[&str]) -> serde_json::Value {
+        let (ok, v) = Self::run(cfg, args);
+        assert!(ok, "{args:?}: {v}");
+        v
+    }
+
+    fn path(&self, vol: &str) -> std::path::PathBuf {
+        Self::ok(&self.a, &["volume", "path", vol])["path"]
+            .as_str()
+            .expect("path")
+            .into()
+    }
+
+    /// `replicate VOL SNAP --to b ARGS` from `cfg`: (success, answer, seconds taken).
+    fn replicate(
+        &self,
+        cfg: &std::path::Path,
+        vol: &str,
+        snap: &str,
+        args: &[&str],
+    ) -> (bool, serde_json::Value, f64) {
+        let addr = self.addr();
+        let mut all = vec!["replicate", vol, snap, "--to", &addr];
+        all.extend_from_slice(args);
+        let t0 = Instant::now();
+        let (ok, v) = Self::run(cfg, &all);
+        (ok, v, t0.elapsed().as_secs_f64())
+    }
+}
+
+/// Finding 6: a sender killed while the receiver committed, retried at once, got
+/// "mirror snapshot already exists" for good. A snapshot committed with the same root is
+/// the retry's success, whatever moment the sender died.
+#[test]
+fn a_retry_after_the_sender_died_near_the_end_succeeds() {
+    use rand::Rng;
+    let s = Sites::start(None);
+    let mut r = ferry_tests::rng("retry-near-the-end");
+    const MIB: usize = 1 << 20;
+    Sites::ok(&s.a, &["volume", "create", "v", "--size", "64M"]);
+    let v = s.path("v");
+    let rate = "32MiB";
+    // How long one transfer of 48 MiB takes, unkilled.
+    ferry_tests::write_random(&v, 0, 48 * MIB, &mut r);
+    Sites::ok(&s.a, &["snapshot", "create", "v", "s0"]);
+    let (ok, out, took) = s.replicate(&s.a, "v", "s0", &["--retries", "0", "--bwlimit", rate]);
+    assert!(ok, "{out}");
+    let (mut killed, mut hit) = (0, 0);
+    for i in 1..=8 {
+        let snap = format!("s{i}");
+        ferry_tests::write_random(&v, 0, 48 * MIB, &mut r);
+        Sites::ok(&s.a, &["snapshot", "create", "v", &snap]);
+        let addr = s.addr();
+        let mut child = std::process::Command::new(ferry_tests::bin("ferry-agent"))
+            .arg("--config")
+            .arg(&s.a)
+            .args(["--json", "replicate", "v", &snap, "--to", &addr])
+            .args(["--retries", "0", "--bwlimit", rate])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn");
+        std::thread::sleep(Duration::from_secs_f64(took * r.gen_range(0.8..1.05)));
+        if child.try_wait().expect("wait").is_none() {
+            killed += 1;
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGKILL) };
+        }
+        let _ = child.wait();
+        let (ok, out, _) = s.replicate(&s.a, "v", &snap, &["--retries", "0"]);
+        assert!(ok, "try {i}: the retry failed: {out}");
+        if out["already_there"] == true {
+            hit += 1;
+        }
+        assert_eq!(
+            Sites::ok(&s.b, &["snapshot", "verify", "v", &snap])["ok"],
+            true
+        );
+    }
+    eprintln!("{killed} of 8 senders killed; {hit} retries found the snapshot committed");
+    assert!(killed > 0, "no sender was killed: the test did not test");
+}
+
+/// Free bytes of the filesystem holding `p`.
+fn free_bytes(p: &std::path::Path) -> u64 {
+    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).expect("path");
+    // SAFETY: a valid C string and a zeroed statvfs for the call to fill in.
+    unsafe {
+        let mut st: libc::statvfs = std::mem::zeroed();
+        if libc::statvfs(c.as_ptr(), &mut st) != 0 {
+            return 0;
+        }
+        st.f_bavail as u64 * st.f_frsize as u64
+    }
+}
+
+/// Finding 7: errors were of the wrong kind at the sender: a receiver out of space came
+/// back as "peer identity refused" (and was logged so there), policy refusals as `network`
+/// (retried five times over 31 s), another snapshot of the same name as `corrupt`.
+#[test]
+fn errors_reach_the_sender_with_their_class() {
+    let Some(tmp) = ferry_tests::Tmpfs::mount("48m") else {
+        return;
+    };
+    let s = Sites::start(Some(&tmp.path));
+    let mut r = ferry_tests::rng("error-classes");
+    const MIB: usize = 1 << 20;
+    // Out of space on the receiver: no_space, at once, and not an identity problem there.
+    Sites::ok(&s.a, &["volume", "create", "big", "--size", "96M"]);
+    ferry_tests::write_random(&s.path("big"), 0, 80 * MIB, &mut r);
+    Sites::ok(&s.a, &["snapshot", "create", "big", "s1"]);
+    let (ok, out, _) = s.replicate(&s.a, "big", "s1", &[]);
+    assert!(!ok);
+    assert_eq!(out["error"]["kind"], "no_space", "{out}");
+    let log = std::fs::read_to_string(&s.b_log).expect("log");
+    assert!(!log.contains("identity"), "{log}");
+    assert!(log.contains("no_space"), "{log}");
+    // The mirror can be deleted on the full disk, and the space comes back once the failed
+    // session has let go of its files (its journal flusher wakes every 2 s).
+    Sites::ok(&s.b, &["volume", "delete", "big", "--force"]);
+    ferry_tests::controller::wait_for("the space is back", 10, || free_bytes(&tmp.path) > 40 << 20);
+
+    // Policy: into a volume that is not a mirror: refused, without retrying.
+    Sites::ok(&s.b, &["volume", "create", "plain", "--size", "4M"]);
+    Sites::ok(&s.a, &["volume", "create", "plain", "--size", "4M"]);
+    Sites::ok(&s.a, &["snapshot", "create", "plain", "s1"]);
+    let (ok, out, took) = s.replicate(&s.a, "plain", "s1", &[]);
+    assert!(!ok);
+    assert_eq!(out["error"]["kind"], "refused", "{out}");
+    assert!(took < 10.0, "a refusal is not retried ({took:.1} s)");
+
+    // Policy: site-c into site-a's mirror: refused.
+    Sites::ok(&s.a, &["volume", "create", "m", "--size", "4M"]);
+    ferry_tests::write_random(&s.path("m"), 0, MIB, &mut r);
+    Sites::ok(&s.a, &["snapshot", "create", "m", "s1"]);
+    let (ok, out, _) = s.replicate(&s.a, "m", "s1", &[]);
+    assert!(ok, "{out}");
+    let c = s
+        .pki
+        .agent_config("site-c", "x1", &["site-b"], &s.dir.path().join("c"));
+    Sites::ok(&c, &["volume", "create", "m", "--size", "4M"]);
+    Sites::ok(&c, &["snapshot", "create", "m", "s2"]);
+    let (ok, out, took) = s.replicate(&c, "m", "s2", &[]);
+    assert!(!ok);
+    assert_eq!(out["error"]["kind"], "refused", "{out}");
+    assert!(took < 10.0, "a refusal is not retried ({took:.1} s)");
+
+    // Another snapshot of the same name: site-a's volume made anew, its s1 sent again.
+    Sites::ok(&s.a, &["volume", "delete", "m", "--force"]);
+    Sites::ok(&s.a, &["volume", "create", "m", "--size", "4M"]);
+    ferry_tests::write_random(&s.path("m"), 0, MIB, &mut r);
+    Sites::ok(&s.a, &["snapshot", "create", "m", "s1"]);
+    let (ok, out, _) = s.replicate(&s.a, "m", "s1", &[]);
+    assert!(!ok);
+    assert_eq!(out["error"]["kind"], "conflict", "{out}");
+}
+
+/// Finding 8: on a full disk `info`, `volume list`, `snapshot list` and `volume delete
+/// --force` failed on the reflink probe ("needs more room"), so ferry could neither inspect
+/// nor free the space.
+#[test]
+fn the_agent_cli_inspects_and_frees_a_full_disk() {
+    use std::io::Write;
+    let Some(tmp) = ferry_tests::Tmpfs::mount("24m") else {
+        return;
+    };
+    let data = tmp.path.join("agent");
+    let agent = |args: &[&str]| {
+        let out = std::process::Command::new(ferry_tests::bin("ferry-agent"))
+            .arg("--data-dir")
+            .arg(&data)
+            .arg("--json")
+            .args(args)
+            .env_remove("FERRY_AGENT_CONFIG")
+            .output()
+            .expect("run ferry-agent");
+        let v: serde_json::Value =
+            serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+        assert!(out.status.success(), "{args:?}: {v}");
+        v
+    };
+    agent(&["volume", "create", "v", "--size", "8M"]);
+    let img = agent(&["volume", "path", "v"])["path"]
+        .as_str()
+        .expect("path")
+        .to_string();
+    ferry_tests::write_random(
+        std::path::Path::new(&img),
+        0,
+        8 << 20,
+        &mut ferry_tests::rng("full-cli"),
+    );
+    agent(&["snapshot", "create", "v", "s1"]);
+    // Fill what is left.
+    let mut filler = std::fs::File::create(tmp.path.join("filler")).expect("filler");
+    let chunk = vec![0x77u8; 1 << 20];
+    while filler.write_all(&chunk).is_ok() {}
+    assert!(free_bytes(&tmp.path) < 4096, "the disk is full");
+    assert!(agent(&["info"])["backend"].is_string());
+    assert_eq!(agent(&["volume", "list"]).as_array().map(Vec::len), Some(1));
+    assert_eq!(
+        agent(&["snapshot", "list", "v"]).as_array().map(Vec::len),
+        Some(1)
+    );
+    agent(&["volume", "delete", "v", "--force"]);
+    assert!(
+        free_bytes(&tmp.path) >= 16 << 20,
+        "the volume's space is free"
+    );
+}

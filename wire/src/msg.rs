@@ -8,11 +8,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::name::Name;
 
-/// Newest protocol version this build speaks. 2: resumable sessions (`Begun { resumed }`)
-/// and zstd block payloads; 1 was never released.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// Newest protocol version this build speaks. 3: a replication error carries its class, and
+/// a `Begin` of a snapshot the mirror has committed with the same root is answered
+/// `Committed`; 2: resumable sessions (`Begun { resumed }`) and zstd block payloads; 1 was
+/// never released.
+pub const PROTOCOL_VERSION: u32 = 3;
 /// Oldest protocol version this build still speaks.
-pub const MIN_PROTOCOL_VERSION: u32 = 2;
+pub const MIN_PROTOCOL_VERSION: u32 = 3;
 /// Limit on an encoded [`Hello`].
 pub const HELLO_LIMIT: usize = 4096;
 

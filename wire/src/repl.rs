@@ -106,11 +106,63 @@ pub enum Response {
     Committed {
         root: BlockHash,
     },
-    /// The session failed; `permanent` says whether retrying can help.
+    /// The session failed, for a reason of `class` (decided where it happened).
     Error {
-        permanent: bool,
+        class: ErrorClass,
         message: String,
     },
+}
+
+/// Why a session failed, decided where the failure happened and carried over the wire, so
+/// that the sender reports the receiver's reason and retries only what can pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorClass {
+    /// The connection or a stream broke, or blocks stopped arriving.
+    Network,
+    /// The mirror is receiving another transfer, or this one was taken over.
+    Busy,
+    /// The receiver's disk is full: nothing becomes visible; retry once there is room.
+    NoSpace,
+    /// Another I/O failure on the receiver.
+    Io,
+    /// The receiver's policy refuses it: the volume is not a mirror, or mirrors another site.
+    Refused,
+    /// The mirror holds a snapshot of that name with another root.
+    Conflict,
+    /// Something named does not exist there (the base snapshot).
+    NotFound,
+    /// A request the receiver cannot take (sizes, block sizes).
+    Invalid,
+    /// Data that fails its hash, or a root that does not match.
+    Corrupt,
+    /// A message out of order or malformed.
+    Protocol,
+}
+
+impl ErrorClass {
+    /// Whether trying again soon can help.
+    pub fn retryable(self) -> bool {
+        matches!(
+            self,
+            ErrorClass::Network | ErrorClass::Busy | ErrorClass::Io
+        )
+    }
+
+    /// The error kind it is reported as (the agent's `kind()` strings).
+    pub fn kind(self) -> &'static str {
+        match self {
+            ErrorClass::Network => "network",
+            ErrorClass::Busy => "busy",
+            ErrorClass::NoSpace => "no_space",
+            ErrorClass::Io => "io",
+            ErrorClass::Refused => "refused",
+            ErrorClass::Conflict => "conflict",
+            ErrorClass::NotFound => "not_found",
+            ErrorClass::Invalid => "invalid_argument",
+            ErrorClass::Corrupt => "corrupt",
+            ErrorClass::Protocol => "protocol",
+        }
+    }
 }
 
 /// Encodes a data frame's header. `session` is the id of the session's control stream.

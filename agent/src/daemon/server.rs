@@ -233,7 +233,7 @@ async fn control_loop(s: &mut Session) -> std::result::Result<(), NetError> {
                     },
                 )
                 .await?;
-                return Err(NetError::Identity(message));
+                return Err(NetError::Protocol(message));
             }
         }
     }

@@ -31,8 +31,8 @@ use ferry_wire::hash::Geometry;
 use ferry_wire::hashfile::HashFile;
 use ferry_wire::journal::{self, JournalHeader};
 use ferry_wire::repl::{
-    apply_pages, parse_block, verify_block, OfferPlan, Payload, ReceiverCore, Request, Resolution,
-    Response, BLOCK_HEADER, PAGE_SIZE, REPL_CONTROL_LIMIT,
+    apply_pages, parse_block, verify_block, ErrorClass, OfferPlan, Payload, ReceiverCore, Request,
+    Resolution, Response, BLOCK_HEADER, MAX_IN_TRANSIT, PAGE_SIZE, REPL_CONTROL_LIMIT,
 };
 use ferry_wire::Name;
 use quinn::{RecvStream, SendStream};
@@ -55,7 +55,8 @@ pub struct RecvSession {
     core: Mutex<ReceiverCore>,
     file: File,
     block_size: u64,
-    failed: Mutex<Option<String>>,
+    /// Why the session failed, decided where it did.
+    failed: Mutex<Option<(ErrorClass, String)>>,
     progress: Notify,
     /// The source node (a takeover must come from the same node).
     node: String,
@@ -111,13 +112,23 @@ fn run_writer(session: Arc<RecvSession>, mut rx: tokio::sync::mpsc::Receiver<Wri
         };
         if let Err(e) = written {
             drop(gate);
-            fail(&session, format!("write block {}: {e}", job.index));
+            let e = crate::error::io_err(
+                e,
+                &format!("write block {}", job.index),
+                session
+                    .journal_path
+                    .parent()
+                    .map(PathBuf::from)
+                    .unwrap_or_default(),
+            );
+            fail(&session, e.class(), e.to_string());
             return;
         }
         let done = session.core.lock().map(|mut c| c.received(job.index));
         if !matches!(done, Ok(Ok(()))) {
             drop(gate);
-            fail(&session, format!("block {} arrived twice", job.index));
+            let why = format!("block {} arrived twice", job.index);
+            fail(&session, ErrorClass::Protocol, why);
             return;
         }
         session.record(job.index);
@@ -160,9 +171,8 @@ pub type Registry = Arc<Mutex<HashMap<u64, Arc<RecvSession>>>>;
 pub type Receivers = Arc<Mutex<HashMap<Name, Arc<RecvSession>>>>;
 
 fn store_err(e: StoreError) -> Response {
-    let permanent = !matches!(e, StoreError::Io { .. } | StoreError::Busy(_));
     Response::Error {
-        permanent,
+        class: e.class(),
         message: e.to_string(),
     }
 }
@@ -285,6 +295,7 @@ async fn take_receive_lock(
     }
     fail(
         &old,
+        ErrorClass::Busy,
         "taken over by a newer session from the same node".into(),
     );
     old.cancel.notify_one();
@@ -325,8 +336,9 @@ pub async fn serve_session(
                     f = net::read_frame(&mut recv, REPL_CONTROL_LIMIT) => f?,
                     _ = s.cancel.notified() => {
                         let why = "taken over by a newer session from the same node";
-                        let _ = net::send_msg(&mut send, &Response::Error { permanent: false, message: why.into() }).await;
-                        return Err(NetError::Identity(why.into()));
+                        let _ = net::send_msg(&mut send, &Response::Error { class: ErrorClass::Busy, message: why.into() }).await;
+                        tracing::info!(session = id, why, "session ended");
+                        break;
                     }
                 },
                 None => net::read_frame(&mut recv, REPL_CONTROL_LIMIT).await?,
@@ -392,7 +404,7 @@ fn end(receivers: &Receivers, b: &Begun) {
 /// A protocol violation: the session ends, and the sender should not retry.
 fn protocol(m: &str) -> Response {
     Response::Error {
-        permanent: true,
+        class: ErrorClass::Protocol,
         message: m.to_string(),
     }
 }
@@ -427,7 +439,11 @@ async fn handle(
                 size,
                 block_size,
             };
-            let b = begin(ctx, &mirror, header).await?;
+            let Some(b) = begin(ctx, &mirror, header).await? else {
+                // Committed already, by an earlier session whose sender died before it
+                // heard so: that is this transfer's success.
+                return Ok(Some(Response::Committed { root }));
+            };
             let resumed: u64 = b.done.iter().map(|w| u64::from(w.count_ones())).sum();
             *begun = Some(b);
             Ok(Some(Response::Begun { resumed }))
@@ -436,12 +452,14 @@ async fn handle(
             let b = begun
                 .as_mut()
                 .ok_or_else(|| protocol("zeros before begin"))?;
+            failed(b)?;
             blocking(|| zeros(b, ranges)).map(|()| None)
         }
         Request::Offer { blocks } => {
             let b = begun
                 .as_mut()
                 .ok_or_else(|| protocol("offer before begin"))?;
+            failed(b)?;
             offer(b, &blocks).map(|need| Some(Response::Need { blocks: need }))
         }
         Request::Commit => {
@@ -451,6 +469,14 @@ async fn handle(
             commit(ctx.store, b).await?;
             Ok(Some(Response::Committed { root: b.root }))
         }
+    }
+}
+
+/// The session's failure (a write out of space, a takeover), as its error response.
+fn failed(b: &Begun) -> Result<(), Response> {
+    match b.session.failed.lock().ok().and_then(|f| f.clone()) {
+        Some((class, message)) => Err(Response::Error { class, message }),
+        None => Ok(()),
     }
 }
 
@@ -470,8 +496,13 @@ fn snapshots(store: &Store, mirror: &Name) -> Result<Response, Response> {
 }
 
 /// Begins receiving `header`'s snapshot into `mirror`: takes its receive lock, opens the
-/// session ([`open_session`]), then starts its writer thread and journal flusher.
-async fn begin(ctx: &Ctx<'_>, mirror: &Name, header: JournalHeader) -> Result<Begun, Response> {
+/// session ([`open_session`]), then starts its writer thread and journal flusher. `None`:
+/// the mirror holds that snapshot with that root already.
+async fn begin(
+    ctx: &Ctx<'_>,
+    mirror: &Name,
+    header: JournalHeader,
+) -> Result<Option<Begun>, Response> {
     let (store, peer) = (ctx.store, ctx.peer);
     let geometry = Geometry::new(header.block_size as u64, header.size)
         .map_err(|e| protocol(&e.to_string()))?;
@@ -480,7 +511,11 @@ async fn begin(ctx: &Ctx<'_>, mirror: &Name, header: JournalHeader) -> Result<Be
     let lock = take_receive_lock(store, ctx.receivers, mirror, peer.node.as_str())
         .await
         .map_err(store_err)?;
-    let b = blocking(|| open_session(ctx, mirror, &header, geometry, lock)).map_err(store_err)?;
+    let Some(b) =
+        blocking(|| open_session(ctx, mirror, &header, geometry, lock)).map_err(store_err)?
+    else {
+        return Ok(None);
+    };
     let (wtx, wrx) = tokio::sync::mpsc::channel(WRITE_QUEUE);
     if let Ok(mut w) = b.session.writer.lock() {
         *w = Some(wtx);
@@ -490,7 +525,7 @@ async fn begin(ctx: &Ctx<'_>, mirror: &Name, header: JournalHeader) -> Result<Be
         .name("ferry-recv-write".into())
         .spawn(move || run_writer(ws, wrx))
         .map_err(|e| Response::Error {
-            permanent: false,
+            class: ErrorClass::Io,
             message: format!("cannot start the writer thread: {e}"),
         })?;
     if let Ok(mut r) = ctx.registry.lock() {
@@ -501,26 +536,31 @@ async fn begin(ctx: &Ctx<'_>, mirror: &Name, header: JournalHeader) -> Result<Be
     }
     tracing::info!(mirror = %b.mirror, snapshot = %b.snapshot, base = ?header.base, "receiving");
     spawn_journal_flusher(b.session.clone());
-    Ok(b)
+    Ok(Some(b))
 }
 
 /// Resets the working copy (to the base, or to zeros) unless the journal says an earlier
 /// session of this very transfer wrote some of it, which is then kept; reads the base
-/// manifest and the dedup index of every committed snapshot held.
+/// manifest and the dedup index of every committed snapshot held. `None`: the snapshot is
+/// committed already with the sender's root (by an earlier session, whose sender died
+/// before it heard so: checked under the receive lock, after that session let go).
 fn open_session(
     ctx: &Ctx<'_>,
     mirror: &Name,
     header: &JournalHeader,
     geometry: Geometry,
     lock: crate::fsx::FileLock,
-) -> Result<Begun, StoreError> {
+) -> Result<Option<Begun>, StoreError> {
     let store = ctx.store;
     let (snapshot, base) = (&header.snapshot, &header.base);
-    if store.snapshot(mirror.as_str(), snapshot.as_str()).is_ok() {
-        return Err(StoreError::AlreadyExists {
-            what: "mirror snapshot",
-            name: format!("{mirror}@{snapshot}"),
-        });
+    if let Ok(held) = store.snapshot(mirror.as_str(), snapshot.as_str()) {
+        if ferry_wire::BlockHash::from_hex(&held.root) == Some(header.root) {
+            return Ok(None);
+        }
+        return Err(StoreError::Conflict(format!(
+            "mirror snapshot {mirror}@{snapshot} exists here with root {}, the sender's is {}",
+            held.root, header.root
+        )));
     }
     let base_manifest = match base {
         Some(b) => Some(store.manifest(mirror.as_str(), b.as_str())?),
@@ -538,7 +578,7 @@ fn open_session(
         .open(&img)
         .map_err(|e| crate::error::io_err(e, "open", img.clone()))?;
     let index = store.block_index(header.block_size)?;
-    Ok(Begun {
+    Ok(Some(Begun {
         id: ctx.id,
         mirror: mirror.clone(),
         snapshot: snapshot.clone(),
@@ -566,7 +606,7 @@ fn open_session(
         deferred: Vec::new(),
         done: done.unwrap_or_default(),
         _lock: lock,
-    })
+    }))
 }
 
 /// Makes what the session wrote durable and journals it every [`JOURNAL_EVERY`] until the
@@ -579,7 +619,8 @@ fn spawn_journal_flusher(session: Arc<RecvSession>) {
             match tokio::task::spawn_blocking(move || s.flush_journal()).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
-                    fail(&session, format!("journal: {e}"));
+                    let e = crate::error::io_err(e, "journal", session.journal_path.clone());
+                    fail(&session, e.class(), e.to_string());
                     break;
                 }
                 Err(_) => break,
@@ -681,8 +722,8 @@ fn copy_local(b: &mut Begun, copies: Vec<(u64, Source)>) -> Result<(), Response>
 async fn commit(store: &Store, b: &Begun) -> Result<(), Response> {
     loop {
         let notified = b.session.progress.notified();
-        if let Some(f) = b.session.failed.lock().ok().and_then(|f| f.clone()) {
-            return Err(protocol(&f));
+        if let Some((class, message)) = b.session.failed.lock().ok().and_then(|f| f.clone()) {
+            return Err(Response::Error { class, message });
         }
         let pending = b
             .session
@@ -695,7 +736,7 @@ async fn commit(store: &Store, b: &Begun) -> Result<(), Response> {
         }
         if tokio::time::timeout(COMMIT_IDLE, notified).await.is_err() {
             return Err(Response::Error {
-                permanent: false,
+                class: ErrorClass::Network,
                 message: format!("{pending} block(s) never arrived"),
             });
         }
@@ -734,19 +775,30 @@ async fn commit(store: &Store, b: &Begun) -> Result<(), Response> {
 }
 
 /// Reads one data stream: checks every block against its session's offer and writes it.
+/// Blocks of a session that failed or ended (still in flight when it did) are dropped: the
+/// session's control stream says why it failed. Data that fails its check is the peer
+/// breaking the protocol, and ends the connection.
 pub async fn serve_data(
     registry: Registry,
     mut recv: RecvStream,
     max_block: usize,
 ) -> Result<(), NetError> {
+    let mut stale = 0usize;
     while let Some(frame) = net::read_frame(&mut recv, BLOCK_HEADER + max_block).await? {
         let (sid, index, kind, payload) =
             parse_block(&frame).ok_or(NetError::Frame(ferry_wire::frame::FrameError::Empty))?;
-        let session = registry
-            .lock()
-            .ok()
-            .and_then(|r| r.get(&sid).cloned())
-            .ok_or_else(|| NetError::Identity(format!("data for unknown session {sid}")))?;
+        let session = registry.lock().ok().and_then(|r| r.get(&sid).cloned());
+        let live = session.filter(|s| s.failed.lock().is_ok_and(|f| f.is_none()));
+        let Some(session) = live else {
+            // No more than could have been in flight when the session ended.
+            stale += 1;
+            if stale > MAX_IN_TRANSIT {
+                return Err(NetError::Protocol(format!(
+                    "more than {MAX_IN_TRANSIT} blocks for sessions that are not open"
+                )));
+            }
+            continue;
+        };
         let at = index * session.block_size;
         // A compressed payload is unpacked into a buffer no larger than its uncompressed
         // kind may be; anything bigger is refused by zstd itself.
@@ -765,8 +817,8 @@ pub async fn serve_data(
                     Some(d) => d,
                     None => {
                         let why = format!("malformed compressed payload for block {index}");
-                        fail(&session, why.clone());
-                        return Err(NetError::Identity(why));
+                        fail(&session, ErrorClass::Corrupt, why.clone());
+                        return Err(NetError::Protocol(why));
                     }
                 };
                 (plain, unpacked.as_slice())
@@ -786,8 +838,8 @@ pub async fn serve_data(
                     Some(changed) => (std::borrow::Cow::Owned(block), Some(changed)),
                     None => {
                         let why = format!("malformed page delta for block {index}");
-                        fail(&session, why.clone());
-                        return Err(NetError::Identity(why));
+                        fail(&session, ErrorClass::Corrupt, why.clone());
+                        return Err(NetError::Protocol(why));
                     }
                 }
             }
@@ -802,14 +854,11 @@ pub async fn serve_data(
         let checked = match expected {
             Ok(Ok((want, len))) => verify_block(index, want, len, &block),
             Ok(Err(e)) => Err(e),
-            Err(_) => return Err(NetError::Identity("session state poisoned".into())),
+            Err(_) => return Err(NetError::Protocol("session state poisoned".into())),
         };
         if let Err(e) = checked {
-            fail(&session, e.to_string());
-            return Err(NetError::Identity(format!("corrupt data from peer: {e}")));
-        }
-        if let Some(why) = session.failed.lock().ok().and_then(|f| f.clone()) {
-            return Err(NetError::Identity(why));
+            fail(&session, ErrorClass::Corrupt, e.to_string());
+            return Err(NetError::Protocol(format!("corrupt data from peer: {e}")));
         }
         let writer = session.writer.lock().ok().and_then(|w| w.clone());
         let job = WriteJob {
@@ -817,13 +866,9 @@ pub async fn serve_data(
             block: block.into_owned(),
             pages,
         };
-        match writer {
-            Some(w) if w.send(job).await.is_ok() => {}
-            _ => {
-                return Err(NetError::Identity(
-                    "session ended or taken over by a newer one".into(),
-                ))
-            }
+        // A writer gone: the session ended or failed meanwhile, and the block is dropped.
+        if let Some(w) = writer {
+            let _ = w.send(job).await;
         }
     }
     Ok(())
@@ -844,9 +889,12 @@ fn unzstd(data: &[u8], cap: usize) -> Option<Vec<u8>> {
     })
 }
 
-fn fail(session: &RecvSession, why: String) {
+fn fail(session: &RecvSession, class: ErrorClass, why: String) {
+    if class != ErrorClass::Busy {
+        tracing::warn!(node = %session.node, error = %why, kind = class.kind(), "receiving failed");
+    }
     if let Ok(mut f) = session.failed.lock() {
-        f.get_or_insert(why);
+        f.get_or_insert((class, why));
     }
     session.progress.notify_waiters();
 }

@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 use ferry_wire::hashfile::{HashFile, Kind};
 use ferry_wire::repl::{
-    block_header, choose_base, page_delta, pages_payload, Payload, Request, Response, SenderCore,
-    SenderStep, BLOCK_HEADER, PAGE_SIZE, REPL_CONTROL_LIMIT,
+    block_header, choose_base, page_delta, pages_payload, ErrorClass, Payload, Request, Response,
+    SenderCore, SenderStep, BLOCK_HEADER, PAGE_SIZE, REPL_CONTROL_LIMIT,
 };
 use ferry_wire::{BlockHash, Name};
 use quinn::VarInt;
@@ -73,11 +73,8 @@ fn net_err(e: NetError) -> StoreError {
     }
 }
 
-fn peer_err(permanent: bool, message: String) -> StoreError {
-    StoreError::Net {
-        retryable: !permanent,
-        message: format!("the receiver refused: {message}"),
-    }
+fn peer_err(class: ErrorClass, message: String) -> StoreError {
+    StoreError::Peer { class, message }
 }
 
 async fn call(s: &mut (quinn::SendStream, quinn::RecvStream), req: &Request) -> Result<Response> {
@@ -90,7 +87,7 @@ async fn recv(s: &mut (quinn::SendStream, quinn::RecvStream)) -> Result<Response
         .await
         .map_err(net_err)?
     {
-        Response::Error { permanent, message } => Err(peer_err(permanent, message)),
+        Response::Error { class, message } => Err(peer_err(class, message)),
         r => Ok(r),
     }
 }
@@ -221,7 +218,8 @@ impl Peers {
 
 /// [`replicate`], retrying errors that can pass (the network, a busy receiver) up to
 /// `retries` times with exponential backoff (1 s doubling, at most 30 s). Permanent errors
-/// (refused identity, corrupt data, no space) are returned at once.
+/// (refused identity or policy, a conflicting snapshot, corrupt data, no space) are
+/// returned at once.
 pub async fn replicate_with_retries(
     cfg: &AgentConfig,
     store: Arc<Store>,
@@ -235,12 +233,9 @@ pub async fn replicate_with_retries(
     let mut attempt = 0;
     loop {
         match replicate(cfg, store.clone(), link, volume, snap, target).await {
-            Err(StoreError::Net {
-                retryable: true,
-                message,
-            }) if attempt < retries => {
+            Err(e) if e.retryable() && attempt < retries => {
                 attempt += 1;
-                tracing::warn!(attempt, retries, error = %message, delay_s = delay.as_secs(), "replication failed; retrying");
+                tracing::warn!(attempt, retries, error = %e, kind = e.kind(), delay_s = delay.as_secs(), "replication failed; retrying");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(std::time::Duration::from_secs(30));
             }
@@ -306,6 +301,13 @@ pub async fn replicate(
     .await?
     {
         Response::Begun { resumed } => report.resumed_blocks = resumed,
+        // An earlier try committed it, and its sender died before it heard so.
+        Response::Committed { root } if root == src.root => {
+            report.already_there = true;
+            let _ = ctl.0.finish();
+            report.elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
+            return Ok(report);
+        }
         r => return Err(unexpected(&r)),
     }
     let pipeline = Pipeline::start(&conn, cfg, &src, delta.pages, target, budget, sid).await?;
@@ -411,14 +413,12 @@ impl Source {
             return Ok(false);
         };
         if *r != self.root {
-            return Err(StoreError::Corrupt {
-                what: "mirror snapshot",
-                path: self.mirror.as_str().into(),
-                detail: format!(
-                    "the peer holds {}@{} with root {r}, ours is {}",
-                    self.mirror, self.meta.name, self.root
-                ),
-            });
+            return Err(StoreError::Conflict(format!(
+                "the peer holds a snapshot {}@{} with root {r}, ours is {}: another snapshot \
+                 of the same name (from another site, or made before the mirror was \
+                 recreated); delete it there or send into another mirror",
+                self.mirror, self.meta.name, self.root
+            )));
         }
         Ok(true)
     }
@@ -807,7 +807,7 @@ impl Responses {
         let task = tokio::spawn(async move {
             loop {
                 let r = match net::recv_msg(&mut recv, REPL_CONTROL_LIMIT).await {
-                    Ok(Response::Error { permanent, message }) => Err(peer_err(permanent, message)),
+                    Ok(Response::Error { class, message }) => Err(peer_err(class, message)),
                     Ok(r) => Ok(r),
                     Err(e) => Err(net_err(e)),
                 };

@@ -21,13 +21,13 @@ impl Store {
             match &meta.mirror {
                 Some(m) if m.site == from.site => {}
                 Some(m) => {
-                    return Err(StoreError::Busy(format!(
+                    return Err(StoreError::Refused(format!(
                         "volume {name} mirrors site {}, not {}",
                         m.site, from.site
                     )))
                 }
                 None => {
-                    return Err(StoreError::Busy(format!(
+                    return Err(StoreError::Refused(format!(
                         "volume {name} exists here and is not a mirror"
                     )))
                 }

@@ -45,7 +45,7 @@ pub struct MirrorInfo {
 
 pub(super) fn refuse_mirror(meta: &VolumeMeta, op: &str) -> Result<()> {
     match &meta.mirror {
-        Some(m) => Err(StoreError::Busy(format!(
+        Some(m) => Err(StoreError::Refused(format!(
             "volume {} is a mirror of {}@{}: mirrors change only by replication ({op} refused); clone a mirror snapshot to get a writable volume",
             meta.name, m.node, m.site
         ))),
