@@ -81,6 +81,54 @@ fn invalid(msg: impl Into<String>) -> PkiError {
     PkiError::Invalid(msg.into())
 }
 
+/// Longest validity `pki ca` and `pki issue` give (about 100 years).
+pub const MAX_DAYS: u32 = 36_500;
+/// How long before its end a certificate in use is warned about (logs, metrics).
+pub const EXPIRY_WARNING_DAYS: i64 = 30;
+
+fn check_days(days: u32) -> Result<()> {
+    if !(1..=MAX_DAYS).contains(&days) {
+        return Err(invalid(format!(
+            "--days {days}: a certificate is valid for 1 to {MAX_DAYS} days"
+        )));
+    }
+    Ok(())
+}
+
+/// Creates `dir` and its missing parents, each readable by its owner only (whatever the
+/// umask).
+fn private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .ctx("create directory", dir)
+}
+
+/// When `cert` is valid: (not before, not after), in Unix seconds.
+pub fn validity_of(cert: &CertificateDer<'_>) -> Result<(i64, i64)> {
+    let (_, x) = x509_parser::parse_x509_certificate(cert.as_ref())
+        .map_err(|e| invalid(format!("unparseable certificate: {e}")))?;
+    let v = x.validity();
+    Ok((v.not_before.timestamp(), v.not_after.timestamp()))
+}
+
+/// RFC 3339 (UTC) of Unix seconds `t`, for messages.
+fn when(t: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(t)
+        .ok()
+        .and_then(|d| {
+            d.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| t.to_string())
+}
+
+fn now_unix() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
 fn validity(params: &mut CertificateParams, days: u32) {
     let now = time::OffsetDateTime::now_utc();
     params.not_before = now - time::Duration::hours(1);
@@ -124,7 +172,8 @@ pub fn ca_paths(dir: &Path) -> (PathBuf, PathBuf) {
 /// Creates a site CA in `dir` (`ca.pem`, `ca.key`). Returns the certificate's path.
 pub fn create_ca(site: &str, dir: &Path, days: u32) -> Result<PathBuf> {
     let site = check_name("site", site)?;
-    fs::create_dir_all(dir).ctx("create directory", dir)?;
+    check_days(days)?;
+    private_dir(dir)?;
     let (cert_path, key_path) = ca_paths(dir);
     let key = KeyPair::generate().map_err(|e| invalid(format!("generate key: {e}")))?;
     let mut params =
@@ -152,13 +201,30 @@ pub fn create_ca(site: &str, dir: &Path, days: u32) -> Result<PathBuf> {
 /// into `out_dir`. Returns both paths.
 pub fn issue(ca_dir: &Path, node: &str, out_dir: &Path, days: u32) -> Result<(PathBuf, PathBuf)> {
     let node = check_name("node", node)?;
+    check_days(days)?;
     let (ca_cert, ca_key) = ca_paths(ca_dir);
     let ca_pem = fs::read_to_string(&ca_cert).ctx("read", &ca_cert)?;
     let ca_key_pem = fs::read_to_string(&ca_key).ctx("read", &ca_key)?;
-    let site = ca_site(
-        &CertificateDer::from_pem_slice(ca_pem.as_bytes())
-            .map_err(|e| invalid(format!("{}: not a PEM certificate: {e}", ca_cert.display())))?,
-    )?;
+    let ca_der = CertificateDer::from_pem_slice(ca_pem.as_bytes())
+        .map_err(|e| invalid(format!("{}: not a PEM certificate: {e}", ca_cert.display())))?;
+    let site = ca_site(&ca_der)?;
+    let (_, ca_end) = validity_of(&ca_der)?;
+    let now = now_unix();
+    if ca_end <= now {
+        return Err(invalid(format!(
+            "the site CA {} expired at {}: make a new one (pki ca) and pair the sites again",
+            ca_cert.display(),
+            when(ca_end)
+        )));
+    }
+    if now + i64::from(days) * 86_400 > ca_end {
+        return Err(invalid(format!(
+            "--days {days}: the site CA expires at {} ({} days from now), and a certificate \
+             it issues cannot outlive it",
+            when(ca_end),
+            (ca_end - now) / 86_400
+        )));
+    }
     let signing = KeyPair::from_pem(&ca_key_pem)
         .map_err(|e| invalid(format!("{}: not a PEM private key: {e}", ca_key.display())))?;
     let issuer = Issuer::from_ca_cert_pem(&ca_pem, signing).map_err(|e| {
@@ -185,7 +251,7 @@ pub fn issue(ca_dir: &Path, node: &str, out_dir: &Path, days: u32) -> Result<(Pa
     let cert = params
         .signed_by(&key, &issuer)
         .map_err(|e| invalid(format!("sign node certificate: {e}")))?;
-    fs::create_dir_all(out_dir).ctx("create directory", out_dir)?;
+    private_dir(out_dir)?;
     let cert_path = out_dir.join(format!("{node}.pem"));
     let key_path = out_dir.join(format!("{node}.key"));
     write_new(&key_path, key.serialize_pem().as_bytes(), 0o600)?;
@@ -229,6 +295,8 @@ pub struct Identity {
     pub key: PrivateKeyDer<'static>,
     pub node: Name,
     pub site: Name,
+    /// When the certificate stops being valid (Unix seconds).
+    pub not_after: i64,
 }
 
 impl Identity {
@@ -242,6 +310,23 @@ impl Identity {
             .first()
             .ok_or_else(|| invalid(format!("{}: no certificate in the file", cert.display())))?;
         let (cn, o, _, _) = subject(first)?;
+        let (not_before, not_after) = validity_of(first)?;
+        let now = now_unix();
+        if now < not_before {
+            return Err(invalid(format!(
+                "{}: the certificate is not valid before {} (is this machine's clock right?)",
+                cert.display(),
+                when(not_before)
+            )));
+        }
+        if now >= not_after {
+            return Err(invalid(format!(
+                "{}: the certificate expired at {}: issue a new one (ferry-agent pki issue) and \
+                 restart",
+                cert.display(),
+                when(not_after)
+            )));
+        }
         let key = PrivateKeyDer::from_pem_file(key)
             .map_err(|e| invalid(format!("{}: {e}", key.display())))?;
         Ok(Identity {
@@ -249,6 +334,35 @@ impl Identity {
             site: check_name("site", &o)?,
             certs,
             key,
+            not_after,
+        })
+    }
+
+    /// Logs [`Identity::expiry_warning`] now and every 12 hours for as long as it holds
+    /// (spawn it beside a daemon).
+    pub async fn warn_of_expiry(not_after: i64, node: Name, site: Name) {
+        loop {
+            let left = not_after - now_unix();
+            if left < EXPIRY_WARNING_DAYS * 86_400 {
+                tracing::warn!(%node, %site, expires = %when(not_after), days_left = left.max(0) / 86_400,
+                    "the certificate in use expires soon: issue a new one (ferry-agent pki issue) and restart before then");
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(12 * 3600)).await;
+        }
+    }
+
+    /// A warning when the certificate ends within [`EXPIRY_WARNING_DAYS`].
+    pub fn expiry_warning(&self) -> Option<String> {
+        let left = self.not_after - now_unix();
+        (left < EXPIRY_WARNING_DAYS * 86_400).then(|| {
+            format!(
+                "the certificate of {}@{} expires at {} (in {} days): issue a new one (ferry-agent \
+                 pki issue) and restart before then",
+                self.node,
+                self.site,
+                when(self.not_after),
+                left.max(0) / 86_400
+            )
         })
     }
 }

@@ -816,3 +816,249 @@ fn the_agent_cli_inspects_and_frees_a_full_disk() {
         "the volume's space is free"
     );
 }
+
+/// A node certificate for `node` of `site` from the CA in `ca_dir`, valid from `from` to
+/// `to` (Unix seconds): what `pki issue` will not make (an expired or future one).
+fn cert_valid(
+    ca_dir: &std::path::Path,
+    site: &str,
+    node: &str,
+    from: i64,
+    to: i64,
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    let ca_pem = std::fs::read_to_string(ca_dir.join("ca.pem")).expect("ca");
+    let ca_key =
+        rcgen::KeyPair::from_pem(&std::fs::read_to_string(ca_dir.join("ca.key")).expect("key"))
+            .expect("ca key");
+    let issuer = rcgen::Issuer::from_ca_cert_pem(&ca_pem, ca_key).expect("issuer");
+    let key = rcgen::KeyPair::generate().expect("key");
+    let mut p = rcgen::CertificateParams::new(vec!["ferry-agent".to_string()]).expect("params");
+    let mut dn = rcgen::DistinguishedName::new();
+    dn.push(rcgen::DnType::CommonName, node);
+    dn.push(rcgen::DnType::OrganizationName, site);
+    p.distinguished_name = dn;
+    p.not_before = rcgen::date_time_ymd(1970, 1, 1) + std::time::Duration::from_secs(from as u64);
+    p.not_after = rcgen::date_time_ymd(1970, 1, 1) + std::time::Duration::from_secs(to as u64);
+    p.extended_key_usages = vec![
+        rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+        rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let cert = p.signed_by(&key, &issuer).expect("sign");
+    let (c, k) = (
+        ca_dir.join(format!("{node}-odd.pem")),
+        ca_dir.join(format!("{node}-odd.key")),
+    );
+    std::fs::write(&c, cert.pem()).expect("write");
+    std::fs::write(&k, key.serialize_pem()).expect("write");
+    (c, k)
+}
+
+/// Finding 9: `pki issue --days 0` made a certificate already expired; `serve` started on
+/// an expired or not-yet-valid certificate and failed only at handshakes; directories were
+/// made 0777 under umask 000.
+#[test]
+fn certificates_are_checked_when_made_and_when_served() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let pki = ferry_tests::Pki::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let agent = |args: &[&str]| {
+        let mut c = std::process::Command::new(ferry_tests::bin("ferry-agent"));
+        c.arg("--json").args(args);
+        // SAFETY: umask is async-signal-safe; called in the child before exec.
+        unsafe {
+            c.pre_exec(|| {
+                libc::umask(0);
+                Ok(())
+            });
+        }
+        let out = c.output().expect("run");
+        (
+            out.status.success(),
+            serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap_or_default(),
+        )
+    };
+    let ca = dir.path().join("deep/er/ca");
+    let ca_s = ca.to_str().expect("utf8");
+    let (ok, v) = agent(&["pki", "ca", "site-q", "--dir", ca_s, "--days", "0"]);
+    assert!(!ok && v["error"]["kind"] == "invalid_argument", "{v}");
+    assert!(agent(&["pki", "ca", "site-q", "--dir", ca_s, "--days", "100"]).0);
+    let out = dir.path().join("out/certs");
+    let out_s = out.to_str().expect("utf8");
+    let (ok, v) = agent(&[
+        "pki", "issue", "n1", "--ca-dir", ca_s, "--out", out_s, "--days", "0",
+    ]);
+    assert!(!ok && v["error"]["kind"] == "invalid_argument", "{v}");
+    // Not beyond the CA's own end.
+    let (ok, v) = agent(&[
+        "pki", "issue", "n1", "--ca-dir", ca_s, "--out", out_s, "--days", "200",
+    ]);
+    assert!(
+        !ok && v["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("outlive"),
+        "{v}"
+    );
+    assert!(agent(&["pki", "issue", "n1", "--ca-dir", ca_s, "--out", out_s, "--days", "10"]).0);
+    for d in [
+        dir.path().join("deep"),
+        dir.path().join("deep/er"),
+        ca.clone(),
+        dir.path().join("out"),
+        out.clone(),
+    ] {
+        let mode = std::fs::metadata(&d).expect("stat").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "{}", d.display());
+    }
+
+    // serve refuses a certificate that is not valid now, saying so at start.
+    pki.ca("site-a");
+    let ca_a = pki.ca("site-a").parent().expect("dir").to_path_buf();
+    let now = jiff::Timestamp::now().as_second();
+    for (from, to, says) in [
+        (now - 20 * 86400, now - 86400, "expired"),
+        (now + 86400, now + 20 * 86400, "not valid before"),
+    ] {
+        let (cert, key) = cert_valid(&ca_a, "site-a", "n9", from, to);
+        let cfg = dir.path().join(format!("n9-{from}.toml"));
+        std::fs::write(&cfg, format!(
+            "data_dir = {:?}\n[net]\nlisten = \"127.0.0.1:0\"\ncert = {:?}\nkey = {:?}\npeer_cas = [{:?}]\n",
+            dir.path().join("n9").display().to_string(), cert.display().to_string(), key.display().to_string(),
+            pki.ca("site-a").display().to_string())).expect("config");
+        let out = std::process::Command::new(ferry_tests::bin("ferry-agent"))
+            .arg("--config")
+            .arg(&cfg)
+            .arg("serve")
+            .output()
+            .expect("serve");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(says), "{err}");
+    }
+
+    // A certificate ending within 30 days: warned of at start, and shown in the metrics.
+    use ferry_tests::controller::{free_udp_port, linked_agent, site_controller, wait_for, READER};
+    let port = free_udp_port();
+    let (c, _) = site_controller(
+        &pki,
+        dir.path(),
+        "ctl",
+        "[store]\nkind = \"embedded\"\npath = \"DIR/s.redb\"",
+        port,
+    );
+    let site_a = pki.ca("site-a").parent().expect("dir").to_path_buf();
+    let out = std::process::Command::new(ferry_tests::bin("ferry-agent"))
+        .args(["pki", "issue", "n5", "--days", "10", "--ca-dir"])
+        .arg(&site_a)
+        .arg("--out")
+        .arg(&site_a)
+        .output()
+        .expect("issue");
+    assert!(out.status.success());
+    let (served, cfg) = linked_agent(&pki, dir.path(), "n5", &[port], &[]);
+    drop(served);
+    let log = dir.path().join("n5.log");
+    let _served = ferry_tests::Served::start_logged(&cfg, &log);
+    wait_for("the agent registers", 30, || !c.agents().is_empty());
+    let text = std::fs::read_to_string(&log).expect("log");
+    assert!(text.contains("expires soon"), "{text}");
+    let metrics = c.text("/metrics", READER);
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with("ferry_certificate_expiry_timestamp_seconds{holder=\"agent/n5\"}"))
+        .unwrap_or_else(|| panic!("{metrics}"));
+    let at: i64 = line
+        .rsplit(' ')
+        .next()
+        .and_then(|v| v.parse().ok())
+        .expect("value");
+    eprintln!("{line}");
+    assert!((at - (now + 10 * 86400)).abs() < 3 * 3600, "{line}");
+    assert!(
+        metrics.contains("ferry_certificate_expiry_timestamp_seconds{holder=\"controller\"}"),
+        "{metrics}"
+    );
+}
+
+/// Finding 10: `volume adopt` checked the path, not the file: a hard link to a committed
+/// snapshot's image, outside the data directory, was adopted, and writes through it
+/// corrupted the snapshot.
+#[test]
+fn adopt_refuses_a_second_name_for_a_file_of_the_store() {
+    let Some(env) = Env::new(Fs::Local) else {
+        return;
+    };
+    env.ok(&["volume", "create", "v", "--size", "4M"]);
+    ferry_tests::write_random(
+        &env.volume_path("v"),
+        0,
+        1 << 20,
+        &mut ferry_tests::rng("adopt-link"),
+    );
+    env.ok(&["snapshot", "create", "v", "s1"]);
+    let image = env.snapshot_dir("v", "s1").join("data.img");
+    let link = env.path("outside.img");
+    std::fs::hard_link(&image, &link).expect("link");
+    let (kind, msg) = env.fails(&["volume", "adopt", "a", link.to_str().expect("utf8")]);
+    assert_eq!(kind, "invalid_argument");
+    assert!(msg.contains("hard links"), "{msg}");
+    // Nor the same file adopted twice under two names, nor a volume's image through a link.
+    std::fs::remove_file(&link).expect("unlink");
+    let own = env.path("own.img");
+    std::fs::write(&own, vec![1u8; 1 << 20]).expect("write");
+    env.ok(&["volume", "adopt", "a", own.to_str().expect("utf8")]);
+    let again = env.path("again.img");
+    std::fs::hard_link(&own, &again).expect("link");
+    let (kind, _) = env.fails(&["volume", "adopt", "b", again.to_str().expect("utf8")]);
+    assert_eq!(kind, "invalid_argument");
+    assert_eq!(env.ok(&["snapshot", "verify", "v", "s1"])["ok"], true);
+}
+
+/// Finding 11: `1Gb` (bits?) and ` 1G` were taken as 1 GiB, and a schedule starting in
+/// year 0000 was accepted. One strict grammar, in the agent's CLI and the controller's API.
+#[test]
+fn sizes_and_dates_are_read_strictly_everywhere() {
+    use ferry_tests::controller::{Controller, ADMIN};
+    let Some(env) = Env::new(Fs::Local) else {
+        return;
+    };
+    for bad in ["1Gb", " 1G", "1G ", "1gb", "4 kib"] {
+        let out = env.raw(&["volume", "create", "x", "--size", bad]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{bad:?}: {err}");
+        assert!(err.contains("invalid size"), "{bad:?}: {err}");
+    }
+    env.ok(&["volume", "create", "x", "--size", "1 GiB"]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = Controller::start(&format!(
+        "[store]\nkind = \"embedded\"\npath = {:?}",
+        dir.path().join("s.redb").display().to_string()
+    ));
+    let obj = serde_json::json!({"name": "o", "kind": {"type": "virtual_volume", "volume": {"node": "n", "volume": "v"}}});
+    assert_eq!(
+        c.admin("POST", "/v1/objects?allow_missing=true", Some(obj))
+            .0,
+        201
+    );
+    for start in ["0000-01-01T00:00", "1999-12-31T23:00", "9999-12-31T00:00"] {
+        let plan = serde_json::json!({"name": "p", "objects": ["o"], "retention": 1,
+            "schedule": {"every": "daily", "start": start}});
+        let (code, v) = c.admin("POST", "/v1/plans", Some(plan));
+        assert_eq!(code, 400, "{start}: {v}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("schedule.start"),
+            "{v}"
+        );
+    }
+    // A volume size through the API: the same grammar (refused before the agent is asked).
+    let (code, v) = c.call(
+        "POST",
+        "/v1/agents/n/volumes",
+        Some(ADMIN),
+        Some(br#"{"name": "v2", "size": "1Gb"}"#),
+    );
+    assert!(code == 400 || code == 404, "{code} {v}");
+}

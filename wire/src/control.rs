@@ -45,6 +45,8 @@ pub enum AgentMsg {
         volumes: Vec<VolumeReport>,
         capacity_bytes: u64,
         free_bytes: u64,
+        /// When the agent's certificate stops being valid (Unix seconds).
+        certificate_expires: i64,
     },
     /// Sent every [`HEARTBEAT_SECS`].
     Heartbeat {
@@ -134,6 +136,7 @@ mod tests {
                 }],
                 capacity_bytes: 1 << 40,
                 free_bytes: 1 << 39,
+                certificate_expires: 1_800_000_000,
             },
             AgentMsg::Heartbeat {
                 seq: 9,

@@ -1,11 +1,17 @@
 //! Byte sizes as people write them: `4G`, `4GiB`, `10GB`, `1.5T`, `64KiB`, `1048576`.
 //!
-//! Units are taken as written: `KiB`, `MiB`, `GiB`, `TiB`, `PiB` (and `Ki`, `Mi`, ...) are
-//! binary (IEC, powers of 1024); `kB`/`KB`, `MB`, `GB`, `TB`, `PB` are decimal (SI, powers of
-//! 1000); a bare letter (`K`, `M`, `G`, `T`, `P`) is binary, as in `dd`, `qemu-img` and
-//! `truncate`. `B` alone, or nothing, is bytes. Case does not matter but for the rule above.
-//! A decimal fraction is accepted when the result is a whole number of bytes (`1.5G` is
-//! 1,610,612,736; `1.1K` is refused). Negative and overflowing sizes are refused.
+//! The one grammar, for the agent's CLI and configuration and the controller's API alike:
+//! `NUMBER [" "] [UNIT]`, nothing before or after, the unit spelt exactly as below.
+//! * `KiB`, `MiB`, `GiB`, `TiB`, `PiB` (and `Ki`, `Mi`, `Gi`, `Ti`, `Pi`) are binary (IEC,
+//!   powers of 1024); a bare `K`, `M`, `G`, `T`, `P` is binary too, as in `dd`, `qemu-img`
+//!   and `truncate`.
+//! * `kB` (or `KB`), `MB`, `GB`, `TB`, `PB` are decimal (SI, powers of 1000).
+//! * `B`, or no unit, is bytes.
+//!
+//! Anything else is refused rather than guessed: other cases (`1Gb` could be bits, `1gb`,
+//! `1kib`), spaces around the size or more than one inside it. A decimal fraction is taken
+//! when the result is a whole number of bytes (`1.5G` is 1,610,612,736; `1.1K` is refused).
+//! Negative and overflowing sizes are refused.
 
 /// Why a size string was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -21,11 +27,15 @@ pub fn parse_size(input: &str) -> Result<u64, SizeError> {
         input: input.to_owned(),
         why,
     };
-    let s = input.trim();
+    let s = input;
+    if s.trim() != s {
+        return Err(err("no spaces before or after the size"));
+    }
     let number_end = s
         .find(|c: char| !c.is_ascii_digit() && c != '.')
         .unwrap_or(s.len());
-    let (number, suffix) = (&s[..number_end], s[number_end..].trim());
+    let (number, suffix) = (&s[..number_end], &s[number_end..]);
+    let suffix = suffix.strip_prefix(' ').unwrap_or(suffix);
     let (whole, frac) = match number.split_once('.') {
         Some((w, f)) => (w, f),
         None => (number, ""),
@@ -36,22 +46,24 @@ pub fn parse_size(input: &str) -> Result<u64, SizeError> {
     if frac.len() > 18 {
         return Err(err("too many decimal places"));
     }
-    let unit: u128 = match suffix.to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "ki" | "kib" => 1 << 10,
-        "m" | "mi" | "mib" => 1 << 20,
-        "g" | "gi" | "gib" => 1 << 30,
-        "t" | "ti" | "tib" => 1 << 40,
-        "p" | "pi" | "pib" => 1 << 50,
-        "kb" => 1_000,
-        "mb" => 1_000_000,
-        "gb" => 1_000_000_000,
-        "tb" => 1_000_000_000_000,
-        "pb" => 1_000_000_000_000_000,
-        _ => return Err(err(
-            "unknown unit; use K, M, G, T, P (binary: KiB, GiB...) or kB, MB, GB, TB, PB (decimal)",
-        )),
-    };
+    let unit: u128 =
+        match suffix {
+            "" | "B" => 1,
+            "K" | "Ki" | "KiB" => 1 << 10,
+            "M" | "Mi" | "MiB" => 1 << 20,
+            "G" | "Gi" | "GiB" => 1 << 30,
+            "T" | "Ti" | "TiB" => 1 << 40,
+            "P" | "Pi" | "PiB" => 1 << 50,
+            "kB" | "KB" => 1_000,
+            "MB" => 1_000_000,
+            "GB" => 1_000_000_000,
+            "TB" => 1_000_000_000_000,
+            "PB" => 1_000_000_000_000_000,
+            _ => return Err(err(
+                "unknown unit; units are spelt K, M, G, T, P or KiB, MiB, GiB, TiB, PiB (binary) \
+             and kB, MB, GB, TB, PB (decimal), B for bytes",
+            )),
+        };
     let scale = 10u128.pow(frac.len() as u32);
     let digits: u128 = format!("{whole}{frac}")
         .parse()
@@ -90,10 +102,9 @@ mod tests {
         let ok: &[(&str, u64)] = &[
             ("0", 0),
             ("65536", 65536),
-            ("1b", 1),
+            ("1B", 1),
             ("4K", 4096),
             ("64KiB", 65536),
-            ("64kib", 65536),
             ("512M", 512 << 20),
             ("4G", 4 << 30),
             ("4 GiB", 4 << 30),
@@ -101,7 +112,7 @@ mod tests {
             ("1P", 1 << 50),
             ("10GB", 10_000_000_000),
             ("10 GB", 10_000_000_000),
-            ("10gb", 10_000_000_000),
+            ("10KB", 10_000),
             ("10GiB", 10 << 30),
             ("10Gi", 10 << 30),
             ("5kB", 5_000),
@@ -132,6 +143,16 @@ mod tests {
             "99999999999999999999",
             "16384P",
             "4 G B",
+            "1Gb",
+            "1gb",
+            "64kib",
+            "1g",
+            "1b",
+            " 1G",
+            "1G ",
+            "1  G",
+            "1\tG",
+            "1G\n",
         ] {
             assert!(parse_size(bad).is_err(), "{bad} should fail");
         }

@@ -246,6 +246,7 @@ async fn connect_and_register(
             volumes: vols.clone(),
             capacity_bytes: total,
             free_bytes: free,
+            certificate_expires: id.not_after,
         },
     )
     .await?;

@@ -874,8 +874,9 @@ pub async fn serve_data(
     Ok(())
 }
 
-/// Decompresses one zstd frame into at most `cap` bytes (one context per thread).
-fn unzstd(data: &[u8], cap: usize) -> Option<Vec<u8>> {
+/// Decompresses one zstd frame into at most `cap` bytes (one context per thread); `None`
+/// for anything that is not one frame of at most that size.
+pub fn unzstd(data: &[u8], cap: usize) -> Option<Vec<u8>> {
     thread_local! {
         static CTX: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
             const { std::cell::RefCell::new(None) };

@@ -147,8 +147,38 @@ impl Store {
             })
     }
 
+    /// A file of the store (an adopted file, or any under the data directory) that is the
+    /// file `(dev, ino)`.
+    fn file_with_inode(&self, dev: u64, ino: u64) -> Result<Option<PathBuf>> {
+        use std::os::unix::fs::MetadataExt;
+        let same = |p: &Path| fs::metadata(p).is_ok_and(|m| m.dev() == dev && m.ino() == ino);
+        for v in self.list_volumes_unlocked()? {
+            if same(&v.path) {
+                return Ok(Some(v.path));
+            }
+        }
+        let mut dirs = vec![self.root.clone()];
+        while let Some(d) = dirs.pop() {
+            let Ok(entries) = fs::read_dir(&d) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                let p = e.path();
+                match e.file_type() {
+                    Ok(t) if t.is_dir() => dirs.push(p),
+                    Ok(t) if t.is_file() && same(&p) => return Ok(Some(p)),
+                    _ => {}
+                }
+            }
+        }
+        Ok(None)
+    }
+
     /// Adopts an existing image file (a LUN's backing file, a file in an NFS export, a VM disk).
-    /// The file stays where it is; deleting the volume later only forgets it.
+    /// The file stays where it is; deleting the volume later only forgets it. It must be one
+    /// file with one name, none of the store's: from then on ferry takes what is written
+    /// through that name as the volume (snapshots copy or clone it, a rollback rewrites it in
+    /// place), and nothing else may replace or truncate it.
     pub fn adopt_volume(
         &self,
         name: &str,
@@ -187,8 +217,27 @@ impl Store {
                 real.display()
             )));
         }
+        // The file, not its path: a second name for a snapshot's image (a hard link) or for
+        // another adopted file would let writes through it change what ferry keeps.
+        use std::os::unix::fs::MetadataExt;
+        if md.nlink() > 1 {
+            return Err(StoreError::Invalid(format!(
+                "{} has {} hard links: an adopted file must have one name, since ferry \
+                 snapshots and rolls back what is written through it; copy it (cp \
+                 --reflink=auto) and adopt the copy",
+                real.display(),
+                md.nlink()
+            )));
+        }
         let _lock = self.store_lock()?;
         self.check_new_volume(&name)?;
+        if let Some(held) = self.file_with_inode(md.dev(), md.ino())? {
+            return Err(StoreError::Invalid(format!(
+                "{} is the same file as {} in the store",
+                real.display(),
+                held.display()
+            )));
+        }
         for v in self.list_volumes_unlocked()? {
             if v.kind == VolumeKind::Adopted && v.path == real {
                 return Err(StoreError::AlreadyExists {

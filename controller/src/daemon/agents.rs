@@ -150,6 +150,11 @@ impl Bound {
 /// tokio runtime).
 pub fn bind(cfg: &AgentsConfig) -> Result<Bound, LinkError> {
     let id = Identity::load(&cfg.cert, &cfg.key)?;
+    tokio::spawn(Identity::warn_of_expiry(
+        id.not_after,
+        id.node.clone(),
+        id.site.clone(),
+    ));
     let mut trust = Trust::default();
     trust.add_file(&cfg.ca, Some(&id.site))?;
     let ep = net::endpoint(cfg.listen, Some(net::server_config(&id, &trust)?))?;
@@ -319,6 +324,7 @@ async fn agent_link(
         volumes,
         capacity_bytes,
         free_bytes,
+        certificate_expires,
     } = first
     else {
         return Err(LinkError::Protocol(
@@ -337,6 +343,9 @@ async fn agent_link(
         free_bytes,
         connected: now.clone(),
         last_heartbeat: now,
+        certificate_expires: Timestamp::from_second(certificate_expires)
+            .ok()
+            .map(|t| t.to_string()),
     };
     put(&store, &rec).await?;
     tracing::info!(node = %rec.node, %remote, volumes = rec.volumes.len(), "agent registered");

@@ -126,6 +126,30 @@ pub(super) async fn metrics(
         "Bytes the newest finished run's snapshots read (the changed data), by plan.",
         per_plan(&f.last_bytes),
     );
+    let mut expiry: Vec<_> = s
+        .certificate_expires
+        .get()
+        .map(|t| (vec![("holder", "controller".to_string())], t.to_string()))
+        .into_iter()
+        .collect();
+    for a in load_agents(&s.store).await? {
+        let t = a
+            .certificate_expires
+            .as_deref()
+            .and_then(|t| t.parse::<jiff::Timestamp>().ok());
+        if let Some(t) = t {
+            expiry.push((
+                vec![("holder", format!("agent/{}", a.node))],
+                t.as_second().to_string(),
+            ));
+        }
+    }
+    out.family(
+        "ferry_certificate_expiry_timestamp_seconds",
+        "gauge",
+        "When the certificates in use stop being valid: this controller's, and each agent's as it registered (alert well ahead: `pki issue` a new one and restart).",
+        expiry,
+    );
     out.family(
         "ferry_store_revision",
         "gauge",

@@ -72,6 +72,9 @@ pub struct ApiState {
     pub links: Arc<crate::daemon::agents::Links>,
     /// Slots of the requests that read many records (lists, status, metrics).
     pub lists: Arc<tokio::sync::Semaphore>,
+    /// When this controller's certificate (of its agent endpoint) stops being valid (Unix
+    /// seconds), for `/metrics`.
+    pub certificate_expires: std::sync::OnceLock<i64>,
 }
 
 impl ApiState {
@@ -90,6 +93,7 @@ impl ApiState {
             requests: Default::default(),
             links,
             lists: Arc::new(tokio::sync::Semaphore::new(page::LIST_SLOTS)),
+            certificate_expires: std::sync::OnceLock::new(),
         }
     }
 

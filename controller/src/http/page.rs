@@ -50,8 +50,7 @@ pub(super) struct Page {
 impl Page {
     /// The page `raw` asks for, once a list slot is free.
     pub async fn new(s: &ApiState, raw: RawQuery) -> ApiResult<Page> {
-        let q: PageQuery = query(raw)?;
-        let (limit, after) = check(q)?;
+        let (limit, after) = parse(raw)?;
         let slot = Some(slot(s).await?);
         Ok(Page { limit, after, slot })
     }
@@ -71,6 +70,16 @@ pub(super) async fn slot(s: &ApiState) -> ApiResult<tokio::sync::OwnedSemaphoreP
             ),
         )),
     }
+}
+
+fn parse(raw: RawQuery) -> ApiResult<(usize, Option<String>)> {
+    check(query(raw)?)
+}
+
+/// A list's query string as the API reads it: the limit and cursor, or why not (the 400's
+/// message).
+pub fn read_query(raw: &str) -> Result<(usize, Option<String>), String> {
+    parse(RawQuery(Some(raw.to_string()))).map_err(|e| e.message)
 }
 
 /// The limit and cursor of `q`, checked: a cursor is one or two names joined by `/`.

@@ -62,6 +62,9 @@ pub struct Schedule {
     end: Option<Timestamp>,
 }
 
+/// The years a schedule's start and end may be in.
+pub const YEARS: std::ops::RangeInclusive<i16> = 2000..=2200;
+
 impl Schedule {
     /// `start` is a wall-clock time like `2026-11-24T02:30` in `timezone` (an IANA name such
     /// as `Europe/Berlin`, or `UTC`); `end`, if any, is in the same zone and after the start.
@@ -76,10 +79,21 @@ impl Schedule {
             problem: format!("unknown time zone {timezone:?} (an IANA name such as Europe/Berlin)"),
         })?;
         let civil = |field, s: &str| -> Result<DateTime, ScheduleError> {
-            s.parse::<DateTime>().map_err(|_| ScheduleError {
+            let d = s.parse::<DateTime>().map_err(|_| ScheduleError {
                 field,
                 problem: format!("{s:?} is not a date and time like 2026-11-24T02:30"),
-            })
+            })?;
+            if !YEARS.contains(&d.year()) {
+                return Err(ScheduleError {
+                    field,
+                    problem: format!(
+                        "{s:?}: the year must be {} to {}",
+                        YEARS.start(),
+                        YEARS.end()
+                    ),
+                });
+            }
+            Ok(d)
         };
         let start = civil("schedule.start", start)?;
         let start_at = at(&tz, start).ok_or_else(|| ScheduleError {
@@ -486,6 +500,15 @@ mod tests {
             ),
             ("24.11.2026 02:30", "UTC", None, "schedule.start"),
             ("2026-13-01T00:00", "UTC", None, "schedule.start"),
+            ("0000-01-01T00:00", "UTC", None, "schedule.start"),
+            ("1999-12-31T23:59", "UTC", None, "schedule.start"),
+            ("9999-01-01T00:00", "UTC", None, "schedule.start"),
+            (
+                "2026-11-24T02:30",
+                "UTC",
+                Some("2201-01-01T00:00"),
+                "schedule.end",
+            ),
             ("2026-11-24T02:30", "UTC", Some("yesterday"), "schedule.end"),
             (
                 "2026-11-24T02:30",

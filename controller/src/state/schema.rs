@@ -206,6 +206,9 @@ pub struct AgentRecord {
     /// RFC 3339.
     pub connected: String,
     pub last_heartbeat: String,
+    /// When the agent's certificate stops being valid (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_expires: Option<String>,
 }
 
 impl AgentRecord {

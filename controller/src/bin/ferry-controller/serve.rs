@@ -200,13 +200,17 @@ pub async fn serve(
         Some((b, _, _)) => b.credentials().0.node.to_string(),
         None => "controller".to_string(),
     };
-    let state = Arc::new(ApiState::new(
+    let state = ApiState::new(
         store.clone(),
         tokens(&cfg)?,
         role_rx.clone(),
         forwarder,
         links.clone(),
-    ));
+    );
+    if let Some((b, _, _)) = &endpoint {
+        let _ = state.certificate_expires.set(b.credentials().0.not_after);
+    }
+    let state = Arc::new(state);
     let router = http::router(state);
 
     // Serving: the agent endpoint and HTTP until the end; leadership until `until`.
