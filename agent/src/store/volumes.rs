@@ -231,13 +231,6 @@ impl Store {
         }
         let _lock = self.store_lock()?;
         self.check_new_volume(&name)?;
-        if let Some(held) = self.file_with_inode(md.dev(), md.ino())? {
-            return Err(StoreError::Invalid(format!(
-                "{} is the same file as {} in the store",
-                real.display(),
-                held.display()
-            )));
-        }
         for v in self.list_volumes_unlocked()? {
             if v.kind == VolumeKind::Adopted && v.path == real {
                 return Err(StoreError::AlreadyExists {
@@ -245,6 +238,13 @@ impl Store {
                     name: format!("{} (volume {})", real.display(), v.name),
                 });
             }
+        }
+        if let Some(held) = self.file_with_inode(md.dev(), md.ino())? {
+            return Err(StoreError::Invalid(format!(
+                "{} is the same file as {} in the store",
+                real.display(),
+                held.display()
+            )));
         }
         let tmp = self.tmp_volume_dir(&name)?;
         let meta = VolumeMeta {
