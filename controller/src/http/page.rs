@@ -236,7 +236,11 @@ mod tests {
             (None, Some("vm-1"), true),
             (None, Some("plan.0123456789ab/s1700000000000-00"), true),
             // A history's cursor: milliseconds, then the id.
-            (None, Some("1780000000000.s1780000000000-0123456789abcdef"), true),
+            (
+                None,
+                Some("1780000000000.s1780000000000-0123456789abcdef"),
+                true,
+            ),
             (None, Some("1780000000000.web-20261202T015206Z"), true),
             (None, Some("a/b/c"), false),
             (None, Some("../etc"), false),
