@@ -140,16 +140,17 @@ impl<T> IoContext<T> for io::Result<T> {
 
 /// See [`IoContext`].
 pub fn io_err(e: io::Error, op: &str, path: PathBuf) -> StoreError {
-    match e.raw_os_error() {
-        Some(libc::ENOSPC) | Some(libc::EDQUOT) => StoreError::NoSpace {
+    if crate::fsx::is_no_space(&e) {
+        StoreError::NoSpace {
             op: op.to_owned(),
             path,
-        },
-        _ => StoreError::Io {
+        }
+    } else {
+        StoreError::Io {
             op: op.to_owned(),
             path,
             source: e,
-        },
+        }
     }
 }
 

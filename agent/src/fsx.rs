@@ -430,6 +430,21 @@ fn probe_with(dir: &Path, len: usize) -> io::Result<bool> {
     res
 }
 
+/// Free and total bytes of the filesystem holding `dir`.
+pub fn space(dir: &std::path::Path) -> (u64, u64) {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return (0, 0);
+    };
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid C string and a zeroed out-parameter of the right type.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return (0, 0);
+    }
+    let f = st.f_frsize as u64;
+    (st.f_bavail as u64 * f, st.f_blocks as u64 * f)
+}
+
 /// Whether `e` says the filesystem (or the quota) is full.
 pub fn is_no_space(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))

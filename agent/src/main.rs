@@ -645,7 +645,7 @@ fn serve(cfg: &AgentConfig, json: bool) -> anyhow::Result<()> {
         let server = ferry_agent::daemon::server::Server::bind(cfg)?;
         let addr = server.local_addr()?;
         let id = server.identity();
-        tokio::spawn(ferry_agent::pki::Identity::warn_of_expiry(id.not_after, id.node.clone(), id.site.clone()));
+        tokio::spawn(id.warn_of_expiry());
         // One line saying where we listen, for operators and for scripts that start us.
         emit(json, &serde_json::json!({ "listening": addr, "node": id.node, "site": id.site }), |o| {
             writeln!(o, "{}@{} listening on {addr}", id.node, id.site)

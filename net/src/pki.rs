@@ -338,32 +338,20 @@ impl Identity {
         })
     }
 
-    /// Logs [`Identity::expiry_warning`] now and every 12 hours for as long as it holds
-    /// (spawn it beside a daemon).
-    pub async fn warn_of_expiry(not_after: i64, node: Name, site: Name) {
-        loop {
-            let left = not_after - now_unix();
-            if left < EXPIRY_WARNING_DAYS * 86_400 {
-                tracing::warn!(%node, %site, expires = %when(not_after), days_left = left.max(0) / 86_400,
+    /// Logs a warning now and every 12 hours while the certificate is within
+    /// [`EXPIRY_WARNING_DAYS`] of its end (spawn it beside a daemon).
+    pub fn warn_of_expiry(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let (not_after, node, site) = (self.not_after, self.node.clone(), self.site.clone());
+        async move {
+            loop {
+                let left = not_after - now_unix();
+                if left < EXPIRY_WARNING_DAYS * 86_400 {
+                    tracing::warn!(%node, %site, expires = %when(not_after), days_left = left.max(0) / 86_400,
                     "the certificate in use expires soon: issue a new one (ferry-agent pki issue) and restart before then");
+                }
+                tokio::time::sleep(std::time::Duration::from_secs(12 * 3600)).await;
             }
-            tokio::time::sleep(std::time::Duration::from_secs(12 * 3600)).await;
         }
-    }
-
-    /// A warning when the certificate ends within [`EXPIRY_WARNING_DAYS`].
-    pub fn expiry_warning(&self) -> Option<String> {
-        let left = self.not_after - now_unix();
-        (left < EXPIRY_WARNING_DAYS * 86_400).then(|| {
-            format!(
-                "the certificate of {}@{} expires at {} (in {} days): issue a new one (ferry-agent \
-                 pki issue) and restart before then",
-                self.node,
-                self.site,
-                when(self.not_after),
-                left.max(0) / 86_400
-            )
-        })
     }
 }
 

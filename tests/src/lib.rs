@@ -715,6 +715,7 @@ impl Drop for Etcd {
 }
 
 pub mod dev;
+pub mod pair;
 pub mod tls;
 
 /// A real `ferry-controller serve` with an admin and a read-only token, and a minimal HTTP
@@ -744,19 +745,37 @@ pub mod controller {
         }
     }
 
+    /// A `[store]` section: the embedded store in the controller's temporary directory.
+    pub const EMBEDDED: &str = "[store]\nkind = \"embedded\"\npath = \"DIR/state.redb\"";
+
+    /// A `[store]` section: the embedded store at `path`.
+    pub fn embedded_at(path: &std::path::Path) -> String {
+        format!(
+            "[store]\nkind = \"embedded\"\npath = {:?}",
+            path.display().to_string()
+        )
+    }
+
+    /// A controller's configuration: HTTP on a free loopback port, `store` (its `[store]`
+    /// section and any others), and the [`ADMIN`] and [`READER`] tokens.
+    pub fn config(store: &str) -> String {
+        let hash = |t: &str| blake3::hash(t.as_bytes()).to_hex().to_string();
+        format!(
+            "listen = \"127.0.0.1:0\"\n{store}\n\
+             [[tokens]]\nname = \"ops\"\nrole = \"admin\"\nblake3 = \"{}\"\n\
+             [[tokens]]\nname = \"monitoring\"\nrole = \"read_only\"\nblake3 = \"{}\"\n",
+            hash(ADMIN),
+            hash(READER)
+        )
+    }
+
     impl Controller {
+        /// `ferry-controller serve` with [`config`]`(store)`; `DIR` in `store` stands for a
+        /// temporary directory.
         pub fn start(store: &str) -> Controller {
             use std::io::BufRead;
             let dir = tempfile::tempdir().expect("tempdir");
-            let hash = |t: &str| blake3::hash(t.as_bytes()).to_hex().to_string();
-            let cfg = format!(
-                "listen = \"127.0.0.1:0\"\n{store}\n\
-                 [[tokens]]\nname = \"ops\"\nrole = \"admin\"\nblake3 = \"{}\"\n\
-                 [[tokens]]\nname = \"monitoring\"\nrole = \"read_only\"\nblake3 = \"{}\"\n",
-                hash(ADMIN),
-                hash(READER)
-            )
-            .replace("DIR", &dir.path().display().to_string());
+            let cfg = config(store).replace("DIR", &dir.path().display().to_string());
             let path = dir.path().join("controller.toml");
             std::fs::write(&path, cfg).expect("config");
             let mut child = Command::new(bin("ferry-controller"))

@@ -274,7 +274,7 @@ fn suite(c: &Controller) {
 
 #[test]
 fn api_on_the_embedded_store() {
-    let c = Controller::start("[store]\nkind = \"embedded\"\npath = \"DIR/state.redb\"");
+    let c = Controller::start(ferry_tests::controller::EMBEDDED);
     suite(&c);
 }
 

@@ -39,7 +39,7 @@ fn fails(c: &Controller, token: Option<&str>, args: &[&str], says: &str) {
 
 #[test]
 fn objects_and_plans_from_the_command_line() {
-    let c = Controller::start("[store]\nkind = \"embedded\"\npath = \"DIR/state.redb\"");
+    let c = Controller::start(ferry_tests::controller::EMBEDDED);
     let dir = tempfile::tempdir().expect("tempdir");
     let obj = dir.path().join("web.json");
     std::fs::write(

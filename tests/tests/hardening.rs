@@ -2,6 +2,7 @@
 
 use std::time::{Duration, Instant};
 
+use ferry_tests::pair::Pair;
 use ferry_tests::{Env, Fs};
 
 /// Whether a process whose command line contains `marker` is alive.
@@ -135,16 +136,8 @@ fn serve_embedded(path: &std::path::Path) -> Option<(Option<i32>, String)> {
     use std::io::Read;
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = dir.path().join("c.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "listen = \"127.0.0.1:0\"\n[store]\nkind = \"embedded\"\npath = {:?}\n\
-             [[tokens]]\nname = \"a\"\nrole = \"admin\"\nblake3 = \"{}\"\n",
-            path.display().to_string(),
-            "0".repeat(64)
-        ),
-    )
-    .expect("config");
+    let text = ferry_tests::controller::config(&ferry_tests::controller::embedded_at(path));
+    std::fs::write(&cfg, text).expect("config");
     let mut child = std::process::Command::new(ferry_tests::bin("ferry-controller"))
         .args(["serve", "--config"])
         .arg(&cfg)
@@ -233,11 +226,9 @@ fn the_embedded_store_recovers_after_its_disk_filled() {
     let Some(fs) = ferry_tests::Tmpfs::mount("16M") else {
         return;
     };
-    let store = format!(
-        "[store]\nkind = \"embedded\"\npath = {:?}",
-        fs.path.join("state.redb").display().to_string()
-    );
-    let c = Controller::start(&store);
+    let c = Controller::start(&ferry_tests::controller::embedded_at(
+        &fs.path.join("state.redb"),
+    ));
     let object = |i: usize| {
         json!({"name": format!("o{i}"), "kind": {"type": "nfs_file", "export": "/exports",
             "path": format!("{}/{i}.img", "d".repeat(1000)),
@@ -291,12 +282,7 @@ fn half_open_connections_are_bounded_and_closed() {
     use ferry_controller::http::server::{HEADER_TIMEOUT, MAX_CONNECTIONS};
     use ferry_tests::controller::{wait_for, Controller};
     use std::io::{Read, Write};
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = format!(
-        "[store]\nkind = \"embedded\"\npath = {:?}",
-        dir.path().join("s.redb").display().to_string()
-    );
-    let mut c = Controller::start(&store);
+    let mut c = Controller::start(ferry_tests::controller::EMBEDDED);
     let half_open = || {
         let mut s = std::net::TcpStream::connect(c.addr).expect("connect");
         s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
@@ -414,12 +400,7 @@ fn objects_listed(addr: &str, token: &str) -> usize {
 #[test]
 fn lists_come_in_pages_and_memory_stays_bounded_under_concurrent_reads() {
     use ferry_tests::controller::{Controller, READER};
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = format!(
-        "[store]\nkind = \"embedded\"\npath = {:?}",
-        dir.path().join("s.redb").display().to_string()
-    );
-    let c = Controller::start(&store);
+    let c = Controller::start(ferry_tests::controller::EMBEDDED);
     const OBJECTS: usize = 3_000;
     let t0 = Instant::now();
     std::thread::scope(|s| {
@@ -559,109 +540,33 @@ fn ten_thousand_runs_list_on_etcd() {
     let _ = ADMIN;
 }
 
-/// Two sites on loopback: node n1 of site-a, and site-b's agent m1 serving (its log kept),
-/// which trusts site-a and site-c.
-struct Sites {
-    pki: ferry_tests::Pki,
-    dir: tempfile::TempDir,
-    a: std::path::PathBuf,
-    b: std::path::PathBuf,
-    b_log: std::path::PathBuf,
-    served: ferry_tests::Served,
-}
-
-impl Sites {
-    fn start(b_parent: Option<&std::path::Path>) -> Sites {
-        let pki = ferry_tests::Pki::new();
-        let dir = tempfile::tempdir().expect("tempdir");
-        let b_data = b_parent.unwrap_or(dir.path()).join("b");
-        let a = pki.agent_config("site-a", "n1", &["site-b"], &dir.path().join("a"));
-        let b = pki.agent_config("site-b", "m1", &["site-a", "site-c"], &b_data);
-        let b_log = dir.path().join("b.log");
-        let served = ferry_tests::Served::start_logged(&b, &b_log);
-        Sites {
-            pki,
-            dir,
-            a,
-            b,
-            b_log,
-            served,
-        }
-    }
-
-    fn addr(&self) -> String {
-        self.served.addr.to_string()
-    }
-
-    /// `ferry-agent --json ARGS` with `cfg`: (success, its JSON answer).
-    fn run(cfg: &std::path::Path, args: &[&str]) -> (bool, serde_json::Value) {
-        let out = std::process::Command::new(ferry_tests::bin("ferry-agent"))
-            .arg("--config")
-            .arg(cfg)
-            .arg("--json")
-            .args(args)
-            .output()
-            .expect("run ferry-agent");
-        let v = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
-        (out.status.success(), v)
-    }
-
-    fn ok(cfg: &std::path::Path, args: &[&str]) -> serde_json::Value {
-        let (ok, v) = Self::run(cfg, args);
-        assert!(ok, "{args:?}: {v}");
-        v
-    }
-
-    fn path(&self, vol: &str) -> std::path::PathBuf {
-        Self::ok(&self.a, &["volume", "path", vol])["path"]
-            .as_str()
-            .expect("path")
-            .into()
-    }
-
-    /// `replicate VOL SNAP --to b ARGS` from `cfg`: (success, answer, seconds taken).
-    fn replicate(
-        &self,
-        cfg: &std::path::Path,
-        vol: &str,
-        snap: &str,
-        args: &[&str],
-    ) -> (bool, serde_json::Value, f64) {
-        let addr = self.addr();
-        let mut all = vec!["replicate", vol, snap, "--to", &addr];
-        all.extend_from_slice(args);
-        let t0 = Instant::now();
-        let (ok, v) = Self::run(cfg, &all);
-        (ok, v, t0.elapsed().as_secs_f64())
-    }
-}
-
 /// Finding 6: a sender killed while the receiver committed, retried at once, got
 /// "mirror snapshot already exists" for good. A snapshot committed with the same root is
 /// the retry's success, whatever moment the sender died.
 #[test]
 fn a_retry_after_the_sender_died_near_the_end_succeeds() {
     use rand::Rng;
-    let s = Sites::start(None);
+    let s = Pair::with(&std::env::temp_dir(), None, &[], false);
     let mut r = ferry_tests::rng("retry-near-the-end");
     const MIB: usize = 1 << 20;
-    Sites::ok(&s.a, &["volume", "create", "v", "--size", "64M"]);
+    s.a(&["volume", "create", "v", "--size", "64M"]);
     let v = s.path("v");
     let rate = "32MiB";
     // How long one transfer of 48 MiB takes, unkilled.
     ferry_tests::write_random(&v, 0, 48 * MIB, &mut r);
-    Sites::ok(&s.a, &["snapshot", "create", "v", "s0"]);
-    let (ok, out, took) = s.replicate(&s.a, "v", "s0", &["--retries", "0", "--bwlimit", rate]);
+    s.a(&["snapshot", "create", "v", "s0"]);
+    let (ok, out, took) =
+        s.try_replicate(&s.a_cfg, "v", "s0", &["--retries", "0", "--bwlimit", rate]);
     assert!(ok, "{out}");
     let (mut killed, mut hit) = (0, 0);
     for i in 1..=8 {
         let snap = format!("s{i}");
         ferry_tests::write_random(&v, 0, 48 * MIB, &mut r);
-        Sites::ok(&s.a, &["snapshot", "create", "v", &snap]);
+        s.a(&["snapshot", "create", "v", &snap]);
         let addr = s.addr();
         let mut child = std::process::Command::new(ferry_tests::bin("ferry-agent"))
             .arg("--config")
-            .arg(&s.a)
+            .arg(&s.a_cfg)
             .args(["--json", "replicate", "v", &snap, "--to", &addr])
             .args(["--retries", "0", "--bwlimit", rate])
             .stdout(std::process::Stdio::null())
@@ -675,15 +580,12 @@ fn a_retry_after_the_sender_died_near_the_end_succeeds() {
             unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGKILL) };
         }
         let _ = child.wait();
-        let (ok, out, _) = s.replicate(&s.a, "v", &snap, &["--retries", "0"]);
+        let (ok, out, _) = s.try_replicate(&s.a_cfg, "v", &snap, &["--retries", "0"]);
         assert!(ok, "try {i}: the retry failed: {out}");
         if out["already_there"] == true {
             hit += 1;
         }
-        assert_eq!(
-            Sites::ok(&s.b, &["snapshot", "verify", "v", &snap])["ok"],
-            true
-        );
+        assert_eq!(s.b(&["snapshot", "verify", "v", &snap])["ok"], true);
     }
     eprintln!("{killed} of 8 senders killed; {hit} retries found the snapshot committed");
     assert!(killed > 0, "no sender was killed: the test did not test");
@@ -691,15 +593,7 @@ fn a_retry_after_the_sender_died_near_the_end_succeeds() {
 
 /// Free bytes of the filesystem holding `p`.
 fn free_bytes(p: &std::path::Path) -> u64 {
-    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).expect("path");
-    // SAFETY: a valid C string and a zeroed statvfs for the call to fill in.
-    unsafe {
-        let mut st: libc::statvfs = std::mem::zeroed();
-        if libc::statvfs(c.as_ptr(), &mut st) != 0 {
-            return 0;
-        }
-        st.f_bavail as u64 * st.f_frsize as u64
-    }
+    ferry_agent::fsx::space(p).0
 }
 
 /// Finding 7: errors were of the wrong kind at the sender: a receiver out of space came
@@ -710,55 +604,55 @@ fn errors_reach_the_sender_with_their_class() {
     let Some(tmp) = ferry_tests::Tmpfs::mount("48m") else {
         return;
     };
-    let s = Sites::start(Some(&tmp.path));
+    let s = Pair::with(&std::env::temp_dir(), Some(&tmp.path), &["site-c"], true);
     let mut r = ferry_tests::rng("error-classes");
     const MIB: usize = 1 << 20;
     // Out of space on the receiver: no_space, at once, and not an identity problem there.
-    Sites::ok(&s.a, &["volume", "create", "big", "--size", "96M"]);
+    s.a(&["volume", "create", "big", "--size", "96M"]);
     ferry_tests::write_random(&s.path("big"), 0, 80 * MIB, &mut r);
-    Sites::ok(&s.a, &["snapshot", "create", "big", "s1"]);
-    let (ok, out, _) = s.replicate(&s.a, "big", "s1", &[]);
+    s.a(&["snapshot", "create", "big", "s1"]);
+    let (ok, out, _) = s.try_replicate(&s.a_cfg, "big", "s1", &[]);
     assert!(!ok);
     assert_eq!(out["error"]["kind"], "no_space", "{out}");
-    let log = std::fs::read_to_string(&s.b_log).expect("log");
+    let log = std::fs::read_to_string(s.b_log.as_ref().expect("logged")).expect("log");
     assert!(!log.contains("identity"), "{log}");
     assert!(log.contains("no_space"), "{log}");
     // The mirror can be deleted on the full disk, and the space comes back once the failed
     // session has let go of its files (its journal flusher wakes every 2 s).
-    Sites::ok(&s.b, &["volume", "delete", "big", "--force"]);
+    s.b(&["volume", "delete", "big", "--force"]);
     ferry_tests::controller::wait_for("the space is back", 10, || free_bytes(&tmp.path) > 40 << 20);
 
     // Policy: into a volume that is not a mirror: refused, without retrying.
-    Sites::ok(&s.b, &["volume", "create", "plain", "--size", "4M"]);
-    Sites::ok(&s.a, &["volume", "create", "plain", "--size", "4M"]);
-    Sites::ok(&s.a, &["snapshot", "create", "plain", "s1"]);
-    let (ok, out, took) = s.replicate(&s.a, "plain", "s1", &[]);
+    s.b(&["volume", "create", "plain", "--size", "4M"]);
+    s.a(&["volume", "create", "plain", "--size", "4M"]);
+    s.a(&["snapshot", "create", "plain", "s1"]);
+    let (ok, out, took) = s.try_replicate(&s.a_cfg, "plain", "s1", &[]);
     assert!(!ok);
     assert_eq!(out["error"]["kind"], "refused", "{out}");
     assert!(took < 10.0, "a refusal is not retried ({took:.1} s)");
 
     // Policy: site-c into site-a's mirror: refused.
-    Sites::ok(&s.a, &["volume", "create", "m", "--size", "4M"]);
+    s.a(&["volume", "create", "m", "--size", "4M"]);
     ferry_tests::write_random(&s.path("m"), 0, MIB, &mut r);
-    Sites::ok(&s.a, &["snapshot", "create", "m", "s1"]);
-    let (ok, out, _) = s.replicate(&s.a, "m", "s1", &[]);
+    s.a(&["snapshot", "create", "m", "s1"]);
+    let (ok, out, _) = s.try_replicate(&s.a_cfg, "m", "s1", &[]);
     assert!(ok, "{out}");
     let c = s
         .pki
         .agent_config("site-c", "x1", &["site-b"], &s.dir.path().join("c"));
-    Sites::ok(&c, &["volume", "create", "m", "--size", "4M"]);
-    Sites::ok(&c, &["snapshot", "create", "m", "s2"]);
-    let (ok, out, took) = s.replicate(&c, "m", "s2", &[]);
+    Pair::ok(&c, &["volume", "create", "m", "--size", "4M"]);
+    Pair::ok(&c, &["snapshot", "create", "m", "s2"]);
+    let (ok, out, took) = s.try_replicate(&c, "m", "s2", &[]);
     assert!(!ok);
     assert_eq!(out["error"]["kind"], "refused", "{out}");
     assert!(took < 10.0, "a refusal is not retried ({took:.1} s)");
 
     // Another snapshot of the same name: site-a's volume made anew, its s1 sent again.
-    Sites::ok(&s.a, &["volume", "delete", "m", "--force"]);
-    Sites::ok(&s.a, &["volume", "create", "m", "--size", "4M"]);
+    s.a(&["volume", "delete", "m", "--force"]);
+    s.a(&["volume", "create", "m", "--size", "4M"]);
     ferry_tests::write_random(&s.path("m"), 0, MIB, &mut r);
-    Sites::ok(&s.a, &["snapshot", "create", "m", "s1"]);
-    let (ok, out, _) = s.replicate(&s.a, "m", "s1", &[]);
+    s.a(&["snapshot", "create", "m", "s1"]);
+    let (ok, out, _) = s.try_replicate(&s.a_cfg, "m", "s1", &[]);
     assert!(!ok);
     assert_eq!(out["error"]["kind"], "conflict", "{out}");
 }
@@ -943,7 +837,7 @@ fn certificates_are_checked_when_made_and_when_served() {
         &pki,
         dir.path(),
         "ctl",
-        "[store]\nkind = \"embedded\"\npath = \"DIR/s.redb\"",
+        ferry_tests::controller::EMBEDDED,
         port,
     );
     let site_a = pki.ca("site-a").parent().expect("dir").to_path_buf();
@@ -1029,11 +923,7 @@ fn sizes_and_dates_are_read_strictly_everywhere() {
         assert!(err.contains("invalid size"), "{bad:?}: {err}");
     }
     env.ok(&["volume", "create", "x", "--size", "1 GiB"]);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let c = Controller::start(&format!(
-        "[store]\nkind = \"embedded\"\npath = {:?}",
-        dir.path().join("s.redb").display().to_string()
-    ));
+    let c = Controller::start(ferry_tests::controller::EMBEDDED);
     let obj = serde_json::json!({"name": "o", "kind": {"type": "virtual_volume", "volume": {"node": "n", "volume": "v"}}});
     assert_eq!(
         c.admin("POST", "/v1/objects?allow_missing=true", Some(obj))

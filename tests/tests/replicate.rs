@@ -8,130 +8,13 @@ use std::time::Duration;
 use ferry_agent::config::AgentConfig;
 use ferry_agent::daemon::server::load_tls;
 use ferry_agent::net;
-use ferry_tests::{bin, file_hash, random_page_writes, rng, write_random, Pki, Served};
+use ferry_tests::pair::Pair;
+use ferry_tests::{bin, file_hash, random_page_writes, rng, write_random, Served};
 use ferry_wire::repl::{block_header, Payload, Request, Response, REPL_CONTROL_LIMIT};
 use ferry_wire::BlockHash;
 use serde_json::Value;
 
 const MIB: u64 = 1 << 20;
-
-struct Pair {
-    _pki: Pki,
-    _dir: tempfile::TempDir,
-    a_cfg: PathBuf,
-    b_cfg: PathBuf,
-    b_data: PathBuf,
-    served: Option<Served>,
-}
-
-impl Pair {
-    fn new() -> Pair {
-        Self::new_in(&std::env::temp_dir())
-    }
-
-    /// Both agents' data directories under `parent` (an XFS mount for the reflink paths).
-    fn new_in(parent: &Path) -> Pair {
-        let pki = Pki::new();
-        let dir = tempfile::tempdir_in(parent).expect("tempdir");
-        let b_data = dir.path().join("b");
-        let a_cfg = pki.agent_config("site-a", "n1", &["site-b"], &dir.path().join("a"));
-        let b_cfg = pki.agent_config("site-b", "m1", &["site-a"], &b_data);
-        let served = Some(Served::start(&b_cfg));
-        Pair {
-            _pki: pki,
-            _dir: dir,
-            a_cfg,
-            b_cfg,
-            b_data,
-            served,
-        }
-    }
-
-    fn addr(&self) -> String {
-        self.served.as_ref().expect("served").addr.to_string()
-    }
-
-    fn run(cfg: &Path, args: &[&str]) -> std::process::Output {
-        Command::new(bin("ferry-agent"))
-            .arg("--config")
-            .arg(cfg)
-            .arg("--json")
-            .args(args)
-            .output()
-            .expect("run ferry-agent")
-    }
-
-    fn ok(cfg: &Path, args: &[&str]) -> Value {
-        let out = Self::run(cfg, args);
-        assert!(
-            out.status.success(),
-            "{args:?}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).expect("json")
-    }
-
-    fn a(&self, args: &[&str]) -> Value {
-        Self::ok(&self.a_cfg, args)
-    }
-
-    fn b(&self, args: &[&str]) -> Value {
-        Self::ok(&self.b_cfg, args)
-    }
-
-    fn replicate(&self, vol: &str, snap: &str, extra: &[&str]) -> Value {
-        let addr = self.addr();
-        let mut args = vec!["replicate", vol, snap, "--to", &addr];
-        args.extend_from_slice(extra);
-        self.a(&args)
-    }
-
-    fn path(&self, vol: &str) -> PathBuf {
-        PathBuf::from(
-            self.a(&["volume", "path", vol])["path"]
-                .as_str()
-                .expect("path"),
-        )
-    }
-
-    fn mirror_image(&self, vol: &str, snap: &str) -> PathBuf {
-        self.b_data
-            .join("volumes")
-            .join(vol)
-            .join("snapshots")
-            .join(snap)
-            .join("data.img")
-    }
-
-    fn root_a(&self, vol: &str, snap: &str) -> Value {
-        self.a(&["snapshot", "list", vol])
-            .as_array()
-            .expect("list")
-            .iter()
-            .find(|s| s["name"] == snap)
-            .map(|s| s["root"].clone())
-            .expect("snapshot")
-    }
-
-    fn mirror_snapshots(&self, vol: &str) -> Vec<(String, Value)> {
-        let out = Self::run(&self.b_cfg, &["snapshot", "list", vol]);
-        if !out.status.success() {
-            return Vec::new();
-        }
-        let v: Value = serde_json::from_slice(&out.stdout).expect("json");
-        v.as_array()
-            .expect("list")
-            .iter()
-            .map(|s| {
-                (
-                    s["name"].as_str().expect("name").to_string(),
-                    s["root"].clone(),
-                )
-            })
-            .collect()
-    }
-}
 
 #[test]
 fn full_incremental_dedup_and_rebuild_copy() {

@@ -75,11 +75,7 @@ fn a_store_of_schema_0_is_migrated_and_read() {
         );
         put(&s, "/ferry/active/p/m1", serde_json::Value::Null);
     }
-    let store = format!(
-        "[store]\nkind = \"embedded\"\npath = {:?}",
-        path.display().to_string()
-    );
-    let c = Controller::start(&store);
+    let c = Controller::start(&ferry_tests::controller::embedded_at(&path));
     let (code, groups) = c.admin("GET", "/v1/plans/p/groups", None);
     assert_eq!(code, 200);
     assert_eq!(groups[0]["group"], "p-20261130T000000Z", "{groups}");
@@ -115,16 +111,8 @@ fn a_store_of_a_newer_schema_is_refused() {
     let path = dir.path().join("new.redb");
     put(&open(&path), "/ferry/schema", serde_json::Value::from(99));
     let cfg = dir.path().join("c.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "listen = \"127.0.0.1:0\"\n[store]\nkind = \"embedded\"\npath = {:?}\n\
-             [[tokens]]\nname = \"a\"\nrole = \"admin\"\nblake3 = \"{}\"\n",
-            path.display().to_string(),
-            "0".repeat(64)
-        ),
-    )
-    .expect("config");
+    let text = ferry_tests::controller::config(&ferry_tests::controller::embedded_at(&path));
+    std::fs::write(&cfg, text).expect("config");
     let out = Command::new(bin("ferry-controller"))
         .args(["serve", "--config"])
         .arg(&cfg)

@@ -51,21 +51,6 @@ impl From<NetError> for LinkEnd {
     }
 }
 
-/// Free and total bytes of the filesystem holding `dir`.
-fn space(dir: &std::path::Path) -> (u64, u64) {
-    use std::os::unix::ffi::OsStrExt;
-    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
-        return (0, 0);
-    };
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: a valid C string and a zeroed out-parameter of the right type.
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return (0, 0);
-    }
-    let f = st.f_frsize as u64;
-    (st.f_bavail as u64 * f, st.f_blocks as u64 * f)
-}
-
 /// The node's volumes as the controller is told them: the first [`MAX_REPORTED_VOLUMES`]
 /// by name, and how many more there are.
 fn volumes(store: &Store) -> (Vec<VolumeReport>, u64) {
@@ -238,7 +223,7 @@ async fn connect_and_register(
         ))));
     }
     tracing::info!(controller = %address, peer = %s.peer_node, "connected to the controller");
-    let (free, total) = space(store.root());
+    let (free, total) = crate::fsx::space(store.root());
     let (vols, omitted) = volumes_now(store).await;
     net::send_msg(
         &mut s.send,
@@ -280,9 +265,9 @@ fn spawn_writer(
                 m = rx.recv() => match m { Some(m) => m, None => return Ok(()) },
                 _ = tick.tick() => {
                     seq += 1;
-                    net::send_msg(&mut send, &AgentMsg::Heartbeat { seq, running: 0, free_bytes: space(&root).0 }).await?;
+                    net::send_msg(&mut send, &AgentMsg::Heartbeat { seq, running: 0, free_bytes: crate::fsx::space(&root).0 }).await?;
                     let (volumes, omitted) = volumes_now(&store).await;
-                    AgentMsg::Volumes { volumes, omitted, free_bytes: space(&root).0 }
+                    AgentMsg::Volumes { volumes, omitted, free_bytes: crate::fsx::space(&root).0 }
                 }
             };
             if let AgentMsg::Volumes { volumes, .. } = &msg {
@@ -335,7 +320,7 @@ async fn run_task(
             message: e.to_string(),
         });
     let (volumes, omitted) = volumes_now(&store).await;
-    let free_bytes = space(store.root()).0;
+    let free_bytes = crate::fsx::space(store.root()).0;
     let _ = tx
         .send(AgentMsg::Volumes {
             volumes,

@@ -278,11 +278,15 @@ pub async fn replicate(
         Response::Snapshots { snapshots } => snapshots,
         r => return Err(unexpected(&r)),
     };
-    if src.already_there(&theirs)? {
+    let already = |mut report: ReplicateReport,
+                   ctl: &mut (quinn::SendStream, quinn::RecvStream)| {
         report.already_there = true;
         let _ = ctl.0.finish();
         report.elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
-        return Ok(report);
+        Ok(report)
+    };
+    if src.already_there(&theirs)? {
+        return already(report, &mut ctl);
     }
     let base = choose(&src, &theirs, target)?;
     let delta = Delta::plan(&store, &src, base.as_ref())?;
@@ -302,12 +306,7 @@ pub async fn replicate(
     {
         Response::Begun { resumed } => report.resumed_blocks = resumed,
         // An earlier try committed it, and its sender died before it heard so.
-        Response::Committed { root } if root == src.root => {
-            report.already_there = true;
-            let _ = ctl.0.finish();
-            report.elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
-            return Ok(report);
-        }
+        Response::Committed { root } if root == src.root => return already(report, &mut ctl),
         r => return Err(unexpected(&r)),
     }
     let pipeline = Pipeline::start(&conn, cfg, &src, delta.pages, target, budget, sid).await?;

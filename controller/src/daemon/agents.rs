@@ -150,11 +150,7 @@ impl Bound {
 /// tokio runtime).
 pub fn bind(cfg: &AgentsConfig) -> Result<Bound, LinkError> {
     let id = Identity::load(&cfg.cert, &cfg.key)?;
-    tokio::spawn(Identity::warn_of_expiry(
-        id.not_after,
-        id.node.clone(),
-        id.site.clone(),
-    ));
+    tokio::spawn(id.warn_of_expiry());
     let mut trust = Trust::default();
     trust.add_file(&cfg.ca, Some(&id.site))?;
     let ep = net::endpoint(cfg.listen, Some(net::server_config(&id, &trust)?))?;

@@ -185,7 +185,7 @@ pub(super) fn history<T>(
     page: Page,
     key: impl Fn(&T) -> (i64, String),
 ) -> ApiResult<Paged<T>> {
-    items.sort_by_key(|i| key(i));
+    items.sort_by_cached_key(|i| key(i));
     let start = match &page.after {
         None => 0,
         Some(a) => {
