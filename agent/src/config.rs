@@ -153,6 +153,12 @@ pub struct NetConfig {
     /// Per-block compression of outgoing data: "off", "zstd" (level 1) or "zstd:LEVEL"
     /// (1 to 19). A block travels compressed only when that saves at least an eighth of it.
     pub compress: Compression,
+    /// Where paired sites' agents reach this node's endpoint (`HOST:PORT`), told to the
+    /// controller, when `listen` is a wildcard they cannot use as is. Default: the address
+    /// the controller link comes from, with `listen`'s port.
+    pub advertise: Option<String>,
+    /// Most transfers the daemon sends at once for its controller (more wait their turn).
+    pub max_transfers: usize,
 }
 
 /// Per-block compression of replication data.
@@ -198,6 +204,8 @@ impl Default for NetConfig {
             max_connections: 256,
             bandwidth_limit: 0,
             compress: Compression::Off,
+            advertise: None,
+            max_transfers: 4,
         }
     }
 }
@@ -290,6 +298,11 @@ impl AgentConfig {
                 "net.max_connections must be at least 1".into(),
             ));
         }
+        if !(1..=64).contains(&self.net.max_transfers) {
+            return Err(StoreError::Invalid(
+                "net.max_transfers must be 1 to 64".into(),
+            ));
+        }
         if self.net.cert.is_some() != self.net.key.is_some() {
             return Err(StoreError::Invalid(
                 "net.cert and net.key go together".into(),
@@ -344,6 +357,7 @@ mod tests {
             ("[net]\nlisten = \"nowhere\"", "invalid socket address"),
             ("[net]\ncert = \"/x.pem\"", "go together"),
             ("[net]\nmax_connections = 0", "max_connections"),
+            ("[net]\nmax_transfers = 0", "max_transfers"),
         ];
         for (text, want) in bad {
             let e = AgentConfig::parse(text).expect_err(text).to_string();

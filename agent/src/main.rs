@@ -459,6 +459,7 @@ fn replicate(cfg: &AgentConfig, store: Store, json: bool, a: ReplicateArgs) -> a
         bandwidth_limit: bwlimit,
         compress: compress.unwrap_or(cfg.net.compress),
         progress: progress || std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        site: None,
     };
     let store = std::sync::Arc::new(store);
     let results = runtime()?.block_on(async {
@@ -656,9 +657,13 @@ fn serve(cfg: &AgentConfig, json: bool) -> anyhow::Result<()> {
             let _ = rx.wait_for(|s| *s).await;
         };
         // The link to the site controller, when one is configured.
+        // The controller tells paired sites where this node listens: the bound port.
+        let mut linked = cfg.clone();
+        linked.net.listen = addr;
         let control = tokio::spawn(ferry_agent::daemon::control::run(
-            cfg.clone(),
+            linked,
             server.store(),
+            server.peers(),
             stopped(stop_rx.clone()),
         ));
         tokio::spawn(async move {

@@ -299,6 +299,18 @@ pub struct Identity {
     pub not_after: i64,
 }
 
+impl Clone for Identity {
+    fn clone(&self) -> Self {
+        Identity {
+            certs: self.certs.clone(),
+            key: self.key.clone_key(),
+            node: self.node.clone(),
+            site: self.site.clone(),
+            not_after: self.not_after,
+        }
+    }
+}
+
 impl Identity {
     /// Loads a node certificate (PEM, possibly with its chain) and its key.
     pub fn load(cert: &Path, key: &Path) -> Result<Identity> {
@@ -365,14 +377,21 @@ impl Trust {
     /// Adds a CA certificate file for `site` (the site is read from the certificate; when
     /// `expected` is given the two must agree).
     pub fn add_file(&mut self, path: &Path, expected: Option<&Name>) -> Result<Name> {
-        let cert = CertificateDer::from_pem_file(path)
+        let pem = fs::read_to_string(path)
             .map_err(|e| invalid(format!("{}: not a PEM certificate: {e}", path.display())))?;
-        let site = ca_site(&cert).map_err(|e| invalid(format!("{}: {e}", path.display())))?;
+        self.add_pem(&pem, expected)
+            .map_err(|e| invalid(format!("{}: {e}", path.display())))
+    }
+
+    /// Adds a CA certificate given as PEM (see [`Trust::add_file`]).
+    pub fn add_pem(&mut self, pem: &str, expected: Option<&Name>) -> Result<Name> {
+        let cert = CertificateDer::from_pem_slice(pem.as_bytes())
+            .map_err(|e| invalid(format!("not a PEM certificate: {e}")))?;
+        let site = ca_site(&cert)?;
         if let Some(want) = expected {
             if *want != site {
                 return Err(invalid(format!(
-                    "{} is the CA of site {site:?}, not of {want:?}",
-                    path.display()
+                    "it is the CA of site {site:?}, not of {want:?}"
                 )));
             }
         }
@@ -382,6 +401,16 @@ impl Trust {
         let (_, _, subject_der, _) = subject(&cert)?;
         self.cas.push((site.clone(), cert, subject_der));
         Ok(site)
+    }
+
+    /// The sites trusted.
+    pub fn sites(&self) -> impl Iterator<Item = &Name> {
+        self.cas.iter().map(|(s, _, _)| s)
+    }
+
+    /// Whether site `site` is trusted.
+    pub fn has(&self, site: &Name) -> bool {
+        self.cas.iter().any(|(s, _, _)| s == site)
     }
 
     /// The trusted CA certificates.
@@ -405,6 +434,36 @@ impl Trust {
                 "certificate of {node}@{site} was not issued by site {site}'s CA"
             ))),
             None => Err(invalid(format!("site {site:?} is not a configured peer"))),
+        }
+    }
+}
+
+/// The trust of a long-running process whose paired sites change while it runs (pairing
+/// through the controller): read at every new connection, replaced whole.
+#[derive(Debug, Clone, Default)]
+pub struct TrustCell(std::sync::Arc<std::sync::RwLock<std::sync::Arc<Trust>>>);
+
+impl TrustCell {
+    pub fn new(trust: Trust) -> TrustCell {
+        TrustCell(std::sync::Arc::new(std::sync::RwLock::new(
+            std::sync::Arc::new(trust),
+        )))
+    }
+
+    /// The trust now.
+    pub fn get(&self) -> std::sync::Arc<Trust> {
+        match self.0.read() {
+            Ok(t) => t.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// Replaces it.
+    pub fn set(&self, trust: Trust) {
+        let t = std::sync::Arc::new(trust);
+        match self.0.write() {
+            Ok(mut g) => *g = t,
+            Err(p) => *p.into_inner() = t,
         }
     }
 }

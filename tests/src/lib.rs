@@ -716,6 +716,7 @@ impl Drop for Etcd {
 
 pub mod dev;
 pub mod pair;
+pub mod sites;
 pub mod tls;
 
 /// A real `ferry-controller serve` with an admin and a read-only token, and a minimal HTTP
@@ -783,7 +784,7 @@ pub mod controller {
                 .arg("--config")
                 .arg(&path)
                 .stdout(Stdio::piped())
-                .stderr(Stdio::null())
+                .stderr(log_to())
                 .spawn()
                 .expect("spawn controller");
             let mut line = String::new();
@@ -854,6 +855,25 @@ pub mod controller {
         pub fn admin(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
             let b = body.map(|v| serde_json::to_vec(&v).expect("json"));
             self.call(method, path, Some(ADMIN), b.as_deref())
+        }
+    }
+
+    /// Where a controller's log goes: a new file in `FERRY_TEST_LOGS` when that is set (to
+    /// read what a failing test's controllers did), else nowhere.
+    fn log_to() -> Stdio {
+        match std::env::var_os("FERRY_TEST_LOGS") {
+            Some(d) => {
+                let _ = std::fs::create_dir_all(&d);
+                let p = std::path::Path::new(&d).join(format!(
+                    "controller-{}-{}.log",
+                    std::process::id(),
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |t| t.as_nanos())
+                ));
+                std::fs::File::create(p).map_or(Stdio::null(), Stdio::from)
+            }
+            None => Stdio::null(),
         }
     }
 

@@ -47,6 +47,11 @@ pub enum AgentMsg {
         free_bytes: u64,
         /// When the agent's certificate stops being valid (Unix seconds).
         certificate_expires: i64,
+        /// Where paired sites' agents reach this node's replication endpoint: its
+        /// `net.advertise`, or `None` for the address the link comes from with
+        /// `listen_port`.
+        advertise: Option<String>,
+        listen_port: u16,
     },
     /// Sent every [`HEARTBEAT_SECS`].
     Heartbeat {
@@ -74,11 +79,28 @@ pub enum AgentMsg {
     },
 }
 
+/// Most paired sites a controller tells its agents of.
+pub const MAX_PEER_SITES: usize = 64;
+/// Longest CA certificate (PEM) of a paired site.
+pub const MAX_CA_PEM: usize = 8 << 10;
+
+/// A paired site as agents need it: its name and the CA that certifies its nodes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerSite {
+    pub site: Name,
+    /// The site CA's certificate, PEM.
+    pub ca_pem: String,
+}
+
 /// What a controller tells an agent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ControllerMsg {
     /// Run this task (at most once per id; a repeat gets the recorded state back).
     Task(Task),
+    /// The sites paired with this one (at most [`MAX_PEER_SITES`]), sent after registering
+    /// and whenever pairing changes: the agent accepts replication from their nodes, and
+    /// sends to them, besides the sites in its own configuration.
+    Peers { sites: Vec<PeerSite> },
 }
 
 /// Limit on one encoded forwarded request or response.
@@ -137,6 +159,8 @@ mod tests {
                 capacity_bytes: 1 << 40,
                 free_bytes: 1 << 39,
                 certificate_expires: 1_800_000_000,
+                advertise: None,
+                listen_port: 7443,
             },
             AgentMsg::Heartbeat {
                 seq: 9,

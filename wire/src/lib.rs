@@ -16,6 +16,7 @@
 //! * [`msg`]: protocol messages and the version handshake.
 //! * [`repl`]: the replication protocol and its sans-IO sender and receiver cores.
 //! * [`journal`]: the receive journal's format (what an interrupted transfer already wrote).
+//! * [`site`]: the link between controllers of paired sites (backup plans).
 //!
 //! This crate knows nothing of sockets, async runtimes, or the agent's directory layout.
 
@@ -28,6 +29,7 @@ pub mod journal;
 pub mod msg;
 pub mod name;
 pub mod repl;
+pub mod site;
 pub mod task;
 pub mod units;
 

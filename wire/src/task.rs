@@ -92,6 +92,19 @@ pub enum TaskKind {
         volume: Name,
         force: bool,
     },
+    /// Send snapshot `snapshot` of `volume` to the agent at `peer` (`HOST:PORT`), which must
+    /// be a node of site `site`, into its mirror volume `mirror`, relative to the newest
+    /// snapshot both hold with the same root. Retryable failures are retried up to
+    /// `retries` times with backoff; an interrupted transfer resumes from the receiver's
+    /// journal. Runs beside the agent's other tasks, through its one bandwidth budget.
+    Replicate {
+        volume: Name,
+        snapshot: Name,
+        site: Name,
+        peer: String,
+        mirror: Name,
+        retries: u32,
+    },
 }
 
 /// A snapshot a task made.
@@ -138,6 +151,21 @@ pub enum TaskResult {
         volume: Name,
         /// Snapshots deleted with it (`force`).
         snapshots: u32,
+    },
+    /// The mirror holds the snapshot with this root (hex).
+    Replicated {
+        root: String,
+        /// The snapshot it was sent relative to.
+        base: Option<Name>,
+        sent_bytes: u64,
+        /// Blocks of the volume, and those sent.
+        blocks: u64,
+        sent_blocks: u64,
+        /// Blocks an interrupted transfer had already delivered.
+        resumed_blocks: u64,
+        elapsed_ms: u64,
+        /// The mirror held it already (an earlier try committed it).
+        already_there: bool,
     },
 }
 

@@ -14,10 +14,12 @@ use ferry_wire::task::TaskState;
 use tokio::sync::mpsc;
 
 use crate::config::AgentConfig;
+use crate::daemon::peers::PeerSites;
 use crate::daemon::tasks::Ledger;
 use crate::error::{Result, StoreError};
 use crate::net::{self, NetError};
 use crate::pki::{Identity, Trust};
+use crate::replication::send::{Budget, Target};
 use crate::store::Store;
 
 fn net_err(e: NetError) -> StoreError {
@@ -87,11 +89,25 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// What the link's tasks share: the store and ledger, the paired sites, and for transfers
+/// the one bandwidth budget and the bound on transfers at once.
+struct Daemon {
+    cfg: AgentConfig,
+    store: Arc<Store>,
+    ledger: Arc<Ledger>,
+    peers: Arc<PeerSites>,
+    budget: Budget,
+    transfers: tokio::sync::Semaphore,
+    /// Transfer task ids running in this process (a repeat is answered `running`).
+    running: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
 /// Keeps the link to the controller up until `shutdown`; returns at once if none is
 /// configured.
 pub async fn run(
     cfg: AgentConfig,
     store: Arc<Store>,
+    peers: Arc<PeerSites>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
     let addresses = cfg.controller.all();
@@ -107,6 +123,15 @@ pub async fn run(
     let mut trust = Trust::default();
     trust.add_file(&ca, Some(&id.site))?;
     let ledger = Arc::new(Ledger::open(&store)?);
+    let daemon = Arc::new(Daemon {
+        cfg: cfg.clone(),
+        store: store.clone(),
+        ledger: ledger.clone(),
+        peers,
+        budget: Budget::new(cfg.net.bandwidth_limit),
+        transfers: tokio::sync::Semaphore::new(cfg.net.max_transfers),
+        running: Default::default(),
+    });
     // Holds (prepare / release across nodes) end by themselves when not released in time,
     // controller link or not.
     let (l, st) = (ledger.clone(), store.clone());
@@ -133,7 +158,7 @@ pub async fn run(
             turn += 1;
             addresses[(turn - 1) % addresses.len()].clone()
         });
-        let attempt = link(&address, &id, &trust, store.clone(), ledger.clone());
+        let attempt = link(&address, &id, &trust, daemon.clone());
         let mut wait = delay;
         tokio::select! {
             r = attempt => {
@@ -165,10 +190,10 @@ async fn link(
     address: &str,
     id: &Identity,
     trust: &Trust,
-    store: Arc<Store>,
-    ledger: Arc<Ledger>,
+    daemon: Arc<Daemon>,
 ) -> std::result::Result<(), LinkEnd> {
-    let (mut s, vols) = connect_and_register(address, id, trust, &store).await?;
+    let store = daemon.store.clone();
+    let (mut s, vols) = connect_and_register(address, id, trust, &daemon.cfg, &store).await?;
     let (tx, rx) = mpsc::channel::<AgentMsg>(64);
     let writer = spawn_writer(s.send, rx, store.clone(), vols);
     let result: std::result::Result<(), LinkEnd> = async {
@@ -182,7 +207,24 @@ async fn link(
                             state: TaskState::Running,
                         })
                         .await;
-                    tokio::spawn(run_task(task, store.clone(), ledger.clone(), tx.clone()));
+                    if matches!(task.kind, ferry_wire::task::TaskKind::Replicate { .. }) {
+                        tokio::spawn(run_transfer(task, daemon.clone(), tx.clone()));
+                    } else {
+                        tokio::spawn(run_task(
+                            task,
+                            store.clone(),
+                            daemon.ledger.clone(),
+                            tx.clone(),
+                        ));
+                    }
+                }
+                ControllerMsg::Peers { sites } => {
+                    let p = daemon.peers.clone();
+                    match tokio::task::spawn_blocking(move || p.apply(sites)).await {
+                        Ok(Err(e)) => tracing::warn!(error = %e, "cannot take the paired sites"),
+                        Err(e) => tracing::warn!(error = %e, "paired sites thread failed"),
+                        Ok(Ok(())) => {}
+                    }
                 }
             }
         }
@@ -203,6 +245,7 @@ async fn connect_and_register(
     address: &str,
     id: &Identity,
     trust: &Trust,
+    cfg: &AgentConfig,
     store: &Arc<Store>,
 ) -> std::result::Result<(net::Session, Vec<VolumeReport>), LinkEnd> {
     let addr = tokio::net::lookup_host(address)
@@ -232,6 +275,8 @@ async fn connect_and_register(
             capacity_bytes: total,
             free_bytes: free,
             certificate_expires: id.not_after,
+            advertise: cfg.net.advertise.clone(),
+            listen_port: cfg.net.listen.port(),
         },
     )
     .await?;
@@ -329,4 +374,92 @@ async fn run_task(
         })
         .await;
     let _ = tx.send(AgentMsg::TaskReport { id, state }).await;
+}
+
+/// Runs a transfer task beside the others: recorded in the ledger (at most once), one of at
+/// most `net.max_transfers` at a time, through the daemon's bandwidth budget and its
+/// connections to peers; then the volumes and the final state.
+async fn run_transfer(task: ferry_wire::task::Task, d: Arc<Daemon>, tx: mpsc::Sender<AgentMsg>) {
+    let id = task.id.clone();
+    let fresh = d.running.lock().is_ok_and(|mut r| r.insert(id.to_string()));
+    if !fresh {
+        return; // running here already: its report comes when it ends
+    }
+    let state = transfer(&task, &d)
+        .await
+        .unwrap_or_else(|e| TaskState::Failed {
+            kind: e.kind().to_string(),
+            message: e.to_string(),
+        });
+    if let Err(e) = d.ledger.finish(&task, &state) {
+        tracing::warn!(task = %id, error = %e, "cannot record the transfer's end");
+    }
+    if let Ok(mut r) = d.running.lock() {
+        r.remove(id.as_str());
+    }
+    let _ = tx.send(AgentMsg::TaskReport { id, state }).await;
+}
+
+async fn transfer(task: &ferry_wire::task::Task, d: &Arc<Daemon>) -> Result<TaskState> {
+    let ferry_wire::task::TaskKind::Replicate {
+        volume,
+        snapshot,
+        site,
+        peer,
+        mirror,
+        retries,
+    } = &task.kind
+    else {
+        return Err(StoreError::Invalid("not a transfer".into()));
+    };
+    let (l, st, t) = (d.ledger.clone(), d.store.clone(), task.clone());
+    let received = std::time::Instant::now();
+    let admitted = tokio::task::spawn_blocking(move || l.begin(&st, &t, received))
+        .await
+        .map_err(|e| StoreError::Invalid(format!("task thread: {e}")))??;
+    if let Some(answer) = admitted {
+        return Ok(answer);
+    }
+    let _permit = d
+        .transfers
+        .acquire()
+        .await
+        .map_err(|_| StoreError::Invalid("shutting down".into()))?;
+    let addr = tokio::net::lookup_host(peer.as_str())
+        .await
+        .map_err(|e| StoreError::Invalid(format!("peer address {peer}: {e}")))?
+        .next()
+        .ok_or_else(|| StoreError::Invalid(format!("peer address {peer} resolves to nothing")))?;
+    let peers = d.peers.senders().await?;
+    let target = Target {
+        peer: addr,
+        mirror: Some(mirror.to_string()),
+        base: None,
+        bandwidth_limit: None,
+        compress: d.cfg.net.compress,
+        progress: false,
+        site: Some(site.clone()),
+    };
+    let r = crate::replication::send::replicate_with_retries(
+        &d.cfg,
+        d.store.clone(),
+        (&peers, &d.budget),
+        volume.as_str(),
+        snapshot.as_str(),
+        &target,
+        *retries,
+    )
+    .await?;
+    Ok(TaskState::Done {
+        result: ferry_wire::task::TaskResult::Replicated {
+            root: r.root,
+            base: r.base,
+            sent_bytes: r.sent_bytes,
+            blocks: r.blocks,
+            sent_blocks: r.sent_blocks,
+            resumed_blocks: r.resumed_blocks,
+            elapsed_ms: r.elapsed_ms as u64,
+            already_there: r.already_there,
+        },
+    })
 }

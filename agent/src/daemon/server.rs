@@ -12,6 +12,7 @@ use quinn::VarInt;
 use tokio::sync::Semaphore;
 
 use crate::config::AgentConfig;
+use crate::daemon::peers::PeerSites;
 use crate::error::{Result, StoreError};
 use crate::net::{self, NetError, Session};
 use crate::pki::{Identity, Trust};
@@ -45,12 +46,22 @@ fn net_err(e: NetError) -> StoreError {
     }
 }
 
+/// This node's TLS identity, from the `[net]` config.
+pub fn load_identity(cfg: &AgentConfig) -> Result<Identity> {
+    let (Some(cert), Some(key)) = (&cfg.net.cert, &cfg.net.key) else {
+        return Err(StoreError::Invalid(
+            "no TLS identity: set net.cert and net.key (see `ferry-agent pki issue`)".into(),
+        ));
+    };
+    Ok(Identity::load(cert, key)?)
+}
+
 /// A bound endpoint, ready to serve.
 pub struct Server {
     endpoint: quinn::Endpoint,
     store: Arc<Store>,
     id: Arc<Identity>,
-    trust: Arc<Trust>,
+    peers: Arc<PeerSites>,
     limit: Arc<Semaphore>,
     receivers: Receivers,
 }
@@ -66,19 +77,21 @@ impl std::fmt::Debug for Server {
 impl Server {
     /// Binds the endpoint (call inside a tokio runtime).
     pub fn bind(cfg: &AgentConfig) -> Result<Server> {
-        let (id, trust) = load_tls(cfg)?;
+        let id = Arc::new(load_identity(cfg)?);
         let store = Arc::new(Store::open(cfg.clone())?);
-        let sc = net::server_config(&id, &trust).map_err(net_err)?;
+        let peers = Arc::new(PeerSites::load(cfg, id.clone())?);
+        let sc = peers.server_config()?;
         let endpoint = net::endpoint(cfg.net.listen, Some(sc)).map_err(|e| StoreError::Io {
             op: "listen on".into(),
             path: Path::new(&cfg.net.listen.to_string()).to_owned(),
             source: e,
         })?;
+        peers.attach(endpoint.clone());
         Ok(Server {
             endpoint,
             store,
-            id: Arc::new(id),
-            trust: Arc::new(trust),
+            id,
+            peers,
             limit: Arc::new(Semaphore::new(cfg.net.max_connections)),
             receivers: Receivers::default(),
         })
@@ -95,6 +108,11 @@ impl Server {
 
     pub fn identity(&self) -> &Identity {
         &self.id
+    }
+
+    /// The paired sites it accepts (and its sender reaches).
+    pub fn peers(&self) -> Arc<PeerSites> {
+        self.peers.clone()
     }
 
     /// The store this endpoint serves.
@@ -114,7 +132,7 @@ impl Server {
                         incoming.refuse();
                         continue;
                     };
-                    let (id, trust, store) = (self.id.clone(), self.trust.clone(), self.store.clone());
+                    let (id, trust, store) = (self.id.clone(), self.peers.trust(), self.store.clone());
                     let receivers = self.receivers.clone();
                     tokio::spawn(async move {
                         let remote = incoming.remote_address();

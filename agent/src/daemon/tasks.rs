@@ -278,49 +278,9 @@ impl Ledger {
         received: std::time::Instant,
     ) -> Result<TaskState> {
         let _lock = self.lock()?;
-        if let Err(e) = self.end_expired(store) {
-            tracing::warn!(error = %e, "ending expired holds failed");
+        if let Some(answer) = self.admit(store, task, received)? {
+            return Ok(answer);
         }
-        if let Some(mut rec) = self.get(&task.id)? {
-            if rec.task.kind != task.kind {
-                return Err(StoreError::Invalid(format!(
-                    "task {} was already given with different content",
-                    task.id
-                )));
-            }
-            if rec.state == TaskState::Running {
-                tracing::warn!(task = %task.id, "task was interrupted by a restart; not running it again");
-                rec.state = TaskState::Interrupted;
-                self.save(task, &rec.state)?;
-            }
-            return Ok(rec.state);
-        }
-        if let Some(secs) = task.start_within_secs {
-            if received.elapsed() > std::time::Duration::from_secs(secs) {
-                let state = TaskState::Failed {
-                    kind: "not_started".into(),
-                    message: format!(
-                        "not started: the agent was busy for over {secs} s; it will not run"
-                    ),
-                };
-                self.save(task, &state)?;
-                return Ok(state);
-            }
-        }
-        let newest = self.newest_generation()?;
-        if task.generation < newest {
-            let state = TaskState::Stale {
-                generation: task.generation,
-                newest,
-            };
-            self.save(task, &state)?;
-            return Ok(state);
-        }
-        if task.generation > newest {
-            let p = self.dir.join("generation");
-            fsx::atomic_write(&p, task.generation.to_string().as_bytes()).ctx("write", &p)?;
-        }
-        self.save(task, &TaskState::Running)?;
         let outcome = match &task.kind {
             TaskKind::Prepare { .. } => self.prepare(store, &task.kind),
             TaskKind::Release { hold } => self.release(store, hold),
@@ -338,6 +298,79 @@ impl Ledger {
         };
         self.save(task, &state)?;
         Ok(state)
+    }
+
+    /// For a task that runs outside the ledger's lock, beside the others (a transfer): the
+    /// first half of [`Ledger::run`]. `None`: it is recorded `running` and is the caller's
+    /// to run, then [`Ledger::finish`]; otherwise the answer, without running it.
+    pub fn begin(
+        &self,
+        store: &Store,
+        task: &Task,
+        received: std::time::Instant,
+    ) -> Result<Option<TaskState>> {
+        let _lock = self.lock()?;
+        self.admit(store, task, received)
+    }
+
+    /// Records how a task started with [`Ledger::begin`] ended.
+    pub fn finish(&self, task: &Task, state: &TaskState) -> Result<()> {
+        let _lock = self.lock()?;
+        self.save(task, state)
+    }
+
+    /// Under the lock: the recorded answer for a task seen before, a refusal (too late to
+    /// start, or stale), or `None` once it is recorded `running` and may run.
+    fn admit(
+        &self,
+        store: &Store,
+        task: &Task,
+        received: std::time::Instant,
+    ) -> Result<Option<TaskState>> {
+        if let Err(e) = self.end_expired(store) {
+            tracing::warn!(error = %e, "ending expired holds failed");
+        }
+        if let Some(mut rec) = self.get(&task.id)? {
+            if rec.task.kind != task.kind {
+                return Err(StoreError::Invalid(format!(
+                    "task {} was already given with different content",
+                    task.id
+                )));
+            }
+            if rec.state == TaskState::Running {
+                tracing::warn!(task = %task.id, "task was interrupted by a restart; not running it again");
+                rec.state = TaskState::Interrupted;
+                self.save(task, &rec.state)?;
+            }
+            return Ok(Some(rec.state));
+        }
+        if let Some(secs) = task.start_within_secs {
+            if received.elapsed() > std::time::Duration::from_secs(secs) {
+                let state = TaskState::Failed {
+                    kind: "not_started".into(),
+                    message: format!(
+                        "not started: the agent was busy for over {secs} s; it will not run"
+                    ),
+                };
+                self.save(task, &state)?;
+                return Ok(Some(state));
+            }
+        }
+        let newest = self.newest_generation()?;
+        if task.generation < newest {
+            let state = TaskState::Stale {
+                generation: task.generation,
+                newest,
+            };
+            self.save(task, &state)?;
+            return Ok(Some(state));
+        }
+        if task.generation > newest {
+            let p = self.dir.join("generation");
+            fsx::atomic_write(&p, task.generation.to_string().as_bytes()).ctx("write", &p)?;
+        }
+        self.save(task, &TaskState::Running)?;
+        Ok(None)
     }
 }
 
@@ -417,6 +450,9 @@ fn execute(store: &Store, kind: &TaskKind) -> Result<TaskResult> {
             store.rollback(volume.as_str(), snapshot.as_str())?;
             Ok(TaskResult::RolledBack)
         }
+        TaskKind::Replicate { .. } => Err(StoreError::Invalid(
+            "a replicate task runs in the agent daemon, beside the ledger's other tasks".into(),
+        )),
         TaskKind::Prepare { .. } | TaskKind::Release { .. } => Err(StoreError::Invalid(
             "holds are the ledger's to handle".into(),
         )),

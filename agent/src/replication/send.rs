@@ -115,6 +115,9 @@ pub struct Target {
     pub compress: Compression,
     /// Print progress (bytes, rate, ETA) to stderr every second.
     pub progress: bool,
+    /// The site the peer must be a node of (the controller says which; by hand, any
+    /// paired site).
+    pub site: Option<Name>,
 }
 
 /// The bandwidth all outgoing transfers of an agent share (`net.bandwidth_limit`).
@@ -144,6 +147,7 @@ struct Link {
     ep: quinn::Endpoint,
     conn: quinn::Connection,
     label: String,
+    site: Name,
     /// The connection's first stream (pings); kept open for the connection's life.
     _control: (quinn::SendStream, quinn::RecvStream),
 }
@@ -168,6 +172,11 @@ impl Peers {
     /// The node's TLS identity and trust from the `[net]` config.
     pub fn new(cfg: &AgentConfig) -> Result<Peers> {
         let (id, trust) = load_tls(cfg)?;
+        Peers::with(id, trust)
+    }
+
+    /// Connections made as `id`, to nodes of the sites `trust` knows.
+    pub fn with(id: Identity, trust: Trust) -> Result<Peers> {
         let cc = net::client_config(&id, &trust).map_err(net_err)?;
         Ok(Peers {
             id,
@@ -177,12 +186,13 @@ impl Peers {
         })
     }
 
-    /// A live connection to `peer` and the peer's name, connecting if there is none.
-    pub async fn connection(&self, peer: SocketAddr) -> Result<(quinn::Connection, String)> {
+    /// A live connection to `peer`, the peer's name and its site, connecting if there is
+    /// none.
+    pub async fn connection(&self, peer: SocketAddr) -> Result<(quinn::Connection, String, Name)> {
         let mut links = self.links.lock().await;
         if let Some(l) = links.get(&peer) {
             if l.conn.close_reason().is_none() {
-                return Ok((l.conn.clone(), l.label.clone()));
+                return Ok((l.conn.clone(), l.label.clone(), l.site.clone()));
             }
             links.remove(&peer);
         }
@@ -192,13 +202,14 @@ impl Peers {
             .map_err(net_err)?;
         let label = format!("{}@{} ({peer})", s.peer_node, s.peer_site);
         tracing::info!(peer = %label, "connected to peer");
-        let out = (s.conn.clone(), label.clone());
+        let out = (s.conn.clone(), label.clone(), s.peer_site.clone());
         links.insert(
             peer,
             Link {
                 ep,
                 conn: s.conn,
                 label,
+                site: s.peer_site,
                 _control: (s.send, s.recv),
             },
         );
@@ -261,7 +272,14 @@ pub async fn replicate(
 ) -> Result<ReplicateReport> {
     let started = Instant::now();
     let src = Source::open(&store, volume, snap, target)?;
-    let (conn, peer_label) = peers.connection(target.peer).await?;
+    let (conn, peer_label, peer_site) = peers.connection(target.peer).await?;
+    if let Some(want) = &target.site {
+        if *want != peer_site {
+            return Err(StoreError::Refused(format!(
+                "{peer_label} is a node of site {peer_site}, not of {want}"
+            )));
+        }
+    }
     let mut ctl = conn.open_bi().await.map_err(|e| net_err(e.into()))?;
     // Offers and needs go ahead of block data on the shared connection.
     let _ = ctl.0.set_priority(1);

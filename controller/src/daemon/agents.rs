@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ferry_net::pki::{Identity, Trust};
+use ferry_net::pki::{Identity, Trust, TrustCell};
 use ferry_net::quic::{self as net, NetError};
 use ferry_wire::control::{
     AgentMsg, ControllerMsg, ForwardRequest, CONTROL_LINK_LIMIT, DOWN_AFTER_SECS, FORWARD_LIMIT,
@@ -64,6 +64,8 @@ pub struct Links {
     pub reports: Mutex<HashMap<String, TaskState>>,
     /// Latest progress per running task id: (bytes done, bytes expected).
     pub progress: Mutex<HashMap<String, (u64, u64)>>,
+    /// The paired sites agents are told of (after registering, and on every change).
+    peers: Mutex<Vec<ferry_wire::control::PeerSite>>,
 }
 
 impl std::fmt::Debug for Links {
@@ -102,6 +104,29 @@ impl Links {
             .is_some_and(|r| matches!(r.get(id), Some(TaskState::Running)))
     }
 
+    /// The paired sites changed: every connected agent is told.
+    pub async fn set_peers(&self, sites: Vec<ferry_wire::control::PeerSite>) {
+        if let Ok(mut p) = self.peers.lock() {
+            *p = sites.clone();
+        }
+        let all: Vec<mpsc::Sender<ControllerMsg>> = self
+            .senders
+            .lock()
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default();
+        for tx in all {
+            let _ = tx
+                .send(ControllerMsg::Peers {
+                    sites: sites.clone(),
+                })
+                .await;
+        }
+    }
+
+    fn peers(&self) -> Vec<ferry_wire::control::PeerSite> {
+        self.peers.lock().map(|p| p.clone()).unwrap_or_default()
+    }
+
     /// Sends a message to a connected agent; false when it is not connected.
     pub async fn send(&self, node: &Name, msg: ControllerMsg) -> bool {
         let tx = self.senders.lock().ok().and_then(|m| m.get(node).cloned());
@@ -124,7 +149,11 @@ async fn put(store: &Store, rec: &AgentRecord) -> Result<(), StoreError> {
 pub struct Bound {
     ep: quinn::Endpoint,
     id: Arc<Identity>,
+    /// The site CA alone (this site's agents and controllers).
     trust: Arc<Trust>,
+    /// The site CA and the paired sites' (see `daemon::sites`).
+    peers: TrustCell,
+    ca_pem: String,
 }
 
 impl std::fmt::Debug for Bound {
@@ -144,6 +173,12 @@ impl Bound {
     pub fn credentials(&self) -> (Arc<Identity>, Arc<Trust>) {
         (self.id.clone(), self.trust.clone())
     }
+
+    /// What pairing needs: the endpoint (its TLS settings follow the paired sites), the
+    /// trust of this site and its paired sites, and the site CA's PEM.
+    pub fn pairing(&self) -> (quinn::Endpoint, TrustCell, String) {
+        (self.ep.clone(), self.peers.clone(), self.ca_pem.clone())
+    }
 }
 
 /// Loads the controller's identity and the site CA and binds the endpoint (call inside a
@@ -151,13 +186,16 @@ impl Bound {
 pub fn bind(cfg: &AgentsConfig) -> Result<Bound, LinkError> {
     let id = Identity::load(&cfg.cert, &cfg.key)?;
     tokio::spawn(id.warn_of_expiry());
+    let ca_pem = std::fs::read_to_string(&cfg.ca)?;
     let mut trust = Trust::default();
-    trust.add_file(&cfg.ca, Some(&id.site))?;
+    trust.add_pem(&ca_pem, Some(&id.site))?;
     let ep = net::endpoint(cfg.listen, Some(net::server_config(&id, &trust)?))?;
     Ok(Bound {
         ep,
         id: Arc::new(id),
+        peers: TrustCell::new(trust.clone()),
         trust: Arc::new(trust),
+        ca_pem,
     })
 }
 
@@ -169,6 +207,16 @@ pub struct Context {
     pub links: Arc<Links>,
     pub role: tokio::sync::watch::Receiver<crate::daemon::leader::Role>,
     pub router: axum::Router,
+    /// Who serves the connections of paired sites' controllers (`daemon::sites`).
+    pub sites: Arc<dyn PeerSites>,
+}
+
+/// Serves a connection of a paired site's controller, after the handshake.
+pub trait PeerSites: Send + Sync {
+    fn serve_peer(
+        &self,
+        s: net::Session,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), LinkError>> + Send + '_>>;
 }
 
 impl std::fmt::Debug for Context {
@@ -179,13 +227,13 @@ impl std::fmt::Debug for Context {
 
 /// Serves agents and follower controllers until `shutdown`.
 pub async fn serve(bound: Bound, cx: Context, shutdown: impl std::future::Future<Output = ()>) {
-    let Bound { ep, id, trust } = bound;
+    let Bound { ep, id, peers, .. } = bound;
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             inc = ep.accept() => {
                 let Some(inc) = inc else { break };
-                let (id, trust, cx) = (id.clone(), trust.clone(), cx.clone());
+                let (id, trust, cx) = (id.clone(), peers.get(), cx.clone());
                 tokio::spawn(async move {
                     let remote = inc.remote_address();
                     match inc.await {
@@ -217,12 +265,6 @@ async fn connection(
     cx: Context,
 ) -> Result<(), LinkError> {
     let mut s = net::accept_session(conn, id, trust).await?;
-    if s.peer_site != id.site {
-        return Err(LinkError::Protocol(format!(
-            "{} is of site {}, not {}",
-            s.peer_node, s.peer_site, id.site
-        )));
-    }
     if !matches!(*cx.role.borrow(), crate::daemon::leader::Role::Leader(_)) {
         let leader = crate::daemon::leader::current(&cx.store)
             .await
@@ -233,6 +275,10 @@ async fn connection(
         tracing::info!(peer = %s.peer_node, %leader, "not the leader: pointing the peer at the leader");
         net::close_with(&s.conn, ferry_wire::msg::close::NOT_LEADER, &leader);
         return Ok(());
+    }
+    if s.peer_site != id.site {
+        // A paired site's controller (the handshake checked its CA): its requests.
+        return cx.sites.serve_peer(s).await;
     }
     // An agent registers on the first stream; a follower leaves it silent (or finishes it)
     // and opens a stream per forwarded request.
@@ -321,6 +367,8 @@ async fn agent_link(
         capacity_bytes,
         free_bytes,
         certificate_expires,
+        advertise,
+        listen_port,
     } = first
     else {
         return Err(LinkError::Protocol(
@@ -342,10 +390,20 @@ async fn agent_link(
         certificate_expires: Timestamp::from_second(certificate_expires)
             .ok()
             .map(|t| t.to_string()),
+        replication_address: Some(
+            advertise
+                .filter(|a| a.len() <= 255)
+                .unwrap_or_else(|| SocketAddr::new(remote.ip(), listen_port).to_string()),
+        ),
     };
     put(&store, &rec).await?;
     tracing::info!(node = %rec.node, %remote, volumes = rec.volumes.len(), "agent registered");
     let (tx, mut rx) = mpsc::channel::<ControllerMsg>(64);
+    let _ = tx
+        .send(ControllerMsg::Peers {
+            sites: links.peers(),
+        })
+        .await;
     if let Ok(mut m) = links.senders.lock() {
         m.insert(rec.node.clone(), tx.clone());
     }

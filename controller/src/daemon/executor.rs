@@ -20,13 +20,15 @@ use ferry_wire::Name;
 
 use crate::daemon::agents::Links;
 use crate::daemon::leader::Term;
+use crate::daemon::sites::Sites;
+use crate::machines::backup::TargetStep;
 use crate::machines::group_job::{GroupJob, JobAction, JobSpec};
 use crate::machines::run::Action;
-use crate::policy::retention::{prune, GroupInfo};
+use crate::policy::retention::{prune, target_bases, GroupInfo};
 use crate::state::load;
 use crate::state::schema::{
-    self, AgentRecord, Busy, GroupRecord, GroupsFate, OrphanRecord, PlanRecord, RunRecord, ACTIVE,
-    AGENTS, ORPHANS,
+    self, AgentRecord, Busy, GroupRecord, GroupsFate, OrphanRecord, PlanRecord, RunRecord,
+    TargetRecord, ACTIVE, AGENTS, ORPHANS,
 };
 use crate::state::{Compare, Op, Store, StoreError, Txn};
 
@@ -142,15 +144,18 @@ const RESEND_AFTER: Duration = Duration::from_secs(5);
 pub struct Executor {
     term: Term,
     sent: HashMap<String, Instant>,
+    /// The links to paired sites (absent without an agent endpoint: no backup plans).
+    sites: Option<Arc<Sites>>,
 }
 
 impl Executor {
     /// An executor for `term`: what it writes is fenced by it, and what it resumes from an
     /// earlier term is sent under its generation.
-    pub fn new(term: Term) -> Executor {
+    pub fn new(term: Term, sites: Option<Arc<Sites>>) -> Executor {
         Executor {
             term,
             sent: HashMap::new(),
+            sites,
         }
     }
 
@@ -207,16 +212,37 @@ impl Executor {
                 guard += 1;
                 let mut fed = false;
                 for a in actions.clone() {
-                    let Action::Dispatch { node, task } = a else {
-                        continue;
+                    let more = match a {
+                        Action::Dispatch { node, task } => {
+                            let Some(state) = outcome(links, &agents, now, &node, &task.id) else {
+                                continue;
+                            };
+                            rec.run
+                                .on_report(&node, &task.id, &state, now)
+                                .unwrap_or_default()
+                        }
+                        Action::Ask { site, id, .. } => {
+                            let Some(reply) = self.sites.as_ref().and_then(|s| s.reply(&id)) else {
+                                continue;
+                            };
+                            let before = rec.run.targets.get(&site).cloned();
+                            let more = rec
+                                .run
+                                .on_site_reply(&site, &id, &reply, now)
+                                .unwrap_or_default();
+                            if rec.run.targets.get(&site) == before.as_ref() {
+                                continue; // nothing new (the same failed attempt)
+                            }
+                            if reply.is_err() {
+                                // Asked again once the shell sends the actions.
+                                if let Some(s) = &self.sites {
+                                    s.forget(&id);
+                                }
+                            }
+                            more
+                        }
+                        _ => continue,
                     };
-                    let Some(state) = outcome(links, &agents, now, &node, &task.id) else {
-                        continue;
-                    };
-                    let more = rec
-                        .run
-                        .on_report(&node, &task.id, &state, now)
-                        .unwrap_or_default();
                     ops.extend(self.after(store, &mut rec, &more).await?);
                     fed = true;
                     actions = rec.run.actions().unwrap_or_default();
@@ -228,6 +254,7 @@ impl Executor {
             }
             let after = serde_json::to_vec(&rec).unwrap_or_default();
             if after != before {
+                ops.extend(self.target_records(store, &before, &rec, now).await?);
                 let over = rec.run.step.is_final();
                 if over {
                     ops.push(Op::Delete(schema::active_key(plan_id)));
@@ -244,8 +271,12 @@ impl Executor {
             }
             // Persisted: now send what it asks for (again after a restart: idempotent).
             for a in rec.run.actions().unwrap_or_default() {
-                if let Action::Dispatch { node, task } = a {
-                    self.send(links, &node, task).await;
+                match a {
+                    Action::Dispatch { node, task } => self.send(links, &node, task).await,
+                    Action::Ask { site, id, request } => {
+                        self.ask(store, &rec, site, id, request).await?;
+                    }
+                    _ => {}
                 }
             }
         }
@@ -363,37 +394,96 @@ impl Executor {
             else {
                 continue;
             };
-            let Ok(job_id) = Name::new(&format!("rm{}", now.as_millisecond())) else {
+            if let Some(job) = self.start_removal(store, &o.plan, id, g, now).await? {
+                tracing::info!(plan = %o.plan, group = %g.group, %job, "deleting a deleted plan's group");
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts a removal job of group `g` of plan `plan` (id `id`) unless something of the
+    /// plan is in progress; returns its id.
+    async fn start_removal(
+        &self,
+        store: &Store,
+        plan: &Name,
+        id: &Name,
+        g: &GroupRecord,
+        now: jiff::Timestamp,
+    ) -> Result<Option<Name>, StoreError> {
+        let Ok(job_id) = Name::new(&format!("rm{}", now.as_millisecond())) else {
+            return Ok(None);
+        };
+        let mut volumes: BTreeMap<Name, Vec<Name>> = BTreeMap::new();
+        for (node, snap) in &g.snapshots {
+            volumes
+                .entry(node.clone())
+                .or_default()
+                .push(snap.volume.clone());
+        }
+        let spec = JobSpec {
+            id: job_id.clone(),
+            plan: plan.clone(),
+            plan_id: id.clone(),
+            group: g.group.clone(),
+            action: JobAction::Delete,
+            generation: self.term.generation,
+        };
+        let job = GroupJob::new(spec, volumes, now.to_string());
+        let v = serde_json::to_vec(&job).map_err(|e| StoreError::Embedded(e.to_string()))?;
+        let active = schema::active_key(id);
+        let done = store
+            .txn(Txn {
+                when: vec![Compare::Absent(active.clone()), self.term.fence()],
+                then: vec![
+                    Op::Put(schema::removal_key(id, &job_id), v),
+                    Op::Put(active, Busy::Removal(job_id.clone()).encode()),
+                ],
+            })
+            .await?;
+        Ok(done.succeeded.then_some(job_id))
+    }
+
+    /// Foreign plans (paired sites' mirrors here) keep their own number of groups: beyond
+    /// it, the oldest group is removed, one removal at a time (the newest is always kept:
+    /// it is the base of the next transfer).
+    pub async fn foreign(&mut self, store: &Store) -> Result<(), StoreError> {
+        for kv in store.list(schema::PLANS).await? {
+            let Ok(p) = serde_json::from_slice::<PlanRecord>(&kv.value) else {
                 continue;
             };
-            let mut volumes: BTreeMap<Name, Vec<Name>> = BTreeMap::new();
-            for (node, snap) in &g.snapshots {
-                volumes
-                    .entry(node.clone())
-                    .or_default()
-                    .push(snap.volume.clone());
+            if p.origin.is_none() {
+                continue;
             }
-            let spec = JobSpec {
-                id: job_id.clone(),
-                plan: o.plan.clone(),
-                plan_id: id.clone(),
-                group: g.group.clone(),
-                action: JobAction::Delete,
-                generation: self.term.generation,
-            };
-            let job = GroupJob::new(spec, volumes, now.to_string());
-            let v = serde_json::to_vec(&job).map_err(|e| StoreError::Embedded(e.to_string()))?;
-            let active = schema::active_key(id);
-            store
-                .txn(Txn {
-                    when: vec![Compare::Absent(active.clone()), self.term.fence()],
-                    then: vec![
-                        Op::Put(schema::removal_key(id, &job_id), v),
-                        Op::Put(active, Busy::Removal(job_id.clone()).encode()),
-                    ],
+            let id = p.id().clone();
+            if schema::busy(store, &id).await?.is_some() {
+                continue;
+            }
+            let mut groups: Vec<GroupRecord> = load(store, &schema::groups_of(&id)).await?;
+            let keep = (p.spec.retention as usize).max(1);
+            if groups.len() <= keep {
+                continue;
+            }
+            groups.sort_by(|a, b| a.created.cmp(&b.created));
+            let now = jiff::Timestamp::now();
+            let jobs: Vec<GroupJob> = load(store, &schema::removals_of(&id)).await?;
+            let failed_lately = |g: &GroupRecord| {
+                jobs.iter().any(|j| {
+                    j.group == g.group
+                        && j.step == crate::machines::group_job::JobStep::Failed
+                        && j.finished
+                            .as_deref()
+                            .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+                            .is_some_and(|t| now.as_second() - t.as_second() < REMOVAL_RETRY_SECS)
                 })
-                .await?;
-            tracing::info!(plan = %o.plan, group = %g.group, job = %job_id, "deleting a deleted plan's group");
+            };
+            let excess = groups.len() - keep;
+            let Some(g) = groups[..excess].iter().find(|g| !failed_lately(g)) else {
+                continue;
+            };
+            if let Some(job) = self.start_removal(store, &p.spec.name, &id, g, now).await? {
+                tracing::info!(plan = %p.spec.name, group = %g.group, %job, "pruning a mirror group by the foreign plan's retention");
+            }
         }
         Ok(())
     }
@@ -402,6 +492,9 @@ impl Executor {
     fn forget(&mut self, links: &Links, id: &str) {
         let prefix = format!("{id}.");
         links.forget(&prefix);
+        if let Some(s) = &self.sites {
+            s.forget(&prefix);
+        }
         self.sent.retain(|t, _| !t.starts_with(&prefix));
     }
 
@@ -436,24 +529,33 @@ impl Executor {
         actions: &[Action],
     ) -> Result<Vec<Op>, StoreError> {
         let mut ops = Vec::new();
+        let mut recorded: Option<GroupRecord> = None;
         for a in actions {
-            let Action::RecordGroup { snapshots } = a else {
-                continue;
-            };
             let plan = rec.run.plan.clone();
             let plan_id = rec.plan_id().clone();
             let now = jiff::Timestamp::now();
-            let g = GroupRecord {
-                plan: plan.clone(),
-                plan_id: Some(plan_id.clone()),
-                group: rec.run.group.clone(),
-                run: rec.run.id.clone(),
-                created: now.to_string(),
-                snapshots: snapshots.clone(),
-                objects: rec.objects.clone(),
-            };
-            let v = serde_json::to_vec(&g).map_err(|e| StoreError::Embedded(e.to_string()))?;
-            ops.push(Op::Put(schema::group_key(&plan_id, &g.group), v));
+            if let Action::RecordGroup { snapshots } = a {
+                let g = GroupRecord {
+                    plan: plan.clone(),
+                    plan_id: Some(plan_id.clone()),
+                    group: rec.run.group.clone(),
+                    run: rec.run.id.clone(),
+                    created: rec
+                        .run
+                        .group_created
+                        .clone()
+                        .unwrap_or_else(|| now.to_string()),
+                    snapshots: snapshots.clone(),
+                    objects: rec.objects.clone(),
+                };
+                let v = serde_json::to_vec(&g).map_err(|e| StoreError::Embedded(e.to_string()))?;
+                ops.push(Op::Put(schema::group_key(&plan_id, &g.group), v));
+                recorded = Some(g);
+                continue;
+            }
+            if !matches!(a, Action::ComputePrune) {
+                continue;
+            }
             // Retention (read now, so a change applies at this prune). A plan deleted
             // meanwhile, or one of a new life under the same name, prunes nothing.
             let keep = store
@@ -463,8 +565,31 @@ impl Executor {
                 .filter(|p| p.id() == &plan_id)
                 .map_or(usize::MAX, |p| p.spec.retention as usize);
             let mut groups: Vec<GroupRecord> = load(store, &schema::groups_of(&plan_id)).await?;
-            groups.retain(|x| x.group != g.group);
-            groups.push(g);
+            if let Some(g) = recorded.take() {
+                groups.retain(|x| x.group != g.group);
+                groups.push(g);
+            }
+            // The newest group each target holds is the base of its next transfer: never
+            // pruned here, whatever the local count (this run's outcome included).
+            let held: Vec<TargetRecord> = load(store, &schema::targets_of(&plan_id)).await?;
+            let held_refs: Vec<(&str, Vec<&str>)> = held
+                .iter()
+                .map(|t| {
+                    let mut g: Vec<&str> = t.bases.values().map(Name::as_str).collect();
+                    g.extend(t.last_group.as_ref().map(Name::as_str));
+                    (t.site.as_str(), g)
+                })
+                .collect();
+            let bases = target_bases(
+                &held_refs,
+                |site| {
+                    rec.run
+                        .targets
+                        .iter()
+                        .any(|(s, p)| s.as_str() == site && p.step == TargetStep::Done)
+                },
+                rec.run.group.as_str(),
+            );
             let infos: Vec<GroupInfo<'_>> = groups
                 .iter()
                 .map(|g| GroupInfo {
@@ -474,7 +599,7 @@ impl Executor {
                         .parse::<jiff::Timestamp>()
                         .map_or(0, |t| t.as_millisecond()),
                     complete: true,
-                    pinned: false,
+                    pinned: bases.contains(&g.group.as_str()),
                 })
                 .collect();
             let victims = prune(&infos, keep);
@@ -504,23 +629,138 @@ impl Executor {
         }
         Ok(ops)
     }
+
+    /// What the targets whose part ended with this write now hold (their records, written
+    /// in the same transaction as the run).
+    async fn target_records(
+        &self,
+        store: &Store,
+        before: &[u8],
+        rec: &RunRecord,
+        now: jiff::Timestamp,
+    ) -> Result<Vec<Op>, StoreError> {
+        let old: Option<RunRecord> = serde_json::from_slice(before).ok();
+        let mut ops = Vec::new();
+        for (site, part) in &rec.run.targets {
+            let was_final = old
+                .as_ref()
+                .and_then(|o| o.run.targets.get(site))
+                .is_some_and(|p| p.is_final());
+            if !part.is_final() || was_final {
+                continue;
+            }
+            let key = schema::target_key(rec.plan_id(), site);
+            let mut t = store
+                .get(&key)
+                .await?
+                .and_then(|kv| serde_json::from_slice::<TargetRecord>(&kv.value).ok())
+                .unwrap_or(TargetRecord {
+                    site: site.clone(),
+                    last_group: None,
+                    last_group_created: None,
+                    last_replicated: None,
+                    bytes_sent: 0,
+                    last_bytes_sent: 0,
+                    last_transfer_ms: 0,
+                    failures: 0,
+                    last_error: None,
+                    foreign_plan: None,
+                    bases: Default::default(),
+                });
+            t.bytes_sent += part.sent_bytes();
+            for x in part.transfers.iter().filter(|x| x.done) {
+                t.bases
+                    .insert(format!("{}/{}", x.node, x.volume), rec.run.group.clone());
+            }
+            // Volumes no longer in the plan have no base to keep.
+            t.bases.retain(|k, _| {
+                part.transfers
+                    .iter()
+                    .any(|x| format!("{}/{}", x.node, x.volume) == *k)
+            });
+            if part.foreign_plan.is_some() {
+                t.foreign_plan = part.foreign_plan.clone();
+            }
+            if part.step == TargetStep::Done {
+                t.last_group = Some(rec.run.group.clone());
+                t.last_group_created = rec.run.group_created.clone();
+                t.last_replicated = Some(now.to_string());
+                t.last_bytes_sent = part.sent_bytes();
+                let ms = |x: &Option<String>| {
+                    x.as_deref()
+                        .and_then(|v| v.parse::<jiff::Timestamp>().ok())
+                        .map(|v| v.as_millisecond())
+                };
+                t.last_transfer_ms = match (ms(&part.started), ms(&part.finished)) {
+                    (Some(a), Some(b)) => (b - a).max(0) as u64,
+                    _ => 0,
+                };
+                t.last_error = None;
+            } else {
+                t.failures += 1;
+                t.last_error = part.error.clone();
+            }
+            let v = serde_json::to_vec(&t).map_err(|e| StoreError::Embedded(e.to_string()))?;
+            ops.push(Op::Put(key, v));
+        }
+        Ok(ops)
+    }
+
+    /// Asks a target site for a run (in the background; the answer is read by a later
+    /// pass). A prepare carries the plan's schedule, shown on the foreign plan.
+    async fn ask(
+        &self,
+        store: &Store,
+        rec: &RunRecord,
+        site: Name,
+        id: String,
+        mut request: ferry_wire::site::SiteRequest,
+    ) -> Result<(), StoreError> {
+        let Some(sites) = &self.sites else {
+            return Ok(());
+        };
+        if let ferry_wire::site::SiteRequest::Prepare { objects, .. } = &mut request {
+            let plan = store
+                .get(&schema::plan_key(&rec.run.plan))
+                .await?
+                .and_then(|kv| serde_json::from_slice::<PlanRecord>(&kv.value).ok());
+            let Some(plan) = plan else {
+                return Ok(());
+            };
+            let spec = crate::daemon::sites::ForeignSpec {
+                schedule: plan.spec.schedule,
+            };
+            *objects = serde_json::to_vec(&spec).unwrap_or_default();
+        }
+        sites.spawn_ask(site, id, request, RESEND_AFTER);
+        Ok(())
+    }
 }
 
 /// Runs the executor until `shutdown`.
 pub async fn run(
     store: Store,
     links: Arc<Links>,
+    sites: Option<Arc<Sites>>,
     term: Term,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
-    let mut ex = Executor::new(term);
+    let mut ex = Executor::new(term, sites);
+    let mut passes: u64 = 0;
     loop {
+        passes += 1;
         if let Err(e) = ex.pass(&store, &links).await {
             tracing::warn!(error = %e, "executor pass failed; retrying");
         }
         if let Err(e) = ex.orphans(&store).await {
             tracing::warn!(error = %e, "deleted plans' pass failed; retrying");
+        }
+        // Mirror retention is not urgent: about every 5 s.
+        if passes % 25 == 1 {
+            if let Err(e) = ex.foreign(&store).await {
+                tracing::warn!(error = %e, "foreign plans' pass failed; retrying");
+            }
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(200)) => {}

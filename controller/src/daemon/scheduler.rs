@@ -110,7 +110,15 @@ pub fn new_run(
         volumes,
         now,
     ) {
-        Ok(r) if missing.is_empty() => r,
+        Ok(r) if missing.is_empty() => {
+            let targets: Vec<(Name, u32)> = plan
+                .spec
+                .targets
+                .iter()
+                .map(|t| (t.site.clone(), t.retention))
+                .collect();
+            r.with_targets(plan.id().clone(), &targets)
+        }
         _ => Run {
             id,
             plan: name.clone(),
@@ -122,6 +130,9 @@ pub fn new_run(
             coordinated: false,
             deadline_ms: None,
             finished: Some(now.to_string()),
+            plan_id: None,
+            targets: BTreeMap::new(),
+            group_created: None,
             error: Some(format!(
                 "the plan's objects have no volumes to protect (missing: {})",
                 if missing.is_empty() {

@@ -1,6 +1,6 @@
 //! The HTTP API (`/v1`, JSON): the router and the state its handlers share here; one file per
 //! resource (`objects`, `plans`, `runs`, `groups`, `rollbacks`, `orphans`, `agents` with
-//! volumes, `status`); `auth` (bearer tokens with admin and read-only roles), `error` (the
+//! volumes, `sites` with the plans' targets, `status`); `auth` (bearer tokens with admin and read-only roles), `error` (the
 //! one error shape and the input helpers), `forward` (a follower's requests to the leader),
 //! `metrics`, `page` (every list's pages and the slots bounding concurrent lists), and
 //! `openapi` (the document at `/v1/openapi.json`).
@@ -24,6 +24,7 @@ mod read;
 mod rollbacks;
 mod runs;
 pub mod server;
+pub mod sites;
 pub mod status;
 
 use auth::auth;
@@ -75,6 +76,8 @@ pub struct ApiState {
     /// When this controller's certificate (of its agent endpoint) stops being valid (Unix
     /// seconds), for `/metrics`.
     pub certificate_expires: std::sync::OnceLock<i64>,
+    /// The paired sites' links (set when the controller has an agent endpoint).
+    pub sites: std::sync::OnceLock<Arc<crate::daemon::sites::Sites>>,
 }
 
 impl ApiState {
@@ -94,6 +97,7 @@ impl ApiState {
             links,
             lists: Arc::new(tokio::sync::Semaphore::new(page::LIST_SLOTS)),
             certificate_expires: std::sync::OnceLock::new(),
+            sites: std::sync::OnceLock::new(),
         }
     }
 
@@ -170,6 +174,13 @@ pub fn router(state: Arc<ApiState>) -> Router {
             delete(agents::delete_volume),
         )
         .route("/v1/volumes", get(agents::list_volumes))
+        .route("/v1/site", get(sites::this_site))
+        .route("/v1/sites", get(sites::list_sites).post(sites::add_site))
+        .route(
+            "/v1/sites/{name}",
+            get(sites::get_site).delete(sites::remove_site),
+        )
+        .route("/v1/plans/{name}/targets", get(sites::plan_targets))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
         })

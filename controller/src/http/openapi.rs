@@ -14,7 +14,7 @@ use super::*;
     info(
         title = "ferry controller API",
         version = "1",
-        description = "Protection plans, inventory objects, runs, snapshot groups, rollbacks, agents and volumes of one site."
+        description = "Protection and backup plans, inventory objects, runs, snapshot groups, rollbacks, agents and volumes of one site, and the sites it is paired with."
     ),
     paths(
         healthz,
@@ -49,6 +49,12 @@ use super::*;
         agents::node_volumes,
         agents::create_volume,
         agents::delete_volume,
+        sites::this_site,
+        sites::list_sites,
+        sites::get_site,
+        sites::add_site,
+        sites::remove_site,
+        sites::plan_targets,
     ),
     components(schemas(ErrorBody)),
     security(("bearer" = [])),

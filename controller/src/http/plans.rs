@@ -12,6 +12,7 @@ pub(super) async fn checked_plan(
     let schedule = spec
         .validate(|n| objects.iter().find(|o| &o.name == n))
         .map_err(|e| ApiError::bad(e.to_string()))?;
+    check_targets(store, &spec).await?;
     Ok((spec, schedule))
 }
 
@@ -54,6 +55,7 @@ pub(super) async fn create_plan(
         paused: !spec.enabled,
         spec,
         next_run: None,
+        origin: None,
     };
     let done = s
         .store
@@ -92,11 +94,13 @@ pub(super) async fn put_plan(
         )));
     }
     let (cur, rev) = read_plan(&s.store, &name).await?;
+    refuse_foreign(&cur, "change it")?;
     let rec = PlanRecord {
         id: cur.id,
         paused: cur.paused,
         spec,
         next_run: None,
+        origin: None,
     };
     update_plan(&s.store, &name, rev, &rec).await?;
     Ok(Json(with_next_run(rec)))
@@ -132,6 +136,7 @@ pub(super) async fn set_paused(
     auth(s, headers, true)?;
     let name = name_param("plan", name)?;
     let (mut rec, rev) = read_plan(&s.store, &name).await?;
+    refuse_foreign(&rec, if paused { "pause it" } else { "resume it" })?;
     rec.paused = paused;
     update_plan(&s.store, &name, rev, &rec).await?;
     tracing::info!(plan = %name, paused, "plan paused or resumed");
@@ -163,6 +168,9 @@ pub(super) async fn resume_plan(
 pub(super) struct DeletePlanQuery {
     #[serde(default)]
     groups: Option<GroupsFate>,
+    /// A foreign plan (a paired site's mirror here) is deleted only when released.
+    #[serde(default)]
+    release: bool,
 }
 
 #[utoipa::path(delete, path = "/v1/plans/{name}", params(("name" = Name, Path, description = "the plan's name"), DeletePlanQuery), responses((status = 204, description = "deleted; one that keeps groups needs groups=keep or groups=delete")))]
@@ -180,6 +188,9 @@ pub(super) async fn delete_plan(
     let name = name_param("plan", &name)?;
     let q: DeletePlanQuery = query(q)?;
     let (plan, rev) = read_plan(&s.store, &name).await?;
+    if !q.release {
+        refuse_foreign(&plan, "delete it")?;
+    }
     refuse_busy(&s.store, &plan, "delete it").await?;
     let id = plan.id().clone();
     let groups = s.store.list(&schema::groups_of(&id)).await?.len();

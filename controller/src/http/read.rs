@@ -78,6 +78,30 @@ pub(super) async fn read_plan(store: &Store, name: &Name) -> ApiResult<(PlanReco
     Ok((rec, kv.mod_revision))
 }
 
+/// 409 for a foreign plan: it belongs to the paired site whose backup plan made it.
+pub(super) fn refuse_foreign(plan: &PlanRecord, doing: &str) -> ApiResult<()> {
+    match &plan.origin {
+        None => Ok(()),
+        Some(o) => Err(ApiError::conflict(format!(
+            "plan {} is the mirror of plan {} of site {}: it changes only by replication from              there, so this site cannot {doing}; rebuild from its groups to get writable copies,              or release it (DELETE /v1/plans/{}?release=true) to let it go",
+            plan.spec.name, o.plan, o.site, plan.spec.name
+        ))),
+    }
+}
+
+/// 400 unless every target of a plan is a paired site.
+pub(super) async fn check_targets(store: &Store, spec: &PlanSpec) -> ApiResult<()> {
+    for (i, t) in spec.targets.iter().enumerate() {
+        if store.get(&schema::site_key(&t.site)).await?.is_none() {
+            return Err(ApiError::bad(format!(
+                "targets[{i}].site: site {} is not paired with this site; pair it first                  (ferry sites add {} --ca FILE --controllers HOST:PORT, on both sides)",
+                t.site, t.site
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// 409 when something of the plan is in progress.
 pub(super) async fn refuse_busy(store: &Store, plan: &PlanRecord, doing: &str) -> ApiResult<()> {
     match schema::busy(store, plan.id()).await? {

@@ -73,6 +73,7 @@ pub(super) async fn start_rollback(
     let name = name_param("plan", &name)?;
     let req: RollbackRequest = parse(&body(raw)?)?;
     let (plan, _) = read_plan(&s.store, &name).await?;
+    refuse_foreign(&plan, "roll it back")?;
     refuse_busy(&s.store, &plan, "roll back").await?;
     let plan_id = plan.id().clone();
     let group: GroupRecord = record(&s.store, &schema::group_key(&plan_id, &req.group))

@@ -80,6 +80,7 @@ pub(super) async fn run_now(
     auth(&s, &headers, true)?;
     let name = name_param("plan", &name)?;
     let (plan, _) = read_plan(&s.store, &name).await?;
+    refuse_foreign(&plan, "run it")?;
     refuse_busy(&s.store, &plan, "start another").await?;
     let term = s.leading()?;
     let objects = load_objects(&s.store).await?;

@@ -213,9 +213,11 @@ mod tests {
                 retention: 3,
                 enabled: true,
                 hooks: HookSpec::default(),
+                targets: Vec::new(),
             },
             paused: false,
             next_run: None,
+            origin: None,
         }
     }
 

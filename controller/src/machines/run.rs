@@ -28,6 +28,8 @@
 use std::collections::BTreeMap;
 
 use ferry_wire::task::{SnapshotRecord, Task, TaskKind, TaskResult, TaskState};
+
+use crate::machines::backup::{RunInfo, TargetAction, TargetPart, TargetStep};
 use ferry_wire::Name;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -41,15 +43,20 @@ pub enum Step {
     Snapshot,
     /// Deleting the snapshots some nodes made (and releasing holds), because a node failed.
     Compensate,
+    /// Backup plans: the group is recorded here; each target site gets its copy.
+    Replicate,
     Prune,
     Done,
+    /// The group was taken and recorded here, but some target sites did not get it
+    /// (`error` says which and why).
+    PartiallyDone,
     Failed,
 }
 
 impl Step {
     /// Whether the run is over.
     pub fn is_final(&self) -> bool {
-        matches!(self, Step::Done | Step::Failed)
+        matches!(self, Step::Done | Step::PartiallyDone | Step::Failed)
     }
 }
 
@@ -119,6 +126,14 @@ pub struct Run {
     /// When the run ended (RFC 3339).
     #[serde(default)]
     pub finished: Option<String>,
+    /// Backup plans: the plan's id (what targets know it by) and each target site's part.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan_id: Option<Name>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub targets: BTreeMap<Name, TargetPart>,
+    /// When the group was recorded (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_created: Option<String>,
 }
 
 /// What the IO shell must do next.
@@ -130,6 +145,14 @@ pub enum Action {
     RecordGroup {
         snapshots: Vec<(Name, SnapshotRecord)>,
     },
+    /// Ask a target site (again, if it was asked before: requests are idempotent).
+    Ask {
+        site: Name,
+        id: String,
+        request: ferry_wire::site::SiteRequest,
+    },
+    /// Compute what retention prunes and call [`Run::prune`].
+    ComputePrune,
     /// The run is over.
     Finished { ok: bool },
 }
@@ -197,6 +220,9 @@ impl Run {
             deadline_ms: None,
             finished: None,
             hooks,
+            plan_id: None,
+            targets: BTreeMap::new(),
+            group_created: None,
         };
         if coordinated {
             run.deadline_ms = Some(now.as_millisecond() + 1000 * run.deadline_secs() as i64);
@@ -205,6 +231,101 @@ impl Run {
             }
         }
         Ok(run)
+    }
+
+    /// Makes it a backup run of plan `plan_id` to these sites (site -> retention there).
+    pub fn with_targets(mut self, plan_id: Name, targets: &[(Name, u32)]) -> Run {
+        if !targets.is_empty() {
+            self.plan_id = Some(plan_id);
+        }
+        for (site, keep) in targets {
+            self.targets
+                .insert(site.clone(), TargetPart::new(*keep, Vec::new()));
+        }
+        self
+    }
+
+    fn info(&self) -> RunInfo<'_> {
+        RunInfo {
+            run: &self.id,
+            plan: &self.plan,
+            plan_id: self.plan_id.as_ref().unwrap_or(&self.plan),
+            group: &self.group,
+            generation: self.generation,
+            created: self.group_created.as_deref().unwrap_or_default(),
+        }
+    }
+
+    /// Every target's actions, as the run's.
+    fn target_actions(&self) -> Vec<Action> {
+        let mut out = Vec::new();
+        for (site, part) in &self.targets {
+            for a in part.actions(site, self.info()) {
+                out.push(match a {
+                    TargetAction::Ask { id, request } => Action::Ask {
+                        site: site.clone(),
+                        id,
+                        request,
+                    },
+                    TargetAction::Dispatch { node, task } => Action::Dispatch { node, task },
+                });
+            }
+        }
+        out
+    }
+
+    /// Once every target's part is over: on to pruning.
+    fn after_targets(&mut self) -> Vec<Action> {
+        if self.step == Step::Replicate && self.targets.values().all(TargetPart::is_final) {
+            self.step = Step::Prune;
+            return vec![Action::ComputePrune];
+        }
+        Vec::new()
+    }
+
+    /// The answer (or a failed attempt) to request `id` of target `site`.
+    pub fn on_site_reply(
+        &mut self,
+        site: &Name,
+        id: &str,
+        reply: &Result<ferry_wire::site::SiteResponse, String>,
+        now: Timestamp,
+    ) -> Result<Vec<Action>, RunError> {
+        if self.step != Step::Replicate {
+            return Ok(Vec::new());
+        }
+        let run = self.id.clone();
+        let Some(part) = self.targets.get_mut(site) else {
+            return Ok(Vec::new());
+        };
+        if !part.on_reply(site, &run, id, reply, now) {
+            return Ok(Vec::new());
+        }
+        let mut out = self.after_targets();
+        out.extend(self.actions()?);
+        Ok(out)
+    }
+
+    /// The end of a run whose group was taken: done, or partially done when a target
+    /// did not get it.
+    fn end_taken(&mut self, now: Timestamp) {
+        let failed: Vec<String> = self
+            .targets
+            .iter()
+            .filter(|(_, p)| p.step == TargetStep::Failed)
+            .map(|(s, p)| format!("target {s}: {}", p.error.clone().unwrap_or_default()))
+            .collect();
+        if failed.is_empty() {
+            self.step = Step::Done;
+        } else {
+            self.step = Step::PartiallyDone;
+            let mut all = failed;
+            if let Some(e) = self.error.take() {
+                all.push(e);
+            }
+            self.error = Some(all.join("; "));
+        }
+        self.finished = Some(now.to_string());
     }
 
     fn deadline_secs(&self) -> u64 {
@@ -323,6 +444,7 @@ impl Run {
                     }
                 }
             }
+            Step::Replicate => out.extend(self.target_actions()),
             Step::Compensate | Step::Prune => {
                 for (node, part) in &self.nodes {
                     for (id, (v, s)) in &part.deleting {
@@ -339,7 +461,7 @@ impl Run {
                 }
             }
             Step::Done => out.push(Action::Finished { ok: true }),
-            Step::Failed => out.push(Action::Finished { ok: false }),
+            Step::PartiallyDone | Step::Failed => out.push(Action::Finished { ok: false }),
         }
         Ok(out)
     }
@@ -347,6 +469,16 @@ impl Run {
     /// Time passed: past the prepare deadline, the nodes not yet holding fail, which
     /// releases every node and fails the run. Returns the actions that follow.
     pub fn tick(&mut self, now: Timestamp) -> Result<Vec<Action>, RunError> {
+        if self.step == Step::Replicate {
+            for (site, part) in self.targets.iter_mut() {
+                part.tick(site, now);
+            }
+            let mut out = self.after_targets();
+            if !out.is_empty() {
+                out.extend(self.actions()?);
+            }
+            return Ok(out);
+        }
         let late = self.step == Step::Prepare
             && self.deadline_ms.is_some_and(|d| now.as_millisecond() > d);
         if !late {
@@ -378,6 +510,19 @@ impl Run {
         }
         if !state.is_final() {
             return Ok(Vec::new());
+        }
+        if self.step == Step::Replicate {
+            let run = self.id.clone();
+            let mine = self
+                .targets
+                .iter_mut()
+                .any(|(site, part)| part.on_report(site, &run, task, state, now));
+            if !mine {
+                return self.actions();
+            }
+            let mut out = self.after_targets();
+            out.extend(self.actions()?);
+            return Ok(out);
         }
         let id = self.id.clone();
         let step = self.step.clone();
@@ -469,12 +614,12 @@ impl Run {
                 .all(|p| p.deleting.is_empty() && !p.holding)
         {
             // A failed prune deletion is noted in `error`; the group was taken all the same.
-            self.step = if self.step == Step::Prune {
-                Step::Done
+            if self.step == Step::Prune {
+                self.end_taken(now);
             } else {
-                Step::Failed
-            };
-            self.finished = Some(now.to_string());
+                self.step = Step::Failed;
+                self.finished = Some(now.to_string());
+            }
         }
         let mut out = extra;
         out.extend(self.actions()?);
@@ -524,7 +669,19 @@ impl Run {
                     _ => Vec::new(),
                 })
                 .collect();
-            self.step = Step::Prune;
+            self.group_created = Some(now.to_string());
+            if self.targets.is_empty() {
+                self.step = Step::Prune;
+                return vec![Action::RecordGroup { snapshots }, Action::ComputePrune];
+            }
+            let list: Vec<(Name, Name, u64, String)> = snapshots
+                .iter()
+                .map(|(n, s)| (n.clone(), s.volume.clone(), s.size, s.root.clone()))
+                .collect();
+            for part in self.targets.values_mut() {
+                *part = TargetPart::new(part.retention, list.clone());
+            }
+            self.step = Step::Replicate;
             return vec![Action::RecordGroup { snapshots }];
         }
         if let Some(e) = self.error.take() {
@@ -575,8 +732,7 @@ impl Run {
             }
         }
         if self.nodes.values().all(|p| p.deleting.is_empty()) {
-            self.step = Step::Done;
-            self.finished = Some(now.to_string());
+            self.end_taken(now);
         }
         self.actions()
     }

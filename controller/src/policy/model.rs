@@ -385,7 +385,30 @@ pub struct PlanSpec {
     pub enabled: bool,
     #[serde(default)]
     pub hooks: HookSpec,
+    /// Paired sites to replicate every group to, each keeping its own number of groups
+    /// (`retention` above is this site's). A plan with targets is a backup plan.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(max_items = 16)]
+    pub targets: Vec<TargetSpec>,
 }
+
+/// A target site of a backup plan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TargetSpec {
+    /// A paired site (`ferry sites list`).
+    pub site: Name,
+    /// Mirror snapshot groups that site keeps.
+    #[schema(minimum = 1, maximum = 10000)]
+    pub retention: u32,
+    /// Per target, each source virtual switch's switch at the target: every NIC of a
+    /// protected VM needs one.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub switches: std::collections::BTreeMap<Name, Name>,
+}
+
+/// Most target sites of one plan.
+pub const MAX_TARGETS: usize = 16;
 
 fn yes() -> bool {
     true
@@ -473,6 +496,7 @@ impl PlanSpec {
                 }
             }
         }
+        self.validate_targets(&object)?;
         let every: Every = self
             .schedule
             .every
@@ -485,6 +509,52 @@ impl PlanSpec {
             self.schedule.end.as_deref(),
         )
         .map_err(|e| bad(e.field, e.problem))
+    }
+}
+
+impl PlanSpec {
+    /// The targets: at most [`MAX_TARGETS`], each site once, a retention in range, and (the
+    /// spec's rule) every NIC of a protected VM on a switch mapped at every target.
+    fn validate_targets<'a>(
+        &self,
+        object: &impl Fn(&Name) -> Option<&'a Object>,
+    ) -> Result<(), FieldError> {
+        if self.targets.len() > MAX_TARGETS {
+            return Err(bad(
+                "targets",
+                format!("at most {MAX_TARGETS} target sites per plan"),
+            ));
+        }
+        let mut sites = std::collections::BTreeSet::new();
+        for (i, t) in self.targets.iter().enumerate() {
+            if !sites.insert(&t.site) {
+                return Err(bad(
+                    format!("targets[{i}].site"),
+                    format!("site {} is listed twice", t.site),
+                ));
+            }
+            if !(1..=MAX_RETENTION).contains(&t.retention) {
+                return Err(bad(
+                    format!("targets[{i}].retention"),
+                    format!("must be 1 to {MAX_RETENTION}, not {}", t.retention),
+                ));
+            }
+            for name in &self.objects {
+                let Some(o) = object(name) else { continue };
+                for (k, sw) in o.switches().into_iter().enumerate() {
+                    if !t.switches.contains_key(sw) {
+                        return Err(bad(
+                            format!("targets[{i}].switches"),
+                            format!(
+                                "VM {name}'s NIC {k} is on virtual switch {sw}, which has no switch at site {}: map it (\"switches\": {{\"{sw}\": \"SWITCH-AT-{}\"}})",
+                                t.site, t.site
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -734,6 +804,7 @@ mod tests {
                 retention,
                 enabled: true,
                 hooks: HookSpec::default(),
+                targets: Vec::new(),
             };
         let cases: Vec<(PlanSpec, Option<&str>)> = vec![
             (
@@ -810,5 +881,87 @@ mod tests {
         hooked.hooks.deadline_secs = Some(20);
         hooked.hooks.pre = Some("  ".into());
         assert_eq!(hooked.validate(lookup).expect_err("pre").field, "hooks.pre");
+    }
+
+    #[test]
+    fn targets_table() {
+        let web = vm(vec![VmDisk {
+            volume: vol("n1", "d0"),
+            role: DiskRole::Disk,
+        }]);
+        let inventory = [web];
+        let lookup = |name: &Name| inventory.iter().find(|o| &o.name == name);
+        let target = |site: &str, retention: u32, map: &[(&str, &str)]| TargetSpec {
+            site: n(site),
+            retention,
+            switches: map.iter().map(|(a, b)| (n(a), n(b))).collect(),
+        };
+        let mapped = [("vsw-prod", "vsw-dr")];
+        let cases: Vec<(Vec<TargetSpec>, Option<&str>)> = vec![
+            (vec![], None),
+            (vec![target("b", 3, &mapped)], None),
+            (vec![target("b", 3, &mapped), target("c", 1, &mapped)], None),
+            // The spec's rule: every NIC's switch is mapped at every target.
+            (vec![target("b", 3, &[])], Some("targets[0].switches")),
+            (
+                vec![target("b", 3, &mapped), target("c", 1, &[("other", "x")])],
+                Some("targets[1].switches"),
+            ),
+            (
+                vec![target("b", 3, &mapped), target("b", 2, &mapped)],
+                Some("targets[1].site"),
+            ),
+            (vec![target("b", 0, &mapped)], Some("targets[0].retention")),
+            (
+                vec![target("b", MAX_RETENTION + 1, &mapped)],
+                Some("targets[0].retention"),
+            ),
+            (
+                (0..=MAX_TARGETS)
+                    .map(|i| target(&format!("s{i}"), 1, &mapped))
+                    .collect(),
+                Some("targets"),
+            ),
+        ];
+        for (targets, want) in cases {
+            let p = PlanSpec {
+                name: n("p"),
+                objects: vec![n("web")],
+                schedule: ScheduleSpec {
+                    every: "daily".into(),
+                    start: "2026-11-24T02:30".into(),
+                    timezone: "UTC".into(),
+                    end: None,
+                },
+                retention: 2,
+                enabled: true,
+                hooks: HookSpec::default(),
+                targets: targets.clone(),
+            };
+            let got = p.validate(lookup).err().map(|e| e.field);
+            assert_eq!(got.as_deref(), want, "{targets:?}");
+        }
+        let e = PlanSpec {
+            name: n("p"),
+            objects: vec![n("web")],
+            schedule: ScheduleSpec {
+                every: "daily".into(),
+                start: "2026-11-24T02:30".into(),
+                timezone: "UTC".into(),
+                end: None,
+            },
+            retention: 2,
+            enabled: true,
+            hooks: HookSpec::default(),
+            targets: vec![target("b", 3, &[])],
+        }
+        .validate(lookup)
+        .expect_err("unmapped");
+        assert!(
+            e.problem.contains("web")
+                && e.problem.contains("vsw-prod")
+                && e.problem.contains("site b"),
+            "{e}"
+        );
     }
 }

@@ -30,6 +30,28 @@ pub fn prune<'a>(groups: &[GroupInfo<'a>], keep: usize) -> Vec<&'a str> {
     out.into_iter().map(|g| g.name).collect()
 }
 
+/// The groups local retention must keep for a backup plan's targets: every group whose
+/// snapshot some mirror at a target still holds as its newest (`held`: target -> those
+/// groups, one per volume) is the base of that volume's next transfer. A target this run
+/// reached (`reached`) holds `this` on every volume now. A run that reached a target only
+/// in part leaves some volumes on an older base: those stay pinned too, so no volume is
+/// ever sent in full again because its base was pruned.
+pub fn target_bases<'a>(
+    held: &[(&'a str, Vec<&'a str>)],
+    reached: impl Fn(&str) -> bool,
+    this: &'a str,
+) -> Vec<&'a str> {
+    let mut out: Vec<&'a str> = held
+        .iter()
+        .filter(|(t, _)| !reached(t))
+        .flat_map(|(_, g)| g.iter().copied())
+        .collect();
+    out.push(this);
+    out.sort();
+    out.dedup();
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,5 +126,41 @@ mod tests {
             .collect();
         assert!(prune(&groups, 5).is_empty());
         assert_eq!(prune(&groups, 2), ["a", "b", "c"]);
+    }
+
+    #[test]
+    fn target_bases_table() {
+        type Held = Vec<(&'static str, Vec<&'static str>)>;
+        let cases: Vec<(Held, Vec<&str>, Vec<&str>)> = vec![
+            // No target has anything yet: only this run's group.
+            (vec![("b", vec![])], vec![], vec!["g5"]),
+            // A target that missed this run keeps its old base pinned.
+            (
+                vec![("b", vec!["g3"]), ("c", vec!["g1"])],
+                vec!["b"],
+                vec!["g1", "g5"],
+            ),
+            // Reached by this run: its old base is free to go.
+            (
+                vec![("b", vec!["g3"]), ("c", vec!["g3"])],
+                vec!["b", "c"],
+                vec!["g5"],
+            ),
+            (
+                vec![("b", vec!["g3"]), ("c", vec!["g3"])],
+                vec![],
+                vec!["g3", "g5"],
+            ),
+            // Reached in part before: each volume's own base stays.
+            (
+                vec![("b", vec!["g2", "g4", "g4"])],
+                vec![],
+                vec!["g2", "g4", "g5"],
+            ),
+        ];
+        for (held, reached, want) in cases {
+            let got = target_bases(&held, |t| reached.contains(&t), "g5");
+            assert_eq!(got, want, "{held:?} reached {reached:?}");
+        }
     }
 }

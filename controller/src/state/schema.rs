@@ -17,6 +17,8 @@
 //! | `/ferry/removals/<plan-id>/<id>` | `machines::group_job::GroupJob` (deletion) | executor | executor, API |
 //! | `/ferry/orphans/<plan-id>` | [`OrphanRecord`]: a deleted plan's leftovers | API | executor, API |
 //! | `/ferry/agents/<node>` | [`AgentRecord`] | agent endpoint | API, executor |
+//! | `/ferry/sites/<site>` | [`SiteRecord`]: a paired site | API | API, site links, executor |
+//! | `/ferry/targets/<plan-id>/<site>` | [`TargetRecord`]: what a target holds of a backup plan | executor | API, executor (retention) |
 //! | `/ferry/leader...` | leader election (see `daemon::leader`) | `daemon::leader` | `daemon::leader`, API |
 //!
 //! **Plan ids.** Runs, groups, jobs and markers are keyed by the plan's id, not its name:
@@ -47,6 +49,8 @@ pub const ROLLBACKS: &str = "/ferry/rollbacks/";
 pub const REMOVALS: &str = "/ferry/removals/";
 pub const ORPHANS: &str = "/ferry/orphans/";
 pub const AGENTS: &str = "/ferry/agents/";
+pub const SITES: &str = "/ferry/sites/";
+pub const TARGETS: &str = "/ferry/targets/";
 
 /// The schema this code reads and writes.
 pub const VERSION: u32 = 1;
@@ -94,6 +98,16 @@ pub fn agent_key(node: &Name) -> String {
     format!("{AGENTS}{node}")
 }
 
+pub fn site_key(site: &Name) -> String {
+    format!("{SITES}{site}")
+}
+pub fn targets_of(plan_id: &Name) -> String {
+    format!("{TARGETS}{plan_id}/")
+}
+pub fn target_key(plan_id: &Name, site: &Name) -> String {
+    format!("{TARGETS}{plan_id}/{site}")
+}
+
 /// The last segment of a key under `prefix` (`<prefix><a>/<b>` -> `<b>`), if it is a name.
 pub fn last_name(key: &str) -> Option<Name> {
     Name::new(key.rsplit('/').next()?).ok()
@@ -111,6 +125,75 @@ pub struct PlanRecord {
     /// The next scheduled run (RFC 3339), when not paused and not ended.
     #[serde(default, skip_deserializing)]
     pub next_run: Option<String>,
+    /// A foreign plan: made at this site by a paired site's backup plan, owning the mirrors
+    /// here. Read-only through the API; never scheduled here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<Origin>,
+}
+
+/// Where a foreign plan comes from, and where its mirrors are.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Origin {
+    pub site: Name,
+    /// The source plan's name and id there.
+    pub plan: Name,
+    pub plan_id: Name,
+    /// Each source volume's mirror here (stable across runs while its node lives).
+    pub mirrors: Vec<MirrorPlace>,
+    /// RFC 3339.
+    pub created: String,
+}
+
+/// The mirror of a source volume.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct MirrorPlace {
+    /// The source node and volume.
+    pub node: Name,
+    pub volume: Name,
+    /// Here: the node and the mirror volume.
+    pub mirror_node: Name,
+    pub mirror: Name,
+    pub size: u64,
+}
+
+/// A paired site (`/ferry/sites/<site>`): pairing is mutual, each side adds the other.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct SiteRecord {
+    pub name: Name,
+    /// Its CA certificate, PEM.
+    pub ca_pem: String,
+    /// Its controllers' agent endpoints (`HOST:PORT`, UDP), tried in turn.
+    pub controllers: Vec<String>,
+    /// RFC 3339.
+    pub paired: String,
+}
+
+/// What a target site holds of a backup plan, as the source knows it
+/// (`/ferry/targets/<plan-id>/<site>`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct TargetRecord {
+    pub site: Name,
+    /// The newest group the target holds complete: the base of the next transfer, which
+    /// local retention never prunes.
+    pub last_group: Option<Name>,
+    /// The newest snapshot each source volume's mirror holds there (`node/volume` ->
+    /// group), also after a run that reached the target only in part: the bases local
+    /// retention keeps.
+    #[serde(default)]
+    pub bases: std::collections::BTreeMap<String, Name>,
+    /// When that group was taken here (RFC 3339) and when it was recorded there.
+    pub last_group_created: Option<String>,
+    pub last_replicated: Option<String>,
+    /// Bytes sent to the target in all, and by the last run that reached it.
+    pub bytes_sent: u64,
+    pub last_bytes_sent: u64,
+    /// Milliseconds the last run's transfers to it took (from the first send to the record).
+    pub last_transfer_ms: u64,
+    /// Runs whose part for this target failed, in all, and the last failure.
+    pub failures: u64,
+    pub last_error: Option<String>,
+    /// The foreign plan's name there.
+    pub foreign_plan: Option<Name>,
 }
 
 impl PlanRecord {
@@ -209,6 +292,9 @@ pub struct AgentRecord {
     /// When the agent's certificate stops being valid (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub certificate_expires: Option<String>,
+    /// Where paired sites' agents reach its replication endpoint (`HOST:PORT`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replication_address: Option<String>,
 }
 
 impl AgentRecord {

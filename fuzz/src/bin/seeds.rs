@@ -222,6 +222,7 @@ fn controller(c: &mut Corpus) -> Result<()> {
         spec,
         paused: false,
         next_run: None,
+        origin: None,
     };
     c.put("records", 0, &serde_json::to_vec(&rec)?)?;
     let objects: Vec<ferry_controller::policy::model::Object> =

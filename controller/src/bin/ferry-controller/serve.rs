@@ -107,6 +107,7 @@ fn lead(
     me: ferry_controller::daemon::leader::LeaderInfo,
     ttl: Duration,
     links: Arc<ferry_controller::daemon::agents::Links>,
+    sites: Option<Arc<ferry_controller::daemon::sites::Sites>>,
     role: tokio::sync::watch::Sender<ferry_controller::daemon::leader::Role>,
     stop: Stop,
 ) -> tokio::task::JoinHandle<Result<(), String>> {
@@ -146,6 +147,7 @@ fn lead(
         let executor = tokio::spawn(ferry_controller::daemon::executor::run(
             store.clone(),
             links,
+            sites,
             term,
             stop.wait(),
         ));
@@ -207,8 +209,21 @@ pub async fn serve(
         forwarder,
         links.clone(),
     );
+    let sites = endpoint.as_ref().map(|(b, _, adv)| {
+        Arc::new(ferry_controller::daemon::sites::Sites::new(
+            store.clone(),
+            links.clone(),
+            role_rx.clone(),
+            b.credentials().0,
+            b.pairing(),
+            adv.clone(),
+        ))
+    });
     if let Some((b, _, _)) = &endpoint {
         let _ = state.certificate_expires.set(b.credentials().0.not_after);
+    }
+    if let Some(x) = &sites {
+        let _ = state.sites.set(x.clone());
     }
     let state = Arc::new(state);
     let router = http::router(state);
@@ -217,20 +232,24 @@ pub async fn serve(
     let (stop_tx, stop) = Stop::new();
     let endpoint_addr = endpoint.as_ref().map(|(_, at, _)| *at);
     let mut advertised = None;
-    let agents = endpoint.map(|(bound, at, adv)| {
-        tracing::info!(addr = %at, "agent endpoint up");
-        advertised = Some(adv);
-        tokio::spawn(ferry_controller::daemon::agents::serve(
-            bound,
-            ferry_controller::daemon::agents::Context {
-                store: store.clone(),
-                links: links.clone(),
-                role: role_rx.clone(),
-                router: router.clone(),
-            },
-            stop.wait(),
-        ))
-    });
+    let agents = endpoint
+        .zip(sites.clone())
+        .map(|((bound, at, adv), sites)| {
+            tracing::info!(addr = %at, "agent endpoint up");
+            advertised = Some(adv);
+            tokio::spawn(ferry_controller::daemon::agents::serve(
+                bound,
+                ferry_controller::daemon::agents::Context {
+                    store: store.clone(),
+                    links: links.clone(),
+                    role: role_rx.clone(),
+                    router: router.clone(),
+                    sites,
+                },
+                stop.wait(),
+            ))
+        });
+    let keeper = sites.clone().map(|x| tokio::spawn(x.keep(stop.wait())));
     tracing::info!(addr = %api_addr, "HTTP API up");
     let http = tokio::spawn(http::server::serve(listener, router, stop.wait()));
     ready(Ready {
@@ -244,7 +263,7 @@ pub async fn serve(
     };
     let ttl = Duration::from_secs(cfg.store.lease_ttl_secs());
     let (lead_stop_tx, lead_stop) = Stop::new();
-    let mut leading = lead(store, me, ttl, links, role_tx, lead_stop);
+    let mut leading = lead(store, me, ttl, links, sites, role_tx, lead_stop);
     let result = tokio::select! {
         _ = until => Ok(()),
         r = &mut leading => match r {
@@ -263,6 +282,9 @@ pub async fn serve(
     let _ = http.await;
     if let Some(a) = agents {
         let _ = a.await;
+    }
+    if let Some(k) = keeper {
+        let _ = k.await;
     }
     result
 }

@@ -15,6 +15,7 @@ mod objects;
 mod orphans;
 mod output;
 mod plans;
+mod sites;
 mod status;
 mod volumes;
 
@@ -74,6 +75,9 @@ enum Cmd {
     /// Snapshot groups of deleted plans, kept until deleted.
     #[command(subcommand)]
     Orphans(orphans::Cmd),
+    /// Paired sites (backup plans replicate to them): add, list, remove, export, import.
+    #[command(subcommand)]
+    Sites(sites::Cmd),
     /// Print a shell completion script.
     #[command(
         after_help = "Examples:\n  ferry completion bash > /etc/bash_completion.d/ferry\n  ferry completion zsh > \"${fpath[1]}/_ferry\"\n  ferry completion fish > ~/.config/fish/completions/ferry.fish"
@@ -102,6 +106,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Agents => output::emit(json, &api.list("/v1/agents").await?, volumes::print_agents),
         Cmd::Volumes(c) => volumes::run(&api, c, json).await,
         Cmd::Orphans(c) => orphans::run(&api, c, json).await,
+        Cmd::Sites(c) => sites::run(&api, c, json).await,
         Cmd::Completion { .. } => Ok(()),
     }
 }

@@ -58,6 +58,15 @@ pub enum Cmd {
         /// Do not ask (deleting groups asks on a terminal).
         #[arg(long)]
         yes: bool,
+        /// Let go of a foreign plan (a paired site's mirror here): the site stops owning it.
+        #[arg(long)]
+        release: bool,
+    },
+    /// A backup plan's target sites: the newest group each holds, its age, bytes sent.
+    #[command(after_help = "Example: ferry plans targets nightly")]
+    Targets {
+        /// The plan's name.
+        name: String,
     },
     /// Stop running the plan on its schedule (runs by hand still work).
     Pause {
@@ -177,6 +186,18 @@ fn print_one(p: &Value) {
         .map(s)
         .collect();
     println!("objects:    {}", objects.join(", "));
+    if let Some(o) = p["origin"].as_object() {
+        println!(
+            "mirror of:  plan {} of site {} (read-only here; {} mirrors)",
+            s(&o["plan"]),
+            s(&o["site"]),
+            o["mirrors"].as_array().map_or(0, Vec::len)
+        );
+    }
+    if p["targets_status"].is_array() {
+        println!("targets:");
+        print_targets(&p["targets_status"]);
+    }
     let h = &spec["hooks"];
     if h["pre"].is_string() || h["post"].is_string() {
         println!("pre hook:   {}", s(&h["pre"]));
@@ -184,6 +205,44 @@ fn print_one(p: &Value) {
         if let Some(t) = h["timeout_secs"].as_u64() {
             println!("hook limit: {t} s");
         }
+    }
+}
+
+fn print_targets(v: &Value) {
+    let mut t = Table::new(&[
+        "SITE",
+        "KEEPS",
+        "LAST GROUP",
+        "AGE (RPO)",
+        "LAST SENT",
+        "RATE",
+        "TOTAL SENT",
+        "FAILURES",
+        "LAST ERROR",
+    ])
+    .right(&[1, 4, 5, 6, 7]);
+    for x in v.as_array().into_iter().flatten() {
+        let sent = x["last_bytes_sent"].as_u64().unwrap_or(0);
+        let ms = x["last_transfer_ms"].as_u64().unwrap_or(0);
+        let rate = (sent * 1000)
+            .checked_div(ms)
+            .map_or("-".into(), |r| format!("{}/s", size(r)));
+        t.row(vec![
+            s(&x["site"]),
+            s(&x["retention"]),
+            s(&x["last_group"]),
+            x["lag_secs"].as_f64().map_or("never".into(), duration),
+            size(sent),
+            rate,
+            size(x["bytes_sent"].as_u64().unwrap_or(0)),
+            s(&x["failures"]),
+            s(&x["last_error"]),
+        ]);
+    }
+    if t.is_empty() {
+        println!("  no target sites: a snapshot plan");
+    } else {
+        t.print();
     }
 }
 
@@ -427,7 +486,17 @@ pub async fn run(api: &Api, cmd: &Cmd, json: bool) -> anyhow::Result<()> {
         |path: String, human: fn(&Value)| async move { emit(json, &api.list(&path).await?, human) };
     match cmd {
         Cmd::List => list("/v1/plans".into(), print_list).await,
-        Cmd::Get { name } => get(format!("/v1/plans/{}", checked("plan", name)?), print_one).await,
+        Cmd::Get { name } => {
+            let n = checked("plan", name)?;
+            let mut p = api.get(&format!("/v1/plans/{n}")).await?;
+            if p["spec"]["targets"]
+                .as_array()
+                .is_some_and(|t| !t.is_empty())
+            {
+                p["targets_status"] = api.get(&format!("/v1/plans/{n}/targets")).await?;
+            }
+            emit(json, &p, print_one)
+        }
         Cmd::Create { file } => create(api, file, json).await,
         Cmd::Update { file } => update(api, file, json).await,
         Cmd::Delete {
@@ -435,7 +504,25 @@ pub async fn run(api: &Api, cmd: &Cmd, json: bool) -> anyhow::Result<()> {
             keep_groups,
             delete_groups,
             yes,
-        } => delete(api, name, (*keep_groups, *delete_groups), *yes, json).await,
+            release,
+        } => {
+            delete(
+                api,
+                name,
+                (*keep_groups, *delete_groups, *release),
+                *yes,
+                json,
+            )
+            .await
+        }
+        Cmd::Targets { name } => {
+            let n = checked("plan", name)?;
+            emit(
+                json,
+                &api.get(&format!("/v1/plans/{n}/targets")).await?,
+                print_targets,
+            )
+        }
         Cmd::Pause { name } => pause(api, name, "pause", json).await,
         Cmd::Resume { name } => pause(api, name, "resume", json).await,
         Cmd::Run { name, wait } => run_now(api, name, *wait, json).await,
@@ -507,7 +594,7 @@ async fn update(api: &Api, file: &Path, json: bool) -> anyhow::Result<()> {
 async fn delete(
     api: &Api,
     name: &str,
-    (keep, delete): (bool, bool),
+    (keep, delete, release): (bool, bool, bool),
     yes: bool,
     json: bool,
 ) -> anyhow::Result<()> {
@@ -522,6 +609,11 @@ async fn delete(
         ("?groups=delete", "; its groups are being deleted")
     } else {
         ("", "")
+    };
+    let q = match (release, q.is_empty()) {
+        (false, _) => q.to_string(),
+        (true, true) => "?release=true".to_string(),
+        (true, false) => format!("{q}&release=true"),
     };
     api.call("DELETE", &format!("/v1/plans/{name}{q}"), None)
         .await?;

@@ -1,0 +1,149 @@
+//! Several sites on this machine, each a real controller (on the embedded store or a real
+//! etcd) with real agents linked to it, for backup plans across sites. Agents trust no
+//! other site by configuration: what they replicate with comes from pairing, through
+//! their controller.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+use crate::controller::{free_udp_port, wait_for, Controller, ADMIN};
+use crate::{bin, Pki, Served};
+
+/// One site: its controller and agents.
+pub struct Site {
+    pub name: String,
+    pub controller: Controller,
+    /// The agents' nodes, configs and processes.
+    pub nodes: Vec<(String, PathBuf, Served)>,
+    pub port: u16,
+}
+
+impl Site {
+    /// Site `name`: a controller on `store` (a `[store]` section; `DIR`: a temporary
+    /// directory) with its agent endpoint on a free port, and an agent per `nodes`, data in
+    /// `dir/<name>/<node>`.
+    pub fn start(pki: &Pki, dir: &Path, name: &str, store: &str, nodes: &[&str]) -> Site {
+        Site::start_on(pki, dir, name, store, nodes, free_udp_port())
+    }
+
+    /// [`Site::start`] with the agent endpoint on UDP `port` (to start a site again as it
+    /// was: the same store, data and port).
+    pub fn start_on(
+        pki: &Pki,
+        dir: &Path,
+        name: &str,
+        store: &str,
+        nodes: &[&str],
+        port: u16,
+    ) -> Site {
+        let ctl = format!("{name}-controller");
+        pki.agent_config(name, &ctl, &[], &dir.join("unused"));
+        let sd = pki.dir.path().join(name);
+        let cfg = format!(
+            "{store}\n[agents]\nlisten = \"127.0.0.1:{port}\"\ncert = {:?}\nkey = {:?}\nca = {:?}",
+            sd.join(format!("{ctl}.pem")).display().to_string(),
+            sd.join(format!("{ctl}.key")).display().to_string(),
+            pki.ca(name).display().to_string(),
+        );
+        let controller = Controller::start(&cfg);
+        let mut out = Vec::new();
+        for node in nodes {
+            let data = dir.join(name).join(node);
+            let cfg = pki.agent_config(name, node, &[], &data);
+            let mut text = std::fs::read_to_string(&cfg).expect("config");
+            text.push_str(&format!(
+                "[controller]\naddress = \"127.0.0.1:{port}\"\nca = {:?}\n",
+                pki.ca(name).display().to_string()
+            ));
+            std::fs::write(&cfg, text).expect("config");
+            let log = dir.join(format!("{name}-{node}.log"));
+            let served = Served::start_logged(&cfg, &log);
+            out.push((node.to_string(), cfg, served));
+        }
+        let site = Site {
+            name: name.to_string(),
+            controller,
+            nodes: out,
+            port,
+        };
+        wait_for(&format!("the agents of {name} are up"), 20, || {
+            site.controller
+                .agents()
+                .iter()
+                .filter(|a| a["status"] == "up")
+                .count()
+                == nodes.len()
+        });
+        site
+    }
+
+    /// The embedded store of site `name` under `dir`, kept across restarts.
+    pub fn embedded(dir: &Path, name: &str) -> String {
+        let d = dir.join(name);
+        std::fs::create_dir_all(&d).expect("dir");
+        crate::controller::embedded_at(&d.join("state.redb"))
+    }
+
+    /// The agent config of `node`.
+    pub fn config(&self, node: &str) -> &Path {
+        &self
+            .nodes
+            .iter()
+            .find(|(n, _, _)| n == node)
+            .unwrap_or_else(|| panic!("no node {node}"))
+            .1
+    }
+
+    /// `ferry-agent --config <node's> ARGS --json`.
+    pub fn agent(&self, node: &str, args: &[&str]) -> Value {
+        crate::agent_json(self.config(node), args)
+    }
+
+    /// `ferry ARGS` against this site's controller with the admin token: (status, stdout,
+    /// stderr).
+    pub fn cli(&self, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new(bin("ferry"))
+            .env("FERRY_ADDR", format!("http://{}", self.controller.addr))
+            .env("FERRY_TOKEN", ADMIN)
+            .env("HOME", std::env::temp_dir())
+            .args(args)
+            .output()
+            .expect("run ferry");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// The image of snapshot `snap` of volume `vol` on `node`.
+    pub fn snapshot_image(&self, node: &str, vol: &str, snap: &str) -> PathBuf {
+        let text = std::fs::read_to_string(self.config(node)).expect("config");
+        let data = text
+            .lines()
+            .find_map(|l| l.strip_prefix("data_dir = "))
+            .map(|d| d.trim_matches('"').to_string())
+            .expect("data_dir");
+        Path::new(&data)
+            .join("volumes")
+            .join(vol)
+            .join("snapshots")
+            .join(snap)
+            .join("data.img")
+    }
+}
+
+/// Pairs two sites through the CLI, as operators do: each exports its bundle and imports
+/// the other's.
+pub fn pair(a: &Site, b: &Site, dir: &Path) {
+    for (from, to) in [(a, b), (b, a)] {
+        let (ok, bundle, err) = from.cli(&["sites", "export"]);
+        assert!(ok, "export: {err}");
+        let f = dir.join(format!("{}.json", from.name));
+        std::fs::write(&f, bundle).expect("bundle");
+        let (ok, out, err) = to.cli(&["sites", "import", f.to_str().expect("utf8")]);
+        assert!(ok, "import: {out}{err}");
+    }
+}

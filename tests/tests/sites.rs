@@ -1,0 +1,312 @@
+//! Backup plans across sites: two real sites on loopback (controllers on the embedded
+//! store, real agents, real QUIC with each site's certificates), paired through the CLI.
+
+use ferry_tests::controller::{wait_for, READER};
+use ferry_tests::sites::{pair, Site};
+use ferry_tests::{agent_volume_path, file_hash, rng, write_random, Pki};
+use serde_json::{json, Value};
+
+const MIB: u64 = 1 << 20;
+
+/// The run `id` of plan `plan` once it is over.
+fn finished(site: &Site, plan: &str, id: &str) -> Value {
+    let t0 = std::time::Instant::now();
+    loop {
+        let runs = site
+            .controller
+            .list(&format!("/v1/plans/{plan}/runs"))
+            .unwrap_or_default();
+        let r = runs.into_iter().find(|r| r["run"]["id"] == id);
+        if let Some(r) = &r {
+            let step = r["run"]["step"].as_str().unwrap_or("");
+            if ["done", "partially_done", "failed"].contains(&step) {
+                return r.clone();
+            }
+        }
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(120),
+            "run {id} did not finish: {}",
+            serde_json::to_string_pretty(&r).unwrap_or_default()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+fn run_now(site: &Site, plan: &str) -> Value {
+    let (code, r) = site
+        .controller
+        .admin("POST", &format!("/v1/plans/{plan}/run"), None);
+    assert_eq!(code, 202, "{r}");
+    let id = r["run"]["id"].as_str().expect("id").to_string();
+    finished(site, plan, &id)
+}
+
+fn groups(site: &Site, plan: &str) -> Vec<Value> {
+    site.controller
+        .list(&format!("/v1/plans/{plan}/groups"))
+        .expect("groups")
+}
+
+/// A backup plan over volumes on two agents of site-a, to site-b's two agents: refused
+/// before pairing; after pairing through the CLI, a full run then an incremental one; the
+/// mirror groups' volumes equal the source groups byte for byte; the second run sends about
+/// the changed data; site-b keeps its own count of groups; what site-b holds is read-only
+/// there; an unpairing is refused while the plan targets the site.
+#[test]
+fn a_backup_plan_replicates_each_group_to_a_paired_site() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+
+    let store = ferry_tests::controller::EMBEDDED;
+    let a = Site::start(&pki, dir.path(), "site-a", store, &["a1", "a2"]);
+    let b = Site::start(&pki, dir.path(), "site-b", store, &["b1", "b2"]);
+    let mut r = rng("sites");
+    for (node, vol) in [("a1", "v1"), ("a2", "v2")] {
+        a.agent(node, &["volume", "create", vol, "--size", "16M"]);
+        let path = agent_volume_path(a.config(node), vol);
+        write_random(&path, 0, (12 * MIB) as usize, &mut r);
+        let obj = json!({"name": format!("o{vol}"), "kind": {"type": "virtual_volume",
+            "volume": {"node": node, "volume": vol}}});
+        wait_for("the volume is listed", 10, || {
+            a.controller
+                .admin("POST", "/v1/objects", Some(obj.clone()))
+                .0
+                == 201
+        });
+    }
+    let plan = json!({"name": "web", "objects": ["ov1", "ov2"], "retention": 2, "enabled": false,
+        "schedule": {"every": "daily", "start": "2026-01-01T00:00"},
+        "targets": [{"site": "site-b", "retention": 2}]});
+    let (code, v) = a.controller.admin("POST", "/v1/plans", Some(plan.clone()));
+    assert_eq!(code, 400, "{v}");
+    assert!(v.to_string().contains("not paired"), "{v}");
+
+    pair(&a, &b, dir.path());
+    let (ok, list, _) = a.cli(&["sites", "list"]);
+    assert!(ok && list.contains("site-b"), "{list}");
+    let (code, v) = a.controller.admin("POST", "/v1/plans", Some(plan));
+    assert_eq!(code, 201, "{v}");
+    // The agents were told of the paired site.
+    wait_for("site-b's agents trust site-a", 15, || {
+        b.nodes.iter().all(|(_, cfg, _)| {
+            let text = std::fs::read_to_string(cfg).unwrap_or_default();
+            let data = text
+                .lines()
+                .find_map(|l| l.strip_prefix("data_dir = "))
+                .map(|d| d.trim_matches('"').to_string())
+                .unwrap_or_default();
+            std::fs::read_to_string(std::path::Path::new(&data).join("peers.json"))
+                .is_ok_and(|t| t.contains("site-a"))
+        })
+    });
+
+    // The full run.
+    let run = run_now(&a, "web");
+    assert_eq!(run["run"]["step"], "done", "{run}");
+    let part = &run["run"]["targets"]["site-b"];
+    assert_eq!(part["step"], "done", "{part}");
+    let full: u64 = part["transfers"]
+        .as_array()
+        .expect("transfers")
+        .iter()
+        .map(|t| t["sent_bytes"].as_u64().unwrap_or(0))
+        .sum();
+    assert!(full >= 20 * MIB, "a full copy sent only {full} bytes");
+    let foreign = "site-a.web";
+    let mirrored = groups(&b, foreign);
+    assert_eq!(mirrored.len(), 1, "{mirrored:?}");
+    let check_equal = |group: &Value| {
+        let g = group["group"].as_str().expect("group");
+        for (mnode, snap) in group["snapshots"]
+            .as_array()
+            .expect("snapshots")
+            .iter()
+            .map(|x| (x[0].as_str().expect("node"), &x[1]))
+        {
+            let mirror = snap["volume"].as_str().expect("mirror");
+            // site-a.<node>.<volume>
+            let mut parts = mirror.splitn(3, '.').skip(1);
+            let (node, vol) = (parts.next().expect("node"), parts.next().expect("vol"));
+            assert_eq!(
+                file_hash(&b.snapshot_image(mnode, mirror, g)),
+                file_hash(&a.snapshot_image(node, vol, g)),
+                "{mirror} at {mnode} differs from {node}/{vol} in group {g}"
+            );
+        }
+    };
+    check_equal(&mirrored[0]);
+
+    // The incremental run: 64 random 4 KiB pages changed on v1.
+    let path = agent_volume_path(a.config("a1"), "v1");
+    let pages = ferry_tests::random_page_writes(&path, 16 * MIB, 64, &mut r);
+    let run = run_now(&a, "web");
+    assert_eq!(run["run"]["step"], "done", "{run}");
+    let inc: u64 = run["run"]["targets"]["site-b"]["transfers"]
+        .as_array()
+        .expect("transfers")
+        .iter()
+        .map(|t| t["sent_bytes"].as_u64().unwrap_or(0))
+        .sum();
+    let changed = pages.len() as u64 * 4096;
+    assert!(
+        inc <= 4 * changed + 256 * 1024,
+        "the incremental sent {inc} bytes for {changed} changed"
+    );
+    eprintln!(
+        "sent: full {full} bytes of 24 MiB written; incremental {inc} bytes for {changed} changed"
+    );
+    let mirrored = groups(&b, foreign);
+    assert_eq!(mirrored.len(), 2);
+    for g in &mirrored {
+        check_equal(g);
+    }
+    let (code, targets) = a
+        .controller
+        .call("GET", "/v1/plans/web/targets", Some(READER), None);
+    assert_eq!(code, 200, "{targets}");
+    assert_eq!(
+        targets[0]["last_bytes_sent"].as_u64(),
+        Some(inc),
+        "{targets}"
+    );
+    assert_eq!(
+        targets[0]["bytes_sent"].as_u64(),
+        Some(full + inc),
+        "{targets}"
+    );
+
+    // A third run: both sites keep two groups each.
+    let run = run_now(&a, "web");
+    assert_eq!(run["run"]["step"], "done", "{run}");
+    wait_for("site-b prunes to its retention", 30, || {
+        groups(&b, foreign).len() == 2
+    });
+    assert_eq!(groups(&a, "web").len(), 2);
+
+    // What site-b holds is read-only there.
+    let (code, v) = b
+        .controller
+        .admin("POST", &format!("/v1/plans/{foreign}/run"), None);
+    assert_eq!(code, 409, "{v}");
+    assert!(v.to_string().contains("site-a"), "{v}");
+    let (code, v) = b
+        .controller
+        .admin("DELETE", &format!("/v1/plans/{foreign}"), None);
+    assert_eq!(code, 409, "{v}");
+    let g = groups(&b, foreign)[0]["group"].clone();
+    let (code, v) = b.controller.admin(
+        "POST",
+        &format!("/v1/plans/{foreign}/rollbacks"),
+        Some(json!({"group": g})),
+    );
+    assert_eq!(code, 409, "{v}");
+    // Unpairing is refused while a plan targets the site, naming the plan.
+    let (ok, _, err) = a.cli(&["sites", "remove", "site-b", "--yes"]);
+    assert!(!ok && err.contains("web"), "{err}");
+    let (ok, out, err) = a.cli(&["plans", "get", "web"]);
+    assert!(ok && out.contains("site-b"), "{out}{err}");
+}
+
+/// Two targets, each keeping its own count, one of them stopped for a run: that run is
+/// `partially_done` naming it while the other target gets the group; started again, the
+/// stopped one is caught up from the newest group it holds (not in full), because local
+/// retention kept that group for it. After five runs: 2 groups here, 3 at site-b, 1 at
+/// site-c.
+#[test]
+fn each_target_keeps_its_own_count_and_a_stopped_one_catches_up() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let a = Site::start(&pki, d, "site-a", &Site::embedded(d, "site-a"), &["a1"]);
+    let b = Site::start(&pki, d, "site-b", &Site::embedded(d, "site-b"), &["b1"]);
+    let c_port = ferry_tests::controller::free_udp_port();
+    let c_store = Site::embedded(d, "site-c");
+    let mut c = Some(Site::start_on(&pki, d, "site-c", &c_store, &["c1"], c_port));
+    pair(&a, &b, d);
+    pair(&a, c.as_ref().expect("c"), d);
+    let mut r = rng("two-targets");
+    a.agent("a1", &["volume", "create", "v", "--size", "8M"]);
+    let path = agent_volume_path(a.config("a1"), "v");
+    write_random(&path, 0, (8 * MIB) as usize, &mut r);
+    let obj = json!({"name": "ov", "kind": {"type": "virtual_volume",
+        "volume": {"node": "a1", "volume": "v"}}});
+    wait_for("the volume is listed", 10, || {
+        a.controller
+            .admin("POST", "/v1/objects", Some(obj.clone()))
+            .0
+            == 201
+    });
+    let plan = json!({"name": "db", "objects": ["ov"], "retention": 2, "enabled": false,
+        "schedule": {"every": "hourly", "start": "2026-01-01T00:00"},
+        "targets": [{"site": "site-b", "retention": 3}, {"site": "site-c", "retention": 1}]});
+    let (code, v) = a.controller.admin("POST", "/v1/plans", Some(plan));
+    assert_eq!(code, 201, "{v}");
+    let sent = |run: &Value, site: &str| -> u64 {
+        run["run"]["targets"][site]["transfers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|t| t["sent_bytes"].as_u64().unwrap_or(0))
+            .sum()
+    };
+    let mut changed_since_c = 0;
+    for i in 0..5 {
+        if i > 0 {
+            let pages = ferry_tests::random_page_writes(&path, 8 * MIB, 32, &mut r);
+            changed_since_c += pages.len() as u64 * 4096;
+        }
+        if i == 2 {
+            drop(c.take()); // SIGKILL: its controller and its agent
+        }
+        if i == 3 {
+            c = Some(Site::start_on(&pki, d, "site-c", &c_store, &["c1"], c_port));
+        }
+        let run = run_now(&a, "db");
+        let step = run["run"]["step"].as_str().unwrap_or_default().to_string();
+        eprintln!(
+            "run {i}: {step}; sent to b {} and to c {} bytes",
+            sent(&run, "site-b"),
+            sent(&run, "site-c")
+        );
+        assert_eq!(run["run"]["targets"]["site-b"]["step"], "done", "{run}");
+        if i == 2 {
+            assert_eq!(step, "partially_done", "{run}");
+            let e = run["run"]["error"].as_str().unwrap_or_default();
+            assert!(e.contains("site-c"), "{e}");
+            continue;
+        }
+        assert_eq!(step, "done", "{run}");
+        if i == 0 {
+            assert!(sent(&run, "site-c") >= 8 * MIB, "the first is full");
+        } else {
+            // Only what changed since the newest group site-c holds, even after its stop.
+            assert!(
+                sent(&run, "site-c") <= 4 * changed_since_c + 256 * 1024,
+                "run {i} sent {} bytes to site-c for {changed_since_c} changed",
+                sent(&run, "site-c")
+            );
+        }
+        changed_since_c = 0;
+    }
+    let c = c.expect("c");
+    wait_for("every site at its own count", 30, || {
+        groups(&a, "db").len() == 2
+            && groups(&b, "site-a.db").len() == 3
+            && groups(&c, "site-a.db").len() == 1
+    });
+    let (code, t) = a
+        .controller
+        .call("GET", "/v1/plans/db/targets", Some(READER), None);
+    assert_eq!(code, 200);
+    let tc = t
+        .as_array()
+        .expect("targets")
+        .iter()
+        .find(|x| x["site"] == "site-c")
+        .cloned();
+    assert_eq!(
+        tc.as_ref().map(|x| x["failures"].clone()),
+        Some(json!(1)),
+        "{t}"
+    );
+}
