@@ -460,6 +460,7 @@ fn replicate(cfg: &AgentConfig, store: Store, json: bool, a: ReplicateArgs) -> a
         compress: compress.unwrap_or(cfg.net.compress),
         progress: progress || std::io::IsTerminal::is_terminal(&std::io::stderr()),
         site: None,
+        report_to: None,
     };
     let store = std::sync::Arc::new(store);
     let results = runtime()?.block_on(async {

@@ -16,6 +16,12 @@ pub struct Progress {
 }
 
 impl Progress {
+    /// Says where a task is outright (one that counts by itself, a transfer).
+    pub fn set(&self, done: u64, total: u64) {
+        self.done.store(done, Ordering::Relaxed);
+        self.total.store(total, Ordering::Relaxed);
+    }
+
     /// (bytes done, bytes expected).
     pub fn get(&self) -> (u64, u64) {
         let done = self.done.load(Ordering::Relaxed);

@@ -65,18 +65,21 @@ fn a_backup_plan_replicates_each_group_to_a_paired_site() {
         a.agent(node, &["volume", "create", vol, "--size", "16M"]);
         let path = agent_volume_path(a.config(node), vol);
         write_random(&path, 0, (12 * MIB) as usize, &mut r);
-        let obj = json!({"name": format!("o{vol}"), "kind": {"type": "virtual_volume",
-            "volume": {"node": node, "volume": vol}}});
-        wait_for("the volume is listed", 10, || {
-            a.controller
-                .admin("POST", "/v1/objects", Some(obj.clone()))
-                .0
-                == 201
-        });
     }
-    let plan = json!({"name": "web", "objects": ["ov1", "ov2"], "retention": 2, "enabled": false,
+    // A VM with a disk on each node and a NIC on a virtual switch.
+    let vm = json!({"name": "web-vm", "kind": {"type": "vm", "vcpus": 2, "memory_mib": 2048,
+        "disks": [{"volume": {"node": "a1", "volume": "v1"}},
+                  {"volume": {"node": "a2", "volume": "v2"}}],
+        "nics": [{"switch": "vsw-prod", "mac": "52:54:00:00:00:01"}]}});
+    wait_for("the volumes are listed", 10, || {
+        a.controller
+            .admin("POST", "/v1/objects", Some(vm.clone()))
+            .0
+            == 201
+    });
+    let plan = json!({"name": "web", "objects": ["web-vm"], "retention": 2, "enabled": false,
         "schedule": {"every": "daily", "start": "2026-01-01T00:00"},
-        "targets": [{"site": "site-b", "retention": 2}]});
+        "targets": [{"site": "site-b", "retention": 2, "switches": {"vsw-prod": "vsw-b"}}]});
     let (code, v) = a.controller.admin("POST", "/v1/plans", Some(plan.clone()));
     assert_eq!(code, 400, "{v}");
     assert!(v.to_string().contains("not paired"), "{v}");
@@ -84,6 +87,16 @@ fn a_backup_plan_replicates_each_group_to_a_paired_site() {
     pair(&a, &b, dir.path());
     let (ok, list, _) = a.cli(&["sites", "list"]);
     assert!(ok && list.contains("site-b"), "{list}");
+    // The spec's rule: every NIC's switch mapped at every target.
+    let mut unmapped = plan.clone();
+    unmapped["targets"][0]["switches"] = json!({});
+    let (code, v) = a.controller.admin("POST", "/v1/plans", Some(unmapped));
+    assert_eq!(code, 400, "{v}");
+    let msg = v.to_string();
+    assert!(
+        msg.contains("vsw-prod") && msg.contains("web-vm") && msg.contains("site-b"),
+        "{msg}"
+    );
     let (code, v) = a.controller.admin("POST", "/v1/plans", Some(plan));
     assert_eq!(code, 201, "{v}");
     // The agents were told of the paired site.
@@ -135,6 +148,33 @@ fn a_backup_plan_replicates_each_group_to_a_paired_site() {
         }
     };
     check_equal(&mirrored[0]);
+    // The mirror VM at site-b: its disks on the mirrors there, its NIC on the mapped switch.
+    let mirrors = b
+        .controller
+        .list(&format!("/v1/plans/{foreign}/mirrors"))
+        .expect("mirrors");
+    assert_eq!(mirrors.len(), 1, "{mirrors:?}");
+    let kind = &mirrors[0]["kind"];
+    assert_eq!(kind["vcpus"], 2);
+    assert_eq!(kind["nics"][0]["switch"], "vsw-b");
+    assert_eq!(kind["nics"][0]["mac"], "52:54:00:00:00:01");
+    let disks: Vec<String> = kind["disks"]
+        .as_array()
+        .expect("disks")
+        .iter()
+        .map(|d| {
+            d["volume"]["volume"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(disks, ["site-a.a1.v1", "site-a.a2.v2"]);
+    for d in kind["disks"].as_array().expect("disks") {
+        assert!(d["volume"]["node"]
+            .as_str()
+            .is_some_and(|n| n.starts_with('b')));
+    }
 
     // The incremental run: 64 random 4 KiB pages changed on v1.
     let path = agent_volume_path(a.config("a1"), "v1");

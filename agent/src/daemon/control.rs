@@ -385,12 +385,28 @@ async fn run_transfer(task: ferry_wire::task::Task, d: Arc<Daemon>, tx: mpsc::Se
     if !fresh {
         return; // running here already: its report comes when it ends
     }
-    let state = transfer(&task, &d)
-        .await
-        .unwrap_or_else(|e| TaskState::Failed {
-            kind: e.kind().to_string(),
-            message: e.to_string(),
-        });
+    let progress = Arc::new(crate::progress::Progress::default());
+    let work = transfer(&task, &d, progress.clone());
+    tokio::pin!(work);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut told = (0, 0);
+    let outcome = loop {
+        tokio::select! {
+            r = &mut work => break r,
+            _ = tick.tick() => {
+                let (done_bytes, total_bytes) = progress.get();
+                if (done_bytes, total_bytes) != told && total_bytes > 0 {
+                    told = (done_bytes, total_bytes);
+                    let m = AgentMsg::TaskProgress { id: id.clone(), done_bytes, total_bytes };
+                    let _ = tx.send(m).await;
+                }
+            }
+        }
+    };
+    let state = outcome.unwrap_or_else(|e| TaskState::Failed {
+        kind: e.kind().to_string(),
+        message: e.to_string(),
+    });
     if let Err(e) = d.ledger.finish(&task, &state) {
         tracing::warn!(task = %id, error = %e, "cannot record the transfer's end");
     }
@@ -400,7 +416,11 @@ async fn run_transfer(task: ferry_wire::task::Task, d: Arc<Daemon>, tx: mpsc::Se
     let _ = tx.send(AgentMsg::TaskReport { id, state }).await;
 }
 
-async fn transfer(task: &ferry_wire::task::Task, d: &Arc<Daemon>) -> Result<TaskState> {
+async fn transfer(
+    task: &ferry_wire::task::Task,
+    d: &Arc<Daemon>,
+    progress: Arc<crate::progress::Progress>,
+) -> Result<TaskState> {
     let ferry_wire::task::TaskKind::Replicate {
         volume,
         snapshot,
@@ -439,6 +459,7 @@ async fn transfer(task: &ferry_wire::task::Task, d: &Arc<Daemon>) -> Result<Task
         compress: d.cfg.net.compress,
         progress: false,
         site: Some(site.clone()),
+        report_to: Some(progress),
     };
     let r = crate::replication::send::replicate_with_retries(
         &d.cfg,

@@ -118,6 +118,9 @@ pub struct Target {
     /// The site the peer must be a node of (the controller says which; by hand, any
     /// paired site).
     pub site: Option<Name>,
+    /// Where to count how far it is (the daemon tells its controller): bytes of the volume
+    /// scanned and settled, of its size.
+    pub report_to: Option<Arc<crate::progress::Progress>>,
 }
 
 /// The bandwidth all outgoing transfers of an agent share (`net.bandwidth_limit`).
@@ -335,7 +338,7 @@ pub async fn replicate(
         &src,
         delta.base_manifest.as_ref(),
         &pipeline,
-        target.progress,
+        (target.progress, target.report_to.clone()),
         &mut report,
     )
     .await;
@@ -860,7 +863,7 @@ async fn offer(
     src: &Source,
     base: Option<&HashFile>,
     pipeline: &Pipeline,
-    progress: bool,
+    (progress, report_to): (bool, Option<Arc<crate::progress::Progress>>),
     report: &mut ReplicateReport,
 ) -> Result<()> {
     let new = &src.manifest;
@@ -877,6 +880,25 @@ async fn offer(
             pipeline.counters.clone(),
             new.len(),
         )
+    });
+    let counting = report_to.map(|p| {
+        let (scanned, needed, counters) =
+            (scanned.clone(), needed.clone(), pipeline.counters.clone());
+        let (blocks, size) = (new.len().max(1), src.meta.size);
+        tokio::spawn(async move {
+            loop {
+                let (sc, nd, sk) = (load(&scanned), load(&needed), load(&counters.blocks));
+                // Scanned, and of what was needed, sent: the fraction settled.
+                let settled = (sc as f64 / blocks as f64)
+                    * if nd > 0 {
+                        (sk as f64 / nd as f64).min(1.0)
+                    } else {
+                        1.0
+                    };
+                p.set((settled * size as f64) as u64, size);
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+        })
     });
     let relaxed = std::sync::atomic::Ordering::Relaxed;
     let c = &pipeline.counters;
@@ -922,6 +944,9 @@ async fn offer(
     }
     .await;
     if let Some(t) = ticker {
+        t.abort();
+    }
+    if let Some(t) = counting {
         t.abort();
     }
     result

@@ -358,7 +358,12 @@ impl Executor {
             let groups: Vec<GroupRecord> = load(store, &schema::groups_of(id)).await?;
             if groups.is_empty() && runs.len() <= ORPHAN_BATCH {
                 // Nothing left: the history of its jobs goes with the marker.
-                for prefix in [schema::rollbacks_of(id), schema::removals_of(id)] {
+                for prefix in [
+                    schema::rollbacks_of(id),
+                    schema::removals_of(id),
+                    schema::targets_of(id),
+                    schema::mirrors_of(id),
+                ] {
                     for j in store.list(&prefix).await? {
                         store.delete(&j.key).await?;
                     }
@@ -727,8 +732,25 @@ impl Executor {
             let Some(plan) = plan else {
                 return Ok(());
             };
+            let mut protected = Vec::new();
+            for o in &rec.objects {
+                if let Some(kv) = store.get(&schema::object_key(&o.name)).await? {
+                    if let Ok(obj) = serde_json::from_slice(&kv.value) {
+                        protected.push(obj);
+                    }
+                }
+            }
+            let switches = plan
+                .spec
+                .targets
+                .iter()
+                .find(|t| t.site == site)
+                .map(|t| t.switches.clone())
+                .unwrap_or_default();
             let spec = crate::daemon::sites::ForeignSpec {
                 schedule: plan.spec.schedule,
+                objects: protected,
+                switches,
             };
             *objects = serde_json::to_vec(&spec).unwrap_or_default();
         }

@@ -52,6 +52,11 @@ pub const MAX_SITES: usize = ferry_wire::control::MAX_PEER_SITES;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ForeignSpec {
     pub schedule: ScheduleSpec,
+    /// The plan's objects, and this target's virtual-switch map, for the mirror objects.
+    #[serde(default)]
+    pub objects: Vec<crate::policy::model::Object>,
+    #[serde(default)]
+    pub switches: BTreeMap<Name, Name>,
 }
 
 /// How a paired site's link stands, as `GET /v1/sites` shows it.
@@ -645,8 +650,29 @@ impl Sites {
                 .and_then(|p| p.origin.as_ref())
                 .map_or(now.to_string(), |o| o.created.clone()),
         };
+        // The mirror objects: each protected volume its mirror here, switches mapped.
+        let mut mirror_objects = Vec::new();
+        for o in &spec.objects {
+            let m = o
+                .mirrored(
+                    o.name.clone(),
+                    |v| {
+                        origin
+                            .mirrors
+                            .iter()
+                            .find(|p| p.node == v.node && p.volume == v.volume)
+                            .map(|p| crate::policy::model::VolumeRef {
+                                node: p.mirror_node.clone(),
+                                volume: p.mirror.clone(),
+                            })
+                    },
+                    &spec.switches,
+                )
+                .map_err(|e| ("invalid".to_string(), format!("object {}: {e}", o.name)))?;
+            mirror_objects.push(m);
+        }
         let rec = PlanRecord {
-            id: Some(id),
+            id: Some(id.clone()),
             spec: PlanSpec {
                 name: name.clone(),
                 objects: Vec::new(),
@@ -660,29 +686,59 @@ impl Sites {
             next_run: None,
             origin: Some(origin),
         };
-        let changed = old.as_ref().is_none_or(|o| {
+        let mut changed = old.as_ref().is_none_or(|o| {
             o.origin != rec.origin
                 || o.spec.retention != retention
                 || o.spec.schedule != rec.spec.schedule
         });
+        let stored: Vec<crate::policy::model::Object> = load(&self.store, &schema::mirrors_of(&id))
+            .await
+            .map_err(store_err)?;
+        let mut sorted = mirror_objects.clone();
+        sorted.sort_by(|a, b| a.name.cmp(&b.name));
+        changed |= stored != sorted;
         if changed {
             let v = serde_json::to_vec(&rec).map_err(|e| ("invalid".to_string(), e.to_string()))?;
             let when = match &existing {
                 Some(kv) => Compare::ModRevision(key.clone(), kv.mod_revision),
                 None => Compare::Absent(key.clone()),
             };
+            let then = vec![Op::Put(key, v)];
             let done = self
                 .store
                 .txn(Txn {
                     when: vec![when, term.fence()],
-                    then: vec![Op::Put(key, v)],
+                    then,
                 })
                 .await
                 .map_err(store_err)?;
             if !done.succeeded {
                 return Err(("unavailable".into(), "changed meanwhile; ask again".into()));
             }
-            tracing::info!(plan = %name, site = %peer, "foreign plan prepared");
+            // The mirror objects, in bounded transactions after the plan (a prepare is
+            // asked again until it is answered, so a partial write is completed).
+            let mut ops = Vec::new();
+            for o in &stored {
+                if !sorted.iter().any(|x| x.name == o.name) {
+                    ops.push(Op::Delete(schema::mirror_key(&id, &o.name)));
+                }
+            }
+            for o in &sorted {
+                let v =
+                    serde_json::to_vec(o).map_err(|e| ("invalid".to_string(), e.to_string()))?;
+                ops.push(Op::Put(schema::mirror_key(&id, &o.name), v));
+            }
+            while !ops.is_empty() {
+                let rest = ops.split_off(ops.len().min(64));
+                self.store
+                    .txn(Txn {
+                        when: vec![term.fence()],
+                        then: std::mem::replace(&mut ops, rest),
+                    })
+                    .await
+                    .map_err(store_err)?;
+            }
+            tracing::info!(plan = %name, site = %peer, objects = sorted.len(), "foreign plan prepared");
         }
         Ok(SiteResponse::Prepared {
             foreign_plan: name,

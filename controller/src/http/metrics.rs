@@ -31,7 +31,7 @@ pub(super) fn label(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
-#[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text format: requests, plans, objects, runs by plan and step, last success, the last run's duration and bytes per plan, store revision", body = String, content_type = "text/plain")))]
+#[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text format: requests, plans, objects, runs by plan and step, last success, the last run's duration and bytes per plan, per backup target its last group, lag, bytes and failures, paired sites' reachability, store revision", body = String, content_type = "text/plain")))]
 /// Prometheus metrics: requests, plans, objects, runs by plan and step, the last successful
 /// run per plan, the newest finished run's duration and bytes, the store's revision.
 pub(super) async fn metrics(
@@ -126,6 +126,87 @@ pub(super) async fn metrics(
         "Bytes the newest finished run's snapshots read (the changed data), by plan.",
         per_plan(&f.last_bytes),
     );
+    // Backup plans, per plan and target; paired sites' links.
+    let now = jiff::Timestamp::now();
+    let mut t_last = Vec::new();
+    let mut t_lag = Vec::new();
+    let mut t_bytes = Vec::new();
+    let mut t_fail = Vec::new();
+    for kv in s.store.list(schema::TARGETS).await? {
+        let Ok(t) = serde_json::from_slice::<schema::TargetRecord>(&kv.value) else {
+            continue;
+        };
+        let mut parts = kv.key.rsplit('/');
+        let (_, id) = (parts.next(), parts.next().unwrap_or_default());
+        let Some(plan) = plans.iter().find(|p| p.id().as_str() == id) else {
+            continue;
+        };
+        let labels = vec![
+            ("plan", plan.spec.name.to_string()),
+            ("site", t.site.to_string()),
+        ];
+        let created = t
+            .last_group_created
+            .as_deref()
+            .and_then(|c| c.parse::<jiff::Timestamp>().ok());
+        if let Some(c) = created {
+            t_last.push((labels.clone(), c.as_second().to_string()));
+            t_lag.push((
+                labels.clone(),
+                (now.as_second() - c.as_second()).to_string(),
+            ));
+        }
+        t_bytes.push((labels.clone(), t.bytes_sent.to_string()));
+        t_fail.push((labels, t.failures.to_string()));
+    }
+    out.family(
+        "ferry_target_last_group_timestamp_seconds",
+        "gauge",
+        "When the newest group a target site holds was taken here, by plan and site.",
+        t_last,
+    );
+    out.family(
+        "ferry_target_lag_seconds",
+        "gauge",
+        "Age of the newest group a target site holds (the recovery point it offers), by plan and site.",
+        t_lag,
+    );
+    out.family(
+        "ferry_target_bytes_sent_total",
+        "counter",
+        "Bytes sent to a target site for a plan.",
+        t_bytes,
+    );
+    out.family(
+        "ferry_target_failures_total",
+        "counter",
+        "Runs whose part for a target site failed, by plan and site.",
+        t_fail,
+    );
+    if let Some(sites) = s.sites.get() {
+        let mut up = Vec::new();
+        let mut rtt = Vec::new();
+        for r in crate::state::load::<schema::SiteRecord>(&s.store, schema::SITES).await? {
+            let st = sites.status(&r.name);
+            let l = vec![("site", r.name.to_string())];
+            up.push((l.clone(), u8::from(st.reachable).to_string()));
+            if let Some(ms) = st.rtt_ms {
+                rtt.push((l, (ms / 1e3).to_string()));
+            }
+        }
+        out.family(
+            "ferry_site_reachable",
+            "gauge",
+            "Whether a paired site answered its last ping (1) or not (0).",
+            up,
+        );
+        out.family(
+            "ferry_site_rtt_seconds",
+            "gauge",
+            "Round-trip time of the last ping to a paired site.",
+            rtt,
+        );
+    }
     let mut expiry: Vec<_> = s
         .certificate_expires
         .get()

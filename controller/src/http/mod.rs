@@ -181,6 +181,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
             get(sites::get_site).delete(sites::remove_site),
         )
         .route("/v1/plans/{name}/targets", get(sites::plan_targets))
+        .route("/v1/plans/{name}/mirrors", get(sites::plan_mirrors))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
         })

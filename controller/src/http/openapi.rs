@@ -55,6 +55,7 @@ use super::*;
         sites::add_site,
         sites::remove_site,
         sites::plan_targets,
+        sites::plan_mirrors,
     ),
     components(schemas(ErrorBody)),
     security(("bearer" = [])),

@@ -282,3 +282,17 @@ pub(super) async fn plan_targets(
     }
     Ok(Json(out))
 }
+
+#[utoipa::path(get, path = "/v1/plans/{name}/mirrors", params(("name" = Name, Path, description = "the foreign plan's name"), PageQuery), responses((status = 200, description = "a page of a foreign plan's mirror objects, by name: the source's objects with their volumes on the mirrors here and their NICs on the mapped switches", body = Vec<Object>, headers(("x-next-after" = String, description = "the cursor of the next page, while more follow")))))]
+pub(super) async fn plan_mirrors(
+    State(s): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    raw: RawQuery,
+) -> ApiResult<Paged<Object>> {
+    auth(&s, &headers, false)?;
+    let name = name_param("plan", &name)?;
+    let (plan, _) = read_plan(&s.store, &name).await?;
+    let page = Page::new(&s, raw).await?;
+    page::stored::<Object>(&s.store, &schema::mirrors_of(plan.id()), page).await
+}

@@ -191,6 +191,76 @@ impl Object {
         Ok(())
     }
 
+    /// This object as its mirror at a target site, named `name`: each protected volume
+    /// replaced by its mirror (`mirror_of`), CD-ROM and shared disks left out (they are not
+    /// replicated), every NIC on its switch's counterpart in `switches`. The rest (vCPUs,
+    /// memory, MACs, LUN ids, export paths) stays as it is. An error says what is missing.
+    pub fn mirrored(
+        &self,
+        name: Name,
+        mirror_of: impl Fn(&VolumeRef) -> Option<VolumeRef>,
+        switches: &std::collections::BTreeMap<Name, Name>,
+    ) -> Result<Object, String> {
+        let m = |v: &VolumeRef| {
+            mirror_of(v).ok_or_else(|| format!("{}/{} has no mirror", v.node, v.volume))
+        };
+        let kind = match &self.kind {
+            ObjectKind::VirtualVolume { volume } => {
+                ObjectKind::VirtualVolume { volume: m(volume)? }
+            }
+            ObjectKind::IscsiLun {
+                target_iqn,
+                lun,
+                volume,
+            } => ObjectKind::IscsiLun {
+                target_iqn: target_iqn.clone(),
+                lun: *lun,
+                volume: m(volume)?,
+            },
+            ObjectKind::NfsFile {
+                export,
+                path,
+                volume,
+            } => ObjectKind::NfsFile {
+                export: export.clone(),
+                path: path.clone(),
+                volume: m(volume)?,
+            },
+            ObjectKind::Vm {
+                vcpus,
+                memory_mib,
+                disks,
+                nics,
+            } => ObjectKind::Vm {
+                vcpus: *vcpus,
+                memory_mib: *memory_mib,
+                disks: disks
+                    .iter()
+                    .filter(|d| d.role == DiskRole::Disk)
+                    .map(|d| {
+                        Ok(VmDisk {
+                            volume: m(&d.volume)?,
+                            role: DiskRole::Disk,
+                        })
+                    })
+                    .collect::<Result<_, String>>()?,
+                nics: nics
+                    .iter()
+                    .map(|n| {
+                        Ok(Nic {
+                            switch: switches
+                                .get(&n.switch)
+                                .cloned()
+                                .ok_or_else(|| format!("switch {} is not mapped", n.switch))?,
+                            mac: n.mac.clone(),
+                        })
+                    })
+                    .collect::<Result<_, String>>()?,
+            },
+        };
+        Ok(Object { name, kind })
+    }
+
     /// The virtual switches the object's NICs use.
     pub fn switches(&self) -> Vec<&Name> {
         match &self.kind {
@@ -963,5 +1033,78 @@ mod tests {
                 && e.problem.contains("site b"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_mirror_object_keeps_everything_but_volumes_and_switches() {
+        let web = vm(vec![
+            VmDisk {
+                volume: vol("n1", "d0"),
+                role: DiskRole::Disk,
+            },
+            VmDisk {
+                volume: vol("n2", "d1"),
+                role: DiskRole::Disk,
+            },
+            VmDisk {
+                volume: vol("n1", "iso"),
+                role: DiskRole::Cdrom,
+            },
+            VmDisk {
+                volume: vol("n1", "quorum"),
+                role: DiskRole::Shared,
+            },
+        ]);
+        let mirror = |v: &VolumeRef| {
+            Some(vol("m1", &format!("site-a.{}.{}", v.node, v.volume)))
+                .filter(|_| v.volume.as_str().starts_with('d'))
+        };
+        let map: std::collections::BTreeMap<Name, Name> =
+            [(n("vsw-prod"), n("vsw-dr"))].into_iter().collect();
+        let m = web.mirrored(n("site-a.web"), mirror, &map).expect("mirror");
+        let ObjectKind::Vm {
+            vcpus,
+            memory_mib,
+            disks,
+            nics,
+        } = &m.kind
+        else {
+            panic!("{m:?}");
+        };
+        assert_eq!((*vcpus, *memory_mib), (4, 8192));
+        let names: Vec<String> = disks
+            .iter()
+            .map(|d| format!("{}/{}", d.volume.node, d.volume.volume))
+            .collect();
+        assert_eq!(
+            names,
+            ["m1/site-a.n1.d0", "m1/site-a.n2.d1"],
+            "CD-ROM and shared left out"
+        );
+        assert_eq!(nics[0].switch.as_str(), "vsw-dr");
+        assert_eq!(nics[0].mac.as_deref(), Some("52:54:00:12:34:56"));
+        let e = web
+            .mirrored(n("x"), mirror, &Default::default())
+            .expect_err("unmapped");
+        assert!(e.contains("vsw-prod"), "{e}");
+        let lun = Object {
+            name: n("db"),
+            kind: ObjectKind::IscsiLun {
+                target_iqn: "iqn.2026-11.com.example:db".into(),
+                lun: 7,
+                volume: vol("n1", "d9"),
+            },
+        };
+        let m = lun.mirrored(n("site-a.db"), mirror, &map).expect("lun");
+        assert!(
+            matches!(&m.kind, ObjectKind::IscsiLun { lun: 7, target_iqn, volume } if target_iqn.ends_with(":db") && volume.node.as_str() == "m1")
+        );
+        let lost = Object {
+            name: n("x"),
+            kind: ObjectKind::VirtualVolume {
+                volume: vol("n1", "zz"),
+            },
+        };
+        assert!(lost.mirrored(n("x"), mirror, &map).is_err());
     }
 }

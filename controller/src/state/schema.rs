@@ -18,6 +18,7 @@
 //! | `/ferry/orphans/<plan-id>` | [`OrphanRecord`]: a deleted plan's leftovers | API | executor, API |
 //! | `/ferry/agents/<node>` | [`AgentRecord`] | agent endpoint | API, executor |
 //! | `/ferry/sites/<site>` | [`SiteRecord`]: a paired site | API | API, site links, executor |
+//! | `/ferry/mirrors/<plan-id>/<object>` | `policy::model::Object`: a foreign plan's mirror object (its volumes the mirrors here, its NICs on the mapped switches) | site links (prepare) | API |
 //! | `/ferry/targets/<plan-id>/<site>` | [`TargetRecord`]: what a target holds of a backup plan | executor | API, executor (retention) |
 //! | `/ferry/leader...` | leader election (see `daemon::leader`) | `daemon::leader` | `daemon::leader`, API |
 //!
@@ -51,6 +52,7 @@ pub const ORPHANS: &str = "/ferry/orphans/";
 pub const AGENTS: &str = "/ferry/agents/";
 pub const SITES: &str = "/ferry/sites/";
 pub const TARGETS: &str = "/ferry/targets/";
+pub const MIRRORS: &str = "/ferry/mirrors/";
 
 /// The schema this code reads and writes.
 pub const VERSION: u32 = 1;
@@ -100,6 +102,12 @@ pub fn agent_key(node: &Name) -> String {
 
 pub fn site_key(site: &Name) -> String {
     format!("{SITES}{site}")
+}
+pub fn mirrors_of(plan_id: &Name) -> String {
+    format!("{MIRRORS}{plan_id}/")
+}
+pub fn mirror_key(plan_id: &Name, object: &Name) -> String {
+    format!("{MIRRORS}{plan_id}/{object}")
 }
 pub fn targets_of(plan_id: &Name) -> String {
     format!("{TARGETS}{plan_id}/")
