@@ -45,6 +45,40 @@ pub struct PlanStatus {
     pub in_progress: Option<String>,
     /// The newest failed run, if none succeeded since.
     pub failure: Option<RunSummary>,
+    /// A backup plan's target sites: the newest group each holds and its age.
+    pub targets: Vec<TargetStatus>,
+}
+
+/// What a target site holds of a backup plan.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct TargetStatus {
+    pub site: Name,
+    pub last_group: Option<Name>,
+    /// Seconds since that group was taken: the recovery point the site offers now.
+    pub lag_secs: Option<u64>,
+    pub last_bytes_sent: u64,
+    pub last_transfer_ms: u64,
+    pub failures: u64,
+    pub last_error: Option<String>,
+}
+
+impl TargetStatus {
+    /// The status of target record `t` at `now`.
+    pub fn of(t: &crate::state::schema::TargetRecord, now: Timestamp) -> TargetStatus {
+        TargetStatus {
+            site: t.site.clone(),
+            last_group: t.last_group.clone(),
+            lag_secs: t
+                .last_group_created
+                .as_deref()
+                .and_then(ts)
+                .map(|c| (now.as_second() - c.as_second()).max(0) as u64),
+            last_bytes_sent: t.last_bytes_sent,
+            last_transfer_ms: t.last_transfer_ms,
+            failures: t.failures,
+            last_error: t.last_error.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
@@ -110,7 +144,8 @@ pub fn summarize(
             let ok = mine
                 .iter()
                 .rev()
-                .find(|r| r.run.step == Step::Done)
+                // A partly done run took and recorded its group here all the same.
+                .find(|r| matches!(r.run.step, Step::Done | Step::PartiallyDone))
                 .copied();
             let failed = mine
                 .iter()
@@ -135,6 +170,7 @@ pub fn summarize(
                 newest_group_age_secs: age,
                 in_progress: busy.get(p.id()).map(Busy::describe),
                 failure: failed.map(summary),
+                targets: Vec::new(),
             }
         })
         .collect();
@@ -178,14 +214,33 @@ pub(super) async fn status(
         }
     }
     let plans: Vec<PlanRecord> = plans.into_iter().map(with_next_run).collect();
-    Ok(Json(crate::http::status::summarize(
-        &plans,
-        &runs,
-        &busy,
-        &agents,
-        orphans,
-        jiff::Timestamp::now(),
-    )))
+    let now = jiff::Timestamp::now();
+    let mut st = crate::http::status::summarize(&plans, &runs, &busy, &agents, orphans, now);
+    for (p, ps) in plans.iter().zip(st.plans.iter_mut()) {
+        if p.spec.targets.is_empty() {
+            continue;
+        }
+        let held: Vec<crate::state::schema::TargetRecord> =
+            crate::state::load(&s.store, &schema::targets_of(p.id())).await?;
+        ps.targets = p
+            .spec
+            .targets
+            .iter()
+            .map(|t| match held.iter().find(|h| h.site == t.site) {
+                Some(h) => TargetStatus::of(h, now),
+                None => TargetStatus {
+                    site: t.site.clone(),
+                    last_group: None,
+                    lag_secs: None,
+                    last_bytes_sent: 0,
+                    last_transfer_ms: 0,
+                    failures: 0,
+                    last_error: None,
+                },
+            })
+            .collect();
+    }
+    Ok(Json(st))
 }
 
 #[cfg(test)]

@@ -37,6 +37,7 @@ fn print(v: &Value) {
                 size(last["bytes_read"].as_u64().unwrap_or(0))
             ),
             Some("failed") => "FAILED".into(),
+            Some("partially_done") => "PARTLY DONE: a target failed".into(),
             Some(step) => format!("{step}..."),
         };
         let newest = match p["newest_group_age_secs"].as_f64() {
@@ -71,6 +72,33 @@ fn print(v: &Value) {
         println!("no plans yet: ferry plans create FILE");
     } else {
         t.print();
+    }
+    let mut tt = Table::new(&[
+        "PLAN",
+        "TARGET",
+        "LAST GROUP THERE",
+        "ITS AGE (RPO)",
+        "LAST SENT",
+        "FAILURES",
+        "LAST ERROR",
+    ])
+    .right(&[4, 5]);
+    for p in &plans {
+        for x in p["targets"].as_array().into_iter().flatten() {
+            tt.row(vec![
+                s(&p["name"]),
+                s(&x["site"]),
+                s(&x["last_group"]),
+                x["lag_secs"].as_f64().map_or("never".into(), duration),
+                size(x["last_bytes_sent"].as_u64().unwrap_or(0)),
+                s(&x["failures"]),
+                s(&x["last_error"]),
+            ]);
+        }
+    }
+    if !tt.is_empty() {
+        println!();
+        tt.print();
     }
     if !failures.is_empty() {
         println!("\nfailing (no success since):");
