@@ -70,6 +70,20 @@ enum Cmd {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
+    /// A backup plan's runs (a VM of four disks on two agents to another site), run start
+    /// to mirror group recorded, beside the agents' own `replicate` of the same snapshots.
+    Plan {
+        /// Working directory (XFS with reflink=1 for O(1) snapshots).
+        #[arg(long)]
+        dir: PathBuf,
+        /// Size of each of the four disks.
+        #[arg(long, default_value = "1G", value_parser = |s: &str| parse_size(s).map_err(|e| e.to_string()))]
+        size: u64,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
     /// Replication: ferry full and incremental against rsync, restic, borg and the raw QUIC
     /// ceiling, in the same run.
     Replication {
@@ -566,6 +580,7 @@ fn manifest_bench(dir: &Path, size: u64, out: &Path, runs: usize, seed: u64) -> 
 }
 
 mod controller_load;
+mod plan_level;
 mod replication;
 
 fn main() -> Result<()> {
@@ -585,5 +600,11 @@ fn main() -> Result<()> {
             out,
             seed,
         } => replication::run(&dir, size, &out, seed),
+        Cmd::Plan {
+            dir,
+            size,
+            out,
+            seed,
+        } => plan_level::run(&dir, size, &out, seed),
     }
 }

@@ -537,6 +537,7 @@ impl Drop for Served {
 pub struct LossyRelay {
     pub addr: std::net::SocketAddr,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -554,6 +555,8 @@ impl LossyRelay {
         let addr = front.local_addr().expect("addr");
         let stop = std::sync::Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
+        let cut = std::sync::Arc::new(AtomicBool::new(false));
+        let cut2 = cut.clone();
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -574,7 +577,7 @@ impl LossyRelay {
                         r = front.recv_from(&mut a) => {
                             let Ok((n, from)) = r else { continue };
                             client = Some(from);
-                            if rng.gen::<f64>() >= loss {
+                            if !cut2.load(Ordering::Relaxed) && rng.gen::<f64>() >= loss {
                                 let (sock, data) = (back.clone(), a[..n].to_vec());
                                 tokio::spawn(async move {
                                     tokio::time::sleep(delay).await;
@@ -584,7 +587,8 @@ impl LossyRelay {
                         }
                         r = back.recv_from(&mut b) => {
                             let Ok((n, _)) = r else { continue };
-                            if let (Some(c), true) = (client, rng.gen::<f64>() >= loss) {
+                            let pass = !cut2.load(Ordering::Relaxed) && rng.gen::<f64>() >= loss;
+                            if let (Some(c), true) = (client, pass) {
                                 let (sock, data) = (front.clone(), b[..n].to_vec());
                                 tokio::spawn(async move {
                                     tokio::time::sleep(delay).await;
@@ -600,8 +604,14 @@ impl LossyRelay {
         LossyRelay {
             addr,
             stop,
+            cut,
             thread: Some(thread),
         }
+    }
+
+    /// Drops every packet both ways while `on` (a partition), from now on.
+    pub fn cut(&self, on: bool) {
+        self.cut.store(on, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

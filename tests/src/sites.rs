@@ -18,6 +18,28 @@ pub struct Site {
     /// The agents' nodes, configs and processes.
     pub nodes: Vec<(String, PathBuf, Served)>,
     pub port: u16,
+    /// More controllers of the site (on etcd), by their agent endpoint's port.
+    pub others: Vec<(u16, Option<Controller>)>,
+}
+
+/// A controller `ctl` of site `name` on `store`, its agent endpoint on UDP `port`.
+pub fn site_controller(
+    pki: &Pki,
+    dir: &Path,
+    name: &str,
+    ctl: &str,
+    store: &str,
+    port: u16,
+) -> Controller {
+    pki.agent_config(name, ctl, &[], &dir.join("unused"));
+    let sd = pki.dir.path().join(name);
+    let cfg = format!(
+        "{store}\n[agents]\nlisten = \"127.0.0.1:{port}\"\ncert = {:?}\nkey = {:?}\nca = {:?}",
+        sd.join(format!("{ctl}.pem")).display().to_string(),
+        sd.join(format!("{ctl}.key")).display().to_string(),
+        pki.ca(name).display().to_string(),
+    );
+    Controller::start(&cfg)
 }
 
 impl Site {
@@ -38,23 +60,59 @@ impl Site {
         nodes: &[&str],
         port: u16,
     ) -> Site {
-        let ctl = format!("{name}-controller");
-        pki.agent_config(name, &ctl, &[], &dir.join("unused"));
-        let sd = pki.dir.path().join(name);
-        let cfg = format!(
-            "{store}\n[agents]\nlisten = \"127.0.0.1:{port}\"\ncert = {:?}\nkey = {:?}\nca = {:?}",
-            sd.join(format!("{ctl}.pem")).display().to_string(),
-            sd.join(format!("{ctl}.key")).display().to_string(),
-            pki.ca(name).display().to_string(),
-        );
-        let controller = Controller::start(&cfg);
+        Site::start_with(pki, dir, name, store, nodes, port, |_| String::new())
+    }
+
+    /// [`Site::start_on`], each agent's `[net]` section given the lines `net(node)` too
+    /// (a fixed `listen`, `advertise`, a bandwidth limit).
+    pub fn start_with(
+        pki: &Pki,
+        dir: &Path,
+        name: &str,
+        store: &str,
+        nodes: &[&str],
+        port: u16,
+        net: impl Fn(&str) -> String,
+    ) -> Site {
+        Site::start_full(pki, dir, name, store, nodes, &[port], net)
+    }
+
+    /// A site with a controller per port of `ports` (several on etcd: the first is
+    /// [`Site::controller`], the others [`Site::others`]); its agents know them all.
+    pub fn start_full(
+        pki: &Pki,
+        dir: &Path,
+        name: &str,
+        store: &str,
+        nodes: &[&str],
+        ports: &[u16],
+        net: impl Fn(&str) -> String,
+    ) -> Site {
+        let port = ports[0];
+        let controller =
+            site_controller(pki, dir, name, &format!("{name}-controller"), store, port);
+        let others: Vec<(u16, Option<Controller>)> = ports[1..]
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let ctl = format!("{name}-controller{}", i + 2);
+                (*p, Some(site_controller(pki, dir, name, &ctl, store, *p)))
+            })
+            .collect();
+        let addresses: Vec<String> = ports.iter().map(|p| format!("\"127.0.0.1:{p}\"")).collect();
         let mut out = Vec::new();
         for node in nodes {
             let data = dir.join(name).join(node);
             let cfg = pki.agent_config(name, node, &[], &data);
             let mut text = std::fs::read_to_string(&cfg).expect("config");
+            let extra = net(node);
+            if extra.contains("listen") {
+                text = text.replace("listen = \"127.0.0.1:0\"\n", "");
+            }
+            text = text.replace("[net]\n", &format!("[net]\n{extra}\n"));
             text.push_str(&format!(
-                "[controller]\naddress = \"127.0.0.1:{port}\"\nca = {:?}\n",
+                "[controller]\naddresses = [{}]\nca = {:?}\n",
+                addresses.join(", "),
                 pki.ca(name).display().to_string()
             ));
             std::fs::write(&cfg, text).expect("config");
@@ -67,6 +125,7 @@ impl Site {
             controller,
             nodes: out,
             port,
+            others,
         };
         wait_for(&format!("the agents of {name} are up"), 20, || {
             site.controller

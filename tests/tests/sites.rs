@@ -240,11 +240,231 @@ fn a_backup_plan_replicates_each_group_to_a_paired_site() {
         Some(json!({"group": g})),
     );
     assert_eq!(code, 409, "{v}");
+    let mnode = groups(&b, foreign)[0]["snapshots"][0][0]
+        .as_str()
+        .expect("node")
+        .to_string();
+    let (code, v) = b.controller.admin(
+        "DELETE",
+        &format!("/v1/agents/{mnode}/volumes/site-a.a1.v1?force=true"),
+        None,
+    );
+    assert!(
+        code == 409 && v.to_string().contains("site-a"),
+        "{code} {v}"
+    );
     // Unpairing is refused while a plan targets the site, naming the plan.
     let (ok, _, err) = a.cli(&["sites", "remove", "site-b", "--yes"]);
     assert!(!ok && err.contains("web"), "{err}");
     let (ok, out, err) = a.cli(&["plans", "get", "web"]);
     assert!(ok && out.contains("site-b"), "{out}{err}");
+
+    // Unpaired at site-b (the plan gone, the foreign plan released): site-b's agents refuse
+    // site-a's, which still trust site-b.
+    let b_agent = b.controller.agents()[0]["replication_address"]
+        .as_str()
+        .expect("address")
+        .to_string();
+    let ping = || {
+        std::process::Command::new(ferry_tests::bin("ferry-agent"))
+            .arg("--config")
+            .arg(a.config("a1"))
+            .args(["ping", &b_agent, "--count", "1"])
+            .output()
+            .expect("ping")
+    };
+    let out = ping();
+    assert!(
+        out.status.success(),
+        "paired: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (ok, _, err) = a.cli(&["plans", "delete", "web", "--keep-groups"]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = b.cli(&["plans", "delete", foreign, "--release", "--keep-groups"]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = b.cli(&["sites", "remove", "site-a", "--yes"]);
+    assert!(ok, "{err}");
+    wait_for("site-a's agent is refused by site-b's", 20, || {
+        !ping().status.success()
+    });
+    let (ok, _, err) = a.cli(&["sites", "remove", "site-b", "--yes"]);
+    assert!(ok, "{err}");
+}
+
+/// A partition between the sites in the middle of a transfer (a relay in front of site-b's
+/// agent drops everything for 60 s): the run waits it out and completes once it heals,
+/// the transfer resumed from what the mirror had already received, not restarted.
+#[test]
+fn a_partition_mid_transfer_heals_and_the_transfer_resumes() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let store = ferry_tests::controller::EMBEDDED;
+    let a = Site::start_with(
+        &pki,
+        d,
+        "site-a",
+        store,
+        &["a1"],
+        ferry_tests::controller::free_udp_port(),
+        |_| "bandwidth_limit = \"8MiB\"".into(),
+    );
+    let b_port = ferry_tests::controller::free_udp_port();
+    let target: std::net::SocketAddr = format!("127.0.0.1:{b_port}").parse().expect("addr");
+    let relay = ferry_tests::LossyRelay::start(target, 0.0, std::time::Duration::ZERO, 1);
+    let b = Site::start_with(
+        &pki,
+        d,
+        "site-b",
+        store,
+        &["b1"],
+        ferry_tests::controller::free_udp_port(),
+        |_| {
+            format!(
+                "listen = \"127.0.0.1:{b_port}\"\nadvertise = \"{}\"",
+                relay.addr
+            )
+        },
+    );
+    pair(&a, &b, d);
+    let mut r = rng("partition");
+    a.agent("a1", &["volume", "create", "v", "--size", "48M"]);
+    let path = agent_volume_path(a.config("a1"), "v");
+    write_random(&path, 0, (48 * MIB) as usize, &mut r);
+    let obj = json!({"name": "ov", "kind": {"type": "virtual_volume",
+        "volume": {"node": "a1", "volume": "v"}}});
+    wait_for("the volume is listed", 10, || {
+        a.controller
+            .admin("POST", "/v1/objects", Some(obj.clone()))
+            .0
+            == 201
+    });
+    let plan = json!({"name": "p", "objects": ["ov"], "retention": 2, "enabled": false,
+        "schedule": {"every": "daily", "start": "2026-01-01T00:00"},
+        "targets": [{"site": "site-b", "retention": 2}]});
+    assert_eq!(a.controller.admin("POST", "/v1/plans", Some(plan)).0, 201);
+    let (code, started) = a.controller.admin("POST", "/v1/plans/p/run", None);
+    assert_eq!(code, 202, "{started}");
+    let id = started["run"]["id"].as_str().expect("id").to_string();
+    // Once a good part of the volume has gone (8 MiB/s), cut the link for 60 s.
+    wait_for("the transfer is under way", 60, || {
+        let (_, v) =
+            a.controller
+                .call("GET", &format!("/v1/plans/p/runs/{id}"), Some(READER), None);
+        v["progress"]["done_bytes"].as_u64().unwrap_or(0) > 12 * MIB
+    });
+    relay.cut(true);
+    std::thread::sleep(std::time::Duration::from_secs(60));
+    relay.cut(false);
+    let run = finished(&a, "p", &id);
+    assert_eq!(run["run"]["step"], "done", "{run}");
+    let t = &run["run"]["targets"]["site-b"]["transfers"][0];
+    let resumed = t["resumed_blocks"].as_u64().unwrap_or(0);
+    eprintln!(
+        "after the partition: {resumed} blocks resumed, {} bytes sent by the last attempt",
+        t["sent_bytes"]
+    );
+    assert!(resumed > 0, "the transfer started over: {t}");
+    assert!(
+        t["sent_bytes"].as_u64().unwrap_or(u64::MAX) < 40 * MIB,
+        "the last attempt sent what had already arrived: {t}"
+    );
+    let g = groups(&b, "site-a.p");
+    assert_eq!(g.len(), 1);
+    let gname = g[0]["group"].as_str().expect("group");
+    assert_eq!(
+        file_hash(&b.snapshot_image("b1", "site-a.a1.v", gname)),
+        file_hash(&a.snapshot_image("a1", "v", gname))
+    );
+}
+
+/// Site-a with two controllers on a real etcd; its leader SIGKILLed while an agent sends
+/// a backup run's volume: the other controller is elected, takes the run over from the
+/// store and finishes it; the transfer under way is the same task, heard of by the new
+/// leader, and the volume is sent once, not again in full.
+#[test]
+fn the_source_leader_killed_during_replication_the_new_one_finishes() {
+    let Some(etcd) = ferry_tests::Etcd::start() else {
+        return;
+    };
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let store = format!(
+        "[store]\nkind = \"etcd\"\nendpoints = [{:?}]\nlease_ttl_secs = 3",
+        etcd.endpoint
+    );
+    let free = ferry_tests::controller::free_udp_port;
+    let a = Site::start_full(
+        &pki,
+        d,
+        "site-a",
+        &store,
+        &["a1"],
+        &[free(), free()],
+        |_| "bandwidth_limit = \"8MiB\"".into(),
+    );
+    let b = Site::start(
+        &pki,
+        d,
+        "site-b",
+        ferry_tests::controller::EMBEDDED,
+        &["b1"],
+    );
+    pair(&a, &b, d);
+    let mut r = rng("leader-killed");
+    a.agent("a1", &["volume", "create", "v", "--size", "48M"]);
+    let path = agent_volume_path(a.config("a1"), "v");
+    write_random(&path, 0, (48 * MIB) as usize, &mut r);
+    let obj = json!({"name": "ov", "kind": {"type": "virtual_volume",
+        "volume": {"node": "a1", "volume": "v"}}});
+    wait_for("the volume is listed", 20, || {
+        a.controller
+            .admin("POST", "/v1/objects", Some(obj.clone()))
+            .0
+            == 201
+    });
+    let plan = json!({"name": "p", "objects": ["ov"], "retention": 2, "enabled": false,
+        "schedule": {"every": "daily", "start": "2026-01-01T00:00"},
+        "targets": [{"site": "site-b", "retention": 2}]});
+    assert_eq!(a.controller.admin("POST", "/v1/plans", Some(plan)).0, 201);
+    let (code, started) = a.controller.admin("POST", "/v1/plans/p/run", None);
+    assert_eq!(code, 202, "{started}");
+    let id = started["run"]["id"].as_str().expect("id").to_string();
+    wait_for("the transfer is under way", 60, || {
+        let (_, v) =
+            a.controller
+                .call("GET", &format!("/v1/plans/p/runs/{id}"), Some(READER), None);
+        v["progress"]["done_bytes"].as_u64().unwrap_or(0) > 8 * MIB
+    });
+    // Kill whichever leads; the survivor answers from then on.
+    let first_leads = a.controller.health()["role"] == "leader";
+    let other = a.others[0].1.as_ref().expect("other");
+    let (dead, survivor) = if first_leads {
+        (&a.controller, other)
+    } else {
+        (other, &a.controller)
+    };
+    // SAFETY: signalling a child of this test.
+    unsafe { libc::kill(dead.pid() as libc::pid_t, libc::SIGKILL) };
+    wait_for("the survivor leads", 30, || {
+        survivor.health()["role"] == "leader"
+    });
+    let mut run = Value::Null;
+    wait_for("the run finishes under the new leader", 120, || {
+        let (_, v) = survivor.call("GET", &format!("/v1/plans/p/runs/{id}"), Some(READER), None);
+        run = v;
+        ["done", "partially_done", "failed"].contains(&run["run"]["step"].as_str().unwrap_or(""))
+    });
+    assert_eq!(run["run"]["step"], "done", "{run}");
+    let t = &run["run"]["targets"]["site-b"]["transfers"][0];
+    assert_eq!(t["attempt"], 0, "the same transfer task went on: {t}");
+    let sent = t["sent_bytes"].as_u64().unwrap_or(0);
+    eprintln!("leader killed mid-transfer: {sent} bytes sent for 48 MiB");
+    assert!(sent <= 49 * MIB, "sent more than once: {sent}");
+    let g = groups(&b, "site-a.p");
+    assert_eq!(g.len(), 1);
 }
 
 /// Two targets, each keeping its own count, one of them stopped for a run: that run is

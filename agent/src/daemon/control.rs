@@ -98,8 +98,10 @@ struct Daemon {
     peers: Arc<PeerSites>,
     budget: Budget,
     transfers: tokio::sync::Semaphore,
-    /// Transfer task ids running in this process (a repeat is answered `running`).
-    running: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Transfer task ids running in this process, each with the link to tell when it ends:
+    /// a repeat (the controller restarted, or another one leads now) is answered `running`
+    /// and its link is the one told, with progress, from then on.
+    running: std::sync::Mutex<std::collections::HashMap<String, mpsc::Sender<AgentMsg>>>,
 }
 
 /// Keeps the link to the controller up until `shutdown`; returns at once if none is
@@ -381,10 +383,22 @@ async fn run_task(
 /// connections to peers; then the volumes and the final state.
 async fn run_transfer(task: ferry_wire::task::Task, d: Arc<Daemon>, tx: mpsc::Sender<AgentMsg>) {
     let id = task.id.clone();
-    let fresh = d.running.lock().is_ok_and(|mut r| r.insert(id.to_string()));
+    let fresh = d.running.lock().is_ok_and(|mut r| {
+        let fresh = !r.contains_key(id.as_str());
+        r.insert(id.to_string(), tx.clone());
+        fresh
+    });
     if !fresh {
-        return; // running here already: its report comes when it ends
+        return; // running here already: its report goes to this link when it ends
     }
+    // The link to tell now (the latest that asked).
+    let told_to = |d: &Daemon| {
+        d.running
+            .lock()
+            .ok()
+            .and_then(|r| r.get(id.as_str()).cloned())
+            .unwrap_or_else(|| tx.clone())
+    };
     let progress = Arc::new(crate::progress::Progress::default());
     let work = transfer(&task, &d, progress.clone());
     tokio::pin!(work);
@@ -398,7 +412,7 @@ async fn run_transfer(task: ferry_wire::task::Task, d: Arc<Daemon>, tx: mpsc::Se
                 if (done_bytes, total_bytes) != told && total_bytes > 0 {
                     told = (done_bytes, total_bytes);
                     let m = AgentMsg::TaskProgress { id: id.clone(), done_bytes, total_bytes };
-                    let _ = tx.send(m).await;
+                    let _ = told_to(&d).send(m).await;
                 }
             }
         }
@@ -410,10 +424,13 @@ async fn run_transfer(task: ferry_wire::task::Task, d: Arc<Daemon>, tx: mpsc::Se
     if let Err(e) = d.ledger.finish(&task, &state) {
         tracing::warn!(task = %id, error = %e, "cannot record the transfer's end");
     }
-    if let Ok(mut r) = d.running.lock() {
-        r.remove(id.as_str());
-    }
-    let _ = tx.send(AgentMsg::TaskReport { id, state }).await;
+    let to = d
+        .running
+        .lock()
+        .ok()
+        .and_then(|mut r| r.remove(id.as_str()))
+        .unwrap_or(tx);
+    let _ = to.send(AgentMsg::TaskReport { id, state }).await;
 }
 
 async fn transfer(

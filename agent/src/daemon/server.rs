@@ -19,24 +19,18 @@ use crate::pki::{Identity, Trust};
 use crate::replication::receive::{self, Receivers, Registry};
 use crate::store::{MirrorInfo, Store};
 
-/// The TLS identity and trust of this node, from the `[net]` config.
+/// The TLS identity of this node and the sites it trusts: those of the `[net]` config and
+/// those its controller paired (kept in the data directory by the daemon).
 pub fn load_tls(cfg: &AgentConfig) -> Result<(Identity, Trust)> {
-    let (Some(cert), Some(key)) = (&cfg.net.cert, &cfg.net.key) else {
-        return Err(StoreError::Invalid(
-            "no TLS identity: set net.cert and net.key (see `ferry-agent pki issue`)".into(),
-        ));
-    };
-    let id = Identity::load(cert, key)?;
-    let mut trust = Trust::default();
-    for ca in &cfg.net.peer_cas {
-        trust.add_file(ca, None)?;
-    }
+    let id = load_identity(cfg)?;
+    let trust = PeerSites::load(cfg, Arc::new(id.clone()))?.trust();
     if trust.is_empty() {
         return Err(StoreError::Invalid(
-            "no paired site: net.peer_cas lists no CA certificate".into(),
+            "no paired site: net.peer_cas lists no CA certificate and no controller paired one"
+                .into(),
         ));
     }
-    Ok((id, trust))
+    Ok((id, trust.as_ref().clone()))
 }
 
 fn net_err(e: NetError) -> StoreError {

@@ -342,6 +342,19 @@ pub(super) async fn delete_volume(
     let node = name_param("node", &node)?;
     let volume = name_param("volume", &volume)?;
     let q: DeleteVolumeQuery = query(q)?;
+    // A mirror belongs to the foreign plan that placed it: read-only here.
+    for p in load_plans(&s.store).await? {
+        let Some(o) = &p.origin else { continue };
+        if o.mirrors
+            .iter()
+            .any(|m| m.mirror_node == node && m.mirror == volume)
+        {
+            return Err(ApiError::conflict(format!(
+                "volume {node}/{volume} is a mirror of plan {} of site {} (foreign plan {} here):                  it changes only by replication; release the foreign plan first                  (ferry plans delete {} --release)",
+                o.plan, o.site, p.spec.name, p.spec.name
+            )));
+        }
+    }
     for o in load_objects(&s.store).await? {
         if o.volume_fields()
             .iter()

@@ -57,6 +57,9 @@ pub struct Transfer {
     pub attempt: u32,
     pub done: bool,
     pub sent_bytes: u64,
+    /// Blocks the mirror already had from an interrupted transfer of this snapshot.
+    #[serde(default)]
+    pub resumed_blocks: u64,
     pub base: Option<Name>,
     pub elapsed_ms: u64,
 }
@@ -129,6 +132,7 @@ impl TargetPart {
                     attempt: 0,
                     done: false,
                     sent_bytes: 0,
+                    resumed_blocks: 0,
                     base: None,
                     elapsed_ms: 0,
                 })
@@ -348,11 +352,13 @@ impl TargetPart {
                         base,
                         sent_bytes,
                         elapsed_ms,
+                        resumed_blocks,
                         ..
                     },
             } if *root == t.root => {
                 t.done = true;
                 t.sent_bytes = *sent_bytes;
+                t.resumed_blocks = *resumed_blocks;
                 t.base = base.clone();
                 t.elapsed_ms = *elapsed_ms;
             }
