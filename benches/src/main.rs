@@ -83,6 +83,9 @@ enum Cmd {
         out: PathBuf,
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Incremental runs (medians reported).
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
     },
     /// Replication: ferry full and incremental against rsync, restic, borg and the raw QUIC
     /// ceiling, in the same run.
@@ -605,6 +608,7 @@ fn main() -> Result<()> {
             size,
             out,
             seed,
-        } => plan_level::run(&dir, size, &out, seed),
+            runs,
+        } => plan_level::run(&dir, size, &out, seed, runs),
     }
 }

@@ -77,7 +77,29 @@ fn a_backup_plan_replicates_each_group_to_a_paired_site() {
             .0
             == 201
     });
-    let plan = json!({"name": "web", "objects": ["web-vm"], "retention": 2, "enabled": false,
+    // An iSCSI LUN, an NFS file and a plain volume beside it.
+    for (node, vol) in [("a1", "lun0"), ("a2", "nfs0"), ("a1", "plain0")] {
+        a.agent(node, &["volume", "create", vol, "--size", "4M"]);
+        let path = agent_volume_path(a.config(node), vol);
+        write_random(&path, 0, (2 * MIB) as usize, &mut r);
+    }
+    for obj in [
+        json!({"name": "db-lun", "kind": {"type": "iscsi_lun", "target_iqn": "iqn.2026-11.com.example:db",
+            "lun": 3, "volume": {"node": "a1", "volume": "lun0"}}}),
+        json!({"name": "share", "kind": {"type": "nfs_file", "export": "/srv/nfs",
+            "path": "vm/disk.img", "volume": {"node": "a2", "volume": "nfs0"}}}),
+        json!({"name": "scratch", "kind": {"type": "virtual_volume",
+            "volume": {"node": "a1", "volume": "plain0"}}}),
+    ] {
+        wait_for("the volume is listed", 10, || {
+            a.controller
+                .admin("POST", "/v1/objects", Some(obj.clone()))
+                .0
+                == 201
+        });
+    }
+    let plan = json!({"name": "web", "objects": ["web-vm", "db-lun", "share", "scratch"],
+        "retention": 2, "enabled": false,
         "schedule": {"every": "daily", "start": "2026-01-01T00:00"},
         "targets": [{"site": "site-b", "retention": 2, "switches": {"vsw-prod": "vsw-b"}}]});
     let (code, v) = a.controller.admin("POST", "/v1/plans", Some(plan.clone()));
@@ -124,7 +146,7 @@ fn a_backup_plan_replicates_each_group_to_a_paired_site() {
         .iter()
         .map(|t| t["sent_bytes"].as_u64().unwrap_or(0))
         .sum();
-    assert!(full >= 20 * MIB, "a full copy sent only {full} bytes");
+    assert!(full >= 30 * MIB, "a full copy sent only {full} bytes");
     let foreign = "site-a.web";
     let mirrored = groups(&b, foreign);
     assert_eq!(mirrored.len(), 1, "{mirrored:?}");
@@ -153,8 +175,27 @@ fn a_backup_plan_replicates_each_group_to_a_paired_site() {
         .controller
         .list(&format!("/v1/plans/{foreign}/mirrors"))
         .expect("mirrors");
-    assert_eq!(mirrors.len(), 1, "{mirrors:?}");
-    let kind = &mirrors[0]["kind"];
+    assert_eq!(mirrors.len(), 4, "{mirrors:?}");
+    let mirror = |name: &str| {
+        mirrors
+            .iter()
+            .find(|m| m["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no mirror object {name}: {mirrors:?}"))
+    };
+    let lun = mirror("db-lun");
+    assert_eq!(lun["kind"]["lun"], 3);
+    assert_eq!(lun["kind"]["target_iqn"], "iqn.2026-11.com.example:db");
+    assert_eq!(lun["kind"]["volume"]["volume"], "site-a.a1.lun0");
+    let nfs = mirror("share");
+    assert_eq!(nfs["kind"]["export"], "/srv/nfs");
+    assert_eq!(nfs["kind"]["path"], "vm/disk.img");
+    assert_eq!(
+        mirror("scratch")["kind"]["volume"]["volume"],
+        "site-a.a1.plain0"
+    );
+    let vm_mirror = mirror("web-vm");
+    let kind = &vm_mirror["kind"];
     assert_eq!(kind["vcpus"], 2);
     assert_eq!(kind["nics"][0]["switch"], "vsw-b");
     assert_eq!(kind["nics"][0]["mac"], "52:54:00:00:00:01");
@@ -193,7 +234,7 @@ fn a_backup_plan_replicates_each_group_to_a_paired_site() {
         "the incremental sent {inc} bytes for {changed} changed"
     );
     eprintln!(
-        "sent: full {full} bytes of 24 MiB written; incremental {inc} bytes for {changed} changed"
+        "sent: full {full} bytes of 30 MiB written; incremental {inc} bytes for {changed} changed"
     );
     let mirrored = groups(&b, foreign);
     assert_eq!(mirrored.len(), 2);

@@ -66,6 +66,9 @@ pub struct Links {
     pub progress: Mutex<HashMap<String, (u64, u64)>>,
     /// The paired sites agents are told of (after registering, and on every change).
     peers: Mutex<Vec<ferry_wire::control::PeerSite>>,
+    /// Told when a task ends or a paired site answers: the executor's next pass starts at
+    /// once instead of at its next tick, so a run's steps follow each other without waiting.
+    pub wake: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for Links {
@@ -436,8 +439,12 @@ async fn agent_link(
                             p.remove(id.as_str());
                         }
                     }
+                    let fin = state.is_final();
                     if let Ok(mut r) = links.reports.lock() {
                         r.insert(id.to_string(), state);
+                    }
+                    if fin {
+                        links.wake.notify_one();
                     }
                 }
                 AgentMsg::Volumes {

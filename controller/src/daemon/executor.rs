@@ -759,7 +759,8 @@ impl Executor {
     }
 }
 
-/// Runs the executor until `shutdown`.
+/// Runs the executor until `shutdown`: a pass every 200 ms, or at once when a task ends or
+/// a paired site answers.
 pub async fn run(
     store: Store,
     links: Arc<Links>,
@@ -786,6 +787,7 @@ pub async fn run(
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            _ = links.wake.notified() => {}
             _ = &mut shutdown => return,
         }
     }

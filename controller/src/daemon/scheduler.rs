@@ -51,6 +51,22 @@ pub fn group_name(plan: &Name, at: Timestamp) -> Name {
     Name::new(&format!("{p}-{stamp}")).unwrap_or_else(|_| plan.clone())
 }
 
+/// The group of a run started by hand at `at`: to the millisecond, so that two runs asked
+/// for within one second (the second starts as soon as the first is over) never share a
+/// snapshot name.
+pub fn manual_group_name(plan: &Name, at: Timestamp) -> Name {
+    let mut p: String = plan.as_str().chars().take(80).collect();
+    while p.ends_with(['.', '-', '_']) {
+        p.pop();
+    }
+    let stamp = format!(
+        "{}.{:03}Z",
+        at.strftime("%Y%m%dT%H%M%S"),
+        at.subsec_millisecond()
+    );
+    Name::new(&format!("{p}-{stamp}")).unwrap_or_else(|_| plan.clone())
+}
+
 fn schedule_of(p: &PlanRecord) -> Option<Schedule> {
     let s = &p.spec.schedule;
     Schedule::new(
@@ -74,7 +90,10 @@ pub fn new_run(
     let at = slot.unwrap_or(now);
     let name = &plan.spec.name;
     let id = run_id(name, at, slot.is_none());
-    let group = group_name(name, slot.unwrap_or(at));
+    let group = match slot {
+        Some(s) => group_name(name, s),
+        None => manual_group_name(name, at),
+    };
     let mut volumes: BTreeMap<Name, Vec<Name>> = BTreeMap::new();
     let mut missing = Vec::new();
     let mut covered = Vec::new();
@@ -291,6 +310,11 @@ mod tests {
         assert_ne!(run_id(&a, t, false), run_id(&b, t, false));
         assert_ne!(run_id(&a, t, false), run_id(&a, t, true));
         assert_eq!(group_name(&a, t).as_str(), "nightly-20261124T023000Z");
+        let ms = Timestamp::from_millisecond(t.as_millisecond() + 7).expect("ms");
+        assert_eq!(
+            manual_group_name(&a, ms).as_str(),
+            "nightly-20261124T023000.007Z"
+        );
         let long = group_name(&b, t);
         assert!(long.as_str().len() <= 128 && long.as_str().ends_with("-20261124T023000Z"));
         // A task id built from a run id stays a valid name.

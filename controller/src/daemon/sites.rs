@@ -427,6 +427,7 @@ impl Sites {
             if let Ok(mut m) = me.replies.lock() {
                 m.insert(id, r);
             }
+            me.links.wake.notify_one();
             if let Ok(mut a) = me.asked.lock() {
                 // Answered or failed: a failed one may be sent again at once.
                 a.retain(|_, t| t.elapsed() < Duration::from_secs(3600));
