@@ -32,13 +32,64 @@ fn finished(site: &Site, plan: &str, id: &str) -> Value {
     }
 }
 
-fn run_now(site: &Site, plan: &str) -> Value {
+/// Starts a run of `plan`; returns its id.
+fn start_run(site: &Site, plan: &str) -> String {
     let (code, r) = site
         .controller
         .admin("POST", &format!("/v1/plans/{plan}/run"), None);
     assert_eq!(code, 202, "{r}");
-    let id = r["run"]["id"].as_str().expect("id").to_string();
+    r["run"]["id"].as_str().expect("id").to_string()
+}
+
+fn run_now(site: &Site, plan: &str) -> Value {
+    let id = start_run(site, plan);
     finished(site, plan, &id)
+}
+
+/// Waits until run `id` of `plan` has moved more than `bytes` (its tasks' progress).
+fn wait_under_way(site: &Site, plan: &str, id: &str, bytes: u64) {
+    wait_for("the transfer is under way", 60, || {
+        let (_, v) = site.controller.call(
+            "GET",
+            &format!("/v1/plans/{plan}/runs/{id}"),
+            Some(READER),
+            None,
+        );
+        v["progress"]["done_bytes"].as_u64().unwrap_or(0) > bytes
+    });
+}
+
+/// Creates object `obj` at `site` once the controller knows its volumes (a new volume is
+/// listed with its agent's next report).
+fn add_object(site: &Site, obj: Value) {
+    wait_for("the object's volumes are listed", 20, || {
+        site.controller
+            .admin("POST", "/v1/objects", Some(obj.clone()))
+            .0
+            == 201
+    });
+}
+
+/// Volume `v` of `mib` MiB of random data on `node` of `site`, protected as object `ov`;
+/// returns its image's path.
+fn random_volume(
+    site: &Site,
+    node: &str,
+    mib: u64,
+    r: &mut ferry_tests::StdRng,
+) -> std::path::PathBuf {
+    site.agent(
+        node,
+        &["volume", "create", "v", "--size", &format!("{mib}M")],
+    );
+    let path = agent_volume_path(site.config(node), "v");
+    write_random(&path, 0, (mib * MIB) as usize, r);
+    add_object(
+        site,
+        json!({"name": "ov", "kind": {"type": "virtual_volume",
+            "volume": {"node": node, "volume": "v"}}}),
+    );
+    path
 }
 
 fn groups(site: &Site, plan: &str) -> Vec<Value> {
@@ -71,12 +122,7 @@ fn a_backup_plan_replicates_each_group_to_a_paired_site() {
         "disks": [{"volume": {"node": "a1", "volume": "v1"}},
                   {"volume": {"node": "a2", "volume": "v2"}}],
         "nics": [{"switch": "vsw-prod", "mac": "52:54:00:00:00:01"}]}});
-    wait_for("the volumes are listed", 10, || {
-        a.controller
-            .admin("POST", "/v1/objects", Some(vm.clone()))
-            .0
-            == 201
-    });
+    add_object(&a, vm);
     // An iSCSI LUN, an NFS file and a plain volume beside it.
     for (node, vol) in [("a1", "lun0"), ("a2", "nfs0"), ("a1", "plain0")] {
         a.agent(node, &["volume", "create", vol, "--size", "4M"]);
@@ -91,12 +137,7 @@ fn a_backup_plan_replicates_each_group_to_a_paired_site() {
         json!({"name": "scratch", "kind": {"type": "virtual_volume",
             "volume": {"node": "a1", "volume": "plain0"}}}),
     ] {
-        wait_for("the volume is listed", 10, || {
-            a.controller
-                .admin("POST", "/v1/objects", Some(obj.clone()))
-                .0
-                == 201
-        });
+        add_object(&a, obj);
     }
     let plan = json!({"name": "web", "objects": ["web-vm", "db-lun", "share", "scratch"],
         "retention": 2, "enabled": false,
@@ -370,31 +411,14 @@ fn a_partition_mid_transfer_heals_and_the_transfer_resumes() {
     );
     pair(&a, &b, d);
     let mut r = rng("partition");
-    a.agent("a1", &["volume", "create", "v", "--size", "48M"]);
-    let path = agent_volume_path(a.config("a1"), "v");
-    write_random(&path, 0, (48 * MIB) as usize, &mut r);
-    let obj = json!({"name": "ov", "kind": {"type": "virtual_volume",
-        "volume": {"node": "a1", "volume": "v"}}});
-    wait_for("the volume is listed", 10, || {
-        a.controller
-            .admin("POST", "/v1/objects", Some(obj.clone()))
-            .0
-            == 201
-    });
+    random_volume(&a, "a1", 48, &mut r);
     let plan = json!({"name": "p", "objects": ["ov"], "retention": 2, "enabled": false,
         "schedule": {"every": "daily", "start": "2026-01-01T00:00"},
         "targets": [{"site": "site-b", "retention": 2}]});
     assert_eq!(a.controller.admin("POST", "/v1/plans", Some(plan)).0, 201);
-    let (code, started) = a.controller.admin("POST", "/v1/plans/p/run", None);
-    assert_eq!(code, 202, "{started}");
-    let id = started["run"]["id"].as_str().expect("id").to_string();
+    let id = start_run(&a, "p");
     // Once a good part of the volume has gone (8 MiB/s), cut the link for 60 s.
-    wait_for("the transfer is under way", 60, || {
-        let (_, v) =
-            a.controller
-                .call("GET", &format!("/v1/plans/p/runs/{id}"), Some(READER), None);
-        v["progress"]["done_bytes"].as_u64().unwrap_or(0) > 12 * MIB
-    });
+    wait_under_way(&a, "p", &id, 12 * MIB);
     relay.cut(true);
     std::thread::sleep(std::time::Duration::from_secs(60));
     relay.cut(false);
@@ -455,30 +479,13 @@ fn the_source_leader_killed_during_replication_the_new_one_finishes() {
     );
     pair(&a, &b, d);
     let mut r = rng("leader-killed");
-    a.agent("a1", &["volume", "create", "v", "--size", "48M"]);
-    let path = agent_volume_path(a.config("a1"), "v");
-    write_random(&path, 0, (48 * MIB) as usize, &mut r);
-    let obj = json!({"name": "ov", "kind": {"type": "virtual_volume",
-        "volume": {"node": "a1", "volume": "v"}}});
-    wait_for("the volume is listed", 20, || {
-        a.controller
-            .admin("POST", "/v1/objects", Some(obj.clone()))
-            .0
-            == 201
-    });
+    random_volume(&a, "a1", 48, &mut r);
     let plan = json!({"name": "p", "objects": ["ov"], "retention": 2, "enabled": false,
         "schedule": {"every": "daily", "start": "2026-01-01T00:00"},
         "targets": [{"site": "site-b", "retention": 2}]});
     assert_eq!(a.controller.admin("POST", "/v1/plans", Some(plan)).0, 201);
-    let (code, started) = a.controller.admin("POST", "/v1/plans/p/run", None);
-    assert_eq!(code, 202, "{started}");
-    let id = started["run"]["id"].as_str().expect("id").to_string();
-    wait_for("the transfer is under way", 60, || {
-        let (_, v) =
-            a.controller
-                .call("GET", &format!("/v1/plans/p/runs/{id}"), Some(READER), None);
-        v["progress"]["done_bytes"].as_u64().unwrap_or(0) > 8 * MIB
-    });
+    let id = start_run(&a, "p");
+    wait_under_way(&a, "p", &id, 8 * MIB);
     // Kill whichever leads; the survivor answers from then on.
     let first_leads = a.controller.health()["role"] == "leader";
     let other = a.others[0].1.as_ref().expect("other");
@@ -526,17 +533,7 @@ fn each_target_keeps_its_own_count_and_a_stopped_one_catches_up() {
     pair(&a, &b, d);
     pair(&a, c.as_ref().expect("c"), d);
     let mut r = rng("two-targets");
-    a.agent("a1", &["volume", "create", "v", "--size", "8M"]);
-    let path = agent_volume_path(a.config("a1"), "v");
-    write_random(&path, 0, (8 * MIB) as usize, &mut r);
-    let obj = json!({"name": "ov", "kind": {"type": "virtual_volume",
-        "volume": {"node": "a1", "volume": "v"}}});
-    wait_for("the volume is listed", 10, || {
-        a.controller
-            .admin("POST", "/v1/objects", Some(obj.clone()))
-            .0
-            == 201
-    });
+    let path = random_volume(&a, "a1", 8, &mut r);
     let plan = json!({"name": "db", "objects": ["ov"], "retention": 2, "enabled": false,
         "schedule": {"every": "hourly", "start": "2026-01-01T00:00"},
         "targets": [{"site": "site-b", "retention": 3}, {"site": "site-c", "retention": 1}]});

@@ -341,24 +341,10 @@ async fn run_task(
     let received = std::time::Instant::now();
     let progress = Arc::new(crate::progress::Progress::default());
     let p = progress.clone();
-    let mut work = tokio::task::spawn_blocking(move || {
+    let work = tokio::task::spawn_blocking(move || {
         crate::progress::track(&p, || ledger.run(&st, &task, received))
     });
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let mut told = (0, 0);
-    let outcome = loop {
-        tokio::select! {
-            r = &mut work => break r,
-            _ = tick.tick() => {
-                let (done_bytes, total_bytes) = progress.get();
-                if (done_bytes, total_bytes) != told && total_bytes > 0 {
-                    told = (done_bytes, total_bytes);
-                    let m = AgentMsg::TaskProgress { id: id.clone(), done_bytes, total_bytes };
-                    let _ = tx.send(m).await;
-                }
-            }
-        }
-    };
+    let outcome = telling_progress(&id, &progress, work, || tx.clone()).await;
     let state = outcome
         .map_err(|e| StoreError::Invalid(format!("task thread: {e}")))
         .and_then(|r| r)
@@ -376,6 +362,32 @@ async fn run_task(
         })
         .await;
     let _ = tx.send(AgentMsg::TaskReport { id, state }).await;
+}
+
+/// Awaits `work`, telling the link `to()` gives where task `id` is (`progress`) about once
+/// a second while it changes.
+async fn telling_progress<T>(
+    id: &ferry_wire::Name,
+    progress: &crate::progress::Progress,
+    work: impl std::future::Future<Output = T>,
+    to: impl Fn() -> mpsc::Sender<AgentMsg>,
+) -> T {
+    tokio::pin!(work);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut told = (0, 0);
+    loop {
+        tokio::select! {
+            r = &mut work => return r,
+            _ = tick.tick() => {
+                let (done_bytes, total_bytes) = progress.get();
+                if (done_bytes, total_bytes) != told && total_bytes > 0 {
+                    told = (done_bytes, total_bytes);
+                    let m = AgentMsg::TaskProgress { id: id.clone(), done_bytes, total_bytes };
+                    let _ = to().send(m).await;
+                }
+            }
+        }
+    }
 }
 
 /// Runs a transfer task beside the others: recorded in the ledger (at most once), one of at
@@ -401,22 +413,7 @@ async fn run_transfer(task: ferry_wire::task::Task, d: Arc<Daemon>, tx: mpsc::Se
     };
     let progress = Arc::new(crate::progress::Progress::default());
     let work = transfer(&task, &d, progress.clone());
-    tokio::pin!(work);
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let mut told = (0, 0);
-    let outcome = loop {
-        tokio::select! {
-            r = &mut work => break r,
-            _ = tick.tick() => {
-                let (done_bytes, total_bytes) = progress.get();
-                if (done_bytes, total_bytes) != told && total_bytes > 0 {
-                    told = (done_bytes, total_bytes);
-                    let m = AgentMsg::TaskProgress { id: id.clone(), done_bytes, total_bytes };
-                    let _ = told_to(&d).send(m).await;
-                }
-            }
-        }
-    };
+    let outcome = telling_progress(&id, &progress, work, || told_to(&d)).await;
     let state = outcome.unwrap_or_else(|e| TaskState::Failed {
         kind: e.kind().to_string(),
         message: e.to_string(),

@@ -317,6 +317,24 @@ async fn connection(
     }
 }
 
+/// The next request stream another controller opens on `conn`; `None` once it closed the
+/// connection cleanly.
+pub async fn next_stream(
+    conn: &quinn::Connection,
+) -> Result<Option<(quinn::SendStream, quinn::RecvStream)>, LinkError> {
+    match conn.accept_bi().await {
+        Ok(s) => Ok(Some(s)),
+        Err(e) => {
+            let e = NetError::from(e);
+            if e.is_clean_close() {
+                Ok(None)
+            } else {
+                Err(e.into())
+            }
+        }
+    }
+}
+
 /// Serves a follower's forwarded requests, one per stream, until it closes.
 async fn forwarded(
     conn: quinn::Connection,
@@ -327,16 +345,9 @@ async fn forwarded(
     loop {
         let (mut send, mut recv) = match next.take() {
             Some(s) => s,
-            None => match conn.accept_bi().await {
-                Ok(s) => s,
-                Err(e) => {
-                    let e = NetError::from(e);
-                    return if e.is_clean_close() {
-                        Ok(())
-                    } else {
-                        Err(e.into())
-                    };
-                }
+            None => match next_stream(&conn).await? {
+                Some(s) => s,
+                None => return Ok(()),
             },
         };
         let router = router.clone();

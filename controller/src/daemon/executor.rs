@@ -72,6 +72,19 @@ async fn write_back(
     Ok(done.succeeded)
 }
 
+/// Whether the removal of group `g` failed less than [`REMOVAL_RETRY_SECS`] before `now`
+/// (it is tried again after that).
+fn failed_lately(jobs: &[GroupJob], g: &GroupRecord, now: jiff::Timestamp) -> bool {
+    jobs.iter().any(|j| {
+        j.group == g.group
+            && j.step == crate::machines::group_job::JobStep::Failed
+            && j.finished
+                .as_deref()
+                .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+                .is_some_and(|t| now.as_second() - t.as_second() < REMOVAL_RETRY_SECS)
+    })
+}
+
 /// Deletes the oldest finished runs of plan `plan_id` beyond [`RUN_HISTORY`].
 async fn trim_runs(store: &Store, plan_id: &Name) -> Result<(), StoreError> {
     let mut runs: Vec<RunRecord> = load(store, &schema::runs_of(plan_id)).await?;
@@ -382,16 +395,7 @@ impl Executor {
             }
             let now = jiff::Timestamp::now();
             let jobs: Vec<GroupJob> = load(store, &schema::removals_of(id)).await?;
-            let failed_lately = |g: &GroupRecord| {
-                jobs.iter().any(|j| {
-                    j.group == g.group
-                        && j.step == crate::machines::group_job::JobStep::Failed
-                        && j.finished
-                            .as_deref()
-                            .and_then(|t| t.parse::<jiff::Timestamp>().ok())
-                            .is_some_and(|t| now.as_second() - t.as_second() < REMOVAL_RETRY_SECS)
-                })
-            };
+            let failed_lately = |g: &GroupRecord| failed_lately(&jobs, g, now);
             let Some(g) = groups
                 .iter()
                 .filter(|g| !failed_lately(g))
@@ -472,16 +476,7 @@ impl Executor {
             groups.sort_by(|a, b| a.created.cmp(&b.created));
             let now = jiff::Timestamp::now();
             let jobs: Vec<GroupJob> = load(store, &schema::removals_of(&id)).await?;
-            let failed_lately = |g: &GroupRecord| {
-                jobs.iter().any(|j| {
-                    j.group == g.group
-                        && j.step == crate::machines::group_job::JobStep::Failed
-                        && j.finished
-                            .as_deref()
-                            .and_then(|t| t.parse::<jiff::Timestamp>().ok())
-                            .is_some_and(|t| now.as_second() - t.as_second() < REMOVAL_RETRY_SECS)
-                })
-            };
+            let failed_lately = |g: &GroupRecord| failed_lately(&jobs, g, now);
             let excess = groups.len() - keep;
             let Some(g) = groups[..excess].iter().find(|g| !failed_lately(g)) else {
                 continue;
@@ -659,19 +654,7 @@ impl Executor {
                 .get(&key)
                 .await?
                 .and_then(|kv| serde_json::from_slice::<TargetRecord>(&kv.value).ok())
-                .unwrap_or(TargetRecord {
-                    site: site.clone(),
-                    last_group: None,
-                    last_group_created: None,
-                    last_replicated: None,
-                    bytes_sent: 0,
-                    last_bytes_sent: 0,
-                    last_transfer_ms: 0,
-                    failures: 0,
-                    last_error: None,
-                    foreign_plan: None,
-                    bases: Default::default(),
-                });
+                .unwrap_or_else(|| TargetRecord::new(site.clone()));
             t.bytes_sent += part.sent_bytes();
             for x in part.transfers.iter().filter(|x| x.done) {
                 t.bases

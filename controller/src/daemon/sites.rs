@@ -429,7 +429,7 @@ impl Sites {
             }
             me.links.wake.notify_one();
             if let Ok(mut a) = me.asked.lock() {
-                // Answered or failed: a failed one may be sent again at once.
+                // Entries of requests long over go (a run's are also forgotten at its end).
                 a.retain(|_, t| t.elapsed() < Duration::from_secs(3600));
             }
         });
@@ -456,16 +456,9 @@ impl Sites {
         let peer = s.peer_site.clone();
         tracing::info!(site = %peer, controller = %s.peer_node, "paired site linked");
         loop {
-            let (mut send, mut recv) = match s.conn.accept_bi().await {
-                Ok(x) => x,
-                Err(e) => {
-                    let e = NetError::from(e);
-                    return if e.is_clean_close() {
-                        Ok(())
-                    } else {
-                        Err(e.into())
-                    };
-                }
+            let Some((mut send, mut recv)) = crate::daemon::agents::next_stream(&s.conn).await?
+            else {
+                return Ok(());
             };
             let req: SiteRequest = match net::recv_msg(&mut recv, SITE_LIMIT).await {
                 Ok(r) => r,

@@ -256,19 +256,7 @@ pub(super) async fn plan_targets(
     for t in &plan.spec.targets {
         let rec: TargetRecord = record(&s.store, &schema::target_key(plan.id(), &t.site))
             .await?
-            .unwrap_or(TargetRecord {
-                site: t.site.clone(),
-                last_group: None,
-                last_group_created: None,
-                last_replicated: None,
-                bytes_sent: 0,
-                last_bytes_sent: 0,
-                last_transfer_ms: 0,
-                failures: 0,
-                last_error: None,
-                foreign_plan: None,
-                bases: Default::default(),
-            });
+            .unwrap_or_else(|| TargetRecord::new(t.site.clone()));
         let lag_secs = rec
             .last_group_created
             .as_deref()

@@ -228,15 +228,10 @@ pub(super) async fn status(
             .iter()
             .map(|t| match held.iter().find(|h| h.site == t.site) {
                 Some(h) => TargetStatus::of(h, now),
-                None => TargetStatus {
-                    site: t.site.clone(),
-                    last_group: None,
-                    lag_secs: None,
-                    last_bytes_sent: 0,
-                    last_transfer_ms: 0,
-                    failures: 0,
-                    last_error: None,
-                },
+                None => TargetStatus::of(
+                    &crate::state::schema::TargetRecord::new(t.site.clone()),
+                    now,
+                ),
             })
             .collect();
     }

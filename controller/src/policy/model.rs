@@ -993,25 +993,7 @@ mod tests {
                 Some("targets"),
             ),
         ];
-        for (targets, want) in cases {
-            let p = PlanSpec {
-                name: n("p"),
-                objects: vec![n("web")],
-                schedule: ScheduleSpec {
-                    every: "daily".into(),
-                    start: "2026-11-24T02:30".into(),
-                    timezone: "UTC".into(),
-                    end: None,
-                },
-                retention: 2,
-                enabled: true,
-                hooks: HookSpec::default(),
-                targets: targets.clone(),
-            };
-            let got = p.validate(lookup).err().map(|e| e.field);
-            assert_eq!(got.as_deref(), want, "{targets:?}");
-        }
-        let e = PlanSpec {
+        let plan = |targets: Vec<TargetSpec>| PlanSpec {
             name: n("p"),
             objects: vec![n("web")],
             schedule: ScheduleSpec {
@@ -1023,10 +1005,18 @@ mod tests {
             retention: 2,
             enabled: true,
             hooks: HookSpec::default(),
-            targets: vec![target("b", 3, &[])],
+            targets,
+        };
+        for (targets, want) in cases {
+            let got = plan(targets.clone())
+                .validate(lookup)
+                .err()
+                .map(|e| e.field);
+            assert_eq!(got.as_deref(), want, "{targets:?}");
         }
-        .validate(lookup)
-        .expect_err("unmapped");
+        let e = plan(vec![target("b", 3, &[])])
+            .validate(lookup)
+            .expect_err("unmapped");
         assert!(
             e.problem.contains("web")
                 && e.problem.contains("vsw-prod")

@@ -176,6 +176,25 @@ pub struct SiteRecord {
     pub paired: String,
 }
 
+impl TargetRecord {
+    /// A target that has been sent nothing yet.
+    pub fn new(site: Name) -> TargetRecord {
+        TargetRecord {
+            site,
+            last_group: None,
+            bases: Default::default(),
+            last_group_created: None,
+            last_replicated: None,
+            bytes_sent: 0,
+            last_bytes_sent: 0,
+            last_transfer_ms: 0,
+            failures: 0,
+            last_error: None,
+            foreign_plan: None,
+        }
+    }
+}
+
 /// What a target site holds of a backup plan, as the source knows it
 /// (`/ferry/targets/<plan-id>/<site>`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
