@@ -82,12 +82,13 @@ const OUTPUT_GRACE: Duration = Duration::from_millis(200);
 /// Runs one hook to completion in a process group of its own. At the timeout the whole group
 /// is killed (the shell and everything it started); once the shell has exited, output is read
 /// for [`OUTPUT_GRACE`] more at most, so a child it left running does not hold the caller.
+/// Returns the end of what it printed.
 pub fn run(
     which: &'static str,
     cmd: &str,
     env: &[(&str, String)],
     timeout: Duration,
-) -> Result<()> {
+) -> Result<String> {
     use std::os::unix::process::CommandExt as _;
     let cannot = |e: std::io::Error| StoreError::Hook {
         which,
@@ -151,12 +152,13 @@ pub fn run(
             Err(_) => break, // all read, or a child still holds the pipe: not waited for
         }
     }
-    let said = match tail(&out) {
+    let printed = tail(&out);
+    let said = match &printed {
         t if t.is_empty() => " (it printed nothing)".to_string(),
         t => format!("; its output ended with:\n{t}"),
     };
     match status {
-        Ok(s) if s.success() => Ok(()),
+        Ok(s) if s.success() => Ok(printed),
         Ok(s) => Err(StoreError::Hook {
             which,
             detail: format!("{cmd:?} exited with {s}{said}"),

@@ -27,6 +27,7 @@ pub mod pki;
 pub mod progress;
 pub mod replication;
 pub mod store;
+pub mod verify;
 
 pub use config::AgentConfig;
 pub use error::StoreError;

@@ -452,6 +452,18 @@ pub fn verify(
     leaves_path: &Path,
     io: &IoConfig,
 ) -> Result<VerifyReport> {
+    verify_paced(snap, manifest_path, leaves_path, io, &mut |_| {})
+}
+
+/// [`verify`], telling `pace` the bytes of every read as it is hashed: `pace` may sleep to
+/// hold a rate, or while something more urgent runs (reads wait for it).
+pub fn verify_paced(
+    snap: &Path,
+    manifest_path: &Path,
+    leaves_path: &Path,
+    io: &IoConfig,
+    pace: &mut dyn FnMut(u64),
+) -> Result<VerifyReport> {
     let manifest = HashFile::open(manifest_path, Kind::Manifest)
         .map_err(|e| format_err(e, "manifest", manifest_path))?;
     let g = manifest.geometry();
@@ -508,6 +520,7 @@ pub fn verify(
     let tail_job = tail_job(&g, tail_has_data);
     let jobs = cut(&ranges, block_chunk(io, &g), TAG_BLOCKS).chain(tail_job);
     let stats = hasher.read(snap, io, Cache::Cold, jobs, |job, hashed| {
+        pace(job.len as u64);
         match hashed {
             Hashed::Blocks { leaves, blocks } => {
                 let first = job.offset / bs;

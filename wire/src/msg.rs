@@ -8,15 +8,18 @@ use serde::{Deserialize, Serialize};
 
 use crate::name::Name;
 
-/// Newest protocol version this build speaks. 4: agents say where paired sites reach them,
+/// Newest protocol version this build speaks. 5: a sender asks the receiver to seed a new
+/// mirror from a local snapshot with the same root (`repl::Request::Seed`), a target places
+/// mirrors where such snapshots are (`site::MirrorVolume::seeds`), and agents run rebuild,
+/// verify and check tasks; 4: agents say where paired sites reach them,
 /// controllers push paired sites and replicate tasks, and controllers of paired sites talk
 /// ([`crate::site`]); 3: a replication error carries its class, and
 /// a `Begin` of a snapshot the mirror has committed with the same root is answered
 /// `Committed`; 2: resumable sessions (`Begun { resumed }`) and zstd block payloads; 1 was
 /// never released.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 /// Oldest protocol version this build still speaks.
-pub const MIN_PROTOCOL_VERSION: u32 = 4;
+pub const MIN_PROTOCOL_VERSION: u32 = 5;
 /// Limit on an encoded [`Hello`].
 pub const HELLO_LIMIT: usize = 4096;
 

@@ -6,6 +6,11 @@
 //! sender                                   receiver
 //!   Request::Snapshots{mirror}      ->
 //!                                   <-     Response::Snapshots{[(name, root)]}
+//!   (none in common, and the mirror is new or empty:)
+//!   Request::Seed{mirror, size, block_size, candidates}  ->
+//!                                   <-     Response::Snapshots{[(name, root)]} (the receiver made
+//!                                          the mirror from a local snapshot with a candidate's
+//!                                          root, when it holds one: a clone on reflink)
 //!   (pick the base: the newest snapshot both hold with the same root; none = full)
 //!   Request::Begin{mirror, snapshot, size, block_size, root, base}  ->
 //!                                   <-     Response::Begun{resumed} (blocks already in place
@@ -44,6 +49,8 @@ pub const MAX_UNSENT: u64 = 2 * OFFER_BATCH as u64;
 pub const MAX_IN_TRANSIT: usize = 16384;
 /// Limit on one encoded control message.
 pub const REPL_CONTROL_LIMIT: usize = 1 << 20;
+/// Most candidates a [`Request::Seed`] names.
+pub const MAX_SEED_CANDIDATES: usize = 64;
 /// Bytes before a block's payload in a data frame: session id (u64 BE), block index (u64 BE),
 /// payload kind (u8).
 pub const BLOCK_HEADER: usize = 17;
@@ -69,6 +76,18 @@ pub enum Payload {
 pub enum Request {
     /// Which snapshots of this mirror volume do you hold?
     Snapshots { mirror: Name },
+    /// The mirror holds none of the sender's snapshots: if it is new (or empty and not
+    /// receiving), make it from a local snapshot of any volume whose root is one of the
+    /// `candidates` (the sender's snapshots, newest first, at most
+    /// [`MAX_SEED_CANDIDATES`]), of this size and block size, kept under the candidate's
+    /// name. Answered with the mirror's snapshots, seeded or not. This is how a volume
+    /// rebuilt from a mirror goes back to the site it came from without a full copy.
+    Seed {
+        mirror: Name,
+        size: u64,
+        block_size: u32,
+        candidates: Vec<(Name, BlockHash)>,
+    },
     /// Start receiving `snapshot` into `mirror`, relative to `base` (which the receiver said it
     /// holds), or in full.
     Begin {
@@ -548,6 +567,12 @@ mod tests {
         let n = Name::new("m").expect("name");
         for m in [
             Request::Snapshots { mirror: n.clone() },
+            Request::Seed {
+                mirror: n.clone(),
+                size: 1 << 30,
+                block_size: 65536,
+                candidates: vec![(n.clone(), BlockHash([3; 32]))],
+            },
             Request::Begin {
                 mirror: n.clone(),
                 snapshot: n.clone(),

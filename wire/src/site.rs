@@ -21,6 +21,9 @@ pub const MAX_MIRROR_VOLUMES: usize = 4096;
 /// Longest description of the source's objects ([`SiteRequest::Prepare::objects`]).
 pub const MAX_OBJECTS_JSON: usize = 2 << 20;
 
+/// Most roots a [`MirrorVolume`] offers as seeds.
+pub const MAX_SEEDS: usize = 16;
+
 /// A protected volume of the source, as the target places its mirror.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MirrorVolume {
@@ -28,6 +31,12 @@ pub struct MirrorVolume {
     pub node: Name,
     pub volume: Name,
     pub size: u64,
+    /// Manifest roots (hex) of snapshots the source volume holds that the target may hold
+    /// too (a volume rebuilt from a mirror holds the mirror's snapshot), at most
+    /// [`MAX_SEEDS`]: a new mirror is placed on a node holding one, so that its agent
+    /// seeds the mirror from it and only what changed since travels.
+    #[serde(default)]
+    pub seeds: Vec<String>,
 }
 
 /// Where the target keeps the mirror of a source volume.
@@ -126,6 +135,7 @@ mod tests {
                     node: n("n1"),
                     volume: n("v1"),
                     size: 1 << 30,
+                    seeds: vec!["ab".repeat(32)],
                 }],
                 objects: b"{}".to_vec(),
             },

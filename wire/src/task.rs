@@ -92,6 +92,35 @@ pub enum TaskKind {
         volume: Name,
         force: bool,
     },
+    /// A new, writable volume from a snapshot (at a target, from a mirror snapshot: a
+    /// rebuild, or a drill's scratch copy) that also keeps the snapshot, under its name, as
+    /// its own first snapshot: protecting the new volume to a site that holds that snapshot
+    /// (the site it was mirrored from) then starts from it instead of a full copy.
+    Rebuild {
+        volume: Name,
+        snapshot: Name,
+        new_volume: Name,
+    },
+    /// Re-read snapshot `snapshot` of `volume` (with `live`, the volume's current image
+    /// instead: a drill's freshly rebuilt volume) and compare every block with the
+    /// snapshot's manifest, reading at most `bytes_per_sec` and pausing while the agent
+    /// sends or receives a transfer. Runs beside the agent's other tasks.
+    Verify {
+        volume: Name,
+        snapshot: Name,
+        live: bool,
+        bytes_per_sec: Option<u64>,
+    },
+    /// Run `command` (`/bin/sh -c`) for object `object` with its volumes here in the
+    /// environment (`FERRY_OBJECT`, `FERRY_VOLUMES`, `FERRY_VOLUME_PATHS`, `FERRY_VOLUME`:
+    /// the first path), killed with everything it started after `timeout_secs`: a drill's
+    /// check (`fsck -n "$FERRY_VOLUME"`, a boot test). Runs beside the agent's other tasks.
+    Check {
+        object: Name,
+        volumes: Vec<Name>,
+        command: String,
+        timeout_secs: u64,
+    },
     /// Send snapshot `snapshot` of `volume` to the agent at `peer` (`HOST:PORT`), which must
     /// be a node of site `site`, into its mirror volume `mirror`, relative to the newest
     /// snapshot both hold with the same root. Retryable failures are retried up to
@@ -151,6 +180,28 @@ pub enum TaskResult {
         volume: Name,
         /// Snapshots deleted with it (`force`).
         snapshots: u32,
+    },
+    /// The new volume, and the snapshot it keeps (its root, hex).
+    Rebuilt {
+        volume: Name,
+        snapshot: Name,
+        root: String,
+    },
+    /// What a re-read found: `ok` when every block matched the manifest, whose root (hex)
+    /// is `root`; `bad_blocks` of `blocks` did not (the first of them in `first_bad`).
+    Verified {
+        ok: bool,
+        root: String,
+        blocks: u64,
+        bad_blocks: u64,
+        first_bad: Vec<u64>,
+        bytes_read: u64,
+        elapsed_ms: u64,
+    },
+    /// The check command exited 0; the end of what it printed.
+    Checked {
+        elapsed_ms: u64,
+        output: String,
     },
     /// The mirror holds the snapshot with this root (hex).
     Replicated {

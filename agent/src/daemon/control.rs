@@ -10,7 +10,7 @@ use std::time::Duration;
 use ferry_wire::control::{
     AgentMsg, ControllerMsg, VolumeReport, CONTROL_LINK_LIMIT, HEARTBEAT_SECS, MAX_REPORTED_VOLUMES,
 };
-use ferry_wire::task::TaskState;
+use ferry_wire::task::{Task, TaskKind, TaskResult, TaskState};
 use tokio::sync::mpsc;
 
 use crate::config::AgentConfig;
@@ -98,7 +98,10 @@ struct Daemon {
     peers: Arc<PeerSites>,
     budget: Budget,
     transfers: tokio::sync::Semaphore,
-    /// Transfer task ids running in this process, each with the link to tell when it ends:
+    /// Verifications run one at a time (they read whole snapshots); checks a few at once.
+    verifications: tokio::sync::Semaphore,
+    checks: tokio::sync::Semaphore,
+    /// Task ids running beside the ledger in this process, each with the link to tell when it ends:
     /// a repeat (the controller restarted, or another one leads now) is answered `running`
     /// and its link is the one told, with progress, from then on.
     running: std::sync::Mutex<std::collections::HashMap<String, mpsc::Sender<AgentMsg>>>,
@@ -132,6 +135,8 @@ pub async fn run(
         peers,
         budget: Budget::new(cfg.net.bandwidth_limit),
         transfers: tokio::sync::Semaphore::new(cfg.net.max_transfers),
+        verifications: tokio::sync::Semaphore::new(1),
+        checks: tokio::sync::Semaphore::new(MAX_CHECKS),
         running: Default::default(),
     });
     // Holds (prepare / release across nodes) end by themselves when not released in time,
@@ -209,8 +214,8 @@ async fn link(
                             state: TaskState::Running,
                         })
                         .await;
-                    if matches!(task.kind, ferry_wire::task::TaskKind::Replicate { .. }) {
-                        tokio::spawn(run_transfer(task, daemon.clone(), tx.clone()));
+                    if runs_beside(&task.kind) {
+                        tokio::spawn(run_beside(task, daemon.clone(), tx.clone()));
                     } else {
                         tokio::spawn(run_task(
                             task,
@@ -390,10 +395,22 @@ async fn telling_progress<T>(
     }
 }
 
-/// Runs a transfer task beside the others: recorded in the ledger (at most once), one of at
-/// most `net.max_transfers` at a time, through the daemon's bandwidth budget and its
-/// connections to peers; then the volumes and the final state.
-async fn run_transfer(task: ferry_wire::task::Task, d: Arc<Daemon>, tx: mpsc::Sender<AgentMsg>) {
+/// Checks of drills run at once on one node at most.
+const MAX_CHECKS: usize = 4;
+
+/// Whether a task runs beside the ledger's one-at-a-time tasks: transfers, and the long
+/// reads and checks of verifications and drills, which must not hold up a run's snapshot.
+fn runs_beside(kind: &TaskKind) -> bool {
+    matches!(
+        kind,
+        TaskKind::Replicate { .. } | TaskKind::Verify { .. } | TaskKind::Check { .. }
+    )
+}
+
+/// Runs a task beside the others (see [`runs_beside`]): recorded in the ledger (at most
+/// once), within its kind's bound on how many run at a time, telling its progress to the
+/// latest link that asked for it; then the volumes and the final state.
+async fn run_beside(task: Task, d: Arc<Daemon>, tx: mpsc::Sender<AgentMsg>) {
     let id = task.id.clone();
     let fresh = d.running.lock().is_ok_and(|mut r| {
         let fresh = !r.contains_key(id.as_str());
@@ -412,14 +429,22 @@ async fn run_transfer(task: ferry_wire::task::Task, d: Arc<Daemon>, tx: mpsc::Se
             .unwrap_or_else(|| tx.clone())
     };
     let progress = Arc::new(crate::progress::Progress::default());
-    let work = transfer(&task, &d, progress.clone());
+    let work = beside(&task, &d, progress.clone());
     let outcome = telling_progress(&id, &progress, work, || told_to(&d)).await;
-    let state = outcome.unwrap_or_else(|e| TaskState::Failed {
-        kind: e.kind().to_string(),
-        message: e.to_string(),
-    });
-    if let Err(e) = d.ledger.finish(&task, &state) {
-        tracing::warn!(task = %id, error = %e, "cannot record the transfer's end");
+    let (admitted, outcome) = match outcome {
+        Ok((admitted, state)) => (admitted, state),
+        Err(e) => (
+            true,
+            TaskState::Failed {
+                kind: e.kind().to_string(),
+                message: e.to_string(),
+            },
+        ),
+    };
+    if admitted {
+        if let Err(e) = d.ledger.finish(&task, &outcome) {
+            tracing::warn!(task = %id, error = %e, "cannot record the task's end");
+        }
     }
     let to = d
         .running
@@ -427,15 +452,130 @@ async fn run_transfer(task: ferry_wire::task::Task, d: Arc<Daemon>, tx: mpsc::Se
         .ok()
         .and_then(|mut r| r.remove(id.as_str()))
         .unwrap_or(tx);
-    let _ = to.send(AgentMsg::TaskReport { id, state }).await;
+    if !matches!(task.kind, TaskKind::Replicate { .. }) {
+        let (volumes, omitted) = volumes_now(&d.store).await;
+        let free_bytes = crate::fsx::space(d.store.root()).0;
+        let m = AgentMsg::Volumes {
+            volumes,
+            omitted,
+            free_bytes,
+        };
+        let _ = to.send(m).await;
+    }
+    let _ = to.send(AgentMsg::TaskReport { id, state: outcome }).await;
 }
 
-async fn transfer(
-    task: &ferry_wire::task::Task,
+/// Admits a task through the ledger, then runs it within its kind's bound. Returns whether
+/// it was admitted (and so is the caller's to record as ended) and its state.
+async fn beside(
+    task: &Task,
     d: &Arc<Daemon>,
     progress: Arc<crate::progress::Progress>,
-) -> Result<TaskState> {
-    let ferry_wire::task::TaskKind::Replicate {
+) -> Result<(bool, TaskState)> {
+    let (l, st, t) = (d.ledger.clone(), d.store.clone(), task.clone());
+    let received = std::time::Instant::now();
+    let admitted = tokio::task::spawn_blocking(move || l.begin(&st, &t, received))
+        .await
+        .map_err(|e| StoreError::Invalid(format!("task thread: {e}")))??;
+    if let Some(answer) = admitted {
+        return Ok((false, answer));
+    }
+    let bound = match task.kind {
+        TaskKind::Replicate { .. } => &d.transfers,
+        TaskKind::Verify { .. } => &d.verifications,
+        _ => &d.checks,
+    };
+    let _permit = bound
+        .acquire()
+        .await
+        .map_err(|_| StoreError::Invalid("shutting down".into()))?;
+    let result = match &task.kind {
+        TaskKind::Replicate { .. } => transfer(task, d, progress).await,
+        kind => {
+            let (st, kind) = (d.store.clone(), kind.clone());
+            tokio::task::spawn_blocking(move || {
+                crate::progress::track(&progress, || background(&st, &kind))
+            })
+            .await
+            .map_err(|e| StoreError::Invalid(format!("task thread: {e}")))?
+        }
+    };
+    let state = result.map_or_else(
+        |e| TaskState::Failed {
+            kind: e.kind().to_string(),
+            message: e.to_string(),
+        },
+        |result| TaskState::Done { result },
+    );
+    Ok((true, state))
+}
+
+/// A verification or a check, on a blocking thread.
+fn background(store: &Store, kind: &TaskKind) -> Result<TaskResult> {
+    let started = std::time::Instant::now();
+    match kind {
+        TaskKind::Verify {
+            volume,
+            snapshot,
+            live,
+            bytes_per_sec,
+        } => {
+            let r = crate::verify::paced(
+                store,
+                volume.as_str(),
+                snapshot.as_str(),
+                *live,
+                *bytes_per_sec,
+            )?;
+            Ok(TaskResult::Verified {
+                ok: r.ok,
+                root: r.root.to_hex(),
+                blocks: r.blocks,
+                bad_blocks: r.bad_count,
+                first_bad: r.bad_blocks.into_iter().take(16).collect(),
+                bytes_read: r.bytes_read,
+                elapsed_ms: started.elapsed().as_millis() as u64,
+            })
+        }
+        TaskKind::Check {
+            object,
+            volumes,
+            command,
+            timeout_secs,
+        } => {
+            let vols = volumes
+                .iter()
+                .map(|v| {
+                    store
+                        .volume(v.as_str())
+                        .map(|i| (i.name.to_string(), i.path))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let mut env: Vec<(&str, String)> = crate::hooks::env(object.as_str(), &vols).into();
+            env.retain(|(k, _)| *k != "FERRY_SNAPSHOT");
+            env.push(("FERRY_OBJECT", object.to_string()));
+            let first = vols.first().map(|(_, p)| p.display().to_string());
+            env.push(("FERRY_VOLUME", first.unwrap_or_default()));
+            let timeout = Duration::from_secs((*timeout_secs).clamp(1, MAX_CHECK_SECS));
+            let output = crate::hooks::run("check", command, &env, timeout)?;
+            Ok(TaskResult::Checked {
+                elapsed_ms: started.elapsed().as_millis() as u64,
+                output,
+            })
+        }
+        _ => Err(StoreError::Invalid("not a background task".into())),
+    }
+}
+
+/// Longest a drill's check may run.
+pub const MAX_CHECK_SECS: u64 = 6 * 3600;
+
+async fn transfer(
+    task: &Task,
+    d: &Arc<Daemon>,
+    progress: Arc<crate::progress::Progress>,
+) -> Result<TaskResult> {
+    let TaskKind::Replicate {
         volume,
         snapshot,
         site,
@@ -446,19 +586,6 @@ async fn transfer(
     else {
         return Err(StoreError::Invalid("not a transfer".into()));
     };
-    let (l, st, t) = (d.ledger.clone(), d.store.clone(), task.clone());
-    let received = std::time::Instant::now();
-    let admitted = tokio::task::spawn_blocking(move || l.begin(&st, &t, received))
-        .await
-        .map_err(|e| StoreError::Invalid(format!("task thread: {e}")))??;
-    if let Some(answer) = admitted {
-        return Ok(answer);
-    }
-    let _permit = d
-        .transfers
-        .acquire()
-        .await
-        .map_err(|_| StoreError::Invalid("shutting down".into()))?;
     let addr = tokio::net::lookup_host(peer.as_str())
         .await
         .map_err(|e| StoreError::Invalid(format!("peer address {peer}: {e}")))?
@@ -485,16 +612,14 @@ async fn transfer(
         *retries,
     )
     .await?;
-    Ok(TaskState::Done {
-        result: ferry_wire::task::TaskResult::Replicated {
-            root: r.root,
-            base: r.base,
-            sent_bytes: r.sent_bytes,
-            blocks: r.blocks,
-            sent_blocks: r.sent_blocks,
-            resumed_blocks: r.resumed_blocks,
-            elapsed_ms: r.elapsed_ms as u64,
-            already_there: r.already_there,
-        },
+    Ok(TaskResult::Replicated {
+        root: r.root,
+        base: r.base,
+        sent_bytes: r.sent_bytes,
+        blocks: r.blocks,
+        sent_blocks: r.sent_blocks,
+        resumed_blocks: r.resumed_blocks,
+        elapsed_ms: r.elapsed_ms as u64,
+        already_there: r.already_there,
     })
 }

@@ -176,7 +176,7 @@ impl Ledger {
             Some(post) => {
                 let env = crate::hooks::env(hold, &rec.volumes);
                 let t = store.hook_timeout(Duration::from_secs(rec.hook_timeout_secs.unwrap_or(0)));
-                crate::hooks::run("post", post, &env, t)
+                crate::hooks::run("post", post, &env, t).map(drop)
             }
             None => Ok(()),
         };
@@ -464,6 +464,23 @@ fn execute(store: &Store, kind: &TaskKind) -> Result<TaskResult> {
             let v = store.clone_volume(volume.as_str(), snapshot.as_str(), new_volume.as_str())?;
             Ok(TaskResult::Cloned { volume: v.name })
         }
+        TaskKind::Rebuild {
+            volume,
+            snapshot,
+            new_volume,
+        } => {
+            let (v, kept) =
+                store.rebuild_volume(volume.as_str(), snapshot.as_str(), new_volume.as_str())?;
+            Ok(TaskResult::Rebuilt {
+                volume: v.name,
+                snapshot: kept.name,
+                root: kept.root,
+            })
+        }
+        TaskKind::Verify { .. } | TaskKind::Check { .. } => Err(StoreError::Invalid(
+            "verifications and checks run in the agent daemon, beside the ledger's other tasks"
+                .into(),
+        )),
         TaskKind::DeleteVolume { volume, force } => {
             let r = store.delete_volume(volume.as_str(), *force)?;
             Ok(TaskResult::VolumeDeleted {

@@ -7,3 +7,32 @@
 pub mod ratelimit;
 pub mod receive;
 pub mod send;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// Transfer sessions moving data through this process now, sending or receiving.
+static MOVING: AtomicUsize = AtomicUsize::new(0);
+
+/// A transfer session in progress, counted while it lives: background reads (the
+/// verification of kept snapshots) wait while any is ([`moving`]), so they never compete
+/// with transfers for the disk.
+#[derive(Debug)]
+pub struct Moving(());
+
+impl Moving {
+    pub fn start() -> Moving {
+        MOVING.fetch_add(1, Ordering::Relaxed);
+        Moving(())
+    }
+}
+
+impl Drop for Moving {
+    fn drop(&mut self) {
+        MOVING.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// How many transfer sessions are moving data now.
+pub fn moving() -> usize {
+    MOVING.load(Ordering::Relaxed)
+}

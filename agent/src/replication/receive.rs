@@ -32,7 +32,8 @@ use ferry_wire::hashfile::HashFile;
 use ferry_wire::journal::{self, JournalHeader};
 use ferry_wire::repl::{
     apply_pages, parse_block, verify_block, ErrorClass, OfferPlan, Payload, ReceiverCore, Request,
-    Resolution, Response, BLOCK_HEADER, MAX_IN_TRANSIT, PAGE_SIZE, REPL_CONTROL_LIMIT,
+    Resolution, Response, BLOCK_HEADER, MAX_IN_TRANSIT, MAX_SEED_CANDIDATES, PAGE_SIZE,
+    REPL_CONTROL_LIMIT,
 };
 use ferry_wire::Name;
 use quinn::{RecvStream, SendStream};
@@ -209,6 +210,7 @@ struct Begun {
     /// Blocks already in place from an interrupted transfer of the same snapshot.
     done: Vec<u64>,
     _lock: FileLock,
+    _moving: super::Moving,
 }
 
 fn bit(bits: &[u64], i: u64) -> bool {
@@ -421,6 +423,23 @@ async fn handle(
 ) -> Result<Option<Response>, Response> {
     match req {
         Request::Snapshots { mirror } => snapshots(ctx.store, &mirror).map(Some),
+        Request::Seed {
+            mirror,
+            size,
+            block_size,
+            candidates,
+        } => {
+            if begun.is_some() {
+                return Err(protocol("seed after begin"));
+            }
+            if candidates.len() > MAX_SEED_CANDIDATES {
+                return Err(protocol("too many seed candidates"));
+            }
+            let (store, peer) = (ctx.store, ctx.peer);
+            blocking(|| store.seed_mirror(&mirror, size, block_size, peer, &candidates))
+                .map_err(store_err)?;
+            snapshots(ctx.store, &mirror).map(Some)
+        }
         Request::Begin {
             mirror,
             snapshot,
@@ -606,6 +625,7 @@ fn open_session(
         deferred: Vec::new(),
         done: done.unwrap_or_default(),
         _lock: lock,
+        _moving: super::Moving::start(),
     }))
 }
 

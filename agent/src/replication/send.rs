@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use ferry_wire::hashfile::{HashFile, Kind};
 use ferry_wire::repl::{
     block_header, choose_base, page_delta, pages_payload, ErrorClass, Payload, Request, Response,
-    SenderCore, SenderStep, BLOCK_HEADER, PAGE_SIZE, REPL_CONTROL_LIMIT,
+    SenderCore, SenderStep, BLOCK_HEADER, MAX_SEED_CANDIDATES, PAGE_SIZE, REPL_CONTROL_LIMIT,
 };
 use ferry_wire::{BlockHash, Name};
 use quinn::VarInt;
@@ -274,6 +274,7 @@ pub async fn replicate(
     target: &Target,
 ) -> Result<ReplicateReport> {
     let started = Instant::now();
+    let _moving = super::Moving::start();
     let src = Source::open(&store, volume, snap, target)?;
     let (conn, peer_label, peer_site) = peers.connection(target.peer).await?;
     if let Some(want) = &target.site {
@@ -298,6 +299,10 @@ pub async fn replicate(
     {
         Response::Snapshots { snapshots } => snapshots,
         r => return Err(unexpected(&r)),
+    };
+    let theirs = match theirs.is_empty() && target.base.is_none() {
+        true => seed(&mut ctl, &src).await?,
+        false => theirs,
     };
     let already = |mut report: ReplicateReport,
                    ctl: &mut (quinn::SendStream, quinn::RecvStream)| {
@@ -441,6 +446,28 @@ impl Source {
             )));
         }
         Ok(true)
+    }
+}
+
+/// The mirror is new or empty: asks the receiver to seed it from a snapshot it holds with
+/// the root of one of ours (this one first, then the older ones, newest first). Returns
+/// what the mirror holds then.
+async fn seed(
+    ctl: &mut (quinn::SendStream, quinn::RecvStream),
+    src: &Source,
+) -> Result<Vec<(Name, BlockHash)>> {
+    let mut candidates = vec![(src.meta.name.clone(), src.root)];
+    let older = src.ours.iter().rev().take(MAX_SEED_CANDIDATES - 1);
+    candidates.extend(older.cloned());
+    let req = Request::Seed {
+        mirror: src.mirror.clone(),
+        size: src.meta.size,
+        block_size: src.meta.block_size,
+        candidates,
+    };
+    match call(ctl, &req).await? {
+        Response::Snapshots { snapshots } => Ok(snapshots),
+        r => Err(unexpected(&r)),
     }
 }
 

@@ -43,6 +43,96 @@ impl Store {
         self.new_sparse_volume(name, size, block_size, Some(from.clone()))
     }
 
+    /// Makes mirror `name` (for data from `from`, `size` bytes in `block_size` blocks) from a
+    /// local snapshot of any volume whose root is one of `candidates` (newest first), kept
+    /// under the candidate's name, with the working copy a clone of it. Only a mirror that
+    /// does not exist yet, or exists with no snapshot, no transfer journaled and none
+    /// receiving, is seeded. Returns the snapshot it was seeded from (`volume`, `snapshot`).
+    pub fn seed_mirror(
+        &self,
+        name: &Name,
+        size: u64,
+        block_size: u32,
+        from: &MirrorInfo,
+        candidates: &[(Name, BlockHash)],
+    ) -> Result<Option<(Name, Name)>> {
+        check_block_size(block_size as u64).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let _lock = self.store_lock()?;
+        let dir = self.volumes_dir().join(name.as_str());
+        let exists = dir.join(VOLUME_META).exists();
+        if exists {
+            let meta: VolumeMeta = read_json(&dir.join(VOLUME_META), "volume metadata")?;
+            let empty = meta.mirror.as_ref().is_some_and(|m| m.site == from.site)
+                && self.snapshot_names(&dir)?.is_empty()
+                && !self.receive_journal_path(name).exists();
+            if !empty {
+                return Ok(None);
+            }
+        }
+        // The newest candidate some local snapshot holds (mirrors included).
+        let mut found: Option<(usize, SnapshotMeta, PathBuf)> = None;
+        for v in self.list_volumes_unlocked()? {
+            let vdir = self.volumes_dir().join(v.name.as_str());
+            for m in self.read_snapshots(&vdir, &v.name)? {
+                if m.size != size || m.block_size != block_size {
+                    continue;
+                }
+                let Some(rank) = candidates
+                    .iter()
+                    .position(|(_, r)| BlockHash::from_hex(&m.root) == Some(*r))
+                else {
+                    continue;
+                };
+                if found.as_ref().is_none_or(|(best, _, _)| rank < *best) {
+                    found = Some((rank, m, vdir.clone()));
+                }
+            }
+        }
+        let Some((rank, src, vdir)) = found else {
+            return Ok(None);
+        };
+        if exists {
+            // Empty, and no session can hold it: we hold the store lock it takes first.
+            let Some(_receiving) =
+                FileLock::try_exclusive(&dir.join("receive.lock")).ctx("lock", &dir)?
+            else {
+                return Ok(None);
+            };
+            delete_dir(&self.volumes_dir(), name.as_str())?;
+        }
+        let snap = candidates[rank].0.clone();
+        let src_dir = Self::snapshot_dir(&vdir, &src.name);
+        let tmp = self.tmp_volume_dir(name)?;
+        let res = (|| {
+            self.backend
+                .snapshot(&src_dir.join(IMAGE), &tmp.join(IMAGE))?;
+            let renamed = SnapshotMeta {
+                name: snap.clone(),
+                ..src.clone()
+            };
+            self.copy_snapshot(&src_dir, &renamed, &tmp, name)?;
+            let meta = VolumeMeta {
+                name: name.clone(),
+                kind: VolumeKind::Owned,
+                path: None,
+                block_size,
+                created_unix_ms: now_ns() / 1_000_000,
+                origin: Some(Origin {
+                    volume: src.volume.clone(),
+                    snapshot: src.name.clone(),
+                }),
+                mirror: Some(from.clone()),
+            };
+            self.commit_volume(name, &meta, &tmp)
+        })();
+        if let Err(e) = res {
+            let _ = remove_tree(&tmp);
+            return Err(e);
+        }
+        tracing::info!(mirror = %name, from = %format!("{}@{}", src.volume, src.name), as_ = %snap, "mirror seeded from a local snapshot with the same root");
+        Ok(Some((src.volume, src.name)))
+    }
+
     /// The lock held by the one replication session receiving into a mirror.
     pub fn receive_lock(&self, name: &Name) -> Result<FileLock> {
         let p = self.volumes_dir().join(name.as_str()).join("receive.lock");

@@ -21,6 +21,35 @@ impl Store {
         }
     }
 
+    /// Copies committed snapshot `meta` (its directory `src`) into the volume directory
+    /// being built at `vol_tmp` for volume `volume`, under the same name: the image cloned
+    /// (or copied), the manifest and leaf index as they are, every file fsynced. The caller
+    /// commits `vol_tmp`.
+    pub(super) fn copy_snapshot(
+        &self,
+        src: &Path,
+        meta: &SnapshotMeta,
+        vol_tmp: &Path,
+        volume: &Name,
+    ) -> Result<SnapshotMeta> {
+        let dst = Self::snapshot_dir(vol_tmp, &meta.name);
+        fs::create_dir_all(&dst).ctx("create", &dst)?;
+        let method = self.backend.snapshot(&src.join(IMAGE), &dst.join(IMAGE))?;
+        for f in [MANIFEST, LEAVES] {
+            fsx::clone_or_copy(&src.join(f), &dst.join(f)).ctx("copy", src.join(f))?;
+        }
+        let kept = SnapshotMeta {
+            volume: volume.clone(),
+            method,
+            group: None,
+            ..meta.clone()
+        };
+        write_json(&dst.join(SNAPSHOT_META), &kept)?;
+        fsx::fsync_dir(&dst).ctx("fsync", &dst)?;
+        fsx::fsync_dir(&vol_tmp.join("snapshots")).ctx("fsync", vol_tmp)?;
+        Ok(kept)
+    }
+
     /// Takes a snapshot of one volume.
     pub fn create_snapshot(&self, volume: &str, snap: &str, hooks: &Hooks) -> Result<SnapshotMeta> {
         let mut v = self.create_group(snap, &[volume.to_owned()], hooks)?;
@@ -167,7 +196,7 @@ impl Store {
             Ok(())
         })();
         let post_res = match &hooks.post {
-            Some(post) => hooks::run("post", post, &env, timeout),
+            Some(post) => hooks::run("post", post, &env, timeout).map(drop),
             None => Ok(()),
         };
         snap_res?;
@@ -383,8 +412,22 @@ impl Store {
 
     /// Re-reads a snapshot and checks it against its manifest.
     pub fn verify(&self, volume: &str, snap: &str) -> Result<VerifyReport> {
+        self.verify_paced(volume, snap, false, &mut |_| {})
+    }
+
+    /// [`Store::verify`] at the pace `pace` sets (see [`manifest::verify_paced`]); with
+    /// `live`, the volume's current image is compared with the snapshot's manifest (a
+    /// volume just rebuilt from that snapshot must equal it).
+    pub fn verify_paced(
+        &self,
+        volume: &str,
+        snap: &str,
+        live: bool,
+        pace: &mut dyn FnMut(u64),
+    ) -> Result<VerifyReport> {
         let (img, m, l) = self.snapshot_paths(volume, snap)?;
-        manifest::verify(&img, &m, &l, &self.cfg.io)
+        let img = if live { self.volume(volume)?.path } else { img };
+        manifest::verify_paced(&img, &m, &l, &self.cfg.io, pace)
     }
 
     /// Deletes a snapshot.

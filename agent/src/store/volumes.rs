@@ -400,4 +400,46 @@ impl Store {
         }
         res
     }
+
+    /// Creates a new owned volume `new` from snapshot `snap` of `volume` (a mirror, at a
+    /// target: a rebuild) that also keeps the snapshot, under the same name and with the
+    /// same manifest, as its own first snapshot. Cloned on reflink (O(1)), copied otherwise.
+    /// Protecting `new` to a site that holds a snapshot with that root then starts from it.
+    pub fn rebuild_volume(
+        &self,
+        volume: &str,
+        snap: &str,
+        new: &str,
+    ) -> Result<(VolumeInfo, SnapshotMeta)> {
+        let v = check_name("volume", volume)?;
+        let s = check_name("snapshot", snap)?;
+        let n = check_name("volume", new)?;
+        let _store = self.store_lock()?;
+        let g = self.lock_volume(&v)?;
+        let m = Self::read_snapshot(&g.dir, &v, &s)?;
+        self.check_new_volume(&n)?;
+        let tmp = self.tmp_volume_dir(&n)?;
+        let res = (|| {
+            let src = Self::snapshot_dir(&g.dir, &s);
+            self.backend.snapshot(&src.join(IMAGE), &tmp.join(IMAGE))?;
+            let kept = self.copy_snapshot(&src, &m, &tmp, &n)?;
+            let meta = VolumeMeta {
+                name: n.clone(),
+                kind: VolumeKind::Owned,
+                path: None,
+                block_size: m.block_size,
+                created_unix_ms: now_ns() / 1_000_000,
+                origin: Some(Origin {
+                    volume: v.clone(),
+                    snapshot: s.clone(),
+                }),
+                mirror: None,
+            };
+            Ok((self.commit_volume(&n, &meta, &tmp)?, kept))
+        })();
+        if res.is_err() {
+            let _ = remove_tree(&tmp);
+        }
+        res
+    }
 }
