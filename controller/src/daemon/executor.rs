@@ -20,15 +20,17 @@ use ferry_wire::Name;
 
 use crate::daemon::agents::Links;
 use crate::daemon::leader::Term;
+use crate::daemon::recoveries::RecoveryConfig;
 use crate::daemon::sites::Sites;
 use crate::machines::backup::TargetStep;
 use crate::machines::group_job::{GroupJob, JobAction, JobSpec};
+use crate::machines::recovery::{Action as RecoveryAction, Recovery, RecoveryKind};
 use crate::machines::run::Action;
 use crate::policy::retention::{prune, target_bases, GroupInfo};
 use crate::state::load;
 use crate::state::schema::{
-    self, AgentRecord, Busy, GroupRecord, GroupsFate, OrphanRecord, PlanRecord, RunRecord,
-    TargetRecord, ACTIVE, AGENTS, ORPHANS,
+    self, AgentRecord, Busy, Event, GroupRecord, GroupsFate, OrphanRecord, PlanRecord, RunRecord,
+    TargetRecord, VerifiedRecord, ACTIVE, AGENTS, ORPHANS,
 };
 use crate::state::{Compare, Op, Store, StoreError, Txn};
 
@@ -99,6 +101,56 @@ async fn trim_runs(store: &Store, plan_id: &Name) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// The lineage writes of a rebuilt object's volumes: recorded (`put`) or deleted again.
+fn lineage_ops(
+    r: &Recovery,
+    o: &crate::policy::model::Object,
+    now: jiff::Timestamp,
+    put: bool,
+) -> Vec<Op> {
+    let mut ops = Vec::new();
+    for v in o.protected_volumes() {
+        let key = schema::lineage_key(&v.node, &v.volume);
+        if !put {
+            ops.push(Op::Delete(key));
+            continue;
+        }
+        let Some(part) = r
+            .volumes
+            .iter()
+            .find(|p| p.node == v.node && p.new_volume.as_ref() == Some(&v.volume))
+        else {
+            continue;
+        };
+        let l = schema::LineageRecord {
+            snapshot: r.group.clone(),
+            root: part.root.clone(),
+            site: r.source_site.clone().unwrap_or_else(|| r.plan.clone()),
+            plan: r.plan.clone(),
+            created: now.to_string(),
+        };
+        ops.push(Op::Put(key, serde_json::to_vec(&l).unwrap_or_default()));
+    }
+    ops
+}
+
+/// Deletes the oldest finished recoveries of plan `plan_id` beyond [`RUN_HISTORY`] of
+/// each kind.
+async fn trim_recoveries(store: &Store, plan_id: &Name) -> Result<(), StoreError> {
+    let mut all: Vec<Recovery> = load(store, &schema::recoveries_of(plan_id)).await?;
+    all.retain(Recovery::is_over);
+    all.sort_by(|a, b| b.created.cmp(&a.created));
+    let mut seen: BTreeMap<RecoveryKind, usize> = BTreeMap::new();
+    for r in all {
+        let n = seen.entry(r.kind).or_default();
+        *n += 1;
+        if *n > RUN_HISTORY {
+            store.delete(&schema::recovery_key(plan_id, &r.id)).await?;
+        }
+    }
+    Ok(())
+}
+
 /// Deletes the oldest finished jobs under `prefix` beyond [`RUN_HISTORY`].
 async fn trim_jobs(store: &Store, prefix: &str) -> Result<(), StoreError> {
     let mut jobs: Vec<GroupJob> = load(store, prefix).await?;
@@ -159,17 +211,197 @@ pub struct Executor {
     sent: HashMap<String, Instant>,
     /// The links to paired sites (absent without an agent endpoint: no backup plans).
     sites: Option<Arc<Sites>>,
+    settings: Settings,
+}
+
+/// What the executor is told of its site.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// This site's name (in notifications).
+    pub site: Name,
+    pub recovery: RecoveryConfig,
 }
 
 impl Executor {
     /// An executor for `term`: what it writes is fenced by it, and what it resumes from an
     /// earlier term is sent under its generation.
-    pub fn new(term: Term, sites: Option<Arc<Sites>>) -> Executor {
+    pub fn new(term: Term, sites: Option<Arc<Sites>>, settings: Settings) -> Executor {
         Executor {
             term,
             sent: HashMap::new(),
             sites,
+            settings,
         }
+    }
+
+    /// This site's name, for notifications.
+    fn site(&self) -> &Name {
+        &self.settings.site
+    }
+
+    /// One pass over the recoveries in progress (`/ferry/recovering/`): feed the reports,
+    /// record a rebuild's objects (a batch a pass), persist, then send what each asks for.
+    pub async fn recoveries(
+        &mut self,
+        store: &Store,
+        links: &Links,
+        agents: &[AgentRecord],
+        now: jiff::Timestamp,
+    ) -> Result<(), StoreError> {
+        for entry in store.list(schema::RECOVERING).await? {
+            let key = String::from_utf8_lossy(&entry.value).into_owned();
+            let Some(kv) = store.get(&key).await? else {
+                let gone = Compare::ModRevision(entry.key.clone(), entry.mod_revision);
+                let then = vec![Op::Delete(entry.key.clone())];
+                store
+                    .txn(Txn {
+                        when: vec![gone],
+                        then,
+                    })
+                    .await?;
+                continue;
+            };
+            let Ok(mut r) = serde_json::from_slice::<Recovery>(&kv.value) else {
+                continue;
+            };
+            let read = r.clone();
+            r.generation = r.generation.max(self.term.generation);
+            // Feed what arrived; a step that ends may start the next, whose tasks may have
+            // been answered already (after a restart), so feed again, boundedly.
+            for _ in 0..8 {
+                let before = r.clone();
+                for a in r.actions() {
+                    if let RecoveryAction::Dispatch { node, task } = a {
+                        if let Some(state) = outcome(links, agents, now, &node, &task.id) {
+                            r.on_report(&node, &task.id, &state, now);
+                        }
+                    }
+                }
+                if r == before {
+                    break;
+                }
+            }
+            let mut more = Vec::new();
+            let mut absent = Vec::new();
+            let mut batch = None;
+            for a in r.actions() {
+                match a {
+                    RecoveryAction::Record { objects } => {
+                        for &i in &objects {
+                            let o = &r.objects[i].object;
+                            let k = schema::object_key(&o.name);
+                            absent.push(Compare::Absent(k.clone()));
+                            more.push(Op::Put(k, serde_json::to_vec(o).unwrap_or_default()));
+                            more.extend(lineage_ops(&r, o, now, true));
+                        }
+                        r.on_recorded(&objects, Ok(()), now);
+                        batch = Some(objects);
+                    }
+                    RecoveryAction::Unrecord { objects } => {
+                        for &i in &objects {
+                            let o = &r.objects[i].object;
+                            more.push(Op::Delete(schema::object_key(&o.name)));
+                            more.extend(lineage_ops(&r, o, now, false));
+                        }
+                        r.on_unrecorded(&objects, now);
+                    }
+                    RecoveryAction::Dispatch { .. } => {}
+                }
+            }
+            if r != read {
+                if r.is_over() {
+                    more.extend(self.recovery_ended(&r, &entry.key, now));
+                }
+                let value =
+                    serde_json::to_vec(&r).map_err(|e| StoreError::Embedded(e.to_string()))?;
+                let mut when = vec![
+                    Compare::ModRevision(kv.key.clone(), kv.mod_revision),
+                    self.term.fence(),
+                ];
+                when.extend(absent);
+                let mut then = vec![Op::Put(kv.key.clone(), value)];
+                then.extend(more);
+                if !store.txn(Txn { when, then }).await?.succeeded {
+                    // A name recorded meanwhile fails the rebuild (and undoes it); anything
+                    // else changed is read again next pass.
+                    if let Some(objects) = batch {
+                        let mut taken = Vec::new();
+                        for &i in &objects {
+                            let name = &read.objects[i].object.name;
+                            if store.get(&schema::object_key(name)).await?.is_some() {
+                                taken.push(name.to_string());
+                            }
+                        }
+                        if !taken.is_empty() {
+                            let mut r = read.clone();
+                            r.generation = r.generation.max(self.term.generation);
+                            let why = format!(
+                                "objects named {} were made here meanwhile",
+                                taken.join(", ")
+                            );
+                            r.on_recorded(&objects, Err(why), now);
+                            let v = serde_json::to_vec(&r)
+                                .map_err(|e| StoreError::Embedded(e.to_string()))?;
+                            write_back(store, &self.term, &kv, v, Vec::new()).await?;
+                        }
+                    }
+                    continue;
+                }
+                if r.is_over() {
+                    tracing::info!(recovery = %r.id, plan = %r.plan, kind = ?r.kind, phase = ?r.phase, error = ?r.error, "recovery finished");
+                    self.forget(links, r.id.as_str());
+                    trim_recoveries(store, &r.plan_id).await?;
+                    continue;
+                }
+            }
+            for a in r.actions() {
+                if let RecoveryAction::Dispatch { node, task } = a {
+                    self.send(links, &node, task).await;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The writes that go with a recovery's end: its index entry goes; a verification
+    /// records what it found on the group; a failure is notified.
+    fn recovery_ended(&self, r: &Recovery, index_key: &str, now: jiff::Timestamp) -> Vec<Op> {
+        let mut ops = vec![Op::Delete(index_key.to_string())];
+        if r.kind == RecoveryKind::Verify {
+            let v = VerifiedRecord {
+                at: now.to_string(),
+                ok: r.succeeded(),
+                detail: r.error.clone(),
+                recovery: r.id.clone(),
+            };
+            ops.push(Op::Put(
+                schema::verified_key(&r.plan_id, &r.group),
+                serde_json::to_vec(&v).unwrap_or_default(),
+            ));
+        }
+        if !r.succeeded() {
+            let (event, what) = match r.kind {
+                RecoveryKind::Rebuild => ("rebuild_failed", "rebuild"),
+                RecoveryKind::Drill => ("drill_failed", "drill"),
+                RecoveryKind::Verify => ("verify_failed", "verification"),
+            };
+            let mut e = Event::new(
+                event,
+                self.site(),
+                &r.plan,
+                format!(
+                    "{what} {} of group {} failed: {}",
+                    r.id,
+                    r.group,
+                    r.error.as_deref().unwrap_or("unknown")
+                ),
+                now,
+            );
+            e.peer = r.source_site.clone();
+            e.subject = Some(r.id.clone());
+            ops.push(e.put());
+        }
+        ops
     }
 
     /// One pass over what is in progress: runs, rollbacks and removals (the active index),
@@ -271,6 +503,18 @@ impl Executor {
                 let over = rec.run.step.is_final();
                 if over {
                     ops.push(Op::Delete(schema::active_key(plan_id)));
+                    let event = match rec.run.step {
+                        crate::machines::run::Step::Failed => Some("run_failed"),
+                        crate::machines::run::Step::PartiallyDone => Some("run_partially_done"),
+                        _ => None,
+                    };
+                    if let Some(event) = event {
+                        let why = rec.run.error.as_deref().unwrap_or("unknown");
+                        let msg = format!("run {} of plan {}: {why}", rec.run.id, rec.run.plan);
+                        let mut e = Event::new(event, self.site(), &rec.run.plan, msg, now);
+                        e.subject = Some(rec.run.id.clone());
+                        ops.push(e.put());
+                    }
                 }
                 if !write_back(store, &self.term, &kv, after, ops).await? {
                     continue; // changed meanwhile: the next pass reads it again
@@ -328,6 +572,7 @@ impl Executor {
                     && job.step == crate::machines::group_job::JobStep::Done
                 {
                     more.push(Op::Delete(schema::group_key(plan_id, &job.group)));
+                    more.push(Op::Delete(schema::verified_key(plan_id, &job.group)));
                 }
             }
             let v = serde_json::to_vec(&job).map_err(|e| StoreError::Embedded(e.to_string()))?;
@@ -477,8 +722,13 @@ impl Executor {
             let now = jiff::Timestamp::now();
             let jobs: Vec<GroupJob> = load(store, &schema::removals_of(&id)).await?;
             let failed_lately = |g: &GroupRecord| failed_lately(&jobs, g, now);
+            // A group a rebuild, drill or verification reads stays until it is over.
+            let in_use = crate::daemon::recoveries::groups_in_use(store, &id).await?;
             let excess = groups.len() - keep;
-            let Some(g) = groups[..excess].iter().find(|g| !failed_lately(g)) else {
+            let Some(g) = groups[..excess]
+                .iter()
+                .find(|g| !failed_lately(g) && !in_use.contains(&g.group))
+            else {
                 continue;
             };
             if let Some(job) = self.start_removal(store, &p.spec.name, &id, g, now).await? {
@@ -547,6 +797,8 @@ impl Executor {
                         .unwrap_or_else(|| now.to_string()),
                     snapshots: snapshots.clone(),
                     objects: rec.objects.clone(),
+                    mirror_objects: Vec::new(),
+                    verified: None,
                 };
                 let v = serde_json::to_vec(&g).map_err(|e| StoreError::Embedded(e.to_string()))?;
                 ops.push(Op::Put(schema::group_key(&plan_id, &g.group), v));
@@ -656,6 +908,9 @@ impl Executor {
                 .and_then(|kv| serde_json::from_slice::<TargetRecord>(&kv.value).ok())
                 .unwrap_or_else(|| TargetRecord::new(site.clone()));
             t.bytes_sent += part.sent_bytes();
+            if t.first_attempt.is_none() {
+                t.first_attempt = Some(rec.created.clone());
+            }
             for x in part.transfers.iter().filter(|x| x.done) {
                 t.bases
                     .insert(format!("{}/{}", x.node, x.volume), rec.run.group.clone());
@@ -707,7 +962,19 @@ impl Executor {
         let Some(sites) = &self.sites else {
             return Ok(());
         };
-        if let ferry_wire::site::SiteRequest::Prepare { objects, .. } = &mut request {
+        if let ferry_wire::site::SiteRequest::Prepare {
+            objects, volumes, ..
+        } = &mut request
+        {
+            // What a rebuild here made a volume from: the target may hold that snapshot
+            // (the volume came from there), and then seeds the mirror from it.
+            for v in volumes.iter_mut() {
+                if let Some(kv) = store.get(&schema::lineage_key(&v.node, &v.volume)).await? {
+                    if let Ok(l) = serde_json::from_slice::<schema::LineageRecord>(&kv.value) {
+                        v.seeds = vec![l.root];
+                    }
+                }
+            }
             let plan = store
                 .get(&schema::plan_key(&rec.run.plan))
                 .await?
@@ -723,17 +990,13 @@ impl Executor {
                     }
                 }
             }
-            let switches = plan
-                .spec
-                .targets
-                .iter()
-                .find(|t| t.site == site)
-                .map(|t| t.switches.clone())
-                .unwrap_or_default();
+            let target = plan.spec.targets.iter().find(|t| t.site == site);
             let spec = crate::daemon::sites::ForeignSpec {
-                schedule: plan.spec.schedule,
+                schedule: plan.spec.schedule.clone(),
                 objects: protected,
-                switches,
+                switches: target.map(|t| t.switches.clone()).unwrap_or_default(),
+                rpo_secs: plan.spec.rpo_secs,
+                drill: target.and_then(|t| t.drill.clone()),
             };
             *objects = serde_json::to_vec(&spec).unwrap_or_default();
         }
@@ -749,23 +1012,42 @@ pub async fn run(
     links: Arc<Links>,
     sites: Option<Arc<Sites>>,
     term: Term,
+    settings: Settings,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
-    let mut ex = Executor::new(term, sites);
+    let mut ex = Executor::new(term.clone(), sites, settings);
     let mut passes: u64 = 0;
     loop {
         passes += 1;
         if let Err(e) = ex.pass(&store, &links).await {
             tracing::warn!(error = %e, "executor pass failed; retrying");
         }
+        let now = jiff::Timestamp::now();
+        match load::<AgentRecord>(&store, AGENTS).await {
+            Ok(agents) => {
+                if let Err(e) = ex.recoveries(&store, &links, &agents, now).await {
+                    tracing::warn!(error = %e, "recoveries' pass failed; retrying");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read the agents; retrying"),
+        }
         if let Err(e) = ex.orphans(&store).await {
             tracing::warn!(error = %e, "deleted plans' pass failed; retrying");
         }
-        // Mirror retention is not urgent: about every 5 s.
+        // Mirror retention, scheduled drills and verifications are not urgent: about
+        // every 5 s.
         if passes % 25 == 1 {
             if let Err(e) = ex.foreign(&store).await {
                 tracing::warn!(error = %e, "foreign plans' pass failed; retrying");
+            }
+            let cfg = &ex.settings.recovery;
+            if let Err(e) = crate::daemon::recoveries::schedule(&store, &term, cfg, now).await {
+                tracing::warn!(error = %e, "scheduling drills and verifications failed; retrying");
+            }
+            let site = &ex.settings.site;
+            if let Err(e) = crate::daemon::alarms::pass(&store, &term, site, now).await {
+                tracing::warn!(error = %e, "checking the RPOs failed; retrying");
             }
         }
         tokio::select! {

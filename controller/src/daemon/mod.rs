@@ -5,8 +5,11 @@
 //! starts them all with the HTTP API, and [`dev`] runs a whole site on one machine.
 
 pub mod agents;
+pub mod alarms;
 pub mod executor;
 pub mod forwarding;
 pub mod leader;
+pub mod notify;
+pub mod recoveries;
 pub mod scheduler;
 pub mod sites;

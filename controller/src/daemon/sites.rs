@@ -57,6 +57,12 @@ pub struct ForeignSpec {
     pub objects: Vec<crate::policy::model::Object>,
     #[serde(default)]
     pub switches: BTreeMap<Name, Name>,
+    /// The plan's RPO, which the target checks its newest mirror group against.
+    #[serde(default)]
+    pub rpo_secs: Option<u64>,
+    /// The drills this target runs.
+    #[serde(default)]
+    pub drill: Option<crate::policy::model::DrillSpec>,
 }
 
 /// How a paired site's link stands, as `GET /v1/sites` shows it.
@@ -570,10 +576,19 @@ impl Sites {
             .and_then(|p| p.origin.as_ref())
             .map(|o| o.mirrors.clone())
             .unwrap_or_default();
+        // Where this site holds snapshots a new mirror may be seeded from.
+        let seeded = if volumes.iter().any(|v| !v.seeds.is_empty()) {
+            self.roots_held().await.map_err(store_err)?
+        } else {
+            BTreeMap::new()
+        };
         // Room promised on each node by this placement.
         let mut promised: BTreeMap<Name, u64> = BTreeMap::new();
         let mut places = Vec::new();
         for v in &volumes {
+            if v.seeds.len() > ferry_wire::site::MAX_SEEDS {
+                return Err(("invalid".into(), "too many seeds".into()));
+            }
             let kept = old_places.iter().find(|p| {
                 p.node == v.node
                     && p.volume == v.volume
@@ -585,6 +600,14 @@ impl Sites {
                     ..p.clone()
                 },
                 None => {
+                    // A node holding a snapshot with one of the seeds' roots first (its agent
+                    // makes the mirror from it: a clone on reflink, and only what changed
+                    // since travels), then the one with the most room.
+                    let holds_seed = |node: &Name| {
+                        v.seeds
+                            .iter()
+                            .any(|r| seeded.get(r).is_some_and(|nodes| nodes.contains(node)))
+                    };
                     let best = up
                         .iter()
                         .map(|a| {
@@ -592,7 +615,12 @@ impl Sites {
                             (a.free_bytes.saturating_sub(taken), *a)
                         })
                         .filter(|(room, _)| *room >= v.size)
-                        .max_by(|x, y| x.0.cmp(&y.0).then(y.1.node.cmp(&x.1.node)));
+                        .max_by(|x, y| {
+                            holds_seed(&x.1.node)
+                                .cmp(&holds_seed(&y.1.node))
+                                .then(x.0.cmp(&y.0))
+                                .then(y.1.node.cmp(&x.1.node))
+                        });
                     let Some((_, a)) = best else {
                         return Err((
                             "no_space".into(),
@@ -639,6 +667,7 @@ impl Sites {
             plan: plan.clone(),
             plan_id: plan_id.clone(),
             mirrors: places,
+            drill: spec.drill.clone(),
             created: old
                 .as_ref()
                 .and_then(|p| p.origin.as_ref())
@@ -675,6 +704,7 @@ impl Sites {
                 enabled: true,
                 hooks: Default::default(),
                 targets: Vec::new(),
+                rpo_secs: spec.rpo_secs,
             },
             paused: true,
             next_run: None,
@@ -738,6 +768,34 @@ impl Sites {
             foreign_plan: name,
             placements,
         })
+    }
+
+    /// Every manifest root this site's groups (of all plans) and rebuilt volumes hold, with
+    /// the nodes holding it.
+    async fn roots_held(
+        &self,
+    ) -> Result<BTreeMap<String, std::collections::BTreeSet<Name>>, crate::state::StoreError> {
+        let mut out: BTreeMap<String, std::collections::BTreeSet<Name>> = BTreeMap::new();
+        for p in load::<PlanRecord>(&self.store, schema::PLANS).await? {
+            for g in load::<GroupRecord>(&self.store, &schema::groups_of(p.id())).await? {
+                for (node, s) in g.snapshots {
+                    out.entry(s.root).or_default().insert(node);
+                }
+            }
+        }
+        for kv in self.store.list(schema::LINEAGE).await? {
+            let node = kv.key[schema::LINEAGE.len()..]
+                .split('/')
+                .next()
+                .and_then(|n| Name::new(n).ok());
+            if let (Some(node), Ok(l)) = (
+                node,
+                serde_json::from_slice::<schema::LineageRecord>(&kv.value),
+            ) {
+                out.entry(l.root).or_default().insert(node);
+            }
+        }
+        Ok(out)
     }
 
     /// Records a mirror group of `peer`'s plan (idempotent).
@@ -806,6 +864,13 @@ impl Sites {
             }
         }
         let id = p.id().clone();
+        // The objects as they are now (the prepare of this run wrote them), kept with the
+        // group: a rebuild from it makes them as they were.
+        let mut mirror_objects: Vec<crate::policy::model::Object> =
+            load(&self.store, &schema::mirrors_of(&id))
+                .await
+                .map_err(store_err)?;
+        mirror_objects.sort_by(|a, b| a.name.cmp(&b.name));
         let g = GroupRecord {
             plan: name.clone(),
             plan_id: Some(id.clone()),
@@ -831,6 +896,8 @@ impl Sites {
                 })
                 .collect(),
             objects: Vec::new(),
+            mirror_objects,
+            verified: None,
         };
         let v = serde_json::to_vec(&g).map_err(|e| ("invalid".to_string(), e.to_string()))?;
         let done = self

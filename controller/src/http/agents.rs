@@ -382,6 +382,8 @@ pub(super) async fn delete_volume(
     })?;
     match r {
         ferry_wire::task::TaskResult::VolumeDeleted { volume, snapshots } => {
+            // A rebuilt volume's lineage goes with it.
+            s.store.delete(&schema::lineage_key(&node, &volume)).await?;
             Ok(Json(VolumeDeleted {
                 node,
                 volume,

@@ -1,6 +1,7 @@
 //! `/v1/plans/NAME/groups`: a plan's kept snapshot groups.
 
 use super::*;
+use crate::state::schema::VerifiedRecord;
 
 #[utoipa::path(get, path = "/v1/plans/{name}/groups", params(("name" = Name, Path, description = "the plan's name"), PageQuery), responses((status = 200, description = "a page of the plan's kept snapshot groups, oldest first", body = Vec<GroupRecord>, headers(("x-next-after" = String, description = "the cursor of the next page, while more follow")))))]
 pub(super) async fn plan_groups(
@@ -13,8 +14,25 @@ pub(super) async fn plan_groups(
     let name = name_param("plan", &name)?;
     let page = Page::new(&s, raw).await?;
     let (plan, _) = read_plan(&s.store, &name).await?;
-    let groups = load_groups(&s.store, plan.id()).await?;
+    let mut groups = load_groups(&s.store, plan.id()).await?;
+    with_verified(&s.store, plan.id(), &mut groups).await?;
     page::history(groups, page, |g| page::history_key(&g.created, &g.group))
+}
+
+/// Adds each group's last verification.
+async fn with_verified(store: &Store, plan_id: &Name, groups: &mut [GroupRecord]) -> ApiResult<()> {
+    for kv in store.list(&schema::verified_of(plan_id)).await? {
+        let (Some(group), Ok(v)) = (
+            schema::last_name(&kv.key),
+            serde_json::from_slice::<VerifiedRecord>(&kv.value),
+        ) else {
+            continue;
+        };
+        if let Some(g) = groups.iter_mut().find(|g| g.group == group) {
+            g.verified = Some(v);
+        }
+    }
+    Ok(())
 }
 
 #[utoipa::path(get, path = "/v1/plans/{name}/groups/{group}", params(("name" = Name, Path, description = "the plan's name"), ("group" = Name, Path, description = "the group's name")), responses((status = 200, description = "one kept group", body = GroupRecord)))]
@@ -27,8 +45,11 @@ pub(super) async fn get_group(
     let name = name_param("plan", &name)?;
     let group = name_param("group", &group)?;
     let (plan, _) = read_plan(&s.store, &name).await?;
-    record(&s.store, &schema::group_key(plan.id(), &group))
+    let g: GroupRecord = record(&s.store, &schema::group_key(plan.id(), &group))
         .await?
-        .map(Json)
-        .ok_or_else(|| ApiError::not_found(&format!("group of plan {name}"), group.as_str()))
+        .ok_or_else(|| ApiError::not_found(&format!("group of plan {name}"), group.as_str()))?;
+    let mut one = [g];
+    with_verified(&s.store, plan.id(), &mut one).await?;
+    let [g] = one;
+    Ok(Json(g))
 }

@@ -88,7 +88,20 @@ pub(super) async fn metrics(
         "Protected objects in the inventory.",
         vec![(vec![], objects.len().to_string())],
     );
-    let f = RunFigures::of(&runs);
+    // A foreign plan's drills are its runs.
+    let mut helds = Vec::new();
+    for p in plans.iter().filter(|p| p.origin.is_some()) {
+        helds.push((p, super::status::held_by(&s.store, p.id()).await?));
+    }
+    let mut f = RunFigures::of(&runs);
+    for (p, h) in &helds {
+        for d in &h.drills {
+            let step = if d.succeeded() { "done" } else { "failed" };
+            *f.by_step
+                .entry((p.spec.name.to_string(), step.to_string()))
+                .or_default() += 1;
+        }
+    }
     let per_plan = |m: &std::collections::BTreeMap<String, String>| {
         m.iter()
             .map(|(plan, v)| (vec![("plan", plan.clone())], v.clone()))
@@ -97,7 +110,7 @@ pub(super) async fn metrics(
     out.family(
         "ferry_runs",
         "gauge",
-        "Runs recorded, by plan and step.",
+        "Runs recorded, by plan and step (a foreign plan's runs are its drills).",
         f.by_step
             .iter()
             .map(|((plan, step), n)| {
@@ -182,6 +195,119 @@ pub(super) async fn metrics(
         "counter",
         "Runs whose part for a target site failed, by plan and site.",
         t_fail,
+    );
+    // RPOs, at both ends of every backup plan.
+    let checks = crate::daemon::alarms::checks(&s.store, &plans, now).await?;
+    let rpo_labels = |c: &crate::daemon::alarms::RpoCheck| {
+        vec![
+            ("plan", c.plan.to_string()),
+            ("site", c.site.to_string()),
+            ("role", c.role.to_string()),
+        ]
+    };
+    out.family(
+        "ferry_rpo_seconds",
+        "gauge",
+        "A plan's recovery point objective at a site (role source: a target of this site's plan; target: a foreign plan here).",
+        checks
+            .iter()
+            .map(|c| (rpo_labels(c), c.rpo_secs.to_string()))
+            .collect(),
+    );
+    out.family(
+        "ferry_rpo_violated",
+        "gauge",
+        "1 when the newest group a site holds of a plan is older than the RPO (plus the grace for the transfer under way), else 0.",
+        checks
+            .iter()
+            .map(|c| (rpo_labels(c), u8::from(c.standing.violated).to_string()))
+            .collect(),
+    );
+    out.family(
+        "ferry_recovery_point_age_seconds",
+        "gauge",
+        "Age of the newest group a site holds of a plan.",
+        checks
+            .iter()
+            .filter_map(|c| Some((rpo_labels(c), c.standing.age_secs?.to_string())))
+            .collect(),
+    );
+    // Drills and verifications of the foreign plans here.
+    let mut drills = Vec::new();
+    let mut drill_last = Vec::new();
+    let mut drill_when = Vec::new();
+    let mut drill_secs = Vec::new();
+    let mut verified = Vec::new();
+    for (p, h) in &helds {
+        let name = p.spec.name.to_string();
+        let (passed, failed) = h.drills.iter().fold((0, 0), |(ok, bad), d| {
+            if d.succeeded() {
+                (ok + 1, bad)
+            } else {
+                (ok, bad + 1)
+            }
+        });
+        for (result, n) in [("passed", passed), ("failed", failed)] {
+            drills.push((
+                vec![("plan", name.clone()), ("result", result.to_string())],
+                n.to_string(),
+            ));
+        }
+        if let Some(d) = h.drills.iter().max_by(|a, b| a.created.cmp(&b.created)) {
+            let l = vec![("plan", name.clone())];
+            drill_last.push((l.clone(), u8::from(d.succeeded()).to_string()));
+            let at = |t: &str| t.parse::<jiff::Timestamp>().ok();
+            if let Some(end) = d.finished.as_deref().and_then(at) {
+                drill_when.push((l.clone(), end.as_second().to_string()));
+                if let Some(start) = at(&d.created) {
+                    let secs = (end.as_millisecond() - start.as_millisecond()) as f64 / 1e3;
+                    drill_secs.push((l, secs.to_string()));
+                }
+            }
+        }
+        verified.push((
+            vec![("plan", name)],
+            h.verification_failures.len().to_string(),
+        ));
+    }
+    out.family(
+        "ferry_drills",
+        "gauge",
+        "Drills recorded (the last 100) of a foreign plan here, by result.",
+        drills,
+    );
+    out.family(
+        "ferry_drill_last_passed",
+        "gauge",
+        "1 when a foreign plan's newest drill passed, 0 when it failed.",
+        drill_last,
+    );
+    out.family(
+        "ferry_drill_last_timestamp_seconds",
+        "gauge",
+        "When a foreign plan's newest drill ended.",
+        drill_when,
+    );
+    out.family(
+        "ferry_drill_last_duration_seconds",
+        "gauge",
+        "How long a foreign plan's newest drill took (rebuild, verify, check, cleanup).",
+        drill_secs,
+    );
+    out.family(
+        "ferry_groups_failing_verification",
+        "gauge",
+        "Kept groups of a foreign plan here whose last verification found them damaged or unreadable.",
+        verified,
+    );
+    out.family(
+        "ferry_notifications_waiting",
+        "gauge",
+        "Notifications not yet taken by every webhook.",
+        vec![(
+            vec![],
+            s.store.list(schema::OUTBOX).await?.len().to_string(),
+        )],
     );
     if let Some(sites) = s.sites.get() {
         let mut up = Vec::new();

@@ -21,6 +21,7 @@ mod orphans;
 pub mod page;
 mod plans;
 mod read;
+mod recoveries;
 mod rollbacks;
 mod runs;
 pub mod server;
@@ -78,6 +79,8 @@ pub struct ApiState {
     pub certificate_expires: std::sync::OnceLock<i64>,
     /// The paired sites' links (set when the controller has an agent endpoint).
     pub sites: std::sync::OnceLock<Arc<crate::daemon::sites::Sites>>,
+    /// What this site does about recovery (which sites' drill checks run, verification).
+    pub recovery: crate::daemon::recoveries::RecoveryConfig,
 }
 
 impl ApiState {
@@ -98,6 +101,7 @@ impl ApiState {
             lists: Arc::new(tokio::sync::Semaphore::new(page::LIST_SLOTS)),
             certificate_expires: std::sync::OnceLock::new(),
             sites: std::sync::OnceLock::new(),
+            recovery: Default::default(),
         }
     }
 
@@ -179,6 +183,31 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route(
             "/v1/sites/{name}",
             get(sites::get_site).delete(sites::remove_site),
+        )
+        .route(
+            "/v1/plans/{name}/rebuilds",
+            get(recoveries::plan_rebuilds).post(recoveries::start_rebuild),
+        )
+        .route(
+            "/v1/plans/{name}/rebuilds/{id}",
+            get(recoveries::get_rebuild),
+        )
+        .route(
+            "/v1/plans/{name}/drills",
+            get(recoveries::plan_drills).post(recoveries::start_drill),
+        )
+        .route("/v1/plans/{name}/drills/{id}", get(recoveries::get_drill))
+        .route(
+            "/v1/plans/{name}/groups/{group}/verify",
+            post(recoveries::start_verify),
+        )
+        .route(
+            "/v1/plans/{name}/verifications",
+            get(recoveries::plan_verifications),
+        )
+        .route(
+            "/v1/plans/{name}/verifications/{id}",
+            get(recoveries::get_verification),
         )
         .route("/v1/plans/{name}/targets", get(sites::plan_targets))
         .route("/v1/plans/{name}/mirrors", get(sites::plan_mirrors))

@@ -14,7 +14,7 @@ use super::*;
     info(
         title = "ferry controller API",
         version = "1",
-        description = "Protection and backup plans, inventory objects, runs, snapshot groups, rollbacks, agents and volumes of one site, and the sites it is paired with."
+        description = "Protection and backup plans, inventory objects, runs, snapshot groups, rollbacks, rebuilds, drills and verifications, agents and volumes of one site, and the sites it is paired with."
     ),
     paths(
         healthz,
@@ -56,6 +56,15 @@ use super::*;
         sites::remove_site,
         sites::plan_targets,
         sites::plan_mirrors,
+        recoveries::start_rebuild,
+        recoveries::plan_rebuilds,
+        recoveries::get_rebuild,
+        recoveries::start_drill,
+        recoveries::plan_drills,
+        recoveries::get_drill,
+        recoveries::start_verify,
+        recoveries::plan_verifications,
+        recoveries::get_verification,
     ),
     components(schemas(ErrorBody)),
     security(("bearer" = [])),

@@ -10,6 +10,7 @@ use jiff::Timestamp;
 use serde::Serialize;
 
 use super::*;
+use crate::machines::recovery::{Recovery, RecoveryKind};
 use crate::machines::run::Step;
 use crate::state::schema::AgentRecord;
 use crate::state::schema::RunRecord;
@@ -47,6 +48,16 @@ pub struct PlanStatus {
     pub failure: Option<RunSummary>,
     /// A backup plan's target sites: the newest group each holds and its age.
     pub targets: Vec<TargetStatus>,
+    /// A foreign plan's source site (the plan mirrors that site's plan here).
+    pub origin: Option<Name>,
+    /// The RPO in force, seconds, and (a foreign plan) whether its newest mirror group is
+    /// older than that (see `policy::rpo`).
+    pub rpo_secs: u64,
+    pub rpo_violated: bool,
+    /// The newest drill (foreign plans; also its `last_run`, and its `failure` when failed).
+    pub last_drill: Option<RunSummary>,
+    /// Groups whose last verification found them damaged or unreadable.
+    pub verification_failures: Vec<Name>,
 }
 
 /// What a target site holds of a backup plan.
@@ -60,12 +71,17 @@ pub struct TargetStatus {
     pub last_transfer_ms: u64,
     pub failures: u64,
     pub last_error: Option<String>,
+    /// The plan's RPO and whether that site's newest group is older (see `policy::rpo`).
+    pub rpo_secs: u64,
+    pub rpo_violated: bool,
 }
 
 impl TargetStatus {
     /// The status of target record `t` at `now`.
     pub fn of(t: &crate::state::schema::TargetRecord, now: Timestamp) -> TargetStatus {
         TargetStatus {
+            rpo_secs: 0,
+            rpo_violated: false,
             site: t.site.clone(),
             last_group: t.last_group.clone(),
             lag_secs: t
@@ -120,12 +136,45 @@ fn ts(s: &str) -> Option<Timestamp> {
     s.parse().ok()
 }
 
-/// The status of `plans` from their `runs` (any order), what is in progress (`busy`, by
-/// plan id), the `agents` (status already computed for now) and the number of deleted
-/// plans with leftovers, at `now`.
+/// What a plan holds beyond its runs, by plan id: its newest group (a foreign plan's mirror
+/// groups have no run here), its finished drills, the groups that failed verification.
+#[derive(Debug, Clone, Default)]
+pub struct Held {
+    pub newest_group: Option<(Name, String)>,
+    pub drills: Vec<Recovery>,
+    pub verification_failures: Vec<Name>,
+}
+
+/// A drill as a run of its foreign plan.
+fn drill_summary(r: &Recovery) -> RunSummary {
+    let ms = |t: &str| t.parse::<Timestamp>().ok().map(|t| t.as_millisecond());
+    let duration = match (ms(&r.created), r.finished.as_deref().and_then(ms)) {
+        (Some(a), Some(b)) => Some((b - a).max(0) as f64 / 1e3),
+        _ => None,
+    };
+    RunSummary {
+        id: r.id.clone(),
+        trigger: format!("drill ({})", r.trigger),
+        step: if r.succeeded() {
+            Step::Done
+        } else {
+            Step::Failed
+        },
+        started: r.created.clone(),
+        finished: r.finished.clone(),
+        duration_secs: duration,
+        bytes_read: r.volumes.iter().map(|v| v.bytes_read).sum(),
+        error: r.error.clone(),
+    }
+}
+
+/// The status of `plans` from their `runs` (any order), what they hold (`held`, by plan
+/// id), what is in progress (`busy`, by plan id), the `agents` (status already computed
+/// for now) and the number of deleted plans with leftovers, at `now`.
 pub fn summarize(
     plans: &[PlanRecord],
     runs: &[RunRecord],
+    held: &BTreeMap<Name, Held>,
     busy: &BTreeMap<Name, Busy>,
     agents: &[AgentRecord],
     deleted_plans_with_leftovers: usize,
@@ -158,7 +207,9 @@ pub fn summarize(
                 .as_deref()
                 .and_then(ts)
                 .map(|t| (now.as_second() - t.as_second()).max(0) as u64);
-            PlanStatus {
+            let h = held.get(p.id()).cloned().unwrap_or_default();
+            let rpo = crate::policy::rpo::rpo_secs(p.spec.rpo_secs, &p.spec.schedule.every);
+            let mut st = PlanStatus {
                 name: p.spec.name.clone(),
                 paused: p.paused,
                 every: p.spec.schedule.every.clone(),
@@ -171,7 +222,34 @@ pub fn summarize(
                 in_progress: busy.get(p.id()).map(Busy::describe),
                 failure: failed.map(summary),
                 targets: Vec::new(),
+                origin: p.origin.as_ref().map(|o| o.site.clone()),
+                rpo_secs: rpo,
+                rpo_violated: false,
+                last_drill: None,
+                verification_failures: h.verification_failures.clone(),
+            };
+            if let Some(o) = &p.origin {
+                // A foreign plan: its recovery point is its newest mirror group; its runs
+                // are its drills.
+                let newest = h.newest_group.as_ref();
+                let taken = newest.and_then(|(_, c)| ts(c)).map(|t| t.as_second());
+                let created = ts(&o.created).map(|t| t.as_second());
+                st.newest_group = newest.map(|(g, _)| g.clone());
+                st.newest_group_age_secs = taken.map(|t| (now.as_second() - t).max(0) as u64);
+                st.rpo_violated =
+                    crate::policy::rpo::standing(taken, created, rpo, now.as_second()).violated;
+                let mut drills = h.drills.clone();
+                drills.sort_by(|a, b| a.created.cmp(&b.created));
+                st.last_drill = drills.last().map(drill_summary);
+                st.last_run = st.last_drill.clone();
+                st.last_success = drills
+                    .iter()
+                    .rev()
+                    .find(|d| d.succeeded())
+                    .and_then(|d| d.finished.clone());
+                st.failure = st.last_drill.clone().filter(|d| d.step == Step::Failed);
             }
+            st
         })
         .collect();
     let agents = agents
@@ -215,7 +293,12 @@ pub(super) async fn status(
     }
     let plans: Vec<PlanRecord> = plans.into_iter().map(with_next_run).collect();
     let now = jiff::Timestamp::now();
-    let mut st = crate::http::status::summarize(&plans, &runs, &busy, &agents, orphans, now);
+    let mut held = BTreeMap::new();
+    for p in plans.iter().filter(|p| p.origin.is_some()) {
+        held.insert(p.id().clone(), held_by(&s.store, p.id()).await?);
+    }
+    let mut st = crate::http::status::summarize(&plans, &runs, &held, &busy, &agents, orphans, now);
+    let checks = crate::daemon::alarms::checks(&s.store, &plans, now).await?;
     for (p, ps) in plans.iter().zip(st.plans.iter_mut()) {
         if p.spec.targets.is_empty() {
             continue;
@@ -226,16 +309,47 @@ pub(super) async fn status(
             .spec
             .targets
             .iter()
-            .map(|t| match held.iter().find(|h| h.site == t.site) {
-                Some(h) => TargetStatus::of(h, now),
-                None => TargetStatus::of(
-                    &crate::state::schema::TargetRecord::new(t.site.clone()),
-                    now,
-                ),
+            .map(|t| {
+                let mut ts = match held.iter().find(|h| h.site == t.site) {
+                    Some(h) => TargetStatus::of(h, now),
+                    None => TargetStatus::of(
+                        &crate::state::schema::TargetRecord::new(t.site.clone()),
+                        now,
+                    ),
+                };
+                ts.rpo_secs = ps.rpo_secs;
+                ts.rpo_violated = checks
+                    .iter()
+                    .any(|c| c.plan_id == *p.id() && c.site == t.site && c.standing.violated);
+                ts
             })
             .collect();
     }
     Ok(Json(st))
+}
+
+/// What foreign plan `plan_id` holds: its newest mirror group, its drills, the groups that
+/// failed verification.
+pub(super) async fn held_by(store: &Store, plan_id: &Name) -> ApiResult<Held> {
+    let groups = load_groups(store, plan_id).await?;
+    let newest_group = groups.last().map(|g| (g.group.clone(), g.created.clone()));
+    let mut drills: Vec<Recovery> =
+        crate::state::load(store, &schema::recoveries_of(plan_id)).await?;
+    drills.retain(|r| r.kind == RecoveryKind::Drill && r.is_over());
+    let mut verification_failures = Vec::new();
+    for kv in store.list(&schema::verified_of(plan_id)).await? {
+        let v = serde_json::from_slice::<crate::state::schema::VerifiedRecord>(&kv.value);
+        if let (Some(g), Ok(v)) = (schema::last_name(&kv.key), v) {
+            if !v.ok {
+                verification_failures.push(g);
+            }
+        }
+    }
+    Ok(Held {
+        newest_group,
+        drills,
+        verification_failures,
+    })
 }
 
 #[cfg(test)]
@@ -264,6 +378,7 @@ mod tests {
                 enabled: true,
                 hooks: HookSpec::default(),
                 targets: Vec::new(),
+                rpo_secs: None,
             },
             paused: false,
             next_run: None,
@@ -323,7 +438,7 @@ mod tests {
         ];
         let mut busy = BTreeMap::new();
         busy.insert(n("ok.01"), Busy::Run(n("r3")));
-        let s = summarize(&plans, &runs, &busy, &[], 1, now);
+        let s = summarize(&plans, &runs, &BTreeMap::new(), &busy, &[], 1, now);
         let ok = &s.plans[0];
         assert_eq!(ok.last_run.as_ref().map(|r| r.id.as_str()), Some("r3"));
         assert_eq!(ok.newest_group.as_ref().map(|g| g.as_str()), Some("g-r2"));
@@ -348,5 +463,80 @@ mod tests {
         let new = &s.plans[3];
         assert!(new.last_run.is_none() && new.newest_group_age_secs.is_none());
         assert_eq!(s.deleted_plans_with_leftovers, 1);
+    }
+
+    /// A foreign plan's recovery point is its newest mirror group, checked against the
+    /// plan's RPO; its drills are its runs, a failed one its failure.
+    #[test]
+    fn foreign_plans_at_a_glance() {
+        use crate::machines::recovery::{Phase, RecoverySpec};
+        let now = Timestamp::from_second(1_800_000_000 + 100 * 60).expect("ts");
+        let foreign = |name: &str| PlanRecord {
+            origin: Some(crate::state::schema::Origin {
+                site: n("site-a"),
+                plan: n("web"),
+                plan_id: n("web.01"),
+                mirrors: Vec::new(),
+                drill: None,
+                created: Timestamp::from_second(1_800_000_000)
+                    .expect("ts")
+                    .to_string(),
+            }),
+            paused: true,
+            ..plan(name)
+        };
+        let drill = |id: &str, at: i64, ok: bool| {
+            let t0 = Timestamp::from_second(1_800_000_000 + at * 60).expect("ts");
+            let spec = RecoverySpec {
+                id: n(id),
+                kind: RecoveryKind::Drill,
+                plan: n("site-a.web"),
+                plan_id: n("site-a.web.01"),
+                group: n("g"),
+                generation: 1,
+                trigger: "schedule".into(),
+            };
+            let mut r = Recovery::new(spec, Vec::new(), Vec::new(), t0);
+            r.phase = if ok { Phase::Done } else { Phase::Failed };
+            r.error = (!ok).then(|| "check failed: web: exit 1".to_string());
+            r.finished = Some((t0 + jiff::SignedDuration::from_secs(30)).to_string());
+            r
+        };
+        let taken = |min: i64| Timestamp::from_second(1_800_000_000 + min * 60).expect("ts");
+        let mut held = BTreeMap::new();
+        // Hourly, RPO an hour plus a quarter: 50 minutes old holds, 80 does not.
+        held.insert(
+            n("site-a.web.01"),
+            Held {
+                newest_group: Some((n("g-new"), taken(50).to_string())),
+                drills: vec![drill("dr2", 60, false), drill("dr1", 30, true)],
+                verification_failures: vec![n("g-old")],
+            },
+        );
+        held.insert(
+            n("site-a.late.01"),
+            Held {
+                newest_group: Some((n("g"), taken(20).to_string())),
+                ..Held::default()
+            },
+        );
+        let plans = [foreign("site-a.web"), foreign("site-a.late")];
+        let s = summarize(&plans, &[], &held, &BTreeMap::new(), &[], 0, now);
+        let web = &s.plans[0];
+        assert_eq!(web.origin.as_ref().map(|o| o.as_str()), Some("site-a"));
+        assert_eq!(web.newest_group.as_ref().map(|g| g.as_str()), Some("g-new"));
+        assert_eq!(web.newest_group_age_secs, Some(50 * 60));
+        assert!(!web.rpo_violated);
+        assert_eq!(web.last_run.as_ref().map(|r| r.id.as_str()), Some("dr2"));
+        let f = web
+            .failure
+            .as_ref()
+            .expect("the failed drill is the failure");
+        assert_eq!(f.step, Step::Failed);
+        assert!(f.error.as_deref().unwrap_or("").contains("check failed"));
+        assert_eq!(web.verification_failures, [n("g-old")]);
+        let late = &s.plans[1];
+        assert!(late.rpo_violated, "80 minutes old against an hour's RPO");
+        assert!(late.last_drill.is_none() && late.failure.is_none());
     }
 }

@@ -179,6 +179,8 @@ impl TargetPart {
                             node: t.node.clone(),
                             volume: t.volume.clone(),
                             size: t.size,
+                            // Filled in by the shell (what the site knows of each volume).
+                            seeds: Vec::new(),
                         })
                         .collect(),
                     // Filled in by the shell (the plan's schedule).

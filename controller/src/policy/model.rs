@@ -201,9 +201,36 @@ impl Object {
         mirror_of: impl Fn(&VolumeRef) -> Option<VolumeRef>,
         switches: &std::collections::BTreeMap<Name, Name>,
     ) -> Result<Object, String> {
-        let m = |v: &VolumeRef| {
-            mirror_of(v).ok_or_else(|| format!("{}/{} has no mirror", v.node, v.volume))
-        };
+        self.remapped(
+            name,
+            |v| mirror_of(v).ok_or_else(|| format!("{}/{} has no mirror", v.node, v.volume)),
+            |sw| {
+                switches
+                    .get(sw)
+                    .cloned()
+                    .ok_or_else(|| format!("switch {sw} is not mapped"))
+            },
+        )
+    }
+
+    /// This object named `name`, its protected volumes replaced by `volume_of`'s (a
+    /// rebuild's new volumes), its switches as they are.
+    pub fn renamed(
+        &self,
+        name: Name,
+        volume_of: impl Fn(&VolumeRef) -> Result<VolumeRef, String>,
+    ) -> Result<Object, String> {
+        self.remapped(name, volume_of, |sw| Ok(sw.clone()))
+    }
+
+    /// The object named `name` with every protected volume and switch replaced (CD-ROM and
+    /// shared disks left out).
+    fn remapped(
+        &self,
+        name: Name,
+        m: impl Fn(&VolumeRef) -> Result<VolumeRef, String>,
+        switch: impl Fn(&Name) -> Result<Name, String>,
+    ) -> Result<Object, String> {
         let kind = match &self.kind {
             ObjectKind::VirtualVolume { volume } => {
                 ObjectKind::VirtualVolume { volume: m(volume)? }
@@ -248,10 +275,7 @@ impl Object {
                     .iter()
                     .map(|n| {
                         Ok(Nic {
-                            switch: switches
-                                .get(&n.switch)
-                                .cloned()
-                                .ok_or_else(|| format!("switch {} is not mapped", n.switch))?,
+                            switch: switch(&n.switch)?,
                             mac: n.mac.clone(),
                         })
                     })
@@ -460,6 +484,13 @@ pub struct PlanSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schema(max_items = 16)]
     pub targets: Vec<TargetSpec>,
+    /// Recovery point objective, seconds: the most data, by age, the plan may lose. A
+    /// target whose newest mirror group is older (plus a grace for the transfer under way,
+    /// see `policy::rpo`) is in violation: shown in status and metrics, logged, and sent to
+    /// the webhooks. Default: the schedule's interval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 31536000)]
+    pub rpo_secs: Option<u64>,
 }
 
 /// A target site of a backup plan.
@@ -475,6 +506,63 @@ pub struct TargetSpec {
     /// protected VM needs one.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub switches: std::collections::BTreeMap<Name, Name>,
+    /// Recovery drills at this site (run there by its controller).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drill: Option<DrillSpec>,
+}
+
+/// A recovery drill at a target site: on its schedule, that site rebuilds the newest mirror
+/// group into scratch objects, re-reads every volume against its manifest (its root must be
+/// the source's), runs the check per object, records the outcome with its timings and
+/// deletes the scratch objects. A failed drill is a failed run of the foreign plan there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DrillSpec {
+    pub schedule: ScheduleSpec,
+    /// A command run for each rebuilt object (`/bin/sh -c`) on the node of its first
+    /// volume, with `FERRY_OBJECT`, `FERRY_VOLUME` (the first volume's image),
+    /// `FERRY_VOLUMES` and `FERRY_VOLUME_PATHS` (that node's volumes of the object) in its
+    /// environment; exit 0 passes (`fsck -n "$FERRY_VOLUME"`, a boot test). The target
+    /// runs commands from this site only if its configuration allows (`drills.checks_from`).
+    #[serde(default)]
+    #[schema(min_length = 1, max_length = 4096)]
+    pub check: Option<String>,
+    /// Seconds each check may run; default 600.
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 21600)]
+    pub timeout_secs: Option<u64>,
+}
+
+/// Longest a drill's check may run.
+pub const MAX_CHECK_SECS: u64 = 21_600;
+/// A drill check's time limit when none is given.
+pub const DEFAULT_CHECK_SECS: u64 = 600;
+/// Longest RPO a plan may set (a year).
+pub const MAX_RPO_SECS: u64 = 31_536_000;
+
+/// Checks a drill's check command and its timeout (`field`: where they are).
+pub fn check_drill_check(
+    field: &str,
+    check: Option<&str>,
+    timeout_secs: Option<u64>,
+) -> Result<(), FieldError> {
+    if let Some(c) = check {
+        if c.trim().is_empty() || c.len() > 4096 || c.contains('\0') {
+            return Err(bad(
+                format!("{field}.check"),
+                "must be a non-empty command of at most 4096 bytes",
+            ));
+        }
+    }
+    if let Some(t) = timeout_secs {
+        if !(1..=MAX_CHECK_SECS).contains(&t) {
+            return Err(bad(
+                format!("{field}.timeout_secs"),
+                format!("must be 1 to {MAX_CHECK_SECS}, not {t}"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Most target sites of one plan.
@@ -566,6 +654,14 @@ impl PlanSpec {
                 }
             }
         }
+        if let Some(r) = self.rpo_secs {
+            if !(1..=MAX_RPO_SECS).contains(&r) {
+                return Err(bad(
+                    "rpo_secs",
+                    format!("must be 1 to {MAX_RPO_SECS} seconds, not {r}"),
+                ));
+            }
+        }
         self.validate_targets(&object)?;
         let every: Every = self
             .schedule
@@ -608,6 +704,22 @@ impl PlanSpec {
                     format!("targets[{i}].retention"),
                     format!("must be 1 to {MAX_RETENTION}, not {}", t.retention),
                 ));
+            }
+            if let Some(d) = &t.drill {
+                let field = format!("targets[{i}].drill");
+                check_drill_check(&field, d.check.as_deref(), d.timeout_secs)?;
+                let every: Every = d.schedule.every.parse().map_err(
+                    |e: crate::policy::schedule::ScheduleError| {
+                        bad(format!("{field}.{}", e.field), e.problem)
+                    },
+                )?;
+                Schedule::new(
+                    every,
+                    &d.schedule.start,
+                    &d.schedule.timezone,
+                    d.schedule.end.as_deref(),
+                )
+                .map_err(|e| bad(format!("{field}.{}", e.field), e.problem))?;
             }
             for name in &self.objects {
                 let Some(o) = object(name) else { continue };
@@ -875,8 +987,17 @@ mod tests {
                 enabled: true,
                 hooks: HookSpec::default(),
                 targets: Vec::new(),
+                rpo_secs: None,
             };
+        let with_rpo = |rpo: u64| PlanSpec {
+            rpo_secs: Some(rpo),
+            ..plan(&["a"], "hourly", "2026-11-24T02:30", "UTC", 3)
+        };
         let cases: Vec<(PlanSpec, Option<&str>)> = vec![
+            (with_rpo(1), None),
+            (with_rpo(MAX_RPO_SECS), None),
+            (with_rpo(0), Some("rpo_secs")),
+            (with_rpo(MAX_RPO_SECS + 1), Some("rpo_secs")),
             (
                 plan(&["a", "b"], "daily", "2026-11-24T02:30", "Europe/Berlin", 7),
                 None,
@@ -965,10 +1086,41 @@ mod tests {
             site: n(site),
             retention,
             switches: map.iter().map(|(a, b)| (n(a), n(b))).collect(),
+            drill: None,
         };
         let mapped = [("vsw-prod", "vsw-dr")];
+        let drill = |every: &str, check: Option<&str>, timeout: Option<u64>| TargetSpec {
+            drill: Some(DrillSpec {
+                schedule: ScheduleSpec {
+                    every: every.into(),
+                    start: "2026-11-29T03:00".into(),
+                    timezone: "UTC".into(),
+                    end: None,
+                },
+                check: check.map(String::from),
+                timeout_secs: timeout,
+            }),
+            ..target("b", 3, &mapped)
+        };
         let cases: Vec<(Vec<TargetSpec>, Option<&str>)> = vec![
             (vec![], None),
+            (
+                vec![drill("weekly", Some("fsck -n \"$FERRY_VOLUME\""), Some(60))],
+                None,
+            ),
+            (vec![drill("weekly", None, None)], None),
+            (
+                vec![drill("yearly", None, None)],
+                Some("targets[0].drill.schedule.every"),
+            ),
+            (
+                vec![drill("weekly", Some(" "), None)],
+                Some("targets[0].drill.check"),
+            ),
+            (
+                vec![drill("weekly", Some("true"), Some(MAX_CHECK_SECS + 1))],
+                Some("targets[0].drill.timeout_secs"),
+            ),
             (vec![target("b", 3, &mapped)], None),
             (vec![target("b", 3, &mapped), target("c", 1, &mapped)], None),
             // The spec's rule: every NIC's switch is mapped at every target.
@@ -1006,6 +1158,7 @@ mod tests {
             enabled: true,
             hooks: HookSpec::default(),
             targets,
+            rpo_secs: None,
         };
         for (targets, want) in cases {
             let got = plan(targets.clone())

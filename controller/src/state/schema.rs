@@ -20,6 +20,13 @@
 //! | `/ferry/sites/<site>` | [`SiteRecord`]: a paired site | API | API, site links, executor |
 //! | `/ferry/mirrors/<plan-id>/<object>` | `policy::model::Object`: a foreign plan's mirror object (its volumes the mirrors here, its NICs on the mapped switches) | site links (prepare) | API |
 //! | `/ferry/targets/<plan-id>/<site>` | [`TargetRecord`]: what a target holds of a backup plan | executor | API, executor (retention) |
+//! | `/ferry/recoveries/<plan-id>/<id>` | `machines::recovery::Recovery`: a rebuild, drill or verification from one of the plan's groups | API, executor (scheduled drills and verifications) | executor, API |
+//! | `/ferry/recovering/<plan-id>/<id>` | the key of a recovery in progress (the executor's index) | API, executor | executor |
+//! | `/ferry/verified/<plan-id>/<group>` | [`VerifiedRecord`]: the group's last verification | executor | API, executor (what to verify next) |
+//! | `/ferry/lineage/<node>/<volume>` | [`LineageRecord`]: the snapshot a rebuilt volume was made from | executor (rebuilds) | executor (a backup run's seeds), site links (placement) |
+//! | `/ferry/alarms/<plan-id>/<site>` | [`AlarmRecord`]: a plan's RPO at a site, held or violated | executor | API, executor |
+//! | `/ferry/outbox/<id>` | [`Event`]: a notification for the webhooks, until delivered | executor | notifier |
+//! | `/ferry/drill-fired/<plan-id>` | the last fired drill slot (RFC 3339) | executor | executor |
 //! | `/ferry/leader...` | leader election (see `daemon::leader`) | `daemon::leader` | `daemon::leader`, API |
 //!
 //! **Plan ids.** Runs, groups, jobs and markers are keyed by the plan's id, not its name:
@@ -53,6 +60,13 @@ pub const AGENTS: &str = "/ferry/agents/";
 pub const SITES: &str = "/ferry/sites/";
 pub const TARGETS: &str = "/ferry/targets/";
 pub const MIRRORS: &str = "/ferry/mirrors/";
+pub const RECOVERIES: &str = "/ferry/recoveries/";
+pub const RECOVERING: &str = "/ferry/recovering/";
+pub const VERIFIED: &str = "/ferry/verified/";
+pub const LINEAGE: &str = "/ferry/lineage/";
+pub const ALARMS: &str = "/ferry/alarms/";
+pub const OUTBOX: &str = "/ferry/outbox/";
+pub const DRILL_FIRED: &str = "/ferry/drill-fired/";
 
 /// The schema this code reads and writes.
 pub const VERSION: u32 = 1;
@@ -116,6 +130,131 @@ pub fn target_key(plan_id: &Name, site: &Name) -> String {
     format!("{TARGETS}{plan_id}/{site}")
 }
 
+pub fn recoveries_of(plan_id: &Name) -> String {
+    format!("{RECOVERIES}{plan_id}/")
+}
+pub fn recovery_key(plan_id: &Name, id: &Name) -> String {
+    format!("{RECOVERIES}{plan_id}/{id}")
+}
+pub fn recovering_of(plan_id: &Name) -> String {
+    format!("{RECOVERING}{plan_id}/")
+}
+pub fn recovering_key(plan_id: &Name, id: &Name) -> String {
+    format!("{RECOVERING}{plan_id}/{id}")
+}
+pub fn verified_of(plan_id: &Name) -> String {
+    format!("{VERIFIED}{plan_id}/")
+}
+pub fn verified_key(plan_id: &Name, group: &Name) -> String {
+    format!("{VERIFIED}{plan_id}/{group}")
+}
+pub fn lineage_key(node: &Name, volume: &Name) -> String {
+    format!("{LINEAGE}{node}/{volume}")
+}
+pub fn alarms_of(plan_id: &Name) -> String {
+    format!("{ALARMS}{plan_id}/")
+}
+pub fn alarm_key(plan_id: &Name, site: &Name) -> String {
+    format!("{ALARMS}{plan_id}/{site}")
+}
+pub fn outbox_key(id: &Name) -> String {
+    format!("{OUTBOX}{id}")
+}
+pub fn drill_fired_key(plan_id: &Name) -> String {
+    format!("{DRILL_FIRED}{plan_id}")
+}
+
+/// A group's last verification: every snapshot re-read against its manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct VerifiedRecord {
+    /// When it ended (RFC 3339).
+    pub at: String,
+    pub ok: bool,
+    /// What did not match, or why it could not be read.
+    pub detail: Option<String>,
+    /// The verification (a recovery of the plan).
+    pub recovery: Name,
+}
+
+/// What a volume made by a rebuild was made from: protecting it to a site that holds that
+/// snapshot (its root) seeds the mirror there from it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct LineageRecord {
+    /// The snapshot the volume keeps, and its manifest root (hex).
+    pub snapshot: Name,
+    pub root: String,
+    /// The site, plan and group it was rebuilt from.
+    pub site: Name,
+    pub plan: Name,
+    /// RFC 3339.
+    pub created: String,
+}
+
+/// Where a plan's RPO stands at a site (`role`: `source` for a target of this site's plan,
+/// `target` for a foreign plan here).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AlarmRecord {
+    pub plan: Name,
+    pub site: Name,
+    pub role: String,
+    pub violated: bool,
+    /// Since when it is in this state (RFC 3339).
+    pub since: String,
+    pub rpo_secs: u64,
+    /// The age of the newest group when it changed, seconds.
+    pub age_secs: Option<u64>,
+}
+
+/// A notification for the webhooks (`/ferry/outbox/<id>` until every webhook took it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Event {
+    pub id: Name,
+    /// `run_failed`, `run_partially_done`, `drill_failed`, `verify_failed`,
+    /// `rpo_violated`, `rpo_restored`.
+    pub event: String,
+    /// This site.
+    pub site: Name,
+    pub plan: Name,
+    /// The other site it concerns (a target, or a foreign plan's source), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<Name>,
+    /// The run, drill or verification it concerns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<Name>,
+    pub message: String,
+    /// RFC 3339.
+    pub time: String,
+}
+
+impl Event {
+    /// A new event at `now`, its id unique to it.
+    pub fn new(event: &str, site: &Name, plan: &Name, message: String, now: Timestamp) -> Event {
+        let mut raw = [0u8; 4];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut raw);
+        let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+        let id =
+            Name::new(&format!("e{}-{hex}", now.as_millisecond())).unwrap_or_else(|_| plan.clone());
+        Event {
+            id,
+            event: event.into(),
+            site: site.clone(),
+            plan: plan.clone(),
+            peer: None,
+            subject: None,
+            message,
+            time: now.to_string(),
+        }
+    }
+
+    /// Its write into the outbox.
+    pub fn put(&self) -> crate::state::Op {
+        crate::state::Op::Put(
+            outbox_key(&self.id),
+            serde_json::to_vec(self).unwrap_or_default(),
+        )
+    }
+}
+
 /// The last segment of a key under `prefix` (`<prefix><a>/<b>` -> `<b>`), if it is a name.
 pub fn last_name(key: &str) -> Option<Name> {
     Name::new(key.rsplit('/').next()?).ok()
@@ -148,6 +287,9 @@ pub struct Origin {
     pub plan_id: Name,
     /// Each source volume's mirror here (stable across runs while its node lives).
     pub mirrors: Vec<MirrorPlace>,
+    /// The drills the source plan asks of this site.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drill: Option<crate::policy::model::DrillSpec>,
     /// RFC 3339.
     pub created: String,
 }
@@ -191,6 +333,7 @@ impl TargetRecord {
             failures: 0,
             last_error: None,
             foreign_plan: None,
+            first_attempt: None,
         }
     }
 }
@@ -221,6 +364,10 @@ pub struct TargetRecord {
     pub last_error: Option<String>,
     /// The foreign plan's name there.
     pub foreign_plan: Option<Name>,
+    /// When a run first tried to reach it (RFC 3339): a target that never got a group is
+    /// late against the RPO from then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_attempt: Option<String>,
 }
 
 impl PlanRecord {
@@ -259,6 +406,14 @@ pub struct GroupRecord {
     /// The plan's objects at the run, each with its volumes.
     #[serde(default)]
     pub objects: Vec<ObjectVolumes>,
+    /// A mirror group's objects as they were when it was recorded (their volumes the
+    /// mirrors here): what a rebuild from it makes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mirror_objects: Vec<crate::policy::model::Object>,
+    /// Its last verification (never stored here: the API adds it from
+    /// `/ferry/verified/<plan-id>/<group>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified: Option<VerifiedRecord>,
 }
 
 /// A run as stored and listed.

@@ -20,6 +20,12 @@ pub struct Config {
     /// The endpoint this site's agents connect to (absent: no agents).
     #[serde(default)]
     pub agents: Option<ferry_controller::daemon::agents::AgentsConfig>,
+    /// Drills and the verification of kept groups at this site.
+    #[serde(default)]
+    pub recovery: ferry_controller::daemon::recoveries::RecoveryConfig,
+    /// Where failed runs, drills and verifications and RPO violations are POSTed.
+    #[serde(default)]
+    pub webhooks: Vec<ferry_controller::daemon::notify::Webhook>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -79,6 +85,13 @@ pub fn parse(text: &str, path: &Path) -> anyhow::Result<Config> {
             );
         }
     }
+    for w in &cfg.webhooks {
+        w.validate()
+            .map_err(|e| anyhow::anyhow!("configuration {}: {e}", path.display()))?;
+    }
+    if cfg.webhooks.len() > 16 {
+        bail!("configuration {}: at most 16 [[webhooks]]", path.display());
+    }
     if cfg.tokens.is_empty() {
         bail!(
             "configuration {}: no [[tokens]]: nobody could use the API",
@@ -114,6 +127,9 @@ mod tests {
         let cfg = parse(example, p).expect("the example parses");
         assert_eq!(cfg.tokens.len(), 2);
         assert!(cfg.agents.is_some_and(|a| a.advertise.is_some()));
+        assert_eq!(cfg.webhooks.len(), 1);
+        assert_eq!(cfg.recovery.verify_bandwidth, 64 << 20);
+        assert_eq!(cfg.recovery.drill_checks_from.len(), 1);
         let etcd = example.replace(
             "kind = \"embedded\"\npath = \"/var/lib/ferry/controller.redb\"",
             "kind = \"etcd\"\nendpoints = [\"http://127.0.0.1:2379\"]\nlease_ttl_secs = 9",
@@ -136,6 +152,14 @@ mod tests {
             (
                 example.replace("role = \"admin\"", "role = \"root\""),
                 "root",
+            ),
+            (
+                example.replace("https://alerts.example/ferry", "alerts.example"),
+                "webhooks.url",
+            ),
+            (
+                example.replace("verify_every_secs = 604800", "verify_every_secs = -1"),
+                "verify_every_secs",
             ),
         ] {
             let e = format!("{:#}", parse(&bad, p).expect_err("refused"));

@@ -172,6 +172,8 @@ pub async fn run(
             ca: pki.join("ca.pem"),
             advertise: None,
         }),
+        recovery: Default::default(),
+        webhooks: Vec::new(),
     };
     let temporary = _temp.is_some();
     let announce = |r: &Ready, a: &AgentChild| {

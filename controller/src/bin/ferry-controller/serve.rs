@@ -102,12 +102,15 @@ fn bind_endpoint(cfg: &Config, store: &Store) -> anyhow::Result<Option<Endpoint>
 /// The leadership loop's task: campaign; once elected, migrate the store, then schedule and
 /// execute until the lease is lost (an error: the process must restart as a follower) or
 /// `stop` (resign, so a follower takes over at once).
+#[allow(clippy::too_many_arguments)]
 fn lead(
     store: Store,
     me: ferry_controller::daemon::leader::LeaderInfo,
     ttl: Duration,
     links: Arc<ferry_controller::daemon::agents::Links>,
     sites: Option<Arc<ferry_controller::daemon::sites::Sites>>,
+    settings: ferry_controller::daemon::executor::Settings,
+    webhooks: Vec<ferry_controller::daemon::notify::Webhook>,
     role: tokio::sync::watch::Sender<ferry_controller::daemon::leader::Role>,
     stop: Stop,
 ) -> tokio::task::JoinHandle<Result<(), String>> {
@@ -149,6 +152,12 @@ fn lead(
             links,
             sites,
             term,
+            settings,
+            stop.wait(),
+        ));
+        let notifier = tokio::spawn(ferry_controller::daemon::notify::run(
+            store.clone(),
+            webhooks,
             stop.wait(),
         ));
         let outcome = tokio::select! {
@@ -158,6 +167,7 @@ fn lead(
         let _ = role.send(Role::Follower);
         scheduler.abort();
         executor.abort();
+        notifier.abort();
         match outcome {
             Ok(()) => {
                 l.resign(&store).await;
@@ -202,13 +212,21 @@ pub async fn serve(
         Some((b, _, _)) => b.credentials().0.node.to_string(),
         None => "controller".to_string(),
     };
-    let state = ApiState::new(
+    let settings = ferry_controller::daemon::executor::Settings {
+        site: match &endpoint {
+            Some((b, _, _)) => b.credentials().0.site.clone(),
+            None => ferry_wire::Name::new("local").context("site name")?,
+        },
+        recovery: cfg.recovery.clone(),
+    };
+    let mut state = ApiState::new(
         store.clone(),
         tokens(&cfg)?,
         role_rx.clone(),
         forwarder,
         links.clone(),
     );
+    state.recovery = cfg.recovery.clone();
     let sites = endpoint.as_ref().map(|(b, _, adv)| {
         Arc::new(ferry_controller::daemon::sites::Sites::new(
             store.clone(),
@@ -263,7 +281,10 @@ pub async fn serve(
     };
     let ttl = Duration::from_secs(cfg.store.lease_ttl_secs());
     let (lead_stop_tx, lead_stop) = Stop::new();
-    let mut leading = lead(store, me, ttl, links, sites, role_tx, lead_stop);
+    let webhooks = cfg.webhooks.clone();
+    let mut leading = lead(
+        store, me, ttl, links, sites, settings, webhooks, role_tx, lead_stop,
+    );
     let result = tokio::select! {
         _ = until => Ok(()),
         r = &mut leading => match r {

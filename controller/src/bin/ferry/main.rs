@@ -15,6 +15,7 @@ mod objects;
 mod orphans;
 mod output;
 mod plans;
+mod recovery;
 mod sites;
 mod status;
 mod volumes;

@@ -132,6 +132,16 @@ pub fn ago(t: &Value) -> String {
     }
 }
 
+/// `text` in red on a terminal (unless `NO_COLOR` is set), as it is otherwise.
+pub fn red(text: &str) -> String {
+    let colour = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    if colour {
+        format!("\x1b[31m{text}\x1b[0m")
+    } else {
+        text.to_string()
+    }
+}
+
 /// Whether a person is at the other end (stdin and stderr are terminals).
 pub fn interactive() -> bool {
     std::io::stdin().is_terminal() && std::io::stderr().is_terminal()

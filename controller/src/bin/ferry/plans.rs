@@ -1,4 +1,5 @@
-//! `ferry plans`: protection plans, their runs, their snapshot groups and rollback.
+//! `ferry plans`: protection plans, their runs, their snapshot groups, rollback, and
+//! recovery at a target (rebuild, drills, verification: [`crate::recovery`]).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -126,6 +127,85 @@ pub enum Cmd {
         /// Do not ask for confirmation (asked on a terminal).
         #[arg(long)]
         yes: bool,
+    },
+    /// Rebuild a foreign plan's objects here from one of its mirror groups (at a target site,
+    /// also with the source site gone): new writable volumes and objects with this site's
+    /// names. A step that fails undoes what the rebuild made.
+    #[command(after_help = "Examples:
+  ferry plans rebuild site-a.nightly nightly-20261124T013000Z --wait
+  ferry plans rebuild site-a.nightly nightly-20261124T013000Z --object web --suffix -dr
+  ferry plans rebuild site-a.nightly GROUP --names names.json
+A names file maps an object's name, or a source volume's NODE/VOLUME, to its new name:
+  {\"web\": \"web-restored\", \"node1/web0\": \"web0-restored\"}
+(ferry plans groups site-a.nightly lists the groups)")]
+    Rebuild {
+        /// The foreign plan's name (SITE.PLAN).
+        name: String,
+        /// The mirror group to rebuild from.
+        group: String,
+        /// Only this object (again for more).
+        #[arg(long = "object")]
+        objects: Vec<String>,
+        /// Appended to every new name not in --names, e.g. -dr.
+        #[arg(long, conflicts_with = "names")]
+        suffix: Option<String>,
+        /// A JSON file of new names (- reads standard input).
+        #[arg(long)]
+        names: Option<PathBuf>,
+        /// Follow it to its end, then show what it made.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// The plan's rebuilds.
+    Rebuilds {
+        /// The plan's name.
+        name: String,
+    },
+    /// Run a recovery drill now at this (target) site: the group rebuilt into scratch
+    /// volumes, re-read against the source's manifests, checked, deleted.
+    #[command(after_help = "Examples:
+  ferry plans drill site-a.nightly --wait
+  ferry plans drill site-a.nightly --check 'fsck -n \"$FERRY_VOLUME\"' --timeout 300 --wait")]
+    Drill {
+        /// The foreign plan's name (SITE.PLAN).
+        name: String,
+        /// The group to drill (default: the newest).
+        #[arg(long)]
+        group: Option<String>,
+        /// A check run per object on the node of its first volume (FERRY_VOLUME,
+        /// FERRY_VOLUME_PATHS, FERRY_OBJECT in its environment); default: the plan's.
+        #[arg(long)]
+        check: Option<String>,
+        /// Seconds each check may run (default 600).
+        #[arg(long, value_name = "SECS")]
+        timeout: Option<u64>,
+        /// Follow it to its end, then show each volume's and object's outcome.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// The plan's drills: when, which group, how long, passed or why not.
+    Drills {
+        /// The plan's name.
+        name: String,
+    },
+    /// Re-read a kept group against its manifests now (verifications also run on their own
+    /// at a target, see [recovery] in the controller's configuration).
+    #[command(
+        after_help = "Example: ferry plans verify site-a.nightly nightly-20261124T013000Z --wait"
+    )]
+    Verify {
+        /// The plan's name.
+        name: String,
+        /// The group to verify.
+        group: String,
+        /// Follow it to its end.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// The plan's verifications.
+    Verifications {
+        /// The plan's name.
+        name: String,
     },
 }
 
@@ -461,7 +541,7 @@ fn rollback_seen(r: &Value) -> Seen {
 }
 
 /// Follows what `path` shows until it is over; returns its last state.
-async fn follow(
+pub(crate) async fn follow(
     api: &Api,
     path: &str,
     seen: fn(&Value) -> Seen,
@@ -555,6 +635,39 @@ pub async fn run(api: &Api, cmd: &Cmd, json: bool) -> anyhow::Result<()> {
             wait,
             yes,
         } => rollback(api, name, group, objects, (*wait, *yes), json).await,
+        Cmd::Rebuild {
+            name,
+            group,
+            objects,
+            suffix,
+            names,
+            wait,
+        } => {
+            let naming = (suffix.as_deref(), names.as_deref());
+            crate::recovery::rebuild(api, name, group, objects, naming, *wait, json).await
+        }
+        Cmd::Drill {
+            name,
+            group,
+            check,
+            timeout,
+            wait,
+        } => {
+            let check = (check.as_deref(), *timeout);
+            crate::recovery::drill(api, name, group.as_deref(), check, *wait, json).await
+        }
+        Cmd::Verify { name, group, wait } => {
+            crate::recovery::verify(api, name, group, *wait, json).await
+        }
+        Cmd::Rebuilds { name } | Cmd::Drills { name } | Cmd::Verifications { name } => {
+            let what = match cmd {
+                Cmd::Rebuilds { .. } => "rebuilds",
+                Cmd::Drills { .. } => "drills",
+                _ => "verifications",
+            };
+            let path = format!("/v1/plans/{}/{what}", checked("plan", name)?);
+            list(path, crate::recovery::print_list).await
+        }
     }
 }
 
@@ -701,7 +814,7 @@ async fn rollback(
 
 /// A followed run or rollback that failed: shown as usual, then an error with `code`. Under
 /// `--json` one object: `v` with the error in it, as `error`.
-fn failed(
+pub(crate) fn failed(
     json: bool,
     mut v: Value,
     code: &str,

@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::client::Api;
-use crate::output::{ago, duration, emit, s, size, when, Table};
+use crate::output::{ago, duration, emit, red, s, size, when, Table};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -26,6 +26,8 @@ fn print(v: &Value) {
         "NOW",
     ]);
     let mut failures = Vec::new();
+    let mut late = Vec::new();
+    let mut damaged = Vec::new();
     let plans = v["plans"].as_array().cloned().unwrap_or_default();
     for p in &plans {
         let last = &p["last_run"];
@@ -44,11 +46,31 @@ fn print(v: &Value) {
             Some(a) => format!("{} ago", duration(a)),
             None => "none".into(),
         };
-        let state = if p["paused"] == true {
+        let state = if let Some(site) = p["origin"].as_str() {
+            format!("mirror of site {site}")
+        } else if p["paused"] == true {
             "paused".to_string()
         } else {
             format!("next {}", when(&p["next_run"]))
         };
+        if p["rpo_violated"] == true {
+            late.push(format!(
+                "  {}: the newest mirror group here is {} old, past the RPO of {}",
+                s(&p["name"]),
+                p["newest_group_age_secs"]
+                    .as_f64()
+                    .map_or("-".into(), duration),
+                p["rpo_secs"].as_f64().map_or("-".into(), duration)
+            ));
+        }
+        for g in p["verification_failures"].as_array().into_iter().flatten() {
+            damaged.push(format!(
+                "  {}: group {} failed its verification (ferry plans verifications {})",
+                s(&p["name"]),
+                s(g),
+                s(&p["name"])
+            ));
+        }
         t.row(vec![
             s(&p["name"]),
             s(&p["every"]),
@@ -59,8 +81,13 @@ fn print(v: &Value) {
             p["in_progress"].as_str().map_or(state, String::from),
         ]);
         if let Some(f) = p["failure"].as_object() {
+            let what = if p["origin"].is_string() {
+                "drill"
+            } else {
+                "run"
+            };
             failures.push(format!(
-                "  {}: run {} failed {}: {}",
+                "  {}: {what} {} failed {}: {}",
                 s(&p["name"]),
                 s(&f["id"]),
                 ago(&f["finished"]),
@@ -77,7 +104,7 @@ fn print(v: &Value) {
         "PLAN",
         "TARGET",
         "LAST GROUP THERE",
-        "ITS AGE (RPO)",
+        "ITS AGE",
         "LAST SENT",
         "FAILURES",
         "LAST ERROR",
@@ -85,11 +112,23 @@ fn print(v: &Value) {
     .right(&[4, 5]);
     for p in &plans {
         for x in p["targets"].as_array().into_iter().flatten() {
+            let age = x["lag_secs"].as_f64().map_or("never".into(), duration);
+            let rpo = x["rpo_secs"].as_f64().map_or("-".into(), duration);
+            let age = if x["rpo_violated"] == true {
+                late.push(format!(
+                    "  {} at {}: the newest group there is {age} old, past the RPO of {rpo}",
+                    s(&p["name"]),
+                    s(&x["site"])
+                ));
+                format!("{age} > {rpo} LATE")
+            } else {
+                format!("{age} (RPO {rpo})")
+            };
             tt.row(vec![
                 s(&p["name"]),
                 s(&x["site"]),
                 s(&x["last_group"]),
-                x["lag_secs"].as_f64().map_or("never".into(), duration),
+                age,
                 size(x["last_bytes_sent"].as_u64().unwrap_or(0)),
                 s(&x["failures"]),
                 s(&x["last_error"]),
@@ -100,10 +139,22 @@ fn print(v: &Value) {
         println!();
         tt.print();
     }
+    if !late.is_empty() {
+        println!("\n{}", red("RPO violated:"));
+        for l in late {
+            println!("{}", red(&l));
+        }
+    }
     if !failures.is_empty() {
         println!("\nfailing (no success since):");
         for f in failures {
             println!("{f}");
+        }
+    }
+    if !damaged.is_empty() {
+        println!("\n{}", red("damaged groups:"));
+        for d in damaged {
+            println!("{}", red(&d));
         }
     }
     let agents = v["agents"].as_array().cloned().unwrap_or_default();
