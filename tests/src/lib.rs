@@ -728,6 +728,7 @@ pub mod dev;
 pub mod pair;
 pub mod sites;
 pub mod tls;
+pub mod webhook;
 
 /// A real `ferry-controller serve` with an admin and a read-only token, and a minimal HTTP
 /// client for it.

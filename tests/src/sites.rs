@@ -177,6 +177,73 @@ impl Site {
         )
     }
 
+    /// Run `id` of plan `plan` once it is over (two minutes at most).
+    pub fn finished(&self, plan: &str, id: &str) -> Value {
+        let t0 = std::time::Instant::now();
+        loop {
+            let runs = self
+                .controller
+                .list(&format!("/v1/plans/{plan}/runs"))
+                .unwrap_or_default();
+            let r = runs.into_iter().find(|r| r["run"]["id"] == id);
+            if let Some(r) = &r {
+                let step = r["run"]["step"].as_str().unwrap_or("");
+                if ["done", "partially_done", "failed"].contains(&step) {
+                    return r.clone();
+                }
+            }
+            assert!(
+                t0.elapsed() < std::time::Duration::from_secs(120),
+                "run {id} did not finish: {}",
+                serde_json::to_string_pretty(&r).unwrap_or_default()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    }
+
+    /// Starts a run of `plan`; returns its id.
+    pub fn start_run(&self, plan: &str) -> String {
+        let (code, r) = self
+            .controller
+            .admin("POST", &format!("/v1/plans/{plan}/run"), None);
+        assert_eq!(code, 202, "{r}");
+        r["run"]["id"].as_str().expect("id").to_string()
+    }
+
+    /// A run of `plan`, started now and waited for.
+    pub fn run_now(&self, plan: &str) -> Value {
+        let id = self.start_run(plan);
+        self.finished(plan, &id)
+    }
+
+    /// Bytes a run sent to `site`.
+    pub fn sent(run: &Value, site: &str) -> u64 {
+        run["run"]["targets"][site]["transfers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|t| t["sent_bytes"].as_u64().unwrap_or(0))
+            .sum()
+    }
+
+    /// Creates object `obj` once the controller knows its volumes (a new volume is listed
+    /// with its agent's next report).
+    pub fn add_object(&self, obj: Value) {
+        wait_for("the object's volumes are listed", 20, || {
+            self.controller
+                .admin("POST", "/v1/objects", Some(obj.clone()))
+                .0
+                == 201
+        });
+    }
+
+    /// The kept groups of `plan`, oldest first.
+    pub fn groups(&self, plan: &str) -> Vec<Value> {
+        self.controller
+            .list(&format!("/v1/plans/{plan}/groups"))
+            .expect("groups")
+    }
+
     /// The image of snapshot `snap` of volume `vol` on `node`.
     pub fn snapshot_image(&self, node: &str, vol: &str, snap: &str) -> PathBuf {
         let text = std::fs::read_to_string(self.config(node)).expect("config");

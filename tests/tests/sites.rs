@@ -8,44 +8,6 @@ use serde_json::{json, Value};
 
 const MIB: u64 = 1 << 20;
 
-/// The run `id` of plan `plan` once it is over.
-fn finished(site: &Site, plan: &str, id: &str) -> Value {
-    let t0 = std::time::Instant::now();
-    loop {
-        let runs = site
-            .controller
-            .list(&format!("/v1/plans/{plan}/runs"))
-            .unwrap_or_default();
-        let r = runs.into_iter().find(|r| r["run"]["id"] == id);
-        if let Some(r) = &r {
-            let step = r["run"]["step"].as_str().unwrap_or("");
-            if ["done", "partially_done", "failed"].contains(&step) {
-                return r.clone();
-            }
-        }
-        assert!(
-            t0.elapsed() < std::time::Duration::from_secs(120),
-            "run {id} did not finish: {}",
-            serde_json::to_string_pretty(&r).unwrap_or_default()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
-}
-
-/// Starts a run of `plan`; returns its id.
-fn start_run(site: &Site, plan: &str) -> String {
-    let (code, r) = site
-        .controller
-        .admin("POST", &format!("/v1/plans/{plan}/run"), None);
-    assert_eq!(code, 202, "{r}");
-    r["run"]["id"].as_str().expect("id").to_string()
-}
-
-fn run_now(site: &Site, plan: &str) -> Value {
-    let id = start_run(site, plan);
-    finished(site, plan, &id)
-}
-
 /// Waits until run `id` of `plan` has moved more than `bytes` (its tasks' progress).
 fn wait_under_way(site: &Site, plan: &str, id: &str, bytes: u64) {
     wait_for("the transfer is under way", 60, || {
@@ -56,17 +18,6 @@ fn wait_under_way(site: &Site, plan: &str, id: &str, bytes: u64) {
             None,
         );
         v["progress"]["done_bytes"].as_u64().unwrap_or(0) > bytes
-    });
-}
-
-/// Creates object `obj` at `site` once the controller knows its volumes (a new volume is
-/// listed with its agent's next report).
-fn add_object(site: &Site, obj: Value) {
-    wait_for("the object's volumes are listed", 20, || {
-        site.controller
-            .admin("POST", "/v1/objects", Some(obj.clone()))
-            .0
-            == 201
     });
 }
 
@@ -84,18 +35,9 @@ fn random_volume(
     );
     let path = agent_volume_path(site.config(node), "v");
     write_random(&path, 0, (mib * MIB) as usize, r);
-    add_object(
-        site,
-        json!({"name": "ov", "kind": {"type": "virtual_volume",
-            "volume": {"node": node, "volume": "v"}}}),
-    );
+    site.add_object(json!({"name": "ov", "kind": {"type": "virtual_volume",
+            "volume": {"node": node, "volume": "v"}}}));
     path
-}
-
-fn groups(site: &Site, plan: &str) -> Vec<Value> {
-    site.controller
-        .list(&format!("/v1/plans/{plan}/groups"))
-        .expect("groups")
 }
 
 /// A backup plan over volumes on two agents of site-a, to site-b's two agents: refused
@@ -122,7 +64,7 @@ fn a_backup_plan_replicates_each_group_to_a_paired_site() {
         "disks": [{"volume": {"node": "a1", "volume": "v1"}},
                   {"volume": {"node": "a2", "volume": "v2"}}],
         "nics": [{"switch": "vsw-prod", "mac": "52:54:00:00:00:01"}]}});
-    add_object(&a, vm);
+    a.add_object(vm);
     // An iSCSI LUN, an NFS file and a plain volume beside it.
     for (node, vol) in [("a1", "lun0"), ("a2", "nfs0"), ("a1", "plain0")] {
         a.agent(node, &["volume", "create", vol, "--size", "4M"]);
@@ -137,7 +79,7 @@ fn a_backup_plan_replicates_each_group_to_a_paired_site() {
         json!({"name": "scratch", "kind": {"type": "virtual_volume",
             "volume": {"node": "a1", "volume": "plain0"}}}),
     ] {
-        add_object(&a, obj);
+        a.add_object(obj);
     }
     let plan = json!({"name": "web", "objects": ["web-vm", "db-lun", "share", "scratch"],
         "retention": 2, "enabled": false,
@@ -177,7 +119,7 @@ fn a_backup_plan_replicates_each_group_to_a_paired_site() {
     });
 
     // The full run.
-    let run = run_now(&a, "web");
+    let run = a.run_now("web");
     assert_eq!(run["run"]["step"], "done", "{run}");
     let part = &run["run"]["targets"]["site-b"];
     assert_eq!(part["step"], "done", "{part}");
@@ -189,7 +131,7 @@ fn a_backup_plan_replicates_each_group_to_a_paired_site() {
         .sum();
     assert!(full >= 30 * MIB, "a full copy sent only {full} bytes");
     let foreign = "site-a.web";
-    let mirrored = groups(&b, foreign);
+    let mirrored = b.groups(foreign);
     assert_eq!(mirrored.len(), 1, "{mirrored:?}");
     let check_equal = |group: &Value| {
         let g = group["group"].as_str().expect("group");
@@ -261,7 +203,7 @@ fn a_backup_plan_replicates_each_group_to_a_paired_site() {
     // The incremental run: 64 random 4 KiB pages changed on v1.
     let path = agent_volume_path(a.config("a1"), "v1");
     let pages = ferry_tests::random_page_writes(&path, 16 * MIB, 64, &mut r);
-    let run = run_now(&a, "web");
+    let run = a.run_now("web");
     assert_eq!(run["run"]["step"], "done", "{run}");
     let inc: u64 = run["run"]["targets"]["site-b"]["transfers"]
         .as_array()
@@ -277,7 +219,7 @@ fn a_backup_plan_replicates_each_group_to_a_paired_site() {
     eprintln!(
         "sent: full {full} bytes of 30 MiB written; incremental {inc} bytes for {changed} changed"
     );
-    let mirrored = groups(&b, foreign);
+    let mirrored = b.groups(foreign);
     assert_eq!(mirrored.len(), 2);
     for g in &mirrored {
         check_equal(g);
@@ -298,12 +240,12 @@ fn a_backup_plan_replicates_each_group_to_a_paired_site() {
     );
 
     // A third run: both sites keep two groups each.
-    let run = run_now(&a, "web");
+    let run = a.run_now("web");
     assert_eq!(run["run"]["step"], "done", "{run}");
     wait_for("site-b prunes to its retention", 30, || {
-        groups(&b, foreign).len() == 2
+        b.groups(foreign).len() == 2
     });
-    assert_eq!(groups(&a, "web").len(), 2);
+    assert_eq!(a.groups("web").len(), 2);
 
     // What site-b holds is read-only there.
     let (code, v) = b
@@ -315,14 +257,14 @@ fn a_backup_plan_replicates_each_group_to_a_paired_site() {
         .controller
         .admin("DELETE", &format!("/v1/plans/{foreign}"), None);
     assert_eq!(code, 409, "{v}");
-    let g = groups(&b, foreign)[0]["group"].clone();
+    let g = b.groups(foreign)[0]["group"].clone();
     let (code, v) = b.controller.admin(
         "POST",
         &format!("/v1/plans/{foreign}/rollbacks"),
         Some(json!({"group": g})),
     );
     assert_eq!(code, 409, "{v}");
-    let mnode = groups(&b, foreign)[0]["snapshots"][0][0]
+    let mnode = b.groups(foreign)[0]["snapshots"][0][0]
         .as_str()
         .expect("node")
         .to_string();
@@ -416,13 +358,13 @@ fn a_partition_mid_transfer_heals_and_the_transfer_resumes() {
         "schedule": {"every": "daily", "start": "2026-01-01T00:00"},
         "targets": [{"site": "site-b", "retention": 2}]});
     assert_eq!(a.controller.admin("POST", "/v1/plans", Some(plan)).0, 201);
-    let id = start_run(&a, "p");
+    let id = a.start_run("p");
     // Once a good part of the volume has gone (8 MiB/s), cut the link for 60 s.
     wait_under_way(&a, "p", &id, 12 * MIB);
     relay.cut(true);
     std::thread::sleep(std::time::Duration::from_secs(60));
     relay.cut(false);
-    let run = finished(&a, "p", &id);
+    let run = a.finished("p", &id);
     assert_eq!(run["run"]["step"], "done", "{run}");
     let t = &run["run"]["targets"]["site-b"]["transfers"][0];
     let resumed = t["resumed_blocks"].as_u64().unwrap_or(0);
@@ -435,7 +377,7 @@ fn a_partition_mid_transfer_heals_and_the_transfer_resumes() {
         t["sent_bytes"].as_u64().unwrap_or(u64::MAX) < 40 * MIB,
         "the last attempt sent what had already arrived: {t}"
     );
-    let g = groups(&b, "site-a.p");
+    let g = b.groups("site-a.p");
     assert_eq!(g.len(), 1);
     let gname = g[0]["group"].as_str().expect("group");
     assert_eq!(
@@ -484,7 +426,7 @@ fn the_source_leader_killed_during_replication_the_new_one_finishes() {
         "schedule": {"every": "daily", "start": "2026-01-01T00:00"},
         "targets": [{"site": "site-b", "retention": 2}]});
     assert_eq!(a.controller.admin("POST", "/v1/plans", Some(plan)).0, 201);
-    let id = start_run(&a, "p");
+    let id = a.start_run("p");
     wait_under_way(&a, "p", &id, 8 * MIB);
     // Kill whichever leads; the survivor answers from then on.
     let first_leads = a.controller.health()["role"] == "leader";
@@ -511,7 +453,7 @@ fn the_source_leader_killed_during_replication_the_new_one_finishes() {
     let sent = t["sent_bytes"].as_u64().unwrap_or(0);
     eprintln!("leader killed mid-transfer: {sent} bytes sent for 48 MiB");
     assert!(sent <= 49 * MIB, "sent more than once: {sent}");
-    let g = groups(&b, "site-a.p");
+    let g = b.groups("site-a.p");
     assert_eq!(g.len(), 1);
 }
 
@@ -559,7 +501,7 @@ fn each_target_keeps_its_own_count_and_a_stopped_one_catches_up() {
         if i == 3 {
             c = Some(Site::start_on(&pki, d, "site-c", &c_store, &["c1"], c_port));
         }
-        let run = run_now(&a, "db");
+        let run = a.run_now("db");
         let step = run["run"]["step"].as_str().unwrap_or_default().to_string();
         eprintln!(
             "run {i}: {step}; sent to b {} and to c {} bytes",
@@ -588,9 +530,9 @@ fn each_target_keeps_its_own_count_and_a_stopped_one_catches_up() {
     }
     let c = c.expect("c");
     wait_for("every site at its own count", 30, || {
-        groups(&a, "db").len() == 2
-            && groups(&b, "site-a.db").len() == 3
-            && groups(&c, "site-a.db").len() == 1
+        a.groups("db").len() == 2
+            && b.groups("site-a.db").len() == 3
+            && c.groups("site-a.db").len() == 1
     });
     let (code, t) = a
         .controller
