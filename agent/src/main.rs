@@ -279,6 +279,14 @@ enum SnapshotCmd {
         /// The snapshot.
         snapshot: String,
     },
+    /// Print a snapshot's image path (read it, never write it).
+    #[command(after_help = "Example: ferry-agent snapshot path vm-disk0 hourly-2026-11-24T10")]
+    Path {
+        /// The volume.
+        volume: String,
+        /// The snapshot.
+        snapshot: String,
+    },
     /// Re-read a snapshot and compare it with its manifest.
     Verify {
         /// The volume.
@@ -906,6 +914,14 @@ fn snapshot(store: &Store, json: bool, c: SnapshotCmd) -> anyhow::Result<()> {
                 }
             }
             Ok(())
+        }
+        SnapshotCmd::Path { volume, snapshot } => {
+            let (image, _, _) = store.snapshot_paths(&volume, &snapshot)?;
+            emit(
+                json,
+                &serde_json::json!({ "volume": volume, "snapshot": snapshot, "path": image }),
+                |o| writeln!(o, "{}", image.display()),
+            )
         }
         SnapshotCmd::Verify { volume, snapshot } => {
             let r = store.verify(&volume, &snapshot)?;

@@ -1,8 +1,9 @@
 //! `ferry-controller dev`: a whole site on one machine, as Vault, Consul and Nomad offer it.
 //!
-//! In the data directory: `pki/` (a site CA `dev`, certificates for `controller` and
-//! `node1`), `controller.redb` (the embedded store), `agent.toml` and `agent/` (the agent's
-//! volumes). The controller runs in this process; the agent is a real `ferry-agent serve`
+//! In the data directory: `pki/` (a site CA, `dev` unless `--site` names another,
+//! certificates for `controller` and `node1`), `endpoint` (the agent endpoint's address,
+//! the same at every start so paired sites keep reaching it), `controller.redb` (the
+//! embedded store), `agent.toml` and `agent/` (the agent's volumes). The controller runs in this process; the agent is a real `ferry-agent serve`
 //! child process (the controller never links the agent's code), linked to it over QUIC with
 //! mutual TLS on loopback, and killed with this process (also when this one is killed: the
 //! child asks the kernel for SIGKILL when its parent dies). The API listens on
@@ -22,13 +23,22 @@ use crate::serve::{serve, Ready};
 
 /// The dev site's node name.
 const NODE: &str = "node1";
-const SITE: &str = "dev";
+
+/// What `ferry-controller dev` is asked to run.
+#[derive(Debug)]
+pub struct Options {
+    pub data_dir: Option<PathBuf>,
+    pub listen: SocketAddr,
+    pub agent_bin: Option<PathBuf>,
+    pub token: Option<String>,
+    pub site: ferry_wire::Name,
+}
 
 /// The site CA and the two certificates, made once per data directory.
-fn pki(dir: &Path) -> anyhow::Result<()> {
+fn pki(dir: &Path, site: &ferry_wire::Name) -> anyhow::Result<()> {
     let pki = dir.join("pki");
     if !pki.join("ca.pem").exists() {
-        ferry_net::pki::create_ca(SITE, &pki, 3650).context("make the dev site CA")?;
+        ferry_net::pki::create_ca(site.as_str(), &pki, 3650).context("make the dev site CA")?;
     }
     for name in ["controller", NODE] {
         if !pki.join(format!("{name}.pem")).exists() {
@@ -56,6 +66,24 @@ fn agent_binary(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
             .find(|p| p.exists())
     });
     on_path.context("ferry-agent is neither beside ferry-controller nor on PATH (--agent-bin)")
+}
+
+/// The agent endpoint's address: the one this data directory used before (kept in
+/// `endpoint`), so that a paired site still reaches the controller after a restart; at the
+/// first start a free port on loopback.
+fn endpoint(dir: &Path) -> anyhow::Result<SocketAddr> {
+    let kept = dir.join("endpoint");
+    if let Ok(text) = std::fs::read_to_string(&kept) {
+        return text
+            .trim()
+            .parse()
+            .with_context(|| format!("{} does not hold an address", kept.display()));
+    }
+    let free = std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .context("find a free UDP port on loopback")?;
+    std::fs::write(&kept, free.to_string()).with_context(|| format!("write {}", kept.display()))?;
+    Ok(free)
 }
 
 /// The agent, killed when dropped.
@@ -115,13 +143,14 @@ fn spawn_agent(bin: &Path, dir: &Path, controller: SocketAddr) -> anyhow::Result
 }
 
 /// Runs the dev site until Ctrl-C or SIGTERM.
-pub async fn run(
-    data_dir: Option<PathBuf>,
-    listen: SocketAddr,
-    agent_bin: Option<PathBuf>,
-    token: Option<String>,
-    json: bool,
-) -> anyhow::Result<()> {
+pub async fn run(opts: Options, json: bool) -> anyhow::Result<()> {
+    let Options {
+        data_dir,
+        listen,
+        agent_bin,
+        token,
+        site,
+    } = opts;
     let (dir, _temp) = match data_dir {
         Some(d) => {
             std::fs::create_dir_all(&d).with_context(|| format!("create {}", d.display()))?;
@@ -142,7 +171,20 @@ pub async fn run(
         bail!("--listen {listen}: dev mode serves loopback only (its token is printed)");
     }
     let agent_bin = agent_binary(agent_bin)?;
-    pki(&dir)?;
+    pki(&dir, &site)?;
+    let held = ferry_net::pki::Identity::load(
+        &dir.join("pki").join("controller.pem"),
+        &dir.join("pki").join("controller.key"),
+    )
+    .context("read the dev site's certificate")?;
+    if held.site != site {
+        bail!(
+            "--site {site}: {} holds site {}; give --site {} or another --data-dir",
+            dir.display(),
+            held.site,
+            held.site
+        );
+    }
     let chosen = token.is_some();
     let (token, hash) = match token {
         Some(t) if t.trim().len() < 16 || t.trim() != t => {
@@ -166,7 +208,7 @@ pub async fn run(
             blake3: hash,
         }],
         agents: Some(ferry_controller::daemon::agents::AgentsConfig {
-            listen: "127.0.0.1:0".parse().context("loopback")?,
+            listen: endpoint(&dir)?,
             cert: pki.join("controller.pem"),
             key: pki.join("controller.key"),
             ca: pki.join("ca.pem"),
@@ -182,12 +224,14 @@ pub async fn run(
         if json {
             println!(
                 "{}",
-                json!({ "api": api, "token": token, "data_dir": dir, "persistent": !temporary,
-                        "agent": { "node": NODE, "pid": a.0.id(), "data_dir": agent_dir } })
+                json!({ "api": api, "token": token, "site": site, "data_dir": dir,
+                        "persistent": !temporary,
+                        "agent": { "node": NODE, "pid": a.0.id(), "data_dir": agent_dir,
+                                   "config": dir.join("agent.toml") } })
             );
             return;
         }
-        println!("ferry dev site: a controller and agent {NODE} on this machine");
+        println!("ferry dev site {site}: a controller and agent {NODE} on this machine");
         println!("  API          {api}");
         let fresh = if chosen {
             ""

@@ -54,6 +54,9 @@ enum Cmd {
         /// The agent binary (default: `ferry-agent` beside this program, else on PATH).
         #[arg(long)]
         agent_bin: Option<PathBuf>,
+        /// The site's name (its CA is made for it at the first start).
+        #[arg(long, default_value = "dev")]
+        site: String,
     },
 }
 
@@ -78,10 +81,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             listen,
             agent_bin,
             token,
-        } => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()?
-            .block_on(dev::run(data_dir, listen, agent_bin, token, cli.json)),
+            site,
+        } => {
+            let site = ferry_wire::Name::new(&site)
+                .map_err(|e| anyhow::anyhow!("--site {site:?}: {e}"))?;
+            let opts = dev::Options {
+                data_dir,
+                listen,
+                agent_bin,
+                token,
+                site,
+            };
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(dev::run(opts, cli.json))
+        }
         Cmd::Token => {
             ferry_controller::exit::quiet_on_closed_pipe();
             let (token, hash) = new_token();

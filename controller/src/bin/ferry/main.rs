@@ -1,5 +1,5 @@
-//! `ferry`: the command line of the controller's HTTP API (nothing else: every command is
-//! one or a few API calls). One file per resource (`objects`, `plans`, `volumes` with
+//! `ferry`: the command line of the controller's HTTP API (every command is one or a few
+//! API calls), and `ferry demo` ([`demo`]), which runs two sites on this machine. One file per resource (`objects`, `plans`, `volumes` with
 //! `agents`, `orphans`, `status`); `client` is the HTTP client, `output` the tables and
 //! progress. The address and token come from `--addr`/`--token`, else `FERRY_ADDR`/
 //! `FERRY_TOKEN`, else `~/.config/ferry/cli.toml`. `--json` prints the API's JSON as it is,
@@ -11,6 +11,7 @@ use std::process::ExitCode;
 use clap::{CommandFactory, Parser, Subcommand};
 
 mod client;
+mod demo;
 mod objects;
 mod orphans;
 mod output;
@@ -79,6 +80,13 @@ enum Cmd {
     /// Paired sites (backup plans replicate to them): add, list, remove, export, import.
     #[command(subcommand)]
     Sites(sites::Cmd),
+    /// Run ferry's main job on this machine and check every step: two sites, a backup plan's
+    /// full and incremental runs, site-a stopped, a rebuild at site-b verified byte for byte,
+    /// a drill. Needs nothing but this build.
+    #[command(
+        after_help = "Examples:\n  cargo run --release --bin ferry -- demo\n  ferry demo --keep        # leave both sites running, with their addresses and tokens\n  ferry demo --size 1G     # bigger volumes"
+    )]
+    Demo(demo::Args),
     /// Print a shell completion script.
     #[command(
         after_help = "Examples:\n  ferry completion bash > /etc/bash_completion.d/ferry\n  ferry completion zsh > \"${fpath[1]}/_ferry\"\n  ferry completion fish > ~/.config/fish/completions/ferry.fish"
@@ -94,6 +102,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         clap_complete::generate(*shell, &mut Cli::command(), "ferry", &mut std::io::stdout());
         return Ok(());
     }
+    if let Cmd::Demo(args) = &cli.cmd {
+        return demo::main(args).await;
+    }
     let api = client::Api::new(client::Given {
         addr: cli.addr.clone(),
         token: cli.token.clone(),
@@ -108,7 +119,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Volumes(c) => volumes::run(&api, c, json).await,
         Cmd::Orphans(c) => orphans::run(&api, c, json).await,
         Cmd::Sites(c) => sites::run(&api, c, json).await,
-        Cmd::Completion { .. } => Ok(()),
+        Cmd::Completion { .. } | Cmd::Demo(_) => Ok(()),
     }
 }
 
