@@ -262,6 +262,8 @@ impl Executor {
                 continue;
             };
             let Ok(mut r) = serde_json::from_slice::<Recovery>(&kv.value) else {
+                tracing::warn!(key = %key, "dropping an unreadable recovery from the index");
+                store.delete(&entry.key).await?;
                 continue;
             };
             let read = r.clone();
@@ -610,7 +612,9 @@ impl Executor {
                 store.delete(&r.key).await?;
             }
             store.delete(&schema::fired_key(id)).await?;
-            if schema::busy(store, id).await?.is_some() {
+            store.delete(&schema::drill_fired_key(id)).await?;
+            let recovering = !store.list(&schema::recovering_of(id)).await?.is_empty();
+            if recovering || schema::busy(store, id).await?.is_some() {
                 continue; // the executor's pass drives it
             }
             let groups: Vec<GroupRecord> = load(store, &schema::groups_of(id)).await?;
@@ -621,6 +625,9 @@ impl Executor {
                     schema::removals_of(id),
                     schema::targets_of(id),
                     schema::mirrors_of(id),
+                    schema::recoveries_of(id),
+                    schema::verified_of(id),
+                    schema::alarms_of(id),
                 ] {
                     for j in store.list(&prefix).await? {
                         store.delete(&j.key).await?;

@@ -54,6 +54,12 @@ fn messages(c: &mut Corpus) -> Result<()> {
     let root = BlockHash::of(b"root");
     let reqs = [
         Request::Snapshots { mirror: name("v") },
+        Request::Seed {
+            mirror: name("v"),
+            size: 64 << 20,
+            block_size: 65536,
+            candidates: vec![(name("s2"), root), (name("s1"), BlockHash::of(b"s1"))],
+        },
         Request::Begin {
             mirror: name("v"),
             snapshot: name("s2"),
@@ -203,7 +209,7 @@ fn controller(c: &mut Corpus) -> Result<()> {
         "hooks": {"pre": "sync", "timeout_secs": 30}});
     for o in [&vm, &lun, &vv] {
         c.put("api_bodies", 0, o.to_string().as_bytes())?;
-        c.put("records", 6, o.to_string().as_bytes())?;
+        c.put("records", 7, o.to_string().as_bytes())?;
     }
     c.put("api_bodies", 1, plan.to_string().as_bytes())?;
     for s in ["10G", "1.5TiB", "4096", "64MiB", "1 G", "10GB"] {
@@ -231,6 +237,24 @@ fn controller(c: &mut Corpus) -> Result<()> {
     let run: RunRecord =
         ferry_controller::daemon::scheduler::new_run(&rec, &objects, Some(at), 2, at);
     c.put("records", 1, &serde_json::to_vec(&run)?)?;
+    use ferry_controller::machines::recovery::{Recovery, RecoveryKind, RecoverySpec};
+    let spec = RecoverySpec {
+        id: name("rb1780000000000-0123abcd"),
+        kind: RecoveryKind::Rebuild,
+        plan: name("site-a.nightly"),
+        plan_id: name("f-0123456789abcdef01234567"),
+        group: name("nightly-20260101T013000Z"),
+        generation: 2,
+        trigger: "manual".into(),
+    };
+    let volumes = vec![(
+        name("n1"),
+        name("site-a.n1.web-root"),
+        "ab".repeat(32),
+        Some(name("web-root")),
+    )];
+    let r = Recovery::new(spec, volumes, vec![(name("web"), objects[0].clone())], at);
+    c.put("records", 6, &serde_json::to_vec(&r)?)?;
     Ok(())
 }
 

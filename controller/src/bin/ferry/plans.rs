@@ -143,8 +143,8 @@ A names file maps an object's name, or a source volume's NODE/VOLUME, to its new
         name: String,
         /// The mirror group to rebuild from.
         group: String,
-        /// Only this object (again for more).
-        #[arg(long = "object")]
+        /// Only this object (again for more, or a comma-separated list).
+        #[arg(long = "object", visible_alias = "objects", value_delimiter = ',')]
         objects: Vec<String>,
         /// Appended to every new name not in --names, e.g. -dr.
         #[arg(long, conflicts_with = "names")]
