@@ -481,14 +481,7 @@ fn each_target_keeps_its_own_count_and_a_stopped_one_catches_up() {
         "targets": [{"site": "site-b", "retention": 3}, {"site": "site-c", "retention": 1}]});
     let (code, v) = a.controller.admin("POST", "/v1/plans", Some(plan));
     assert_eq!(code, 201, "{v}");
-    let sent = |run: &Value, site: &str| -> u64 {
-        run["run"]["targets"][site]["transfers"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|t| t["sent_bytes"].as_u64().unwrap_or(0))
-            .sum()
-    };
+    let sent = Site::sent;
     let mut changed_since_c = 0;
     for i in 0..5 {
         if i > 0 {

@@ -543,14 +543,7 @@ fn background(store: &Store, kind: &TaskKind) -> Result<TaskResult> {
             command,
             timeout_secs,
         } => {
-            let vols = volumes
-                .iter()
-                .map(|v| {
-                    store
-                        .volume(v.as_str())
-                        .map(|i| (i.name.to_string(), i.path))
-                })
-                .collect::<Result<Vec<_>>>()?;
+            let vols = store.volume_paths(volumes)?;
             let mut env: Vec<(&str, String)> = crate::hooks::env(object.as_str(), &vols).into();
             env.retain(|(k, _)| *k != "FERRY_SNAPSHOT");
             env.push(("FERRY_OBJECT", object.to_string()));

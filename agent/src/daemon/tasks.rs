@@ -208,14 +208,7 @@ impl Ledger {
                 "hold {hold} was released before it was prepared"
             )));
         }
-        let vols = volumes
-            .iter()
-            .map(|v| {
-                store
-                    .volume(v.as_str())
-                    .map(|i| (i.name.to_string(), i.path))
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let vols = store.volume_paths(volumes)?;
         let env = crate::hooks::env(hold.as_str(), &vols);
         let timeout = store.hook_timeout(Duration::from_secs(hook_timeout_secs.unwrap_or(0)));
         if let Err(e) = crate::hooks::run("pre", pre_hook, &env, timeout) {

@@ -101,34 +101,10 @@ impl Store {
             delete_dir(&self.volumes_dir(), name.as_str())?;
         }
         let snap = candidates[rank].0.clone();
+        // The snapshot stays while it is cloned (store lock, then the volume's).
+        let _held = self.lock_volume(&src.volume)?;
         let src_dir = Self::snapshot_dir(&vdir, &src.name);
-        let tmp = self.tmp_volume_dir(name)?;
-        let res = (|| {
-            self.backend
-                .snapshot(&src_dir.join(IMAGE), &tmp.join(IMAGE))?;
-            let renamed = SnapshotMeta {
-                name: snap.clone(),
-                ..src.clone()
-            };
-            self.copy_snapshot(&src_dir, &renamed, &tmp, name)?;
-            let meta = VolumeMeta {
-                name: name.clone(),
-                kind: VolumeKind::Owned,
-                path: None,
-                block_size,
-                created_unix_ms: now_ns() / 1_000_000,
-                origin: Some(Origin {
-                    volume: src.volume.clone(),
-                    snapshot: src.name.clone(),
-                }),
-                mirror: Some(from.clone()),
-            };
-            self.commit_volume(name, &meta, &tmp)
-        })();
-        if let Err(e) = res {
-            let _ = remove_tree(&tmp);
-            return Err(e);
-        }
+        self.volume_from_snapshot(&src_dir, &src, name, Some(&snap), Some(from.clone()))?;
         tracing::info!(mirror = %name, from = %format!("{}@{}", src.volume, src.name), as_ = %snap, "mirror seeded from a local snapshot with the same root");
         Ok(Some((src.volume, src.name)))
     }

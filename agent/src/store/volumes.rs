@@ -368,37 +368,7 @@ impl Store {
 
     /// Creates a new owned volume `new` from a snapshot.
     pub fn clone_volume(&self, volume: &str, snap: &str, new: &str) -> Result<VolumeInfo> {
-        let v = check_name("volume", volume)?;
-        let s = check_name("snapshot", snap)?;
-        let n = check_name("volume", new)?;
-        let _store = self.store_lock()?;
-        let g = self.lock_volume(&v)?;
-        let m = Self::read_snapshot(&g.dir, &v, &s)?;
-        self.check_new_volume(&n)?;
-        let tmp = self.tmp_volume_dir(&n)?;
-        let res = (|| {
-            self.backend.snapshot(
-                &Self::snapshot_dir(&g.dir, &s).join(IMAGE),
-                &tmp.join(IMAGE),
-            )?;
-            let meta = VolumeMeta {
-                name: n.clone(),
-                kind: VolumeKind::Owned,
-                path: None,
-                block_size: m.block_size,
-                created_unix_ms: now_ns() / 1_000_000,
-                origin: Some(Origin {
-                    volume: v.clone(),
-                    snapshot: s.clone(),
-                }),
-                mirror: None,
-            };
-            self.commit_volume(&n, &meta, &tmp)
-        })();
-        if res.is_err() {
-            let _ = remove_tree(&tmp);
-        }
-        res
+        self.clone_from(volume, snap, new, false).map(|(v, _)| v)
     }
 
     /// Creates a new owned volume `new` from snapshot `snap` of `volume` (a mirror, at a
@@ -411,6 +381,19 @@ impl Store {
         snap: &str,
         new: &str,
     ) -> Result<(VolumeInfo, SnapshotMeta)> {
+        let (v, kept) = self.clone_from(volume, snap, new, true)?;
+        let kept = kept.ok_or_else(|| StoreError::Invalid("no snapshot kept".into()))?;
+        Ok((v, kept))
+    }
+
+    /// [`Store::clone_volume`], keeping the snapshot too with `keep`.
+    fn clone_from(
+        &self,
+        volume: &str,
+        snap: &str,
+        new: &str,
+        keep: bool,
+    ) -> Result<(VolumeInfo, Option<SnapshotMeta>)> {
         let v = check_name("volume", volume)?;
         let s = check_name("snapshot", snap)?;
         let n = check_name("volume", new)?;
@@ -418,28 +401,63 @@ impl Store {
         let g = self.lock_volume(&v)?;
         let m = Self::read_snapshot(&g.dir, &v, &s)?;
         self.check_new_volume(&n)?;
-        let tmp = self.tmp_volume_dir(&n)?;
+        let src = Self::snapshot_dir(&g.dir, &s);
+        self.volume_from_snapshot(&src, &m, &n, keep.then_some(&s), None)
+    }
+
+    /// Builds and commits volume `new` from snapshot `m` (its directory `src`): its image a
+    /// clone (or copy) of the snapshot's; with `keep`, the snapshot too, under that name; a
+    /// mirror of `mirror` when given. The caller holds the store lock, the snapshot's
+    /// volume's lock, and has checked that `new` is free.
+    pub(super) fn volume_from_snapshot(
+        &self,
+        src: &Path,
+        m: &SnapshotMeta,
+        new: &Name,
+        keep: Option<&Name>,
+        mirror: Option<MirrorInfo>,
+    ) -> Result<(VolumeInfo, Option<SnapshotMeta>)> {
+        let tmp = self.tmp_volume_dir(new)?;
         let res = (|| {
-            let src = Self::snapshot_dir(&g.dir, &s);
             self.backend.snapshot(&src.join(IMAGE), &tmp.join(IMAGE))?;
-            let kept = self.copy_snapshot(&src, &m, &tmp, &n)?;
+            let kept = match keep {
+                Some(name) => {
+                    let renamed = SnapshotMeta {
+                        name: name.clone(),
+                        ..m.clone()
+                    };
+                    Some(self.copy_snapshot(src, &renamed, &tmp, new)?)
+                }
+                None => None,
+            };
             let meta = VolumeMeta {
-                name: n.clone(),
+                name: new.clone(),
                 kind: VolumeKind::Owned,
                 path: None,
                 block_size: m.block_size,
                 created_unix_ms: now_ns() / 1_000_000,
                 origin: Some(Origin {
-                    volume: v.clone(),
-                    snapshot: s.clone(),
+                    volume: m.volume.clone(),
+                    snapshot: m.name.clone(),
                 }),
-                mirror: None,
+                mirror,
             };
-            Ok((self.commit_volume(&n, &meta, &tmp)?, kept))
+            Ok((self.commit_volume(new, &meta, &tmp)?, kept))
         })();
         if res.is_err() {
             let _ = remove_tree(&tmp);
         }
         res
+    }
+
+    /// The names and image paths of `volumes`.
+    pub fn volume_paths(&self, volumes: &[Name]) -> Result<Vec<(String, PathBuf)>> {
+        volumes
+            .iter()
+            .map(|v| {
+                self.volume(v.as_str())
+                    .map(|i| (i.name.to_string(), i.path))
+            })
+            .collect()
     }
 }

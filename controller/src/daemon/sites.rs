@@ -576,8 +576,15 @@ impl Sites {
             .and_then(|p| p.origin.as_ref())
             .map(|o| o.mirrors.clone())
             .unwrap_or_default();
-        // Where this site holds snapshots a new mirror may be seeded from.
-        let seeded = if volumes.iter().any(|v| !v.seeds.is_empty()) {
+        // Where this site holds snapshots a new mirror may be seeded from (read only when
+        // a volume with seeds has no mirror yet).
+        let new_with_seeds = volumes.iter().any(|v| {
+            !v.seeds.is_empty()
+                && !old_places
+                    .iter()
+                    .any(|p| p.node == v.node && p.volume == v.volume)
+        });
+        let seeded = if new_with_seeds {
             self.roots_held().await.map_err(store_err)?
         } else {
             BTreeMap::new()
