@@ -140,8 +140,16 @@ pub async fn in_progress(
     Ok(None)
 }
 
+/// Conditions and writes for the transaction that stores a recovery (a scheduled drill's
+/// fired marker, written on what it was).
+#[derive(Debug, Default)]
+pub struct Extra {
+    pub when: Vec<Compare>,
+    pub then: Vec<Op>,
+}
+
 /// Starts a recovery of `plan` (a foreign plan here) from its group `group`, as `ask`
-/// says; `more` are writes for the same transaction (a scheduled drill's fired marker).
+/// says, with `more` in the same transaction.
 pub async fn start(
     store: &Store,
     term: &Term,
@@ -149,7 +157,7 @@ pub async fn start(
     plan: &PlanRecord,
     group: &GroupRecord,
     ask: Ask,
-    more: Vec<Op>,
+    more: Extra,
 ) -> Result<Recovery, StartError> {
     let plan_id = plan.id().clone();
     if let Some(r) = in_progress(store, &plan_id, ask.kind).await? {
@@ -303,13 +311,10 @@ pub async fn start(
             key.clone().into_bytes(),
         ),
     ];
-    then.extend(more);
-    let done = store
-        .txn(Txn {
-            when: vec![Compare::Absent(key), term.fence()],
-            then,
-        })
-        .await?;
+    then.extend(more.then);
+    let mut when = vec![Compare::Absent(key), term.fence()];
+    when.extend(more.when);
+    let done = store.txn(Txn { when, then }).await?;
     if !done.succeeded {
         return Err(StartError::Conflict(
             "another recovery was started at the same moment; try again".into(),
@@ -379,47 +384,47 @@ pub async fn schedule(
                 .as_ref()
                 .and_then(|kv| std::str::from_utf8(&kv.value).ok()?.parse().ok());
             let slot = sched.and_then(|s| due(&s, fired, now));
+            // A slot fires once there is a group and no drill of the plan runs; until then
+            // it stays due (like a run's slot while its plan is busy).
             if let Some(slot) = slot {
-                // One marker write per slot, whether a drill starts or cannot (no group
-                // yet, one still running): the next slot tries again.
-                let marker = Op::Put(key.clone(), slot.to_string().into_bytes());
                 let busy = in_progress(store, &id, RecoveryKind::Drill)
                     .await?
                     .is_some();
-                match newest_group(store, &id).await? {
-                    Some(g) if !busy => {
-                        let ask = Ask {
-                            kind: RecoveryKind::Drill,
-                            group: g.group.clone(),
-                            objects: None,
-                            naming: Naming::default(),
-                            check: d.check.clone().map(|command| CheckSpec {
-                                command,
-                                timeout_secs: d.timeout_secs.unwrap_or(DEFAULT_CHECK_SECS),
-                            }),
-                            from_site: true,
-                            trigger: "schedule",
-                        };
-                        if let Err(e) = start(store, term, cfg, &p, &g, ask, vec![marker]).await {
-                            tracing::warn!(plan = %p.spec.name, error = %e, "cannot start the scheduled drill");
-                        }
-                    }
-                    _ => {
-                        tracing::info!(plan = %p.spec.name, %slot, busy, "drill slot passed: no group yet, or a drill still runs");
-                        store
-                            .txn(Txn {
-                                when: vec![
-                                    match &fired_kv {
-                                        Some(kv) => {
-                                            Compare::ModRevision(key.clone(), kv.mod_revision)
-                                        }
-                                        None => Compare::Absent(key.clone()),
-                                    },
-                                    term.fence(),
-                                ],
+                if let (Some(g), false) = (newest_group(store, &id).await?, busy) {
+                    let marker = Op::Put(key.clone(), slot.to_string().into_bytes());
+                    let fence = match &fired_kv {
+                        Some(kv) => Compare::ModRevision(key.clone(), kv.mod_revision),
+                        None => Compare::Absent(key.clone()),
+                    };
+                    let ask = Ask {
+                        kind: RecoveryKind::Drill,
+                        group: g.group.clone(),
+                        objects: None,
+                        naming: Naming::default(),
+                        check: d.check.clone().map(|command| CheckSpec {
+                            command,
+                            timeout_secs: d.timeout_secs.unwrap_or(DEFAULT_CHECK_SECS),
+                        }),
+                        from_site: true,
+                        trigger: "schedule",
+                    };
+                    let more = Extra {
+                        when: vec![fence.clone()],
+                        then: vec![marker.clone()],
+                    };
+                    match start(store, term, cfg, &p, &g, ask, more).await {
+                        Ok(_) | Err(StartError::Conflict(_)) => {}
+                        Err(StartError::Store(e)) => return Err(e),
+                        Err(e) => {
+                            // This slot cannot drill (a group it cannot rebuild): the next
+                            // one tries again.
+                            tracing::warn!(plan = %p.spec.name, %slot, error = %e, "cannot start the scheduled drill");
+                            let txn = Txn {
+                                when: vec![fence, term.fence()],
                                 then: vec![marker],
-                            })
-                            .await?;
+                            };
+                            store.txn(txn).await?;
+                        }
                     }
                 }
             }
@@ -480,7 +485,7 @@ async fn verify_next(
         from_site: false,
         trigger: "schedule",
     };
-    match start(store, term, cfg, p, g, ask, Vec::new()).await {
+    match start(store, term, cfg, p, g, ask, Extra::default()).await {
         Ok(_) => Ok(()),
         Err(StartError::Store(e)) => Err(e),
         Err(e) => {

@@ -93,9 +93,17 @@ async fn begin(
     };
     let ask = ask(group.group.clone());
     let cfg = s.recovery.clone();
-    let r = recoveries::start(&s.store, &term, &cfg, &plan, &group, ask, Vec::new())
-        .await
-        .map_err(refused)?;
+    let r = recoveries::start(
+        &s.store,
+        &term,
+        &cfg,
+        &plan,
+        &group,
+        ask,
+        Default::default(),
+    )
+    .await
+    .map_err(refused)?;
     Ok((StatusCode::ACCEPTED, Json(r)))
 }
 

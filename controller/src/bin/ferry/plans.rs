@@ -273,6 +273,22 @@ fn print_one(p: &Value) {
             s(&o["site"]),
             o["mirrors"].as_array().map_or(0, Vec::len)
         );
+        if let Some(d) = o.get("drill").and_then(Value::as_object) {
+            let sch = &d["schedule"];
+            println!(
+                "drills:     {} from {} ({}){}",
+                s(&sch["every"]),
+                s(&sch["start"]),
+                s(&sch["timezone"]),
+                d["check"]
+                    .as_str()
+                    .map(|c| format!(", check {c:?}"))
+                    .unwrap_or_default()
+            );
+        }
+    }
+    if let Some(r) = spec["rpo_secs"].as_f64() {
+        println!("rpo:        {}", duration(r));
     }
     if p["targets_status"].is_array() {
         println!("targets:");
