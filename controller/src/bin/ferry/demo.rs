@@ -539,8 +539,8 @@ fn volumes(size: u64) -> [(&'static str, u64, u64, bool); 4] {
 }
 
 pub async fn run(args: &Args) -> anyhow::Result<()> {
-    let started = Instant::now();
     let bins = binaries()?;
+    let started = Instant::now();
     let (work, owned) = match &args.dir {
         Some(d) => {
             std::fs::create_dir_all(d).with_context(|| format!("create {}", d.display()))?;
