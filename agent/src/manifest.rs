@@ -50,6 +50,9 @@ pub struct Base<'a> {
 pub enum BuildMode {
     Full,
     Incremental,
+    /// Put together by the replication receiver from the blocks it checked as they arrived
+    /// (and those it kept or copied), not read again.
+    Received,
 }
 
 /// What a build did.

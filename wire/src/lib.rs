@@ -16,10 +16,12 @@
 //! * [`msg`]: protocol messages and the version handshake.
 //! * [`repl`]: the replication protocol and its sans-IO sender and receiver cores.
 //! * [`journal`]: the receive journal's format (what an interrupted transfer already wrote).
+//! * [`blockindex`]: the receiver's on-disk dedup index (a hash table of 4 KiB buckets).
 //! * [`site`]: the link between controllers of paired sites (backup plans).
 //!
 //! This crate knows nothing of sockets, async runtimes, or the agent's directory layout.
 
+pub mod blockindex;
 pub mod codec;
 pub mod control;
 pub mod frame;

@@ -24,7 +24,7 @@
 //!                 with zstd. The receiver decompresses into a bounded buffer and checks the
 //!                 whole block's BLAKE3 before writing anything.
 //!   Request::Commit                 ->
-//!                                   <-     Response::Committed{root} | Response::Error
+//!                                   <-     Response::Committed{root, timings} | Response::Error
 //! ```
 //! An incremental transfer is the base manifest plus the set of hashes the receiver holds:
 //! the sender offers only blocks whose hash differs from the base, and the receiver needs only
@@ -35,7 +35,7 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::hash::{BlockHash, Geometry};
+use crate::hash::{block_hash_from_leaves, leaf_cv, BlockHash, Geometry, LeafCv, LEAF_SIZE};
 use crate::name::Name;
 
 /// Blocks per offer.
@@ -121,15 +121,37 @@ pub enum Response {
     Need {
         blocks: Vec<u64>,
     },
-    /// The mirror snapshot is committed, with this root.
+    /// The mirror snapshot is committed, with this root; `timings` says where the
+    /// receiver's time went (none when it was committed already).
     Committed {
         root: BlockHash,
+        timings: Option<ReceiverTimings>,
     },
     /// The session failed, for a reason of `class` (decided where it happened).
     Error {
         class: ErrorClass,
         message: String,
     },
+}
+
+/// Where a receiving session's time went, milliseconds (summed over the threads that did
+/// it: the data streams' base reads and checks run in parallel).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReceiverTimings {
+    /// Opening the session: the working copy reset to the base, the dedup index read.
+    pub open_ms: u64,
+    /// Copying blocks it held locally into the working copy.
+    pub copy_ms: u64,
+    /// Reading the base block a page delta applies to.
+    pub base_reads_ms: u64,
+    /// Checking each arriving block's BLAKE3.
+    pub verify_ms: u64,
+    /// Writing blocks into the working copy.
+    pub write_ms: u64,
+    /// From the commit request to every block here and durable (fsync).
+    pub sync_ms: u64,
+    /// Taking the mirror snapshot: its image, its manifest (the root's check).
+    pub snapshot_ms: u64,
 }
 
 /// Why a session failed, decided where the failure happened and carried over the wire, so
@@ -247,6 +269,53 @@ pub fn pages_payload(block: &[u8], mask: &[u8]) -> Option<Vec<u8>> {
         }
     }
     Some(out)
+}
+
+/// The leaves of a `block_len`-byte block that a page-delta payload changes (its bitmap's
+/// pages, by leaf, in order), or `None` if the payload cannot be one for such a block.
+pub fn delta_leaves(block_len: usize, payload: &[u8]) -> Option<Vec<usize>> {
+    if block_len % LEAF_SIZE != 0 {
+        return None;
+    }
+    let pages = block_len / PAGE_SIZE;
+    let bitmap = payload.get(..pages.div_ceil(8))?;
+    let mut leaves: Vec<usize> = (0..pages)
+        .filter(|p| bitmap[p / 8] & (1 << (p % 8)) != 0)
+        .map(|p| p * PAGE_SIZE / LEAF_SIZE)
+        .collect();
+    leaves.dedup();
+    Some(leaves)
+}
+
+/// A full block's leaf chaining values and its hash (the same as [`BlockHash::of`]).
+pub fn leaves_and_hash(block: &[u8]) -> (Vec<LeafCv>, BlockHash) {
+    let lpb = block.len() / LEAF_SIZE;
+    let cvs: Vec<LeafCv> = block
+        .chunks_exact(LEAF_SIZE)
+        .enumerate()
+        .map(|(j, leaf)| leaf_cv(leaf, j, lpb))
+        .collect();
+    let hash = block_hash_from_leaves(&cvs);
+    (cvs, hash)
+}
+
+/// The leaf chaining values and hash of a full block whose `changed` leaves hold their new
+/// bytes in `block` and whose other leaves are as `base_cvs` (the base block's) say: only
+/// the changed leaves are hashed.
+pub fn rehash_leaves(
+    block: &[u8],
+    changed: &[usize],
+    base_cvs: &[LeafCv],
+) -> (Vec<LeafCv>, BlockHash) {
+    let lpb = base_cvs.len();
+    let mut cvs = base_cvs.to_vec();
+    for &j in changed {
+        if let Some(leaf) = block.get(j * LEAF_SIZE..(j + 1) * LEAF_SIZE) {
+            cvs[j] = leaf_cv(leaf, j, lpb);
+        }
+    }
+    let hash = block_hash_from_leaves(&cvs);
+    (cvs, hash)
 }
 
 /// Applies a page-delta payload to `block` (which holds the base); returns the changed page
@@ -512,6 +581,19 @@ impl ReceiverCore {
         Ok(OfferPlan { need, copies })
     }
 
+    /// A block resolved as a local copy turned out not to be one (the local data did not
+    /// hash as offered): it is needed after all, from the sender.
+    pub fn demand(&mut self, index: u64, hash: BlockHash) -> Result<(), ReceiveError> {
+        if index >= self.geometry.block_count() {
+            return Err(ReceiveError::OutOfRange(index));
+        }
+        self.pending.insert(index, hash);
+        if self.pending.len() > self.limit {
+            return Err(ReceiveError::TooManyPending(self.limit));
+        }
+        Ok(())
+    }
+
     /// Checks a received block; on success (its verified hash) it may be written at
     /// `index * block_size`. The same as [`Self::expected`], [`verify_block`] and
     /// [`Self::received`] in one step; IO shells split it so that hashing runs unlocked.
@@ -560,6 +642,33 @@ mod tests {
 
     fn h(i: u64) -> BlockHash {
         BlockHash::of(&i.to_le_bytes())
+    }
+
+    /// A block rebuilt from its base's leaf CVs and only its changed leaves hashes as the
+    /// whole block does.
+    #[test]
+    fn leaves_rehash_as_the_whole_block() {
+        let bs = 64 << 10;
+        let base: Vec<u8> = (0..bs).map(|i| (i * 7 % 251) as u8).collect();
+        let (base_cvs, base_hash) = leaves_and_hash(&base);
+        assert_eq!(base_hash, BlockHash::of(&base));
+        let mut new = base.clone();
+        new[5 * PAGE_SIZE + 9] ^= 0xff; // leaf 1
+        new[15 * PAGE_SIZE] ^= 0x01; // leaf 3
+        let payload = page_delta(&base, &new).expect("a delta");
+        assert_eq!(delta_leaves(bs, &payload), Some(vec![1, 3]));
+        // Only the changed leaves are read: the others may be anything.
+        let mut partial = vec![0u8; bs];
+        for j in [1, 3] {
+            let r = j * LEAF_SIZE..(j + 1) * LEAF_SIZE;
+            partial[r.clone()].copy_from_slice(&base[r]);
+        }
+        apply_pages(&mut partial, &payload).expect("apply");
+        let (cvs, hash) = rehash_leaves(&partial, &[1, 3], &base_cvs);
+        assert_eq!(hash, BlockHash::of(&new));
+        assert_eq!(cvs, leaves_and_hash(&new).0);
+        assert_eq!(delta_leaves(bs, &payload[..1]), None);
+        assert_eq!(delta_leaves(bs + 1, &payload), None);
     }
 
     #[test]

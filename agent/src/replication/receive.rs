@@ -23,17 +23,17 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use ferry_wire::hash::Geometry;
+use ferry_wire::hash::{Geometry, LeafCv, LEAF_SIZE};
 use ferry_wire::hashfile::HashFile;
 use ferry_wire::journal::{self, JournalHeader};
 use ferry_wire::repl::{
-    apply_pages, parse_block, verify_block, ErrorClass, OfferPlan, Payload, ReceiverCore, Request,
-    Resolution, Response, BLOCK_HEADER, MAX_IN_TRANSIT, MAX_SEED_CANDIDATES, PAGE_SIZE,
-    REPL_CONTROL_LIMIT,
+    apply_pages, delta_leaves, leaves_and_hash, parse_block, rehash_leaves, ErrorClass, OfferPlan,
+    Payload, ReceiveError, ReceiverCore, ReceiverTimings, Request, Resolution, Response,
+    BLOCK_HEADER, MAX_IN_TRANSIT, MAX_SEED_CANDIDATES, PAGE_SIZE, REPL_CONTROL_LIMIT,
 };
 use ferry_wire::Name;
 use quinn::{RecvStream, SendStream};
@@ -42,7 +42,8 @@ use tokio::sync::Notify;
 use crate::error::StoreError;
 use crate::fsx::{self, FileLock};
 use crate::net::{self, NetError};
-use crate::store::{BlockIndex, MirrorInfo, Store};
+use crate::store::dedup::Dedup;
+use crate::store::{MirrorInfo, Store};
 
 /// How long a commit waits for outstanding blocks without any arriving.
 const COMMIT_IDLE: Duration = Duration::from_secs(60);
@@ -73,6 +74,30 @@ pub struct RecvSession {
     ended: AtomicBool,
     /// Checked blocks on their way to the session's writer thread; `None` once it ends.
     writer: Mutex<Option<tokio::sync::mpsc::Sender<WriteJob>>>,
+    /// Where its time goes, nanoseconds summed over threads (see `ReceiverTimings`).
+    spent: Spent,
+    /// The next mirror snapshot's manifest and leaf index, filled in as blocks are checked
+    /// (none for a session resuming an interrupted transfer: its commit reads the image).
+    working: Mutex<Option<crate::store::WorkingIndex>>,
+}
+
+/// Time a session spent, nanoseconds, by what it did.
+#[derive(Default)]
+struct Spent {
+    copy: AtomicU64,
+    base_reads: AtomicU64,
+    verify: AtomicU64,
+    write: AtomicU64,
+}
+
+impl Spent {
+    fn add(counter: &AtomicU64, since: std::time::Instant) {
+        counter.fetch_add(since.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    fn ms(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed) / 1_000_000
+    }
 }
 
 /// A checked block for the writer: the whole block, or the block rebuilt from a page delta
@@ -102,6 +127,7 @@ fn run_writer(session: Arc<RecvSession>, mut rx: tokio::sync::mpsc::Receiver<Wri
             return; // taken over or ended: nothing more is written
         }
         // Write only what changed, so a reflinked working copy keeps sharing the rest.
+        let t0 = std::time::Instant::now();
         let written = match &job.pages {
             None => session.file.write_all_at(&job.block, at),
             Some(changed) => changed.iter().try_for_each(|&p| {
@@ -111,6 +137,7 @@ fn run_writer(session: Arc<RecvSession>, mut rx: tokio::sync::mpsc::Receiver<Wri
                     .write_all_at(&job.block[r], at + (p * PAGE_SIZE) as u64)
             }),
         };
+        Spent::add(&session.spent.write, t0);
         if let Err(e) = written {
             drop(gate);
             let e = crate::error::io_err(
@@ -163,6 +190,20 @@ impl RecvSession {
             w.push(block);
         }
     }
+
+    /// Tells the working index what block `i` is.
+    fn index(&self, i: u64, hash: &ferry_wire::BlockHash, cvs: Option<&[LeafCv]>) {
+        if let Ok(mut w) = self.working.lock() {
+            if let Some(wi) = w.as_mut() {
+                wi.record(i, hash, cvs);
+            }
+        }
+    }
+
+    /// The base block `i`'s leaf chaining values, when the working index has them.
+    fn base_cvs(&self, i: u64) -> Option<Vec<LeafCv>> {
+        self.working.lock().ok()?.as_ref()?.base_cvs(i)
+    }
 }
 
 /// Sessions of one connection, by the id of their control stream.
@@ -185,8 +226,8 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
 /// Where a block the receiver already holds can be copied from.
 #[derive(Debug, Clone)]
 enum Source {
-    /// A committed snapshot image, at a byte offset.
-    Snapshot(PathBuf, u64),
+    /// A committed snapshot image, at a byte offset, where the block hashed as offered.
+    Snapshot(PathBuf, u64, ferry_wire::BlockHash),
     /// A block this session asked the sender for: copied at commit, once every requested
     /// block has arrived and been verified.
     Requested(u64),
@@ -201,7 +242,9 @@ struct Begun {
     geometry: Geometry,
     session: Arc<RecvSession>,
     base: Option<HashFile>,
-    index: BlockIndex,
+    base_name: Option<Name>,
+    /// The node's dedup index: where blocks held here already are.
+    index: Dedup,
     sources: HashMap<PathBuf, File>,
     /// Hashes asked for in this session (full blocks only), to the block that will hold them.
     requested: HashMap<ferry_wire::BlockHash, u64>,
@@ -209,6 +252,8 @@ struct Begun {
     deferred: Vec<(u64, u64)>,
     /// Blocks already in place from an interrupted transfer of the same snapshot.
     done: Vec<u64>,
+    /// Milliseconds opening the session took.
+    open_ms: u64,
     _lock: FileLock,
     _moving: super::Moving,
 }
@@ -461,7 +506,10 @@ async fn handle(
             let Some(b) = begin(ctx, &mirror, header).await? else {
                 // Committed already, by an earlier session whose sender died before it
                 // heard so: that is this transfer's success.
-                return Ok(Some(Response::Committed { root }));
+                return Ok(Some(Response::Committed {
+                    root,
+                    timings: None,
+                }));
             };
             let resumed: u64 = b.done.iter().map(|w| u64::from(w.count_ones())).sum();
             *begun = Some(b);
@@ -483,10 +531,13 @@ async fn handle(
         }
         Request::Commit => {
             let b = begun
-                .as_ref()
+                .as_mut()
                 .ok_or_else(|| protocol("commit before begin"))?;
-            commit(ctx.store, b).await?;
-            Ok(Some(Response::Committed { root: b.root }))
+            let timings = commit(ctx.store, b).await?;
+            Ok(Some(Response::Committed {
+                root: b.root,
+                timings: Some(timings),
+            }))
         }
     }
 }
@@ -530,11 +581,13 @@ async fn begin(
     let lock = take_receive_lock(store, ctx.receivers, mirror, peer.node.as_str())
         .await
         .map_err(store_err)?;
-    let Some(b) =
+    let t0 = std::time::Instant::now();
+    let Some(mut b) =
         blocking(|| open_session(ctx, mirror, &header, geometry, lock)).map_err(store_err)?
     else {
         return Ok(None);
     };
+    b.open_ms = t0.elapsed().as_millis() as u64;
     let (wtx, wrx) = tokio::sync::mpsc::channel(WRITE_QUEUE);
     if let Ok(mut w) = b.session.writer.lock() {
         *w = Some(wtx);
@@ -559,8 +612,8 @@ async fn begin(
 }
 
 /// Resets the working copy (to the base, or to zeros) unless the journal says an earlier
-/// session of this very transfer wrote some of it, which is then kept; reads the base
-/// manifest and the dedup index of every committed snapshot held. `None`: the snapshot is
+/// session of this very transfer wrote some of it, which is then kept; opens the base
+/// manifest and the node's dedup index. `None`: the snapshot is
 /// committed already with the sender's root (by an earlier session, whose sender died
 /// before it heard so: checked under the receive lock, after that session let go).
 fn open_session(
@@ -596,7 +649,19 @@ fn open_session(
         .write(true)
         .open(&img)
         .map_err(|e| crate::error::io_err(e, "open", img.clone()))?;
-    let index = store.block_index(header.block_size)?;
+    let index = store.dedup(header.block_size)?;
+    // A fresh session builds the snapshot's manifest as it checks blocks; one resuming an
+    // interrupted transfer does not know what the earlier one wrote, and reads it at commit.
+    let working = match &done {
+        Some(_) => None,
+        None => match store.working_index(mirror, base.as_ref(), geometry) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!(%mirror, error = %e, "no working index: the commit reads the snapshot");
+                None
+            }
+        },
+    };
     Ok(Some(Begun {
         id: ctx.id,
         mirror: mirror.clone(),
@@ -617,13 +682,17 @@ fn open_session(
             journal_path: jpath,
             ended: AtomicBool::new(false),
             writer: Mutex::new(None),
+            spent: Spent::default(),
+            working: Mutex::new(working),
         }),
         base: base_manifest,
+        base_name: base.clone(),
         index,
         sources: HashMap::new(),
         requested: HashMap::new(),
         deferred: Vec::new(),
         done: done.unwrap_or_default(),
+        open_ms: 0,
         _lock: lock,
         _moving: super::Moving::start(),
     }))
@@ -665,6 +734,11 @@ fn zeros(b: &Begun, ranges: Vec<(u64, u64)>) -> Result<(), Response> {
                 PathBuf::from(b.mirror.as_str()),
             ))
         })?;
+        if let Ok(mut w) = b.session.working.lock() {
+            if let Some(wi) = w.as_mut() {
+                wi.zeros(s, e);
+            }
+        }
     }
     Ok(())
 }
@@ -677,7 +751,7 @@ fn offer(b: &mut Begun, blocks: &[(u64, ferry_wire::BlockHash)]) -> Result<Vec<u
     let plan: OfferPlan<Source> = {
         let mut core = b.session.core.lock().map_err(|_| protocol("poisoned"))?;
         let (base, index, requested, geometry, done) =
-            (&b.base, &b.index, &mut b.requested, b.geometry, &b.done);
+            (&b.base, &mut b.index, &mut b.requested, b.geometry, &b.done);
         core.on_offer(blocks, |i, h| {
             if bit(done, i) {
                 if i < geometry.full_blocks() {
@@ -689,8 +763,8 @@ fn offer(b: &mut Begun, blocks: &[(u64, ferry_wire::BlockHash)]) -> Result<Vec<u
                 .is_some_and(|m| i < m.len() && m.hash(i) == *h)
             {
                 Resolution::Present
-            } else if let Some(loc) = index.get(h) {
-                Resolution::Copy(Source::Snapshot(loc.0.clone(), loc.1))
+            } else if let Some((img, at)) = index.lookup(h) {
+                Resolution::Copy(Source::Snapshot(img, at, *h))
             } else if let Some(&j) = requested.get(h) {
                 Resolution::Copy(Source::Requested(j))
             } else {
@@ -702,29 +776,60 @@ fn offer(b: &mut Begun, blocks: &[(u64, ferry_wire::BlockHash)]) -> Result<Vec<u
         })
         .map_err(|e| protocol(&e.to_string()))?
     };
-    blocking(|| copy_local(b, plan.copies))?;
-    Ok(plan.need)
+    let mut need = plan.need;
+    need.extend(blocking(|| copy_local(b, plan.copies))?);
+    Ok(need)
 }
 
 /// Copies blocks held locally into the working copy (shared extents where the filesystem
 /// can); copies from blocks this session requested wait for the commit, when they are here.
-fn copy_local(b: &mut Begun, copies: Vec<(u64, Source)>) -> Result<(), Response> {
+fn copy_local(b: &mut Begun, copies: Vec<(u64, Source)>) -> Result<Vec<u64>, Response> {
+    let t0 = std::time::Instant::now();
+    let copied = copy_each(b, copies);
+    Spent::add(&b.session.spent.copy, t0);
+    copied
+}
+
+/// Copies each block after checking the local data hashes as offered (a block that does
+/// not is needed from the sender after all: returned); copies of blocks this session
+/// requested wait for the commit.
+fn copy_each(b: &mut Begun, copies: Vec<(u64, Source)>) -> Result<Vec<u64>, Response> {
+    let mut needed = Vec::new();
+    let mut data = Vec::new();
     for (i, from) in copies {
-        let (src, off) = match from {
+        let (src, off, want) = match from {
             Source::Requested(j) => {
                 b.deferred.push((i, j));
                 continue;
             }
-            Source::Snapshot(path, off) => match b.sources.contains_key(&path) {
-                true => (&b.sources[&path], off),
+            Source::Snapshot(path, off, want) => match b.sources.contains_key(&path) {
+                true => (&b.sources[&path], off, want),
                 false => {
                     let f = File::open(&path)
                         .map_err(|e| store_err(crate::error::io_err(e, "open", path.clone())))?;
-                    (&*b.sources.entry(path).or_insert(f), off)
+                    (&*b.sources.entry(path).or_insert(f), off, want)
                 }
             },
         };
         let (at, len) = b.geometry.block_range(i);
+        data.resize(len as usize, 0);
+        let read = src.read_exact_at(&mut data, off);
+        let (cvs, got) = match (read, len == b.session.block_size) {
+            (Ok(()), true) => {
+                let (c, h) = leaves_and_hash(&data);
+                (Some(c), h)
+            }
+            (Ok(()), false) => (None, ferry_wire::BlockHash::of(&data)),
+            (Err(_), _) => (None, ferry_wire::BlockHash([0; 32])),
+        };
+        if got != want {
+            // Not what the index said (the snapshot was deleted or its data went bad).
+            tracing::warn!(mirror = %b.mirror, block = i, "a local copy does not hash as offered; asking the sender for it");
+            let mut core = b.session.core.lock().map_err(|_| protocol("poisoned"))?;
+            core.demand(i, want).map_err(|e| protocol(&e.to_string()))?;
+            needed.push(i);
+            continue;
+        }
         fsx::copy_between(src, off, &b.session.file, at, len).map_err(|e| {
             store_err(crate::error::io_err(
                 e,
@@ -732,14 +837,17 @@ fn copy_local(b: &mut Begun, copies: Vec<(u64, Source)>) -> Result<(), Response>
                 PathBuf::from(b.mirror.as_str()),
             ))
         })?;
+        b.session.index(i, &got, cvs.as_deref());
         b.session.record(i);
     }
-    Ok(())
+    Ok(needed)
 }
 
 /// Waits for every needed block ([`COMMIT_IDLE`] at most between two), makes the deferred
-/// local copies, fsyncs, and commits the mirror snapshot if its root is the sender's.
-async fn commit(store: &Store, b: &Begun) -> Result<(), Response> {
+/// local copies, fsyncs, and commits the mirror snapshot if its root is the sender's;
+/// returns where the session's time went.
+async fn commit(store: &Store, b: &mut Begun) -> Result<ReceiverTimings, Response> {
+    let asked = std::time::Instant::now();
     loop {
         let notified = b.session.progress.notified();
         if let Some((class, message)) = b.session.failed.lock().ok().and_then(|f| f.clone()) {
@@ -769,6 +877,11 @@ async fn commit(store: &Store, b: &Begun) -> Result<(), Response> {
             fsx::copy_between(f, from * bs, f, to * bs, bs).map_err(|e| {
                 crate::error::io_err(e, "copy block in", PathBuf::from(b.mirror.as_str()))
             })?;
+            if let Ok(mut w) = b.session.working.lock() {
+                if let Some(wi) = w.as_mut() {
+                    wi.same_as(to, from);
+                }
+            }
         }
         let t0 = std::time::Instant::now();
         b.session
@@ -776,8 +889,15 @@ async fn commit(store: &Store, b: &Begun) -> Result<(), Response> {
             .sync_all()
             .map_err(|e| crate::error::io_err(e, "fsync", PathBuf::from(b.mirror.as_str())))?;
         tracing::debug!(mirror = %b.mirror, ms = t0.elapsed().as_secs_f64() * 1e3, "working copy synced");
-        let meta = store
-            .commit_mirror_snapshot(&b.mirror, &b.snapshot, b.root)
+        let synced = std::time::Instant::now();
+        let working = b.session.working.lock().ok().and_then(|mut w| w.take());
+        let committed = match working {
+            Some(wi) => {
+                store.commit_received(&b.mirror, &b.snapshot, b.root, b.base_name.as_ref(), wi)
+            }
+            None => store.commit_mirror_snapshot(&b.mirror, &b.snapshot, b.root),
+        };
+        let meta = committed
             .inspect_err(|e| {
                 // A root that does not match: resuming would only repeat it.
                 if matches!(e, StoreError::Corrupt { .. }) {
@@ -787,11 +907,22 @@ async fn commit(store: &Store, b: &Begun) -> Result<(), Response> {
         // Committed: the journal is of no use any more.
         b.session.ended.store(true, Ordering::Relaxed);
         let _ = std::fs::remove_file(&b.session.journal_path);
-        Ok(meta)
+        Ok((meta, synced))
     })
     .map_err(store_err)?;
+    let (meta, synced) = meta;
     tracing::info!(mirror = %b.mirror, snapshot = %b.snapshot, root = %meta.root, "mirror snapshot committed");
-    Ok(())
+    blocking(|| store.dedup_commit(&mut b.index, &b.mirror, &b.snapshot));
+    let spent = &b.session.spent;
+    Ok(ReceiverTimings {
+        open_ms: b.open_ms,
+        copy_ms: Spent::ms(&spent.copy),
+        base_reads_ms: Spent::ms(&spent.base_reads),
+        verify_ms: Spent::ms(&spent.verify),
+        write_ms: Spent::ms(&spent.write),
+        sync_ms: (synced - asked).as_millis() as u64,
+        snapshot_ms: synced.elapsed().as_millis() as u64,
+    })
 }
 
 /// Reads one data stream: checks every block against its session's offer and writes it.
@@ -845,41 +976,93 @@ pub async fn serve_data(
             }
             k => (k, payload),
         };
-        // A page delta applies to the base block the working copy holds at `index`.
-        let (block, pages) = match kind {
-            Payload::Full | Payload::ZstdFull => (std::borrow::Cow::Borrowed(payload), None),
-            Payload::Pages | Payload::ZstdPages => {
-                let mut block = vec![0u8; session.block_size as usize];
-                session
-                    .file
-                    .read_exact_at(&mut block, at)
-                    .map_err(NetError::Io)?;
-                match apply_pages(&mut block, payload) {
-                    Some(changed) => (std::borrow::Cow::Owned(block), Some(changed)),
-                    None => {
-                        let why = format!("malformed page delta for block {index}");
-                        fail(&session, ErrorClass::Corrupt, why.clone());
-                        return Err(NetError::Protocol(why));
-                    }
-                }
-            }
-        };
-        // Look up what the block must be, check it unlocked (hashing is the expensive part,
-        // and the data streams run in parallel), then write it and mark it received.
+        // What the block must be: asked for, of this length, with this hash.
         let expected = session
             .core
             .lock()
             .map(|c| c.expected(index))
-            .map_err(|_| ());
-        let checked = match expected {
-            Ok(Ok((want, len))) => verify_block(index, want, len, &block),
-            Ok(Err(e)) => Err(e),
-            Err(_) => return Err(NetError::Protocol("session state poisoned".into())),
+            .map_err(|_| NetError::Protocol("session state poisoned".into()))?;
+        let (want, len) = match expected {
+            Ok(x) => x,
+            Err(e) => {
+                fail(&session, ErrorClass::Corrupt, e.to_string());
+                return Err(NetError::Protocol(format!("corrupt data from peer: {e}")));
+            }
         };
-        if let Err(e) = checked {
+        let malformed = |what: &str| {
+            let why = format!("malformed {what} for block {index}");
+            fail(&session, ErrorClass::Corrupt, why.clone());
+            NetError::Protocol(why)
+        };
+        // The block (a page delta applies to the base block the working copy holds at
+        // `index`), checked unlocked: hashing is the expensive part, and the data streams
+        // run in parallel. A page delta is checked by its leaves when the base's leaf index
+        // says what the unchanged ones are: only the changed leaves are read and hashed.
+        let full = len == session.block_size;
+        let (block, pages, cvs, got) = match kind {
+            Payload::Full | Payload::ZstdFull => {
+                if payload.len() as u64 != len {
+                    let e = ReceiveError::BadLength {
+                        index,
+                        got: payload.len(),
+                        want: len,
+                    };
+                    fail(&session, ErrorClass::Corrupt, e.to_string());
+                    return Err(NetError::Protocol(format!("corrupt data from peer: {e}")));
+                }
+                let t0 = std::time::Instant::now();
+                let (cvs, got) = match full {
+                    true => {
+                        let (c, h) = leaves_and_hash(payload);
+                        (Some(c), h)
+                    }
+                    false => (None, ferry_wire::BlockHash::of(payload)),
+                };
+                Spent::add(&session.spent.verify, t0);
+                (std::borrow::Cow::Borrowed(payload), None, cvs, got)
+            }
+            Payload::Pages | Payload::ZstdPages => {
+                if !full {
+                    return Err(malformed("page delta of a partial block"));
+                }
+                let bs = session.block_size as usize;
+                let mut block = vec![0u8; bs];
+                let base_cvs = session.base_cvs(index);
+                let leaves = match &base_cvs {
+                    Some(_) => delta_leaves(bs, payload).ok_or_else(|| malformed("page delta"))?,
+                    None => (0..bs / LEAF_SIZE).collect(),
+                };
+                let t0 = std::time::Instant::now();
+                for &j in &leaves {
+                    let r = j * LEAF_SIZE..(j + 1) * LEAF_SIZE;
+                    session
+                        .file
+                        .read_exact_at(&mut block[r], at + (j * LEAF_SIZE) as u64)
+                        .map_err(NetError::Io)?;
+                }
+                Spent::add(&session.spent.base_reads, t0);
+                let changed =
+                    apply_pages(&mut block, payload).ok_or_else(|| malformed("page delta"))?;
+                let t0 = std::time::Instant::now();
+                let (cvs, got) = match &base_cvs {
+                    Some(base) => rehash_leaves(&block, &leaves, base),
+                    None => leaves_and_hash(&block),
+                };
+                Spent::add(&session.spent.verify, t0);
+                (
+                    std::borrow::Cow::Owned(block),
+                    Some(changed),
+                    Some(cvs),
+                    got,
+                )
+            }
+        };
+        if got != want {
+            let e = ReceiveError::HashMismatch { index };
             fail(&session, ErrorClass::Corrupt, e.to_string());
             return Err(NetError::Protocol(format!("corrupt data from peer: {e}")));
         }
+        session.index(index, &got, cvs.as_deref());
         let writer = session.writer.lock().ok().and_then(|w| w.clone());
         let job = WriteJob {
             index,

@@ -20,8 +20,9 @@ use std::time::{Duration, Instant};
 
 use ferry_wire::hashfile::{HashFile, Kind};
 use ferry_wire::repl::{
-    block_header, choose_base, page_delta, pages_payload, ErrorClass, Payload, Request, Response,
-    SenderCore, SenderStep, BLOCK_HEADER, MAX_SEED_CANDIDATES, PAGE_SIZE, REPL_CONTROL_LIMIT,
+    block_header, choose_base, page_delta, pages_payload, ErrorClass, Payload, ReceiverTimings,
+    Request, Response, SenderCore, SenderStep, BLOCK_HEADER, MAX_SEED_CANDIDATES, PAGE_SIZE,
+    REPL_CONTROL_LIMIT,
 };
 use ferry_wire::{BlockHash, Name};
 use quinn::VarInt;
@@ -64,6 +65,32 @@ pub struct ReplicateReport {
     pub resumed_blocks: u64,
     pub elapsed_ms: f64,
     pub already_there: bool,
+    /// Where the time went, milliseconds.
+    pub timings: Timings,
+}
+
+/// Where a replication's time went, milliseconds: the sender's phases one after the other
+/// (their sum is about `elapsed_ms`), and the receiver's account of its part.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Timings {
+    /// Opening the snapshot and its manifest.
+    pub open_ms: u64,
+    /// The connection to the peer (made once per peer: 0 when it was up already).
+    pub connect_ms: u64,
+    /// Asking what the mirror holds (and seeding a new one).
+    pub ask_ms: u64,
+    /// The base's manifest and the changed ranges (the FIEMAP diff on reflink).
+    pub plan_ms: u64,
+    /// Beginning the session at the receiver (it resets the working copy).
+    pub begin_ms: u64,
+    /// Offering blocks and sending the needed ones, until the last was sent.
+    pub transfer_ms: u64,
+    /// From the commit request to its answer.
+    pub commit_ms: u64,
+    /// The sender's reads of blocks to send (with re-checking them against the manifest),
+    /// summed over its reader thread.
+    pub reads_ms: u64,
+    pub receiver: Option<ReceiverTimings>,
 }
 
 fn net_err(e: NetError) -> StoreError {
@@ -275,8 +302,16 @@ pub async fn replicate(
 ) -> Result<ReplicateReport> {
     let started = Instant::now();
     let _moving = super::Moving::start();
+    let mut t = Timings::default();
+    let mut lap = Instant::now();
+    let mut mark = |field: &mut u64| {
+        *field = lap.elapsed().as_millis() as u64;
+        lap = Instant::now();
+    };
     let src = Source::open(&store, volume, snap, target)?;
+    mark(&mut t.open_ms);
     let (conn, peer_label, peer_site) = peers.connection(target.peer).await?;
+    mark(&mut t.connect_ms);
     if let Some(want) = &target.site {
         if *want != peer_site {
             return Err(StoreError::Refused(format!(
@@ -304,6 +339,7 @@ pub async fn replicate(
         true => seed(&mut ctl, &src).await?,
         false => theirs,
     };
+    mark(&mut t.ask_ms);
     let already = |mut report: ReplicateReport,
                    ctl: &mut (quinn::SendStream, quinn::RecvStream)| {
         report.already_there = true;
@@ -317,6 +353,7 @@ pub async fn replicate(
     let base = choose(&src, &theirs, target)?;
     let delta = Delta::plan(&store, &src, base.as_ref())?;
     report.base = base.clone();
+    mark(&mut t.plan_ms);
     match call(
         &mut ctl,
         &Request::Begin {
@@ -332,9 +369,10 @@ pub async fn replicate(
     {
         Response::Begun { resumed } => report.resumed_blocks = resumed,
         // An earlier try committed it, and its sender died before it heard so.
-        Response::Committed { root } if root == src.root => return already(report, &mut ctl),
+        Response::Committed { root, .. } if root == src.root => return already(report, &mut ctl),
         r => return Err(unexpected(&r)),
     }
+    mark(&mut t.begin_ms);
     let pipeline = Pipeline::start(&conn, cfg, &src, delta.pages, target, budget, sid).await?;
     let (mut ctl_send, mut responses) = Responses::spawn(ctl);
     let offered = offer(
@@ -353,7 +391,11 @@ pub async fn replicate(
     report.sent_bytes = sent.bytes;
     report.compressed_blocks = sent.compressed_blocks;
     report.compression_saved_bytes = sent.compression_saved;
-    commit(&mut ctl_send, &mut responses, src.root).await?;
+    t.reads_ms = sent.reads_ms;
+    mark(&mut t.transfer_ms);
+    t.receiver = commit(&mut ctl_send, &mut responses, src.root).await?;
+    mark(&mut t.commit_ms);
+    report.timings = t;
     let stats = conn.stats();
     tracing::debug!(
         mtu = stats.path.current_mtu,
@@ -429,6 +471,7 @@ impl Source {
             resumed_blocks: 0,
             elapsed_ms: 0.0,
             already_there: false,
+            timings: Timings::default(),
         }
     }
 
@@ -561,13 +604,18 @@ struct Sent {
     bytes: u64,
     compressed_blocks: u64,
     compression_saved: u64,
+    reads_ms: u64,
 }
+
+/// What the reader thread did: blocks sent, (blocks compressed, bytes saved), and the
+/// milliseconds it spent reading, hashing and framing (not waiting for the network).
+type ReadOutcome = (u64, (u64, u64), u64);
 
 /// The data path: a reader thread that reads, checks, frames and paces the needed blocks,
 /// feeding [`DATA_STREAMS`] stream writers round-robin.
 struct Pipeline {
     needs: mpsc::Sender<Vec<u64>>,
-    reader: tokio::task::JoinHandle<Result<(u64, (u64, u64))>>,
+    reader: tokio::task::JoinHandle<Result<ReadOutcome>>,
     writers: Vec<tokio::task::JoinHandle<std::result::Result<(), NetError>>>,
     counters: Arc<Counters>,
 }
@@ -639,12 +687,13 @@ impl Pipeline {
                 .map_err(net_err)?;
         }
         offered?;
-        let (blocks, (compressed_blocks, compression_saved)) = read?;
+        let (blocks, (compressed_blocks, compression_saved), reads_ms) = read?;
         Ok(Sent {
             blocks,
             bytes: load(&self.counters.bytes),
             compressed_blocks,
             compression_saved,
+            reads_ms,
         })
     }
 }
@@ -658,6 +707,38 @@ struct Framing {
 }
 
 impl Framing {
+    /// The changed-page mask of block `i` when it goes as its pages read alone: a full
+    /// block the filesystem's diff says changed in few enough pages.
+    fn paged(&self, i: u64, size: u64) -> Option<&[u8]> {
+        let masks = self.pages.masks.as_ref()?;
+        let mask = masks.get(&i)?;
+        let full = (i + 1) * self.bs <= size;
+        let pages: u64 = mask.iter().map(|b| u64::from(b.count_ones())).sum();
+        // As `pages_payload` decides: smaller than three quarters of the block.
+        let len = mask.len() as u64 + pages * PAGE_SIZE as u64;
+        (full && len * 4 < self.bs * 3).then_some(mask.as_slice())
+    }
+
+    /// The data frame of block `i` with `payload` of `kind` (compressed when that saves
+    /// enough), and the bytes compression saved.
+    fn frame(&self, i: u64, kind: Payload, payload: &[u8]) -> (Vec<u8>, u64) {
+        let packed = match self.compress {
+            Compression::Zstd(level) => zstd_smaller(payload, level),
+            Compression::Off => None,
+        };
+        let saved = packed.as_ref().map_or(0, |p| payload.len() - p.len()) as u64;
+        let (kind, payload) = match (&packed, kind) {
+            (Some(p), Payload::Pages) => (Payload::ZstdPages, p.as_slice()),
+            (Some(p), _) => (Payload::ZstdFull, p.as_slice()),
+            (None, k) => (k, payload),
+        };
+        let mut frame = Vec::with_capacity(net::FRAME_PREFIX + BLOCK_HEADER + payload.len());
+        frame.extend_from_slice(&[0; net::FRAME_PREFIX]);
+        frame.extend_from_slice(&block_header(self.sid, i, kind));
+        frame.extend_from_slice(payload);
+        (frame, saved)
+    }
+
     /// The frames of the blocks of `data`, read at `job`: each block whole or as its changed
     /// pages (when that is clearly smaller: the receiver's working copy holds the base block
     /// of every block it asks for), compressed when that saves enough.
@@ -687,20 +768,7 @@ impl Framing {
                 Some(d) => (Payload::Pages, d.as_slice()),
                 None => (Payload::Full, chunk),
             };
-            let packed = match self.compress {
-                Compression::Zstd(level) => zstd_smaller(payload, level),
-                Compression::Off => None,
-            };
-            let saved = packed.as_ref().map_or(0, |p| payload.len() - p.len()) as u64;
-            let (kind, payload) = match (&packed, kind) {
-                (Some(p), Payload::Pages) => (Payload::ZstdPages, p.as_slice()),
-                (Some(p), _) => (Payload::ZstdFull, p.as_slice()),
-                (None, k) => (k, payload),
-            };
-            let mut frame = Vec::with_capacity(net::FRAME_PREFIX + BLOCK_HEADER + payload.len());
-            frame.extend_from_slice(&[0; net::FRAME_PREFIX]);
-            frame.extend_from_slice(&block_header(self.sid, i, kind));
-            frame.extend_from_slice(payload);
+            let (frame, saved) = self.frame(i, kind, payload);
             out.push((i, hash, frame, saved));
         }
         Ok(out)
@@ -743,20 +811,71 @@ fn read_jobs(need: &[u64], bs: u64, size: u64, per_read: u64) -> Vec<ReadJob> {
     jobs
 }
 
+/// Where the reader's frames go: paced, counted, round-robin to the data streams.
+struct Out {
+    streams: Vec<mpsc::Sender<Vec<u8>>>,
+    bucket: Option<TokenBucket>,
+    budget: Budget,
+    counters: Arc<Counters>,
+    next: usize,
+    blocks: u64,
+    compressed: (u64, u64),
+    /// Time spent waiting for the network (pacing, full stream queues).
+    waited: Duration,
+}
+
+impl Out {
+    /// Sends one frame (`saved`: bytes its compression saved).
+    fn send(&mut self, frame: Vec<u8>, saved: u64) -> Result<()> {
+        let relaxed = std::sync::atomic::Ordering::Relaxed;
+        let payload = (frame.len() - net::FRAME_PREFIX - BLOCK_HEADER) as u64;
+        self.blocks += 1;
+        if saved > 0 {
+            self.compressed.0 += 1;
+            self.compressed.1 += saved;
+        }
+        let n = frame.len() as u64;
+        let paced = Instant::now();
+        let wait = self
+            .bucket
+            .as_mut()
+            .map_or(Duration::ZERO, |b| b.take(n, Instant::now()))
+            .max(self.budget.take(n));
+        if !wait.is_zero() {
+            std::thread::sleep(wait);
+        }
+        self.counters.bytes.fetch_add(payload, relaxed);
+        let sent = self.streams[self.next % DATA_STREAMS].blocking_send(frame);
+        self.waited += paced.elapsed();
+        if sent.is_err() {
+            return Err(StoreError::Net {
+                retryable: true,
+                message: "data stream closed".into(),
+            });
+        }
+        self.next += 1;
+        self.counters.unseen.fetch_add(1, relaxed);
+        self.counters.moved.notify_one();
+        Ok(())
+    }
+}
+
 impl Reader {
     /// Reads every batch of needed blocks to its end before taking the next, so it never
-    /// waits for needs with reads in flight: through the io_uring engine (O_DIRECT: a fresh
-    /// clone has nothing in the page cache), hashed and framed on the hashing threads, each
-    /// block checked against the manifest, paced, then handed to a data stream. Returns the
-    /// blocks sent and (blocks compressed, bytes compression saved).
-    fn run(self) -> Result<(u64, (u64, u64))> {
+    /// waits for needs with reads in flight. A block whose changed pages the filesystem's
+    /// diff names is sent as those pages, read alone (the receiver checks the whole
+    /// block's hash against the offer before writing it); every other block is read
+    /// whole through the io_uring engine (O_DIRECT: a fresh clone has nothing in the page
+    /// cache), hashed and framed on the hashing threads, checked against the manifest,
+    /// then sent.
+    fn run(self) -> Result<ReadOutcome> {
         let Reader {
             image,
             manifest_path,
             framing,
             size,
             io,
-            mut bucket,
+            bucket,
             budget,
             streams,
             mut needs,
@@ -782,17 +901,49 @@ impl Reader {
             ),
             None => None,
         };
+        let image_file = std::fs::File::open(&image)
+            .map_err(|e| crate::error::io_err(e, "open", image.clone()))?;
         let bs = framing.bs;
-        let (mut blocks, mut next, mut compressed) = (0u64, 0usize, (0u64, 0u64));
         let per_read = (io.read_size / bs).max(1);
-        let relaxed = std::sync::atomic::Ordering::Relaxed;
+        let mut out = Out {
+            streams,
+            bucket,
+            budget,
+            counters,
+            next: 0,
+            blocks: 0,
+            compressed: (0, 0),
+            waited: Duration::ZERO,
+        };
+        let mut busy = Duration::ZERO;
+        let mut page = vec![0u8; PAGE_SIZE];
         while let Some(need) = needs.blocking_recv() {
+            let t0 = Instant::now();
+            let (paged, whole): (Vec<u64>, Vec<u64>) = need
+                .iter()
+                .partition(|&&i| framing.paged(i, size).is_some());
+            for i in paged {
+                let Some(mask) = framing.paged(i, size) else {
+                    continue;
+                };
+                let mut payload = mask.to_vec();
+                for p in (0..bs as usize / PAGE_SIZE).filter(|p| mask[p / 8] & (1 << (p % 8)) != 0)
+                {
+                    let at = i * bs + (p * PAGE_SIZE) as u64;
+                    image_file
+                        .read_exact_at(&mut page, at)
+                        .map_err(|e| crate::error::io_err(e, "read", image.clone()))?;
+                    payload.extend_from_slice(&page);
+                }
+                let (frame, saved) = framing.frame(i, Payload::Pages, &payload);
+                out.send(frame, saved)?;
+            }
             crate::engine::run(
                 &image,
                 &io,
                 Cache::Cold,
                 (per_read * bs) as usize,
-                read_jobs(&need, bs, size, per_read),
+                read_jobs(&whole, bs, size, per_read),
                 |job, data| framing.frames(job, data, base_file.as_ref()),
                 |_, framed| {
                     for (i, hash, frame, saved) in framed
@@ -807,36 +958,15 @@ impl Reader {
                                 ),
                             });
                         }
-                        let payload = (frame.len() - net::FRAME_PREFIX - BLOCK_HEADER) as u64;
-                        blocks += 1;
-                        if saved > 0 {
-                            compressed.0 += 1;
-                            compressed.1 += saved;
-                        }
-                        let n = frame.len() as u64;
-                        let wait = bucket
-                            .as_mut()
-                            .map_or(Duration::ZERO, |b| b.take(n, Instant::now()))
-                            .max(budget.take(n));
-                        if !wait.is_zero() {
-                            std::thread::sleep(wait);
-                        }
-                        counters.bytes.fetch_add(payload, relaxed);
-                        if streams[next % DATA_STREAMS].blocking_send(frame).is_err() {
-                            return Err(StoreError::Net {
-                                retryable: true,
-                                message: "data stream closed".into(),
-                            });
-                        }
-                        next += 1;
-                        counters.unseen.fetch_add(1, relaxed);
-                        counters.moved.notify_one();
+                        out.send(frame, saved)?;
                     }
                     Ok(())
                 },
             )?;
+            busy += t0.elapsed();
         }
-        Ok((blocks, compressed))
+        let reads_ms = busy.saturating_sub(out.waited).as_millis() as u64;
+        Ok((out.blocks, out.compressed, reads_ms))
     }
 }
 
@@ -1021,16 +1151,16 @@ async fn commit(
     ctl: &mut quinn::SendStream,
     responses: &mut Responses,
     root: BlockHash,
-) -> Result<()> {
+) -> Result<Option<ReceiverTimings>> {
     net::send_msg(ctl, &Request::Commit)
         .await
         .map_err(net_err)?;
-    match responses.next().await? {
-        Response::Committed { root: r } if r == root => {}
+    let timings = match responses.next().await? {
+        Response::Committed { root: r, timings } if r == root => timings,
         r => return Err(unexpected(&r)),
-    }
+    };
     let _ = ctl.finish();
-    Ok(())
+    Ok(timings)
 }
 
 /// A block ready to send: index, hash, data frame, bytes compression saved.

@@ -105,6 +105,7 @@ impl Store {
         let _held = self.lock_volume(&src.volume)?;
         let src_dir = Self::snapshot_dir(&vdir, &src.name);
         self.volume_from_snapshot(&src_dir, &src, name, Some(&snap), Some(from.clone()))?;
+        Self::working_is(&dir, &snap, &src.root)?;
         tracing::info!(mirror = %name, from = %format!("{}@{}", src.volume, src.name), as_ = %snap, "mirror seeded from a local snapshot with the same root");
         Ok(Some((src.volume, src.name)))
     }
@@ -131,7 +132,9 @@ impl Store {
     }
 
     /// Makes a mirror's working copy equal to its snapshot `base`, or all zeros; `size` bytes.
-    /// Returns the working copy's path.
+    /// Returns the working copy's path. A working copy that still holds exactly what the
+    /// last commit made it (`receive.base` names that snapshot and its root) is kept as it
+    /// is: on reflink, cloning a fragmented image costs time in proportion to its extents.
     pub fn reset_working_copy(
         &self,
         name: &Name,
@@ -140,9 +143,22 @@ impl Store {
     ) -> Result<PathBuf> {
         let g = self.lock_volume(name)?;
         let img = self.image_path(&g.dir, &g.meta);
+        let marker = g.dir.join(WORKING_BASE);
+        let held = fs::read_to_string(&marker).ok();
+        // From here the working copy changes: until the next commit it is no snapshot.
+        match fs::remove_file(&marker) {
+            Ok(()) => fsx::fsync_dir(&g.dir).ctx("fsync", &g.dir)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(e, "remove", marker)),
+        }
         match base {
             Some(b) => {
-                Self::read_snapshot(&g.dir, name, b)?;
+                let m = Self::read_snapshot(&g.dir, name, b)?;
+                let same = held.as_deref() == Some(&format!("{b} {}", m.root))
+                    && fs::metadata(&img).is_ok_and(|md| md.len() == size);
+                if same {
+                    return Ok(img);
+                }
                 self.backend
                     .restore(&Self::snapshot_dir(&g.dir, b).join(IMAGE), &img)?;
             }
@@ -164,33 +180,153 @@ impl Store {
         Ok(img)
     }
 
-    /// Every non-zero block of every committed snapshot with `block_size` blocks, by hash:
-    /// the receiver copies these locally instead of asking for them.
-    pub fn block_index(&self, block_size: u32) -> Result<BlockIndex> {
-        let zero = ZeroTable::new(block_size);
-        let mut index = BlockIndex::new();
-        for v in self.list_volumes()? {
-            let dir = self.volumes_dir().join(v.name.as_str());
-            for m in self.read_snapshots(&dir, &v.name)? {
-                if m.block_size != block_size {
-                    continue;
-                }
-                let sdir = Self::snapshot_dir(&dir, &m.name);
-                let Ok(hf) = HashFile::open(&sdir.join(MANIFEST), Kind::Manifest) else {
-                    continue;
-                };
-                let img = sdir.join(IMAGE);
-                for i in 0..hf.geometry().full_blocks() {
-                    let h = hf.hash(i);
-                    if h != zero.block {
-                        index
-                            .entry(h)
-                            .or_insert_with(|| (img.clone(), i * block_size as u64));
-                    }
-                }
+    /// A receiving session's working index for mirror `name`: the base snapshot's manifest
+    /// and leaf index cloned (entries the session then patches as it checks blocks), or,
+    /// without a base, every block zero until told otherwise; with the base's leaf index to
+    /// check page deltas by their changed leaves only.
+    pub fn working_index(
+        &self,
+        name: &Name,
+        base: Option<&Name>,
+        geometry: Geometry,
+    ) -> Result<WorkingIndex> {
+        let g = self.lock_volume(name)?;
+        let manifest_path = g.dir.join(WORKING_MANIFEST);
+        let leaves_path = g.dir.join(WORKING_LEAVES);
+        let bad = |what: &'static str, path: &Path| {
+            let path = path.to_path_buf();
+            move |e: FormatError| StoreError::Corrupt {
+                what,
+                path: path.clone(),
+                detail: e.to_string(),
             }
+        };
+        let (manifest, leaves, base_leaves) = match base {
+            Some(b) => {
+                let sdir = Self::snapshot_dir(&g.dir, b);
+                let (bm, bl) = (sdir.join(MANIFEST), sdir.join(LEAVES));
+                let base_leaves =
+                    HashFile::open(&bl, Kind::Leaves).map_err(bad("leaf index", &bl))?;
+                fsx::clone_or_copy(&bm, &manifest_path).ctx("copy", &bm)?;
+                fsx::clone_or_copy(&bl, &leaves_path).ctx("copy", &bl)?;
+                let m = HashFileWriter::patch(&manifest_path, Kind::Manifest, geometry)
+                    .map_err(bad("manifest", &manifest_path))?;
+                let l = HashFileWriter::patch(&leaves_path, Kind::Leaves, geometry)
+                    .map_err(bad("leaf index", &leaves_path))?;
+                (m, l, Some(base_leaves))
+            }
+            None => {
+                let zero = ZeroTable::new(geometry.block_size);
+                let mut m = HashFileWriter::create(&manifest_path, Kind::Manifest, geometry)
+                    .map_err(bad("manifest", &manifest_path))?;
+                let mut l = HashFileWriter::create(&leaves_path, Kind::Leaves, geometry)
+                    .map_err(bad("leaf index", &leaves_path))?;
+                for i in 0..geometry.full_blocks() {
+                    m.set(i, &zero.block.0);
+                }
+                if geometry.tail_len() > 0 {
+                    m.set(geometry.full_blocks(), &zero.hash(geometry.tail_len()).0);
+                }
+                let lpb = geometry.leaves_per_block();
+                for (k, e) in l.entries_mut().chunks_mut(32).enumerate() {
+                    e.copy_from_slice(&zero.leaf_cvs[k % lpb]);
+                }
+                (m, l, None)
+            }
+        };
+        Ok(WorkingIndex {
+            manifest,
+            leaves,
+            base_leaves,
+            manifest_path,
+            leaves_path,
+            zero: ZeroTable::new(geometry.block_size),
+            geometry,
+        })
+    }
+
+    /// Commits mirror snapshot `snap` of `name` from its working copy and the session's
+    /// working index, if the index's manifest root is the sender's `root`: the image is
+    /// cloned (copied) into the snapshot, the manifest and leaf index moved there, nothing
+    /// read again. Every entry came from a block checked on arrival, a local copy checked
+    /// before it was made, the base, or a zero range.
+    pub fn commit_received(
+        &self,
+        name: &Name,
+        snap: &Name,
+        root: BlockHash,
+        base: Option<&Name>,
+        wi: WorkingIndex,
+    ) -> Result<SnapshotMeta> {
+        let t0 = std::time::Instant::now();
+        let WorkingIndex {
+            manifest,
+            leaves,
+            manifest_path,
+            leaves_path,
+            ..
+        } = wi;
+        let corrupt = |path: &Path, detail: String| StoreError::Corrupt {
+            what: "mirror snapshot",
+            path: path.to_path_buf(),
+            detail,
+        };
+        let got = manifest
+            .finish()
+            .map_err(|e| corrupt(&manifest_path, e.to_string()))?;
+        if got != root {
+            return Err(corrupt(
+                &manifest_path,
+                format!("manifest root {got} differs from the sender's {root}; not committed"),
+            ));
         }
-        Ok(index)
+        leaves
+            .finish()
+            .map_err(|e| corrupt(&leaves_path, e.to_string()))?;
+        let g = self.lock_volume(name)?;
+        let dst = Self::snapshot_dir(&g.dir, snap);
+        if dst.exists() {
+            return Err(StoreError::AlreadyExists {
+                what: "snapshot",
+                name: format!("{name}@{snap}"),
+            });
+        }
+        let tmp = g.dir.join("snapshots").join(format!(".tmp-{snap}"));
+        remove_tree(&tmp)?;
+        fs::create_dir_all(&tmp).ctx("create", &tmp)?;
+        let res = (|| {
+            let img = self.image_path(&g.dir, &g.meta);
+            let size = fs::metadata(&img).ctx("stat", &img)?.len();
+            let method = self.backend.snapshot(&img, &tmp.join(IMAGE))?;
+            fs::rename(&manifest_path, tmp.join(MANIFEST)).ctx("rename", &manifest_path)?;
+            fs::rename(&leaves_path, tmp.join(LEAVES)).ctx("rename", &leaves_path)?;
+            let meta = SnapshotMeta {
+                name: snap.clone(),
+                volume: name.clone(),
+                created_unix_ns: now_ns(),
+                size,
+                block_size: g.meta.block_size,
+                root: root.to_hex(),
+                method,
+                manifest: ManifestInfo {
+                    mode: manifest::BuildMode::Received,
+                    base: base.cloned(),
+                    bytes_read: 0,
+                    elapsed_ms: t0.elapsed().as_secs_f64() * 1e3,
+                    engine: None,
+                },
+                group: None,
+            };
+            write_json(&tmp.join(SNAPSHOT_META), &meta)?;
+            fsx::fsync_dir(&tmp).ctx("fsync", &tmp)?;
+            fsx::rename_durable(&tmp, &dst).ctx("rename", &tmp)?;
+            Self::working_is(&g.dir, snap, &meta.root)?;
+            Ok(meta)
+        })();
+        if res.is_err() {
+            let _ = remove_tree(&tmp);
+        }
+        res
     }
 
     /// Commits the mirror snapshot `snap` of `name` if its manifest root is `root`.
@@ -206,7 +342,91 @@ impl Store {
             &Hooks::default(),
             Some(root),
         )?;
-        v.pop()
-            .ok_or_else(|| StoreError::Invalid("empty group".into()))
+        let meta = v
+            .pop()
+            .ok_or_else(|| StoreError::Invalid("empty group".into()))?;
+        Self::working_is(&self.volumes_dir().join(name.as_str()), snap, &meta.root)?;
+        Ok(meta)
+    }
+
+    /// Records that mirror directory `dir`'s working copy is snapshot `snap` (root `root`):
+    /// the next session based on it need not reset it.
+    fn working_is(dir: &Path, snap: &Name, root: &str) -> Result<()> {
+        let marker = dir.join(WORKING_BASE);
+        fsx::atomic_write(&marker, format!("{snap} {root}").as_bytes()).ctx("write", marker)
+    }
+}
+
+/// A receiving session's manifest and leaf index, patched as blocks are checked (see
+/// [`Store::working_index`]); the mirror snapshot's own once committed.
+pub struct WorkingIndex {
+    pub manifest: HashFileWriter,
+    pub leaves: HashFileWriter,
+    /// The base snapshot's leaf index: a page delta's unchanged leaves.
+    pub base_leaves: Option<HashFile>,
+    manifest_path: PathBuf,
+    leaves_path: PathBuf,
+    zero: ZeroTable,
+    geometry: Geometry,
+}
+
+impl std::fmt::Debug for WorkingIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkingIndex")
+            .field("manifest", &self.manifest_path)
+            .finish()
+    }
+}
+
+impl WorkingIndex {
+    /// Block `i` is `hash`, with leaf chaining values `cvs` (a full block).
+    pub fn record(&mut self, i: u64, hash: &BlockHash, cvs: Option<&[LeafCv]>) {
+        self.manifest.set(i, &hash.0);
+        if let Some(cvs) = cvs.filter(|_| i < self.geometry.full_blocks()) {
+            let lpb = cvs.len() as u64;
+            for (j, cv) in cvs.iter().enumerate() {
+                self.leaves.set(i * lpb + j as u64, cv);
+            }
+        }
+    }
+
+    /// Blocks `start..end` are zeros.
+    pub fn zeros(&mut self, start: u64, end: u64) {
+        let lpb = self.geometry.leaves_per_block() as u64;
+        for i in start..end.min(self.geometry.block_count()) {
+            if i < self.geometry.full_blocks() {
+                self.manifest.set(i, &self.zero.block.0);
+                for j in 0..lpb {
+                    self.leaves
+                        .set(i * lpb + j, &self.zero.leaf_cvs[j as usize]);
+                }
+            } else {
+                let h = self.zero.hash(self.geometry.tail_len());
+                self.manifest.set(i, &h.0);
+            }
+        }
+    }
+
+    /// Block `to` is what block `from` is.
+    pub fn same_as(&mut self, to: u64, from: u64) {
+        let h = self.manifest.get(from);
+        self.manifest.set(to, &h);
+        if to < self.geometry.full_blocks() && from < self.geometry.full_blocks() {
+            let lpb = self.geometry.leaves_per_block() as u64;
+            for j in 0..lpb {
+                let cv = self.leaves.get(from * lpb + j);
+                self.leaves.set(to * lpb + j, &cv);
+            }
+        }
+    }
+
+    /// The base block `i`'s leaf chaining values, if the base's leaf index has them.
+    pub fn base_cvs(&self, i: u64) -> Option<Vec<LeafCv>> {
+        let bl = self.base_leaves.as_ref()?;
+        let lpb = self.geometry.leaves_per_block() as u64;
+        if i >= self.geometry.full_blocks() || (i + 1) * lpb > bl.len() {
+            return None;
+        }
+        Some((0..lpb).map(|j| bl.entry(i * lpb + j)).collect())
     }
 }

@@ -4,11 +4,18 @@
 //! DATA/
 //!   agent.lock                      store lock: volume create/adopt/clone/delete, recovery
 //!   journal/group-<snap>.json       intent of a multi-volume snapshot in progress
+//!   index/blocks-<bs>.idx           the receiver's dedup index of mirror blocks (a hint;
+//!   index/volumes.json, index/lock    built again from the manifests when unusable)
 //!   volumes/<vol>/
 //!     volume.json                   what the volume is (owned or adopted, block size, ...)
 //!     data.img                      the image, for owned volumes
 //!     lock                          volume lock: every change to the volume or its snapshots
 //!     rollback.json                 intent of a rollback in progress
+//!     receive.lock, receive.journal  a mirror's receiving session and its progress
+//!     receive.manifest, receive.leaves  its working manifest and leaf index (the next
+//!                                   mirror snapshot's, moved there at commit)
+//!     receive.base                  the snapshot its image holds exactly since the last
+//!                                   commit (gone once a session writes to it)
 //!     snapshots/<snap>/             a committed snapshot: data.img, manifest, leaves, snapshot.json
 //!     snapshots/.tmp-<snap>/        being built        (removed by recovery)
 //!     snapshots/.del-<snap>/        being deleted      (removed by recovery)
@@ -34,8 +41,8 @@ use std::fs::{self, File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use ferry_wire::hash::{check_block_size, BlockHash, ZeroTable};
-use ferry_wire::hashfile::{HashFile, Kind};
+use ferry_wire::hash::{check_block_size, BlockHash, Geometry, LeafCv, ZeroTable};
+use ferry_wire::hashfile::{FormatError, HashFile, HashFileWriter, Kind};
 use ferry_wire::Name;
 use serde::{Deserialize, Serialize};
 
@@ -47,6 +54,7 @@ use crate::hooks::{self, Hooks};
 use crate::manifest::{self, Base, BuildReport, VerifyReport};
 
 mod backend;
+pub mod dedup;
 mod locks;
 mod mirrors;
 mod records;
@@ -56,6 +64,7 @@ mod volumes;
 
 pub use backend::*;
 use locks::VolumeGuard;
+pub use mirrors::WorkingIndex;
 pub use records::*;
 
 pub(super) const VOLUME_META: &str = "volume.json";
@@ -69,6 +78,12 @@ pub(super) const IMAGE: &str = "data.img";
 pub(super) const MANIFEST: &str = "manifest";
 
 pub(super) const LEAVES: &str = "leaves";
+
+/// A mirror's working manifest and leaf index while it receives (see `WorkingIndex`).
+pub(super) const WORKING_MANIFEST: &str = "receive.manifest";
+pub(super) const WORKING_LEAVES: &str = "receive.leaves";
+/// Which snapshot a mirror's working copy holds exactly, if any (`<snapshot> <root>`).
+pub(super) const WORKING_BASE: &str = "receive.base";
 
 /// An open volume store.
 pub struct Store {

@@ -84,7 +84,9 @@ pub struct ManifestInfo {
     pub base: Option<Name>,
     pub bytes_read: u64,
     pub elapsed_ms: f64,
-    pub engine: crate::engine::EngineKind,
+    /// What read the data (none when nothing was read: a received snapshot).
+    #[serde(default)]
+    pub engine: Option<crate::engine::EngineKind>,
 }
 
 /// `snapshot.json`, and a snapshot as reported to users.
@@ -143,6 +145,3 @@ pub struct DeleteReport {
     pub image_deleted: bool,
     pub path: PathBuf,
 }
-
-/// Local copies of blocks the receiver holds: hash to (image, byte offset).
-pub type BlockIndex = std::collections::HashMap<BlockHash, (PathBuf, u64)>;

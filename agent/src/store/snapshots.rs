@@ -287,7 +287,7 @@ impl Store {
                     .flatten(),
                 bytes_read: report.bytes_read,
                 elapsed_ms: report.elapsed.as_secs_f64() * 1000.0,
-                engine: report.engine,
+                engine: Some(report.engine),
             },
             group: group.cloned(),
         };

@@ -87,7 +87,10 @@ fn messages(c: &mut Corpus) -> Result<()> {
         Response::Need {
             blocks: vec![1, 5, 7],
         },
-        Response::Committed { root },
+        Response::Committed {
+            root,
+            timings: Some(ferry_wire::repl::ReceiverTimings::default()),
+        },
         Response::Error {
             class: ErrorClass::NoSpace,
             message: "full".into(),
