@@ -88,7 +88,7 @@ enum Cmd {
         runs: usize,
     },
     /// Replication: ferry full and incremental against rsync, restic, borg and the raw QUIC
-    /// ceiling, in the same run.
+    /// ceiling, in the same run, warm and cold.
     Replication {
         /// Working directory (XFS with reflink=1).
         #[arg(long)]
@@ -99,6 +99,12 @@ enum Cmd {
         out: PathBuf,
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Repetitions of every step (medians reported).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Page cache: warm, cold (dropped before every timed step) or both.
+        #[arg(long, default_value = "both", value_parser = ["warm", "cold", "both"])]
+        caches: String,
     },
 }
 
@@ -138,7 +144,7 @@ pub(crate) fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-fn drop_caches() -> Result<()> {
+pub(crate) fn drop_caches() -> Result<()> {
     // SAFETY: sync has no preconditions.
     unsafe { libc::sync() };
     std::fs::write("/proc/sys/vm/drop_caches", "3").context("drop page cache (needs root)")
@@ -602,7 +608,23 @@ fn main() -> Result<()> {
             size,
             out,
             seed,
-        } => replication::run(&dir, size, &out, seed),
+            runs,
+            caches,
+        } => {
+            use replication::Caches;
+            let caches = match caches.as_str() {
+                "warm" => vec![Caches::Warm],
+                "cold" => vec![Caches::Cold],
+                _ => vec![Caches::Warm, Caches::Cold],
+            };
+            let o = replication::Options {
+                size,
+                seed,
+                runs: runs.max(1),
+                caches,
+            };
+            replication::run(&dir, &out, &o)
+        }
         Cmd::Plan {
             dir,
             size,

@@ -1,14 +1,18 @@
 //! `ferry-bench replication`: ferry full and incremental replication between two real agents
 //! on loopback, against rsync (daemon; default and `--block-size=4096`), restic and borg on the
-//! same images in the same run, and the raw QUIC ceiling of this machine.
+//! same images, and the raw QUIC ceiling of this machine, in the same run.
 //!
 //! Image: VM-like (25% holes, 50% random, 25% runs duplicated at 4 KiB alignment); the
-//! incremental step rewrites 1% of it in random 4 KiB pages. ferry's times include taking
-//! the snapshot (its manifest is the scan rsync does itself); CPU counts both agents; bytes
-//! are block payload. rsync's bytes are its `Total bytes sent`; restic's and borg's are the
-//! growth of their repositories.
+//! incremental step rewrites 1% of it in random 4 KiB pages (the same pages every run).
+//! Every tool repeats every step `--runs` times, interleaved (run 1 of every tool, then run
+//! 2, ...), each from the same starting state, so noise from other tenants falls on all
+//! alike; the report gives medians with their spread. With cold caches, the page cache is
+//! dropped before every timed step of every tool. ferry's times include taking the snapshot
+//! (its manifest is the scan rsync does itself); CPU counts both agents; bytes are block
+//! payload. rsync's bytes are its `Total bytes sent`; restic's and borg's are the growth of
+//! their repositories.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -22,19 +26,63 @@ use ferry_wire::units::format_size;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
-use crate::{agent_bin, cpu_children, cpu_self, generate};
+use crate::{agent_bin, cpu_children, cpu_self, drop_caches, generate};
 
+/// Page-cache state of a measurement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Caches {
+    Warm,
+    Cold,
+}
+
+impl Caches {
+    fn name(self) -> &'static str {
+        match self {
+            Caches::Warm => "warm",
+            Caches::Cold => "cold",
+        }
+    }
+}
+
+/// One timed step of one tool.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Sample {
+    tool: &'static str,
+    phase: &'static str,
+    caches: Caches,
+    wall_s: f64,
+    cpu_s: f64,
+    bytes: u64,
+    /// ferry: seconds per part (the snapshot, its manifest, and `replicate --json`'s
+    /// timings, sender and receiver).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    parts: BTreeMap<String, f64>,
+}
+
+/// The medians of one (tool, phase, caches) over the runs.
 #[derive(Debug, Clone, Serialize)]
 struct Row {
     tool: &'static str,
     phase: &'static str,
+    caches: Caches,
+    runs: usize,
     wall_s: f64,
+    wall_min_s: f64,
+    wall_max_s: f64,
     cpu_s: f64,
     bytes: u64,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    parts: BTreeMap<String, f64>,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
 /// CPU seconds of a running process and its reaped children, from /proc.
-fn proc_cpu(pid: u32) -> f64 {
+pub(crate) fn proc_cpu(pid: u32) -> f64 {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return 0.0;
     };
@@ -64,18 +112,20 @@ fn dir_size(p: &Path) -> u64 {
     total
 }
 
-/// Lets every tool start from a quiet machine: writes still in flight (a just generated
-/// image, the previous tool's output) are flushed first, outside the timing. Without it the
-/// first tool measured (ferry) paid for writing back the 4 GiB generated image: 20 s instead
-/// of 13 s for its full replication. Caches are kept (dropping them would also drop the
-/// loop device's backing file and measure this VM's shared disk, too noisy to compare).
-fn settle() {
+/// Lets every step start from a quiet machine: writes still in flight (the previous step's
+/// output) are flushed first, outside the timing; with cold caches the page cache is
+/// dropped too (which also drops the loop device's backing file: what a cold read costs on
+/// this VM's disk).
+fn settle(caches: Caches) -> Result<()> {
     let _ = Command::new("sync").status();
+    if caches == Caches::Cold {
+        drop_caches()?;
+    }
+    Ok(())
 }
 
-/// Runs a command, returning (wall, CPU of it and its children, stdout), after [`settle`].
+/// Runs a command, returning (wall, CPU of it and its children, stdout).
 fn timed(cmd: &mut Command) -> Result<(f64, f64, String)> {
-    settle();
     let c0 = cpu_children();
     let t0 = Instant::now();
     let out = cmd.output().with_context(|| format!("run {cmd:?}"))?;
@@ -94,7 +144,7 @@ fn timed(cmd: &mut Command) -> Result<(f64, f64, String)> {
     ))
 }
 
-struct Killed(Child);
+pub(crate) struct Killed(pub Child);
 impl Drop for Killed {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -108,8 +158,8 @@ fn free_port() -> Result<u16> {
         .port())
 }
 
-/// Replaces `dst` with a clone of `src` (same path for every tool, as a backup source would be).
-fn stage(src: &Path, dst: &Path) -> Result<()> {
+/// Replaces `dst` with a clone of `src` (a fresh file, as a backup source would be).
+pub(crate) fn stage(src: &Path, dst: &Path) -> Result<()> {
     let _ = std::fs::remove_file(dst);
     let st = Command::new("cp")
         .arg("--reflink=auto")
@@ -122,175 +172,304 @@ fn stage(src: &Path, dst: &Path) -> Result<()> {
     Ok(())
 }
 
-fn ferry_rows(
-    dir: &Path,
-    size: u64,
-    seed: u64,
-    rows: &mut Vec<Row>,
-) -> Result<(PathBuf, PathBuf, u64)> {
-    let pki_dir = dir.join("pki");
-    let (a_ca, b_ca) = (pki_dir.join("a"), pki_dir.join("b"));
-    pki::create_ca("site-a", &a_ca, 30)?;
-    pki::create_ca("site-b", &b_ca, 30)?;
-    let (ac, ak) = pki::issue(&a_ca, "a1", &a_ca, 30)?;
-    let (bc, bk) = pki::issue(&b_ca, "b1", &b_ca, 30)?;
-    let cfg = |data: &Path, cert: &Path, key: &Path, peer: &Path| {
-        format!(
-            "data_dir = {:?}\n[net]\nlisten = \"127.0.0.1:0\"\ncert = {:?}\nkey = {:?}\npeer_cas = [{:?}]\n",
-            data.display().to_string(),
-            cert.display().to_string(),
-            key.display().to_string(),
-            peer.join("ca.pem").display().to_string()
-        )
-    };
-    let a_cfg = dir.join("a.toml");
-    let b_cfg = dir.join("b.toml");
-    std::fs::write(&a_cfg, cfg(&dir.join("a"), &ac, &ak, &b_ca))?;
-    std::fs::write(&b_cfg, cfg(&dir.join("b"), &bc, &bk, &a_ca))?;
-    let agent = |args: &[&str]| -> Command {
-        let mut c = Command::new(agent_bin().expect("agent binary"));
-        c.arg("--config").arg(&a_cfg).arg("--json").args(args);
-        c
-    };
-    let mut serve = Command::new(agent_bin()?);
-    serve
-        .arg("--config")
-        .arg(&b_cfg)
-        .arg("serve")
-        .stdout(Stdio::piped());
-    // FERRY_BENCH_SERVE_LOG=FILE keeps the receiver's log (its level from FERRY_LOG).
-    match std::env::var_os("FERRY_BENCH_SERVE_LOG") {
-        Some(p) => serve.stderr(std::fs::File::create(p)?),
-        None => serve.stderr(Stdio::null()),
-    };
-    let mut child = serve.spawn()?;
-    let stdout = child.stdout.take().context("serve stdout")?;
-    let server = Killed(child);
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)?;
-    let addr = line
-        .trim()
-        .rsplit(' ')
-        .next()
-        .unwrap_or_default()
-        .to_string();
-
-    let out = agent(&["volume", "create", "vm", "--size", &size.to_string()]).output()?;
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("volume create")?;
-    let vol = PathBuf::from(v["path"].as_str().unwrap_or_default());
-    eprintln!("generating a {} VM-like image", format_size(size));
-    generate(&vol, size, seed, 4096)?;
-
-    let mut phase = |name: &'static str, snap: &str| -> Result<u64> {
-        let c_server = proc_cpu(server.0.id());
-        let (w1, c1, _) = timed(&mut agent(&["snapshot", "create", "vm", snap]))?;
-        let (w2, c2, out) = timed(&mut agent(&["replicate", "vm", snap, "--to", &addr]))?;
-        let r: serde_json::Value = serde_json::from_str(&out)?;
-        let bytes = r["sent_bytes"].as_u64().unwrap_or(0);
-        let cpu = c1 + c2 + proc_cpu(server.0.id()) - c_server;
-        eprintln!(
-            "ferry {name}: snapshot {w1:.2} s + replicate {w2:.2} s, {} sent",
-            format_size(bytes)
-        );
-        rows.push(Row {
-            tool: "ferry",
-            phase: name,
-            wall_s: w1 + w2,
-            cpu_s: cpu,
-            bytes,
-        });
-        Ok(bytes)
-    };
-    phase("full", "s1")?;
-    let v1 = dir.join("a/volumes/vm/snapshots/s1/data.img");
-    // 1% of the image in random 4 KiB pages.
+/// Rewrites 1% of `path` (`size` bytes) in random 4 KiB pages, the same ones for the same
+/// `seed`; returns the bytes of distinct pages changed.
+pub(crate) fn churn(path: &Path, size: u64, seed: u64, share: u64) -> Result<u64> {
     let pages = size / 4096;
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0x1234);
-    let f = std::fs::OpenOptions::new().write(true).open(&vol)?;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let f = std::fs::OpenOptions::new().write(true).open(path)?;
     let mut distinct = BTreeSet::new();
     let mut page = [0u8; 4096];
-    for _ in 0..pages / 100 {
+    for _ in 0..(pages * share / 10_000).max(1) {
         let p = rng.gen_range(0..pages);
         rng.fill(&mut page[..]);
         f.write_all_at(&page, p * 4096)?;
         distinct.insert(p);
     }
     f.sync_all()?;
-    phase("incremental", "s2")?;
-    let v2 = dir.join("a/volumes/vm/snapshots/s2/data.img");
-    drop(server);
-    Ok((v1, v2, distinct.len() as u64 * 4096))
+    Ok(distinct.len() as u64 * 4096)
 }
 
-fn rsync_rows(dir: &Path, v1: &Path, v2: &Path, rows: &mut Vec<Row>) -> Result<()> {
-    let dst = dir.join("rsync-dst");
-    std::fs::create_dir_all(&dst)?;
-    let port = free_port()?;
-    let conf = dir.join("rsyncd.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "use chroot = no\nuid = 0\ngid = 0\n[dst]\npath = {}\nread only = no\n",
-            dst.display()
-        ),
+/// Two agents of two sites on loopback: `a` sends (by command), `b` serves.
+pub(crate) struct Agents {
+    pub a_cfg: PathBuf,
+    pub b_cfg: PathBuf,
+    pub addr: String,
+    pub server: Killed,
+}
+
+impl Agents {
+    /// Makes the sites' PKI and configurations in `dir` (data in `dir/a`, `dir/b`) and starts
+    /// b's daemon; `b_net` goes into b's `[net]` section.
+    pub(crate) fn start(dir: &Path, b_net: &str) -> Result<Agents> {
+        let pki_dir = dir.join("pki");
+        let (a_ca, b_ca) = (pki_dir.join("a"), pki_dir.join("b"));
+        pki::create_ca("site-a", &a_ca, 30)?;
+        pki::create_ca("site-b", &b_ca, 30)?;
+        let (ac, ak) = pki::issue(&a_ca, "a1", &a_ca, 30)?;
+        let (bc, bk) = pki::issue(&b_ca, "b1", &b_ca, 30)?;
+        let cfg = |data: &Path, cert: &Path, key: &Path, peer: &Path, extra: &str| {
+            format!(
+                "data_dir = {:?}\n[net]\nlisten = \"127.0.0.1:0\"\ncert = {:?}\nkey = {:?}\npeer_cas = [{:?}]\n{extra}\n",
+                data.display().to_string(),
+                cert.display().to_string(),
+                key.display().to_string(),
+                peer.join("ca.pem").display().to_string()
+            )
+        };
+        let a_cfg = dir.join("a.toml");
+        let b_cfg = dir.join("b.toml");
+        std::fs::write(&a_cfg, cfg(&dir.join("a"), &ac, &ak, &b_ca, ""))?;
+        std::fs::write(&b_cfg, cfg(&dir.join("b"), &bc, &bk, &a_ca, b_net))?;
+        let (server, addr) = Self::serve(&b_cfg)?;
+        Ok(Agents {
+            a_cfg,
+            b_cfg,
+            addr,
+            server,
+        })
+    }
+
+    fn serve(cfg: &Path) -> Result<(Killed, String)> {
+        let mut serve = Command::new(agent_bin()?);
+        serve
+            .arg("--config")
+            .arg(cfg)
+            .arg("serve")
+            .stdout(Stdio::piped());
+        // FERRY_BENCH_SERVE_LOG=FILE keeps the receiver's log (its level from FERRY_LOG).
+        match std::env::var_os("FERRY_BENCH_SERVE_LOG") {
+            Some(p) => serve.stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)?,
+            ),
+            None => serve.stderr(Stdio::null()),
+        };
+        let mut child = serve.spawn()?;
+        let stdout = child.stdout.take().context("serve stdout")?;
+        let server = Killed(child);
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)?;
+        let addr = line
+            .trim()
+            .rsplit(' ')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        Ok((server, addr))
+    }
+
+    /// Starts b's daemon again (its memory high-water mark starts from nothing).
+    pub(crate) fn restart_receiver(&mut self) -> Result<()> {
+        let (server, addr) = Self::serve(&self.b_cfg)?;
+        self.server = server;
+        self.addr = addr;
+        Ok(())
+    }
+
+    /// `ferry-agent --config <a or b> --json ARGS`.
+    pub(crate) fn cmd(&self, b: bool, args: &[&str]) -> Result<Command> {
+        let mut c = Command::new(agent_bin()?);
+        c.arg("--config")
+            .arg(if b { &self.b_cfg } else { &self.a_cfg })
+            .arg("--json")
+            .args(args);
+        Ok(c)
+    }
+
+    /// Runs `ferry-agent ... --json ARGS` and returns its JSON.
+    pub(crate) fn json(&self, b: bool, args: &[&str]) -> Result<serde_json::Value> {
+        let out = self.cmd(b, args)?.output()?;
+        if !out.status.success() {
+            bail!(
+                "ferry-agent {args:?}: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(serde_json::from_slice(&out.stdout)?)
+    }
+
+    /// Snapshot `snap` of `vol` at a, then replicate it to b (`extra` arguments): a timed
+    /// sample with its parts.
+    pub(crate) fn step(
+        &self,
+        phase: &'static str,
+        caches: Caches,
+        vol: &str,
+        snap: &str,
+        extra: &[&str],
+    ) -> Result<Sample> {
+        let c_server = proc_cpu(self.server.0.id());
+        let (w1, c1, out) = timed(&mut self.cmd(false, &["snapshot", "create", vol, snap])?)?;
+        let s: serde_json::Value = serde_json::from_str(&out)?;
+        let mut args = vec!["replicate", vol, snap, "--to", &self.addr];
+        args.extend(extra);
+        let (w2, c2, out) = timed(&mut self.cmd(false, &args)?)?;
+        let r: serde_json::Value = serde_json::from_str(&out)?;
+        let r = if r.is_array() { r[0].clone() } else { r };
+        let mut parts = BTreeMap::new();
+        parts.insert("snapshot".into(), w1);
+        parts.insert(
+            "snapshot.manifest".into(),
+            s["manifest"]["elapsed_ms"].as_f64().unwrap_or(0.0) / 1e3,
+        );
+        parts.insert("replicate".into(), w2);
+        for (side, t) in [
+            ("", &r["timings"]),
+            ("receiver.", &r["timings"]["receiver"]),
+        ] {
+            for (k, v) in t.as_object().into_iter().flatten() {
+                if let (Some(ms), Some(k)) = (v.as_f64(), k.strip_suffix("_ms")) {
+                    parts.insert(format!("replicate.{side}{k}"), ms / 1e3);
+                }
+            }
+        }
+        Ok(Sample {
+            tool: "ferry",
+            phase,
+            caches,
+            wall_s: w1 + w2,
+            cpu_s: c1 + c2 + proc_cpu(self.server.0.id()) - c_server,
+            bytes: r["sent_bytes"].as_u64().unwrap_or(0),
+            parts,
+        })
+    }
+}
+
+/// What every run starts from: the generated image, the same image after the 1% churn,
+/// and the distinct bytes the churn changes.
+struct Images {
+    v1: PathBuf,
+    v2: PathBuf,
+    changed: u64,
+}
+
+/// One ferry cycle from nothing: b holds no mirror, a's volume is the generated image; the
+/// full step, the churn, the incremental step.
+fn ferry_cycle(
+    ag: &Agents,
+    im: &Images,
+    size: u64,
+    seed: u64,
+    caches: Caches,
+) -> Result<[Sample; 2]> {
+    let _ = ag.json(true, &["volume", "delete", "vm", "--force"]);
+    let _ = ag.json(false, &["volume", "delete", "vm", "--force"]);
+    ag.json(
+        false,
+        &["volume", "create", "vm", "--size", &size.to_string()],
     )?;
-    let daemon = Killed(
-        Command::new("rsync")
-            .args(["--daemon", "--no-detach", "--address=127.0.0.1"])
-            .arg(format!("--port={port}"))
-            .arg(format!("--config={}", conf.display()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("start rsync daemon")?,
+    let vol = PathBuf::from(
+        ag.json(false, &["volume", "path", "vm"])?["path"]
+            .as_str()
+            .context("volume path")?,
     );
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    let src = dir.join("src/vm.img");
-    std::fs::create_dir_all(dir.join("src"))?;
-    let sent = |stats: &str| -> u64 {
-        stats
-            .lines()
-            .find(|l| l.starts_with("Total bytes sent:"))
-            .and_then(|l| l.split(':').nth(1))
-            .map(|n| n.trim().replace(',', "").parse().unwrap_or(0))
-            .unwrap_or(0)
-    };
-    for (tool, target, extra) in [
-        ("rsync", "vm.img", None),
-        ("rsync-4k", "vm4k.img", Some("--block-size=4096")),
-    ] {
-        let url = format!("rsync://127.0.0.1:{port}/dst/{target}");
-        for (phase, image) in [("full", v1), ("incremental", v2)] {
+    stage(&im.v1, &vol)?;
+    settle(caches)?;
+    let full = ag.step("full", caches, "vm", "s1", &[])?;
+    churn(&vol, size, seed ^ 0x1234, 100)?;
+    settle(caches)?;
+    let inc = ag.step("incremental", caches, "vm", "s2", &[])?;
+    eprintln!(
+        "ferry {}: full {:.2} s ({}), incremental {:.2} s ({})",
+        caches.name(),
+        full.wall_s,
+        format_size(full.bytes),
+        inc.wall_s,
+        format_size(inc.bytes)
+    );
+    Ok([full, inc])
+}
+
+struct Rsync {
+    port: u16,
+    daemon: Killed,
+    dst: PathBuf,
+}
+
+impl Rsync {
+    fn start(dir: &Path) -> Result<Rsync> {
+        let dst = dir.join("rsync-dst");
+        std::fs::create_dir_all(&dst)?;
+        let port = free_port()?;
+        let conf = dir.join("rsyncd.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "use chroot = no\nuid = 0\ngid = 0\n[dst]\npath = {}\nread only = no\n",
+                dst.display()
+            ),
+        )?;
+        let daemon = Killed(
+            Command::new("rsync")
+                .args(["--daemon", "--no-detach", "--address=127.0.0.1"])
+                .arg(format!("--port={port}"))
+                .arg(format!("--config={}", conf.display()))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("start rsync daemon")?,
+        );
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        Ok(Rsync { port, daemon, dst })
+    }
+
+    /// rsync's full copy and delta of the images (`extra`: its block size).
+    fn cycle(
+        &self,
+        dir: &Path,
+        im: &Images,
+        tool: &'static str,
+        extra: Option<&str>,
+        caches: Caches,
+    ) -> Result<Vec<Sample>> {
+        let src = dir.join("src/vm.img");
+        std::fs::create_dir_all(dir.join("src"))?;
+        let _ = std::fs::remove_file(self.dst.join(tool));
+        let url = format!("rsync://127.0.0.1:{}/dst/{tool}", self.port);
+        let mut out = Vec::new();
+        for (phase, image) in [("full", &im.v1), ("incremental", &im.v2)] {
             stage(image, &src)?;
-            let c_daemon = proc_cpu(daemon.0.id());
+            settle(caches)?;
+            let c_daemon = proc_cpu(self.daemon.0.id());
             let mut c = Command::new("rsync");
             c.args(["--inplace", "--no-whole-file", "--ignore-times", "--stats"]);
             if let Some(e) = extra {
                 c.arg(e);
             }
             c.arg(&src).arg(&url);
-            let (wall, cpu, out) = timed(&mut c)?;
-            let cpu = cpu + proc_cpu(daemon.0.id()) - c_daemon;
-            eprintln!(
-                "{tool} {phase}: {wall:.2} s, {} sent",
-                format_size(sent(&out))
-            );
-            rows.push(Row {
+            let (wall, cpu, stats) = timed(&mut c)?;
+            let sent = stats
+                .lines()
+                .find(|l| l.starts_with("Total bytes sent:"))
+                .and_then(|l| l.split(':').nth(1))
+                .map_or(0, |n| n.trim().replace(',', "").parse().unwrap_or(0));
+            eprintln!("{tool} {} {phase}: {wall:.2} s", caches.name());
+            out.push(Sample {
                 tool,
                 phase,
+                caches,
                 wall_s: wall,
-                cpu_s: cpu,
-                bytes: sent(&out),
+                cpu_s: cpu + proc_cpu(self.daemon.0.id()) - c_daemon,
+                bytes: sent,
+                parts: BTreeMap::new(),
             });
         }
+        Ok(out)
     }
-    Ok(())
 }
 
-fn repo_rows(dir: &Path, v1: &Path, v2: &Path, rows: &mut Vec<Row>) -> Result<()> {
+/// restic's and borg's backups of the images into fresh repositories.
+fn repo_cycle(dir: &Path, im: &Images, caches: Caches) -> Result<Vec<Sample>> {
     let src = dir.join("src/vm.img");
+    std::fs::create_dir_all(dir.join("src"))?;
     let restic = dir.join("restic");
     let borg = dir.join("borg");
+    let _ = std::fs::remove_dir_all(&restic);
+    let _ = std::fs::remove_dir_all(&borg);
     let run = |c: &mut Command| {
         timed(
             c.env("RESTIC_PASSWORD", "bench")
@@ -301,43 +480,50 @@ fn repo_rows(dir: &Path, v1: &Path, v2: &Path, rows: &mut Vec<Row>) -> Result<()
     run(Command::new("borg")
         .args(["init", "--encryption=none"])
         .arg(&borg))?;
-    for (phase, image, name) in [("full", v1, "v1"), ("incremental", v2, "v2")] {
+    let mut out = Vec::new();
+    for (phase, image, name) in [("full", &im.v1, "v1"), ("incremental", &im.v2, "v2")] {
         stage(image, &src)?;
+        settle(caches)?;
         let before = dir_size(&restic);
         let (w, c, _) = run(Command::new("restic")
             .arg("-r")
             .arg(&restic)
             .args(["backup", "--quiet"])
             .arg(&src))?;
-        rows.push(Row {
+        out.push(Sample {
             tool: "restic",
             phase,
+            caches,
             wall_s: w,
             cpu_s: c,
             bytes: dir_size(&restic) - before,
+            parts: BTreeMap::new(),
         });
-        eprintln!("restic {phase}: {w:.2} s");
+        settle(caches)?;
         let before = dir_size(&borg);
         let (w, c, _) = run(Command::new("borg")
             .arg("create")
             .arg(format!("{}::{name}", borg.display()))
             .arg(&src))?;
-        rows.push(Row {
+        out.push(Sample {
             tool: "borg",
             phase,
+            caches,
             wall_s: w,
             cpu_s: c,
             bytes: dir_size(&borg) - before,
+            parts: BTreeMap::new(),
         });
-        eprintln!("borg {phase}: {w:.2} s");
+        eprintln!("restic, borg {} {phase}", caches.name());
     }
-    Ok(())
+    Ok(out)
 }
 
 /// Streams `bytes` over 4 unidirectional QUIC streams (ferry's transport and TLS settings) to
 /// a server that discards them: the most any QUIC transfer gets on this machine.
-fn quic_ceiling(dir: &Path, bytes: u64, rows: &mut Vec<Row>) -> Result<f64> {
+pub(crate) fn quic_ceiling(dir: &Path, bytes: u64) -> Result<(f64, f64)> {
     let d = dir.join("pki-ceiling");
+    let _ = std::fs::remove_dir_all(&d);
     pki::create_ca("ceil", &d, 30)?;
     let (sc, sk) = pki::issue(&d, "srv", &d, 30)?;
     let (cc, ck) = pki::issue(&d, "cli", &d, 30)?;
@@ -418,86 +604,250 @@ fn quic_ceiling(dir: &Path, bytes: u64, rows: &mut Vec<Row>) -> Result<f64> {
         ep.wait_idle().await;
         Ok::<_, anyhow::Error>(wall)
     })?;
-    rows.push(Row {
-        tool: "quic-ceiling",
-        phase: "full",
-        wall_s: wall,
-        cpu_s: cpu_self() - c0,
-        bytes,
-    });
-    eprintln!("quic ceiling: {} in {wall:.2} s", format_size(bytes));
-    Ok(bytes as f64 / wall)
+    Ok((wall, cpu_self() - c0))
 }
 
-pub fn run(dir: &Path, size: u64, out: &Path, seed: u64) -> Result<()> {
+/// The medians of the samples, by (tool, phase, caches) in the order first seen.
+fn rows(samples: &[Sample]) -> Vec<Row> {
+    let mut order: Vec<(&'static str, &'static str, Caches)> = Vec::new();
+    for s in samples {
+        let k = (s.tool, s.phase, s.caches);
+        if !order.contains(&k) {
+            order.push(k);
+        }
+    }
+    order
+        .into_iter()
+        .map(|(tool, phase, caches)| {
+            let mine: Vec<&Sample> = samples
+                .iter()
+                .filter(|s| s.tool == tool && s.phase == phase && s.caches == caches)
+                .collect();
+            let walls: Vec<f64> = mine.iter().map(|s| s.wall_s).collect();
+            let mut parts = BTreeMap::new();
+            for k in mine
+                .iter()
+                .flat_map(|s| s.parts.keys())
+                .collect::<BTreeSet<_>>()
+            {
+                let v = mine
+                    .iter()
+                    .filter_map(|s| s.parts.get(k).copied())
+                    .collect();
+                parts.insert(k.clone(), median(v));
+            }
+            Row {
+                tool,
+                phase,
+                caches,
+                runs: mine.len(),
+                wall_s: median(walls.clone()),
+                wall_min_s: walls.iter().copied().fold(f64::INFINITY, f64::min),
+                wall_max_s: walls.iter().copied().fold(0.0, f64::max),
+                cpu_s: median(mine.iter().map(|s| s.cpu_s).collect()),
+                bytes: median(mine.iter().map(|s| s.bytes as f64).collect()) as u64,
+                parts,
+            }
+        })
+        .collect()
+}
+
+/// The benchmark's choices.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub size: u64,
+    pub seed: u64,
+    pub runs: usize,
+    pub caches: Vec<Caches>,
+}
+
+pub fn run(dir: &Path, out: &Path, o: &Options) -> Result<()> {
     std::fs::create_dir_all(out)?;
     let work = dir.join("bench-replication");
     if work.exists() {
         std::fs::remove_dir_all(&work)?;
     }
     std::fs::create_dir_all(&work)?;
-    let mut rows = Vec::new();
-    let (v1, v2, ideal) = ferry_rows(&work, size, seed, &mut rows)?;
-    // FERRY_BENCH_FERRY_ONLY=1: ferry and the QUIC ceiling only (for profiling sessions).
-    if std::env::var_os("FERRY_BENCH_FERRY_ONLY").is_none() {
-        rsync_rows(&work, &v1, &v2, &mut rows)?;
-        repo_rows(&work, &v1, &v2, &mut rows)?;
-    }
-    let ferry_full_bytes = rows
-        .iter()
-        .find(|r| r.tool == "ferry" && r.phase == "full")
-        .map_or(0, |r| r.bytes);
-    let ceiling_rate = quic_ceiling(&work, ferry_full_bytes.max(256 << 20), &mut rows)?;
-
-    let get = |tool: &str, phase: &str| {
-        rows.iter()
-            .find(|r| r.tool == tool && r.phase == phase)
-            .cloned()
+    let ag = Agents::start(&work, "")?;
+    // The images every tool starts from.
+    eprintln!("generating a {} VM-like image", format_size(o.size));
+    let v1 = work.join("v1.img");
+    std::fs::File::create(&v1)?.set_len(o.size)?;
+    generate(&v1, o.size, o.seed, 4096)?;
+    let v2 = work.join("v2.img");
+    stage(&v1, &v2)?;
+    let changed = churn(&v2, o.size, o.seed ^ 0x1234, 100)?;
+    let im = Images { v1, v2, changed };
+    let others = std::env::var_os("FERRY_BENCH_FERRY_ONLY").is_none();
+    let rsync = if others {
+        Some(Rsync::start(&work)?)
+    } else {
+        None
     };
-    let (ff, fi) = (get("ferry", "full"), get("ferry", "incremental"));
-    let (rf, ri) = (get("rsync", "full"), get("rsync", "incremental"));
+    let mut samples = Vec::new();
+    for run in 0..o.runs {
+        for &caches in &o.caches {
+            eprintln!("run {} of {}, caches {}", run + 1, o.runs, caches.name());
+            let [full, inc] = ferry_cycle(&ag, &im, o.size, o.seed, caches)?;
+            let full_bytes = full.bytes;
+            samples.extend([full, inc]);
+            if let Some(r) = &rsync {
+                samples.extend(r.cycle(&work, &im, "rsync", None, caches)?);
+                samples.extend(r.cycle(
+                    &work,
+                    &im,
+                    "rsync-4k",
+                    Some("--block-size=4096"),
+                    caches,
+                )?);
+                samples.extend(repo_cycle(&work, &im, caches)?);
+            }
+            if caches == Caches::Warm {
+                let (wall, cpu) = quic_ceiling(&work, full_bytes.max(256 << 20))?;
+                eprintln!("quic ceiling: {} in {wall:.2} s", format_size(full_bytes));
+                samples.push(Sample {
+                    tool: "quic-ceiling",
+                    phase: "full",
+                    caches,
+                    wall_s: wall,
+                    cpu_s: cpu,
+                    bytes: full_bytes.max(256 << 20),
+                    parts: BTreeMap::new(),
+                });
+            }
+        }
+    }
+    let rows = rows(&samples);
+    let md = report(o, &im, &rows)?;
+    std::fs::write(out.join("report.md"), &md)?;
+    let json = serde_json::json!({
+        "image_size": o.size, "seed": o.seed, "runs": o.runs,
+        "ideal_incremental_bytes": im.changed, "rows": rows, "samples": samples,
+    });
+    std::fs::write(out.join("report.json"), serde_json::to_vec_pretty(&json)?)?;
+    print!("{md}");
+    drop(ag);
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(())
+}
+
+/// Seconds of a part, as a cell.
+fn cell(v: Option<&f64>) -> String {
+    v.map_or("-".into(), |s| format!("{s:.2}"))
+}
+
+fn report(o: &Options, im: &Images, rows: &[Row]) -> Result<String> {
     use std::fmt::Write as _;
     let mut md = String::new();
     writeln!(md, "# ferry replication benchmark\n")?;
-    writeln!(md, "Image: {} VM-like (25% holes, 50% random, 25% runs duplicated at 4 KiB alignment), seed {seed}; incremental = 1% random 4 KiB writes ({} of distinct changed pages). One run, both ends on this machine (loopback), XFS reflink on a loop device.\n", format_size(size), format_size(ideal))?;
     writeln!(
         md,
-        "| tool | phase | wall s | CPU s | bytes |\n|---|---|---:|---:|---:|"
+        "Image: {} VM-like (25% holes, 50% random, 25% runs duplicated at 4 KiB alignment), seed {}; incremental = 1% random 4 KiB writes ({} of distinct changed pages). {} runs of every step, interleaved across tools; medians, with the spread (min-max). Both ends on this machine (loopback). Cold: the page cache dropped before every timed step.\n",
+        format_size(o.size),
+        o.seed,
+        format_size(im.changed),
+        o.runs
     )?;
-    for r in &rows {
+    writeln!(
+        md,
+        "| tool | phase | caches | wall s | spread | CPU s | bytes |\n|---|---|---|---:|---|---:|---:|"
+    )?;
+    for r in rows {
         writeln!(
             md,
-            "| {} | {} | {:.2} | {:.2} | {} |",
+            "| {} | {} | {} | {:.2} | {:.2}-{:.2} | {:.2} | {} |",
             r.tool,
             r.phase,
+            r.caches.name(),
             r.wall_s,
+            r.wall_min_s,
+            r.wall_max_s,
             r.cpu_s,
             format_size(r.bytes)
         )?;
     }
-    writeln!(md, "\n## Against the goals\n")?;
-    if let (Some(ff), Some(fi), Some(rf), Some(ri)) = (&ff, &fi, &rf, &ri) {
-        writeln!(
-            md,
-            "- incremental bytes / distinct changed 4 KiB data: **{:.2}x** (goal <= 1.1x)",
-            fi.bytes as f64 / ideal as f64
-        )?;
-        writeln!(
-            md,
-            "- incremental wall time / rsync's delta: **{:.3}** (goal <= 0.1)",
-            fi.wall_s / ri.wall_s
-        )?;
-        writeln!(
-            md,
-            "- full replication speed / rsync's full copy: **{:.2}x** (goal >= 2x)",
-            rf.wall_s / ff.wall_s
-        )?;
-        writeln!(md, "- full replication / QUIC ceiling for the bytes it sends: **{:.2}x** (goal >= 0.8x; ceiling {:.0} MB/s)", (ff.bytes as f64 / ceiling_rate) / ff.wall_s, ceiling_rate / 1e6)?;
+    let get = |tool: &str, phase: &str, caches: Caches| {
+        rows.iter()
+            .find(|r| r.tool == tool && r.phase == phase && r.caches == caches)
+    };
+    writeln!(md, "\n## Where ferry's time goes (medians, seconds)\n")?;
+    let keys = [
+        ("snapshot", "snapshot (clone + manifest)"),
+        ("snapshot.manifest", "  of it the manifest"),
+        ("replicate", "replicate (the command)"),
+        ("replicate.open", "  open the snapshot"),
+        ("replicate.connect", "  connect"),
+        ("replicate.ask", "  ask the mirror"),
+        ("replicate.plan", "  base manifest, changed ranges"),
+        ("replicate.begin", "  begin (receiver resets its copy)"),
+        ("replicate.transfer", "  offers and data"),
+        ("replicate.reads", "    sender's reads and checks"),
+        ("replicate.commit", "  commit"),
+        (
+            "replicate.receiver.base_reads",
+            "    receiver: base reads (summed over streams)",
+        ),
+        ("replicate.receiver.verify", "    receiver: checks (summed)"),
+        ("replicate.receiver.write", "    receiver: writes"),
+        (
+            "replicate.receiver.sync",
+            "    receiver: last blocks and fsync",
+        ),
+        (
+            "replicate.receiver.snapshot",
+            "    receiver: the mirror snapshot",
+        ),
+    ];
+    let cols: Vec<(&str, Caches)> = ["full", "incremental"]
+        .iter()
+        .flat_map(|p| o.caches.iter().map(move |c| (*p, *c)))
+        .collect();
+    write!(md, "| part |")?;
+    for (p, c) in &cols {
+        write!(md, " {p} {} |", c.name())?;
     }
-    std::fs::write(out.join("report.md"), &md)?;
-    let json = serde_json::json!({ "ideal_incremental_bytes": ideal, "image_size": size, "seed": seed, "rows": rows });
-    std::fs::write(out.join("report.json"), serde_json::to_vec_pretty(&json)?)?;
-    print!("{md}");
-    let _ = std::fs::remove_dir_all(&work);
-    Ok(())
+    writeln!(md, "\n|---|{}", "---:|".repeat(cols.len()))?;
+    for (k, label) in keys {
+        write!(md, "| {label} |")?;
+        for (p, c) in &cols {
+            write!(
+                md,
+                " {} |",
+                cell(get("ferry", p, *c).and_then(|r| r.parts.get(k)))
+            )?;
+        }
+        writeln!(md)?;
+    }
+    writeln!(md, "\n## Against the goals\n")?;
+    for &c in &o.caches {
+        if let (Some(fi), Some(ri)) = (
+            get("ferry", "incremental", c),
+            get("rsync", "incremental", c),
+        ) {
+            writeln!(
+                md,
+                "- incremental, {}: snapshot + replicate / rsync's delta: **{:.3}** (goal <= 0.1; {:.2} s against {:.2} s); bytes / distinct changed pages **{:.2}x**",
+                c.name(),
+                fi.wall_s / ri.wall_s,
+                fi.wall_s,
+                ri.wall_s,
+                fi.bytes as f64 / im.changed as f64
+            )?;
+        }
+    }
+    if let (Some(ff), Some(rf), Some(q)) = (
+        get("ferry", "full", Caches::Warm),
+        get("rsync", "full", Caches::Warm),
+        get("quic-ceiling", "full", Caches::Warm),
+    ) {
+        let ceiling_rate = q.bytes as f64 / q.wall_s;
+        writeln!(
+            md,
+            "- full, warm: speed / rsync's full copy **{:.2}x** (goal >= 2x); / the QUIC ceiling for the bytes it sends **{:.2}x** (goal >= 0.6x; ceiling {:.0} MB/s)",
+            rf.wall_s / ff.wall_s,
+            (ff.bytes as f64 / ceiling_rate) / ff.wall_s,
+            ceiling_rate / 1e6
+        )?;
+    }
+    Ok(md)
 }
