@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Deserializer};
 
 use crate::error::{Result, StoreError};
+use crate::net;
 
 /// Which volume-store backend to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -159,6 +160,24 @@ pub struct NetConfig {
     pub advertise: Option<String>,
     /// Most transfers the daemon sends at once for its controller (more wait their turn).
     pub max_transfers: usize,
+    /// Flow-control window per replication stream, e.g. "64MiB": data one stream may have
+    /// in flight. With `connection_window`, at least the link's bandwidth-delay product
+    /// (1 Gbit/s at 100 ms round trip: 12.5 MB). Both ends' settings count.
+    #[serde(deserialize_with = "de_size")]
+    pub stream_window: u64,
+    /// Flow-control window per connection (all of its streams), e.g. "256MiB".
+    #[serde(deserialize_with = "de_size")]
+    pub connection_window: u64,
+}
+
+impl NetConfig {
+    /// The replication connections' flow-control windows.
+    pub fn windows(&self) -> net::Windows {
+        net::Windows {
+            stream: self.stream_window,
+            connection: self.connection_window,
+        }
+    }
 }
 
 /// Per-block compression of replication data.
@@ -206,6 +225,8 @@ impl Default for NetConfig {
             compress: Compression::Off,
             advertise: None,
             max_transfers: 4,
+            stream_window: net::Windows::default().stream,
+            connection_window: net::Windows::default().connection,
         }
     }
 }
@@ -303,6 +324,19 @@ impl AgentConfig {
                 "net.max_transfers must be 1 to 64".into(),
             ));
         }
+        const WINDOW: std::ops::RangeInclusive<u64> = (1 << 20)..=(1 << 40);
+        if !WINDOW.contains(&self.net.stream_window)
+            || !WINDOW.contains(&self.net.connection_window)
+        {
+            return Err(StoreError::Invalid(
+                "net.stream_window and net.connection_window must be 1MiB to 1TiB".into(),
+            ));
+        }
+        if self.net.connection_window < self.net.stream_window {
+            return Err(StoreError::Invalid(
+                "net.connection_window must be at least net.stream_window".into(),
+            ));
+        }
         if self.net.cert.is_some() != self.net.key.is_some() {
             return Err(StoreError::Invalid(
                 "net.cert and net.key go together".into(),
@@ -358,6 +392,8 @@ mod tests {
             ("[net]\ncert = \"/x.pem\"", "go together"),
             ("[net]\nmax_connections = 0", "max_connections"),
             ("[net]\nmax_transfers = 0", "max_transfers"),
+            ("[net]\nstream_window = \"4K\"", "stream_window"),
+            ("[net]\nstream_window = \"1GiB\"", "connection_window"),
         ];
         for (text, want) in bad {
             let e = AgentConfig::parse(text).expect_err(text).to_string();

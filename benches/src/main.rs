@@ -9,6 +9,11 @@
 //! * full manifest throughput against `b3sum` on the same snapshot file, page cache warm and
 //!   cold; io_uring against pread; O_DIRECT; block sizes 16 KiB to 1 MiB;
 //! * 1% random 4 KiB writes, then the incremental manifest against the full one.
+//!
+//! The other subcommands each have their module: `replication` (against rsync, restic, borg
+//! and the QUIC ceiling), `scale` (volume size and volume count), `longlink` (through the
+//! relay), `index` (the dedup index at scale), `plan` (a backup plan across sites),
+//! `controller-load` (the scheduler and API under load).
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -106,6 +111,59 @@ enum Cmd {
         #[arg(long, default_value = "both", value_parser = ["warm", "cold", "both"])]
         caches: String,
     },
+    /// Incrementals on a 1 GiB and a 32 GiB volume (time and receiver memory), and 100
+    /// small volumes in one call (per-volume overhead).
+    Scale {
+        /// Working directory (XFS with reflink=1: the 32 GiB volume is shared extents).
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        #[arg(long, default_value = "both", value_parser = ["warm", "cold", "both"])]
+        caches: String,
+    },
+    /// A full replication through the relay at 0 and 100 ms round trip, 0 and 5% loss,
+    /// against loopback.
+    Longlink {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value = "1G", value_parser = |s: &str| parse_size(s).map_err(|e| e.to_string()))]
+        size: u64,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[arg(long, default_value_t = 1)]
+        runs: usize,
+        /// `[net]` settings for both agents, e.g. 'stream_window = "16MiB"'.
+        #[arg(long, default_value = "")]
+        windows: String,
+    },
+    /// The dedup index at scale: build and probe an index of ENTRIES blocks.
+    Index {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 100_000_000)]
+        entries: u64,
+        /// Probes per warm case (a tenth of it cold).
+        #[arg(long, default_value_t = 1_000_000)]
+        probes: u64,
+    },
+}
+
+fn caches_of(s: &str) -> Vec<replication::Caches> {
+    use replication::Caches;
+    match s {
+        "warm" => vec![Caches::Warm],
+        "cold" => vec![Caches::Cold],
+        _ => vec![Caches::Warm, Caches::Cold],
+    }
 }
 
 /// One measured row.
@@ -134,9 +192,10 @@ fn rusage(who: libc::c_int) -> f64 {
     t(u.ru_utime) + t(u.ru_stime)
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+/// The median of `v` (the upper one of an even count; 0 for none).
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
 pub(crate) fn is_root() -> bool {
@@ -589,8 +648,11 @@ fn manifest_bench(dir: &Path, size: u64, out: &Path, runs: usize, seed: u64) -> 
 }
 
 mod controller_load;
+mod index;
+mod longlink;
 mod plan_level;
 mod replication;
+mod scale;
 
 fn main() -> Result<()> {
     match Cli::parse().cmd {
@@ -611,17 +673,11 @@ fn main() -> Result<()> {
             runs,
             caches,
         } => {
-            use replication::Caches;
-            let caches = match caches.as_str() {
-                "warm" => vec![Caches::Warm],
-                "cold" => vec![Caches::Cold],
-                _ => vec![Caches::Warm, Caches::Cold],
-            };
             let o = replication::Options {
                 size,
                 seed,
                 runs: runs.max(1),
-                caches,
+                caches: caches_of(&caches),
             };
             replication::run(&dir, &out, &o)
         }
@@ -632,5 +688,26 @@ fn main() -> Result<()> {
             seed,
             runs,
         } => plan_level::run(&dir, size, &out, seed, runs),
+        Cmd::Scale {
+            dir,
+            out,
+            seed,
+            runs,
+            caches,
+        } => scale::run(&dir, &out, runs.max(1), &caches_of(&caches), seed),
+        Cmd::Longlink {
+            dir,
+            size,
+            out,
+            seed,
+            runs,
+            windows,
+        } => longlink::run(&dir, &out, size, runs.max(1), seed, &windows),
+        Cmd::Index {
+            dir,
+            out,
+            entries,
+            probes,
+        } => index::run(&dir, &out, entries.max(1), probes),
     }
 }

@@ -19,6 +19,8 @@ use ferry_wire::units::format_size;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
+use crate::median;
+
 #[derive(Debug, Serialize)]
 struct Step {
     what: String,
@@ -35,11 +37,6 @@ struct Step {
     runs: usize,
     plan_min_s: f64,
     plan_max_s: f64,
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
 }
 
 const DISKS: [(&str, &str); 4] = [("a1", "d0"), ("a1", "d1"), ("a2", "d2"), ("a2", "d3")];

@@ -26,7 +26,7 @@ use ferry_wire::units::format_size;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
-use crate::{agent_bin, cpu_children, cpu_self, drop_caches, generate};
+use crate::{agent_bin, cpu_children, cpu_self, drop_caches, generate, median};
 
 /// Page-cache state of a measurement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -37,7 +37,7 @@ pub enum Caches {
 }
 
 impl Caches {
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Caches::Warm => "warm",
             Caches::Cold => "cold",
@@ -48,16 +48,16 @@ impl Caches {
 /// One timed step of one tool.
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct Sample {
-    tool: &'static str,
-    phase: &'static str,
-    caches: Caches,
-    wall_s: f64,
-    cpu_s: f64,
-    bytes: u64,
+    pub tool: &'static str,
+    pub phase: &'static str,
+    pub caches: Caches,
+    pub wall_s: f64,
+    pub cpu_s: f64,
+    pub bytes: u64,
     /// ferry: seconds per part (the snapshot, its manifest, and `replicate --json`'s
     /// timings, sender and receiver).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    parts: BTreeMap<String, f64>,
+    pub parts: BTreeMap<String, f64>,
 }
 
 /// The medians of one (tool, phase, caches) over the runs.
@@ -74,11 +74,6 @@ struct Row {
     bytes: u64,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     parts: BTreeMap<String, f64>,
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
 /// CPU seconds of a running process and its reaped children, from /proc.
@@ -116,7 +111,7 @@ fn dir_size(p: &Path) -> u64 {
 /// output) are flushed first, outside the timing; with cold caches the page cache is
 /// dropped too (which also drops the loop device's backing file: what a cold read costs on
 /// this VM's disk).
-fn settle(caches: Caches) -> Result<()> {
+pub(crate) fn settle(caches: Caches) -> Result<()> {
     let _ = Command::new("sync").status();
     if caches == Caches::Cold {
         drop_caches()?;
@@ -125,7 +120,7 @@ fn settle(caches: Caches) -> Result<()> {
 }
 
 /// Runs a command, returning (wall, CPU of it and its children, stdout).
-fn timed(cmd: &mut Command) -> Result<(f64, f64, String)> {
+pub(crate) fn timed(cmd: &mut Command) -> Result<(f64, f64, String)> {
     let c0 = cpu_children();
     let t0 = Instant::now();
     let out = cmd.output().with_context(|| format!("run {cmd:?}"))?;
@@ -200,8 +195,8 @@ pub(crate) struct Agents {
 
 impl Agents {
     /// Makes the sites' PKI and configurations in `dir` (data in `dir/a`, `dir/b`) and starts
-    /// b's daemon; `b_net` goes into b's `[net]` section.
-    pub(crate) fn start(dir: &Path, b_net: &str) -> Result<Agents> {
+    /// b's daemon; `net` goes into both agents' `[net]` sections.
+    pub(crate) fn start(dir: &Path, net: &str) -> Result<Agents> {
         let pki_dir = dir.join("pki");
         let (a_ca, b_ca) = (pki_dir.join("a"), pki_dir.join("b"));
         pki::create_ca("site-a", &a_ca, 30)?;
@@ -219,8 +214,8 @@ impl Agents {
         };
         let a_cfg = dir.join("a.toml");
         let b_cfg = dir.join("b.toml");
-        std::fs::write(&a_cfg, cfg(&dir.join("a"), &ac, &ak, &b_ca, ""))?;
-        std::fs::write(&b_cfg, cfg(&dir.join("b"), &bc, &bk, &a_ca, b_net))?;
+        std::fs::write(&a_cfg, cfg(&dir.join("a"), &ac, &ak, &b_ca, net))?;
+        std::fs::write(&b_cfg, cfg(&dir.join("b"), &bc, &bk, &a_ca, net))?;
         let (server, addr) = Self::serve(&b_cfg)?;
         Ok(Agents {
             a_cfg,

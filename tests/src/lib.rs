@@ -572,28 +572,39 @@ impl LossyRelay {
                 let mut rng = StdRng::seed_from_u64(seed);
                 let mut client: Option<std::net::SocketAddr> = None;
                 let (mut a, mut b) = (vec![0u8; 65536], vec![0u8; 65536]);
+                // One forwarder per direction: the delay is the same for every datagram, so
+                // a queue in arrival order is also in departure order (no task per packet).
+                let forward = |sock: std::sync::Arc<tokio::net::UdpSocket>| {
+                    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(
+                        tokio::time::Instant,
+                        Vec<u8>,
+                        std::net::SocketAddr,
+                    )>();
+                    tokio::spawn(async move {
+                        while let Some((at, data, to)) = rx.recv().await {
+                            tokio::time::sleep_until(at).await;
+                            let _ = sock.send_to(&data, to).await;
+                        }
+                    });
+                    tx
+                };
+                let (to_back, to_front) = (forward(back.clone()), forward(front.clone()));
                 while !stop2.load(Ordering::Relaxed) {
                     tokio::select! {
                         r = front.recv_from(&mut a) => {
                             let Ok((n, from)) = r else { continue };
                             client = Some(from);
                             if !cut2.load(Ordering::Relaxed) && rng.gen::<f64>() >= loss {
-                                let (sock, data) = (back.clone(), a[..n].to_vec());
-                                tokio::spawn(async move {
-                                    tokio::time::sleep(delay).await;
-                                    let _ = sock.send_to(&data, target).await;
-                                });
+                                let at = tokio::time::Instant::now() + delay;
+                                let _ = to_back.send((at, a[..n].to_vec(), target));
                             }
                         }
                         r = back.recv_from(&mut b) => {
                             let Ok((n, _)) = r else { continue };
                             let pass = !cut2.load(Ordering::Relaxed) && rng.gen::<f64>() >= loss;
                             if let (Some(c), true) = (client, pass) {
-                                let (sock, data) = (front.clone(), b[..n].to_vec());
-                                tokio::spawn(async move {
-                                    tokio::time::sleep(delay).await;
-                                    let _ = sock.send_to(&data, c).await;
-                                });
+                                let at = tokio::time::Instant::now() + delay;
+                                let _ = to_front.send((at, b[..n].to_vec(), c));
                             }
                         }
                         _ = tokio::time::sleep(std::time::Duration::from_millis(100)) => {}

@@ -113,7 +113,9 @@ impl PeerSites {
     /// The endpoint's TLS settings for the trust now.
     pub fn server_config(&self) -> Result<quinn::ServerConfig> {
         let roots = tls_roots(&self.cfg, &self.cell.get())?;
-        net::server_config(&self.id, &roots).map_err(net_err)
+        let mut sc = net::server_config(&self.id, &roots).map_err(net_err)?;
+        sc.transport_config(net::transport_with(self.cfg.net.windows()));
+        Ok(sc)
     }
 
     /// The endpoint whose TLS settings follow changes.
@@ -165,6 +167,7 @@ impl PeerSites {
         let p = Arc::new(Peers::with(
             self.id.as_ref().clone(),
             trust.as_ref().clone(),
+            self.cfg.net.windows(),
         )?);
         *s = Some((g, p.clone()));
         Ok(p)

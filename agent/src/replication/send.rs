@@ -202,12 +202,14 @@ impl Peers {
     /// The node's TLS identity and trust from the `[net]` config.
     pub fn new(cfg: &AgentConfig) -> Result<Peers> {
         let (id, trust) = load_tls(cfg)?;
-        Peers::with(id, trust)
+        Peers::with(id, trust, cfg.net.windows())
     }
 
-    /// Connections made as `id`, to nodes of the sites `trust` knows.
-    pub fn with(id: Identity, trust: Trust) -> Result<Peers> {
-        let cc = net::client_config(&id, &trust).map_err(net_err)?;
+    /// Connections made as `id`, to nodes of the sites `trust` knows, with flow-control
+    /// windows `windows`.
+    pub fn with(id: Identity, trust: Trust, windows: net::Windows) -> Result<Peers> {
+        let mut cc = net::client_config(&id, &trust).map_err(net_err)?;
+        cc.transport_config(net::transport_with(windows));
         Ok(Peers {
             id,
             trust,

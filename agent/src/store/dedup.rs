@@ -404,25 +404,8 @@ impl Dedup {
     /// the index names that holds it at that place, and its byte offset; checked against
     /// that snapshot's manifest.
     pub fn lookup(&mut self, hash: &BlockHash) -> Option<(PathBuf, u64)> {
-        let k = key(hash);
-        let mut at = bucket_of(&k, self.header.buckets);
-        let mut page = [0u8; PAGE];
-        for _ in 0..self.header.buckets {
-            self.file
-                .read_exact_at(&mut page, Header::bucket_at(at))
-                .ok()?;
-            let b = Bucket::decode(&page);
-            for e in b.find(&k) {
-                if let Some(hit) = self.check(e, hash) {
-                    return Some(hit);
-                }
-            }
-            if !b.overflow {
-                return None;
-            }
-            at = (at + 1) % self.header.buckets;
-        }
-        None
+        let found = probe(&self.file, &self.header, &key(hash)).ok()?;
+        found.iter().find_map(|e| self.check(e, hash))
     }
 
     /// A hit checked: a snapshot of volume `e.volume` whose manifest has `hash` at
@@ -459,6 +442,31 @@ impl Dedup {
             .ctx("write", &path)?;
         self.file.sync_data().ctx("fsync", &path)
     }
+}
+
+/// Reads the header of an index file.
+pub fn read_header(file: &File) -> std::io::Result<Header> {
+    let mut head = [0u8; PAGE];
+    file.read_exact_at(&mut head, 0)?;
+    Header::decode(&head).map_err(std::io::Error::other)
+}
+
+/// The entries of `key` in the table of `file`: its bucket, and the next ones while they
+/// say entries overflowed. Usually one page read.
+pub fn probe(file: &File, header: &Header, key: &[u8; 16]) -> std::io::Result<Vec<Entry>> {
+    let mut at = bucket_of(key, header.buckets);
+    let mut page = [0u8; PAGE];
+    let mut out = Vec::new();
+    for _ in 0..header.buckets {
+        file.read_exact_at(&mut page, Header::bucket_at(at))?;
+        let b = Bucket::decode(&page);
+        out.extend(b.find(key).copied());
+        if !b.overflow {
+            break;
+        }
+        at = (at + 1) % header.buckets;
+    }
+    Ok(out)
 }
 
 /// Volume `name`'s snapshots (of `block_size` blocks) as validation reads them, newest
@@ -511,26 +519,11 @@ mod tests {
         .expect("build");
         assert_eq!(n, 5000);
         let file = File::open(&path).expect("open");
-        let mut head = [0u8; PAGE];
-        file.read_exact_at(&mut head, 0).expect("read");
-        let hd = Header::decode(&head).expect("header");
+        let hd = read_header(&file).expect("header");
         assert_eq!(hd.entries, 5000);
         let find = |file: &File, hd: &Header, i: u64| {
-            let k = key(&h(i));
-            let mut at = bucket_of(&k, hd.buckets);
-            let mut page = [0u8; PAGE];
-            loop {
-                file.read_exact_at(&mut page, Header::bucket_at(at))
-                    .expect("read");
-                let b = Bucket::decode(&page);
-                if let Some(e) = b.find(&k).next() {
-                    return Some(e.block);
-                }
-                if !b.overflow {
-                    return None;
-                }
-                at = (at + 1) % hd.buckets;
-            }
+            let found = probe(file, hd, &key(&h(i))).expect("probe");
+            found.first().map(|e| e.block)
         };
         for i in (0..5000).step_by(37) {
             assert_eq!(find(&file, &hd, i), Some(i));

@@ -1,0 +1,166 @@
+//! `ferry-bench longlink`: a full replication through the test harness's UDP relay
+//! (`ferry_tests::LossyRelay`, the stand-in for netem this kernel lacks), at 0 and 100 ms
+//! round trip, without loss and at 5% loss each way, against the same transfer straight over
+//! loopback. Every case starts from an empty receiver (a fresh pair of agents), so nothing is
+//! found locally; the windows are the agents' defaults unless `--windows` says otherwise.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Result;
+use ferry_tests::LossyRelay;
+use ferry_wire::units::format_size;
+use serde::Serialize;
+
+use crate::median;
+use crate::replication::{settle, stage, timed, Agents, Caches};
+
+#[derive(Debug, Clone, Serialize)]
+struct Case {
+    name: String,
+    rtt_ms: u64,
+    loss: f64,
+    runs: usize,
+    wall_s: f64,
+    wall_min_s: f64,
+    wall_max_s: f64,
+    sent_bytes: u64,
+}
+
+/// `windows`: `[net]` lines for both agents (e.g. stream_window = "16MiB"), or empty.
+pub fn run(dir: &Path, out: &Path, size: u64, runs: usize, seed: u64, windows: &str) -> Result<()> {
+    std::fs::create_dir_all(out)?;
+    let work = dir.join("bench-longlink");
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work)?;
+    let image = work.join("image");
+    std::fs::File::create(&image)?.set_len(size)?;
+    crate::generate(&image, size, seed, 4096)?;
+    let cases: [(&str, Option<(u64, f64)>); 5] = [
+        ("loopback", None),
+        ("relay, 0 ms", Some((0, 0.0))),
+        ("relay, 100 ms RTT", Some((100, 0.0))),
+        ("relay, 100 ms RTT, 5% loss", Some((100, 0.05))),
+        ("relay, 0 ms, 5% loss", Some((0, 0.05))),
+    ];
+    let mut walls: Vec<Vec<(f64, u64)>> = vec![Vec::new(); cases.len()];
+    for run in 0..runs {
+        for (k, (name, relay)) in cases.iter().enumerate() {
+            let d = work.join(format!("case-{k}"));
+            let _ = std::fs::remove_dir_all(&d);
+            std::fs::create_dir_all(&d)?;
+            let ag = Agents::start(&d, windows)?;
+            ag.json(
+                false,
+                &["volume", "create", "v", "--size", &size.to_string()],
+            )?;
+            let vol = ag.json(false, &["volume", "path", "v"])?["path"]
+                .as_str()
+                .map(std::path::PathBuf::from)
+                .unwrap_or_default();
+            stage(&image, &vol)?;
+            ag.json(false, &["snapshot", "create", "v", "s1"])?;
+            let relayed = relay.map(|(rtt, loss)| {
+                LossyRelay::start(
+                    ag.addr.parse().expect("agent address"),
+                    loss,
+                    Duration::from_millis(rtt / 2),
+                    seed + run as u64,
+                )
+            });
+            let to = relayed
+                .as_ref()
+                .map_or(ag.addr.clone(), |r| r.addr.to_string());
+            settle(Caches::Warm)?;
+            let (wall, _, out) = timed(&mut ag.cmd(
+                false,
+                &["replicate", "v", "s1", "--to", &to, "--retries", "0"],
+            )?)?;
+            let r: serde_json::Value = serde_json::from_str(&out)?;
+            let sent = r["sent_bytes"].as_u64().unwrap_or(0);
+            eprintln!(
+                "run {}: {name}: {wall:.2} s ({})",
+                run + 1,
+                format_size(sent)
+            );
+            walls[k].push((wall, sent));
+            drop(relayed);
+            drop(ag);
+            std::fs::remove_dir_all(&d)?;
+        }
+    }
+    let rows: Vec<Case> = cases
+        .iter()
+        .zip(walls)
+        .map(|((name, relay), v)| {
+            let w: Vec<f64> = v.iter().map(|x| x.0).collect();
+            Case {
+                name: name.to_string(),
+                rtt_ms: relay.map_or(0, |r| r.0),
+                loss: relay.map_or(0.0, |r| r.1),
+                runs: v.len(),
+                wall_s: median(w.clone()),
+                wall_min_s: w.iter().copied().fold(f64::INFINITY, f64::min),
+                wall_max_s: w.iter().copied().fold(0.0, f64::max),
+                sent_bytes: median(v.iter().map(|x| x.1 as f64).collect()) as u64,
+            }
+        })
+        .collect();
+    let _ = std::fs::remove_dir_all(&work);
+    let md = report(size, runs, windows, &rows)?;
+    std::fs::write(out.join("report.md"), &md)?;
+    let json =
+        serde_json::json!({ "image_size": size, "runs": runs, "windows": windows, "cases": rows });
+    std::fs::write(out.join("report.json"), serde_json::to_vec_pretty(&json)?)?;
+    print!("{md}");
+    Ok(())
+}
+
+fn report(size: u64, runs: usize, windows: &str, rows: &[Case]) -> Result<String> {
+    use std::fmt::Write as _;
+    let mut md = String::new();
+    writeln!(md, "# ferry long-link benchmark\n")?;
+    writeln!(
+        md,
+        "Full replication of a {} VM-like image into an empty receiver, {runs} runs, medians (spread). The relay delays each datagram by half the round trip each way and drops the loss share each way; it runs on this machine too (one thread). Windows: {}.\n",
+        format_size(size),
+        if windows.is_empty() { "the defaults (64 MiB per stream, 256 MiB per connection)" } else { windows }
+    )?;
+    writeln!(
+        md,
+        "| case | wall s | spread | MB/s | sent |\n|---|---:|---|---:|---:|"
+    )?;
+    for r in rows {
+        writeln!(
+            md,
+            "| {} | {:.2} | {:.2}-{:.2} | {:.0} | {} |",
+            r.name,
+            r.wall_s,
+            r.wall_min_s,
+            r.wall_max_s,
+            r.sent_bytes as f64 / r.wall_s.max(1e-9) / 1e6,
+            format_size(r.sent_bytes)
+        )?;
+    }
+    let speed = |name: &str| {
+        rows.iter()
+            .find(|r| r.name == name)
+            .map(|r| r.sent_bytes as f64 / r.wall_s.max(1e-9))
+    };
+    if let (Some(lo), Some(relay0), Some(far), Some(lossy)) = (
+        speed("loopback"),
+        speed("relay, 0 ms"),
+        speed("relay, 100 ms RTT"),
+        speed("relay, 100 ms RTT, 5% loss"),
+    ) {
+        writeln!(md)?;
+        writeln!(md, "- 100 ms RTT / loopback: **{:.2}x** (goal >= 0.7x); / the relay at 0 ms (the relay's own ceiling here): **{:.2}x**", far / lo, far / relay0)?;
+        writeln!(
+            md,
+            "- 100 ms RTT and 5% loss / loopback: **{:.2}x**; / the relay at 0 ms: **{:.2}x**",
+            lossy / lo,
+            lossy / relay0
+        )?;
+    }
+    Ok(md)
+}
