@@ -129,7 +129,7 @@ pub fn run(dir: &Path, out: &Path, entries: u64, probes: u64) -> Result<()> {
                 entries + state % entries
             };
             let e = entry(i);
-            if probe(&file, &header, &e.key)?.iter().any(|x| *x == e) {
+            if probe(&file, &header, &e.key)?.contains(&e) {
                 found += 1;
             }
         }

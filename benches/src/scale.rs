@@ -42,6 +42,14 @@ struct SizeRow {
     parts: BTreeMap<String, f64>,
 }
 
+/// One incremental: wall seconds, bytes sent, the receiver's peak RSS, its parts.
+struct Measured {
+    wall: f64,
+    sent: u64,
+    rss: u64,
+    parts: BTreeMap<String, f64>,
+}
+
 /// The many-volumes case.
 #[derive(Debug, Clone, Serialize)]
 struct ManyRow {
@@ -105,7 +113,7 @@ fn sizes(work: &Path, runs: usize, caches: &[Caches], seed: u64) -> Result<Vec<S
         eprintln!("{}: full replication (not timed)", format_size(size));
         ag.step("full", Caches::Warm, "v", "s0", &[])?;
         let mut n = 0;
-        let mut by: BTreeMap<Caches, Vec<(f64, u64, u64, BTreeMap<String, f64>)>> = BTreeMap::new();
+        let mut by: BTreeMap<Caches, Vec<Measured>> = BTreeMap::new();
         for run in 0..runs {
             for &c in caches {
                 n += 1;
@@ -124,13 +132,16 @@ fn sizes(work: &Path, runs: usize, caches: &[Caches], seed: u64) -> Result<Vec<S
                     format_size(s.bytes),
                     format_size(rss)
                 );
-                by.entry(c)
-                    .or_default()
-                    .push((s.wall_s, s.bytes, rss, s.parts));
+                by.entry(c).or_default().push(Measured {
+                    wall: s.wall_s,
+                    sent: s.bytes,
+                    rss,
+                    parts: s.parts,
+                });
             }
         }
         for (c, v) in by {
-            let walls: Vec<f64> = v.iter().map(|x| x.0).collect();
+            let walls: Vec<f64> = v.iter().map(|x| x.wall).collect();
             let mut parts = BTreeMap::new();
             for k in [
                 "snapshot",
@@ -140,7 +151,7 @@ fn sizes(work: &Path, runs: usize, caches: &[Caches], seed: u64) -> Result<Vec<S
             ] {
                 parts.insert(
                     k.to_string(),
-                    median(v.iter().filter_map(|x| x.3.get(k).copied()).collect()),
+                    median(v.iter().filter_map(|x| x.parts.get(k).copied()).collect()),
                 );
             }
             rows.push(SizeRow {
@@ -150,8 +161,8 @@ fn sizes(work: &Path, runs: usize, caches: &[Caches], seed: u64) -> Result<Vec<S
                 wall_s: median(walls.clone()),
                 wall_min_s: walls.iter().copied().fold(f64::INFINITY, f64::min),
                 wall_max_s: walls.iter().copied().fold(0.0, f64::max),
-                sent_bytes: median(v.iter().map(|x| x.1 as f64).collect()) as u64,
-                receiver_peak_rss: median(v.iter().map(|x| x.2 as f64).collect()) as u64,
+                sent_bytes: median(v.iter().map(|x| x.sent as f64).collect()) as u64,
+                receiver_peak_rss: median(v.iter().map(|x| x.rss as f64).collect()) as u64,
                 parts,
             });
         }
