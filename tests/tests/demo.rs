@@ -29,6 +29,12 @@ fn demo(args: &[&str]) -> (std::process::Child, mpsc::Receiver<String>) {
         .arg("demo")
         .args(args)
         .env("HOME", std::env::temp_dir())
+        // The demo runs the agent and controller built beside it (the suite built them);
+        // with cargo's variables it would build them itself as `-p` packages, whose
+        // features unify differently from the workspace's: a second build of the
+        // dependencies (over two minutes on two cores) that replaces the suite's binaries.
+        .env_remove("CARGO")
+        .env_remove("CARGO_MANIFEST_DIR")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
