@@ -199,8 +199,8 @@ impl Agents {
     pub(crate) fn start(dir: &Path, net: &str) -> Result<Agents> {
         let pki_dir = dir.join("pki");
         let (a_ca, b_ca) = (pki_dir.join("a"), pki_dir.join("b"));
-        pki::create_ca("site-a", &a_ca, 30)?;
-        pki::create_ca("site-b", &b_ca, 30)?;
+        pki::create_ca("site-a", &a_ca, 365)?;
+        pki::create_ca("site-b", &b_ca, 365)?;
         let (ac, ak) = pki::issue(&a_ca, "a1", &a_ca, 30)?;
         let (bc, bk) = pki::issue(&b_ca, "b1", &b_ca, 30)?;
         let cfg = |data: &Path, cert: &Path, key: &Path, peer: &Path, extra: &str| {
@@ -519,7 +519,7 @@ fn repo_cycle(dir: &Path, im: &Images, caches: Caches) -> Result<Vec<Sample>> {
 pub(crate) fn quic_ceiling(dir: &Path, bytes: u64) -> Result<(f64, f64)> {
     let d = dir.join("pki-ceiling");
     let _ = std::fs::remove_dir_all(&d);
-    pki::create_ca("ceil", &d, 30)?;
+    pki::create_ca("ceil", &d, 365)?;
     let (sc, sk) = pki::issue(&d, "srv", &d, 30)?;
     let (cc, ck) = pki::issue(&d, "cli", &d, 30)?;
     let mut trust = pki::Trust::default();

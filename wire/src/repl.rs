@@ -271,6 +271,16 @@ pub fn pages_payload(block: &[u8], mask: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// The first and last page set in a page mask (bit `p` of byte `p / 8`), or `None` when no
+/// page is set: the span one read of a block's changed pages covers.
+pub fn page_span(mask: &[u8]) -> Option<(usize, usize)> {
+    let set = |p: &usize| mask[p / 8] & (1 << (p % 8)) != 0;
+    let pages = mask.len() * 8;
+    let first = (0..pages).find(set)?;
+    let last = (0..pages).rev().find(set)?;
+    Some((first, last))
+}
+
 /// The leaves of a `block_len`-byte block that a page-delta payload changes (its bitmap's
 /// pages, by leaf, in order), or `None` if the payload cannot be one for such a block.
 pub fn delta_leaves(block_len: usize, payload: &[u8]) -> Option<Vec<usize>> {
@@ -731,6 +741,10 @@ mod tests {
             "all pages: send the block"
         );
         assert_eq!(pages_payload(&new, &[0]), None, "mask of the wrong size");
+        assert_eq!(page_span(&[0b10, 0b1000_0000]), Some((1, 15)));
+        assert_eq!(page_span(&[0, 0b100]), Some((10, 10)));
+        assert_eq!(page_span(&[0, 0]), None, "no page: nothing to read");
+        assert_eq!(page_span(&[]), None);
         // Mostly changed: not worth it.
         let other: Vec<u8> = base.iter().map(|b| b ^ 0xff).collect();
         assert_eq!(page_delta(&base, &other), None);

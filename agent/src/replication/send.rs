@@ -20,9 +20,9 @@ use std::time::{Duration, Instant};
 
 use ferry_wire::hashfile::{HashFile, Kind};
 use ferry_wire::repl::{
-    block_header, choose_base, page_delta, pages_payload, ErrorClass, Payload, ReceiverTimings,
-    Request, Response, SenderCore, SenderStep, BLOCK_HEADER, MAX_SEED_CANDIDATES, PAGE_SIZE,
-    REPL_CONTROL_LIMIT,
+    block_header, choose_base, page_delta, page_span, pages_payload, ErrorClass, Payload,
+    ReceiverTimings, Request, Response, SenderCore, SenderStep, BLOCK_HEADER, MAX_SEED_CANDIDATES,
+    PAGE_SIZE, REPL_CONTROL_LIMIT,
 };
 use ferry_wire::{BlockHash, Name};
 use quinn::VarInt;
@@ -718,7 +718,7 @@ impl Framing {
         let pages: u64 = mask.iter().map(|b| u64::from(b.count_ones())).sum();
         // As `pages_payload` decides: smaller than three quarters of the block.
         let len = mask.len() as u64 + pages * PAGE_SIZE as u64;
-        (full && len * 4 < self.bs * 3).then_some(mask.as_slice())
+        (full && pages > 0 && len * 4 < self.bs * 3).then_some(mask.as_slice())
     }
 
     /// The data frame of block `i` with `payload` of `kind` (compressed when that saves
@@ -864,11 +864,12 @@ impl Out {
 
 impl Reader {
     /// Reads every batch of needed blocks to its end before taking the next, so it never
-    /// waits for needs with reads in flight. A block whose changed pages the filesystem's
-    /// diff names is sent as those pages, read alone (the receiver checks the whole
+    /// waits for needs with reads in flight. Everything is read through the io_uring
+    /// engine (O_DIRECT: a fresh clone has nothing in the page cache). A block whose
+    /// changed pages the filesystem's diff names is sent as those pages, read alone (one
+    /// read from its first to its last changed page; the receiver checks the whole
     /// block's hash against the offer before writing it); every other block is read
-    /// whole through the io_uring engine (O_DIRECT: a fresh clone has nothing in the page
-    /// cache), hashed and framed on the hashing threads, checked against the manifest,
+    /// whole, hashed and framed on the hashing threads, checked against the manifest,
     /// then sent.
     fn run(self) -> Result<ReadOutcome> {
         let Reader {
@@ -903,8 +904,6 @@ impl Reader {
             ),
             None => None,
         };
-        let image_file = std::fs::File::open(&image)
-            .map_err(|e| crate::error::io_err(e, "open", image.clone()))?;
         let bs = framing.bs;
         let per_read = (io.read_size / bs).max(1);
         let mut out = Out {
@@ -918,28 +917,46 @@ impl Reader {
             waited: Duration::ZERO,
         };
         let mut busy = Duration::ZERO;
-        let mut page = vec![0u8; PAGE_SIZE];
         while let Some(need) = needs.blocking_recv() {
             let t0 = Instant::now();
             let (paged, whole): (Vec<u64>, Vec<u64>) = need
                 .iter()
                 .partition(|&&i| framing.paged(i, size).is_some());
-            for i in paged {
-                let Some(mask) = framing.paged(i, size) else {
-                    continue;
-                };
-                let mut payload = mask.to_vec();
-                for p in (0..bs as usize / PAGE_SIZE).filter(|p| mask[p / 8] & (1 << (p % 8)) != 0)
-                {
-                    let at = i * bs + (p * PAGE_SIZE) as u64;
-                    image_file
-                        .read_exact_at(&mut page, at)
-                        .map_err(|e| crate::error::io_err(e, "read", image.clone()))?;
-                    payload.extend_from_slice(&page);
-                }
-                let (frame, saved) = framing.frame(i, Payload::Pages, &payload);
-                out.send(frame, saved)?;
-            }
+            // The changed pages of a block in one read from its first to its last changed
+            // page, all through the engine: on a cold snapshot these are random reads, and
+            // the engine keeps a queue of them in flight where one pread at a time waited
+            // for each.
+            crate::engine::run(
+                &image,
+                &io,
+                Cache::Cold,
+                bs as usize,
+                paged.iter().filter_map(|&i| {
+                    let (first, last) = page_span(framing.paged(i, size)?)?;
+                    Some(ReadJob {
+                        offset: i * bs + (first * PAGE_SIZE) as u64,
+                        len: (last + 1 - first) * PAGE_SIZE,
+                        tag: 0,
+                    })
+                }),
+                |job, data| {
+                    let i = job.offset / bs;
+                    let first = (job.offset % bs) as usize / PAGE_SIZE;
+                    let mask = framing.paged(i, size)?;
+                    let mut payload = mask.to_vec();
+                    for (k, page) in data.chunks(PAGE_SIZE).enumerate() {
+                        let p = first + k;
+                        if mask[p / 8] & (1 << (p % 8)) != 0 {
+                            payload.extend_from_slice(page);
+                        }
+                    }
+                    Some(framing.frame(i, Payload::Pages, &payload))
+                },
+                |_, framed| match framed {
+                    Some((frame, saved)) => out.send(frame, saved),
+                    None => Ok(()),
+                },
+            )?;
             crate::engine::run(
                 &image,
                 &io,
