@@ -61,18 +61,7 @@ fn entry(i: u64) -> Entry {
     }
 }
 
-/// The process's peak resident memory, bytes, and a reset of it.
-fn peak_rss() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        })
-        .map_or(0, |kb| kb * 1024)
-}
-
+/// A reset of this process's peak resident memory.
 fn reset_peak_rss() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
@@ -94,7 +83,7 @@ pub fn run(dir: &Path, out: &Path, entries: u64, probes: u64) -> Result<()> {
         }
     })?;
     let build_s = t0.elapsed().as_secs_f64();
-    let build_peak_rss = peak_rss();
+    let build_peak_rss = crate::peak_rss("self");
     eprintln!(
         "built in {build_s:.1} s, peak RSS {}",
         format_size(build_peak_rss)
@@ -149,7 +138,7 @@ pub fn run(dir: &Path, out: &Path, entries: u64, probes: u64) -> Result<()> {
         file_bytes,
         build_s,
         build_peak_rss,
-        probe_peak_rss: peak_rss(),
+        probe_peak_rss: crate::peak_rss("self"),
         probes: rows,
     };
     std::fs::remove_file(&path)?;

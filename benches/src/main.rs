@@ -192,6 +192,18 @@ fn rusage(who: libc::c_int) -> f64 {
     t(u.ru_utime) + t(u.ru_stime)
 }
 
+/// The peak resident memory (VmHWM) of process `pid` ("self" for this one), bytes.
+pub(crate) fn peak_rss(pid: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
 /// The median of `v` (the upper one of an even count; 0 for none).
 pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));

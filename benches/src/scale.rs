@@ -70,18 +70,6 @@ fn volume_path(ag: &Agents, name: &str) -> Result<PathBuf> {
     ))
 }
 
-/// The receiver's peak resident memory, bytes (VmHWM).
-fn peak_rss(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        })
-        .map_or(0, |kb| kb * 1024)
-}
-
 /// Makes volume `name` of `size` at `a`: the first GiB VM-like, then every other 2 MiB a
 /// shared-extent copy of the first GiB.
 fn make_volume(ag: &Agents, name: &str, size: u64, seed: u64) -> Result<PathBuf> {
@@ -123,7 +111,7 @@ fn sizes(work: &Path, runs: usize, caches: &[Caches], seed: u64) -> Result<Vec<S
                 settle(c)?;
                 let snap = format!("s{n}");
                 let s = ag.step("incremental", c, "v", &snap, &[])?;
-                let rss = peak_rss(ag.server.0.id());
+                let rss = crate::peak_rss(&ag.server.0.id().to_string());
                 eprintln!(
                     "{} {}: incremental {:.2} s, {} sent, receiver peak {}",
                     format_size(size),

@@ -30,6 +30,20 @@ impl Drop for Dev {
     }
 }
 
+/// The shared site's process and directory, for [`remove_shared`].
+static SHARED: OnceLock<(u32, PathBuf)> = OnceLock::new();
+
+/// At the test process's exit: stops the shared site and removes its directory.
+extern "C" fn remove_shared() {
+    if let Some((pid, dir)) = SHARED.get() {
+        // SAFETY: signalling the child this process started.
+        unsafe { libc::kill(*pid as libc::pid_t, libc::SIGKILL) };
+        // SAFETY: reaping that child; it is ours and is dying.
+        unsafe { libc::waitpid(*pid as libc::pid_t, std::ptr::null_mut(), 0) };
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
 impl Dev {
     /// Starts a dev site on `dir` (kept) and waits for its agent to link.
     pub fn start(dir: &Path) -> Dev {
@@ -79,6 +93,10 @@ impl Dev {
             std::thread::spawn(move || {
                 let temp = tempfile::tempdir().expect("tempdir");
                 let mut dev = Dev::start(temp.path());
+                // A static is never dropped: the site and its directory go at exit.
+                let _ = SHARED.set((dev.child.id(), temp.path().to_path_buf()));
+                // SAFETY: registers a plain function with no captured state.
+                unsafe { libc::atexit(remove_shared) };
                 dev._temp = Some(temp);
                 let _ = tx.send(dev);
                 loop {
