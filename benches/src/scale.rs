@@ -102,11 +102,12 @@ fn sizes(work: &Path, runs: usize, caches: &[Caches], seed: u64) -> Result<Vec<S
         ag.step("full", Caches::Warm, "v", "s0", &[])?;
         let mut n = 0;
         let mut by: BTreeMap<Caches, Vec<Measured>> = BTreeMap::new();
-        for run in 0..runs {
+        for _ in 0..runs {
             for &c in caches {
                 n += 1;
-                // The same pages in every size and run (the snapshot before holds others).
-                churn(&path, GIB, seed ^ (run as u64 * 7 + 1), 98)?;
+                // Other pages at every step (the same ones for both sizes): a step that
+                // wrote what the one before wrote would change nothing.
+                churn(&path, GIB, seed ^ (n as u64 * 7 + 1), 98)?;
                 ag.restart_receiver()?;
                 settle(c)?;
                 let snap = format!("s{n}");
