@@ -780,7 +780,7 @@ fn report(o: &Options, im: &Images, rows: &[Row]) -> Result<String> {
         ("replicate.commit", "  commit"),
         (
             "replicate.receiver.base_reads",
-            "    receiver: base reads (summed over streams)",
+            "    receiver: base reads (summed over the reads in flight)",
         ),
         ("replicate.receiver.verify", "    receiver: checks (summed)"),
         ("replicate.receiver.write", "    receiver: writes"),

@@ -253,31 +253,41 @@ pub fn page_delta(base: &[u8], new: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// The page-delta payload of `block` for the pages set in `mask` (bit `p` of byte `p / 8`,
-/// as in the payload), when known from elsewhere (a filesystem diff), or `None` when it
-/// would not be smaller than three quarters of the block.
+/// Whether page `p` is set in a page mask (bit `p % 8` of byte `p / 8`, as in a page-delta
+/// payload's bitmap).
+pub fn page_set(mask: &[u8], p: usize) -> bool {
+    mask.get(p / 8).is_some_and(|b| b & (1 << (p % 8)) != 0)
+}
+
+/// The page-delta payload of `block` for the pages set in `mask`, when known from elsewhere
+/// (a filesystem diff), or `None` when it would not be smaller than three quarters of the
+/// block.
 pub fn pages_payload(block: &[u8], mask: &[u8]) -> Option<Vec<u8>> {
     let pages = block.len() / PAGE_SIZE;
     if block.len() % PAGE_SIZE != 0 || mask.len() != pages.div_ceil(8) {
         return None;
     }
+    span_payload(mask, 0, block).filter(|out| out.len() * 4 < block.len() * 3)
+}
+
+/// The page-delta payload for the pages set in `mask`, taken from `span`: a block's pages
+/// from page `first` on, as one read of its changed pages returns them. `None` when a set
+/// page lies outside the span.
+pub fn span_payload(mask: &[u8], first: usize, span: &[u8]) -> Option<Vec<u8>> {
     let mut out = mask.to_vec();
-    for p in (0..pages).filter(|p| mask[p / 8] & (1 << (p % 8)) != 0) {
-        out.extend_from_slice(&block[p * PAGE_SIZE..(p + 1) * PAGE_SIZE]);
-        if out.len() * 4 >= block.len() * 3 {
-            return None;
-        }
+    for p in (0..mask.len() * 8).filter(|&p| page_set(mask, p)) {
+        let at = p.checked_sub(first)? * PAGE_SIZE;
+        out.extend_from_slice(span.get(at..at + PAGE_SIZE)?);
     }
     Some(out)
 }
 
-/// The first and last page set in a page mask (bit `p` of byte `p / 8`), or `None` when no
-/// page is set: the span one read of a block's changed pages covers.
+/// The first and last page set in a page mask, or `None` when no page is set: the span one
+/// read of a block's changed pages covers.
 pub fn page_span(mask: &[u8]) -> Option<(usize, usize)> {
-    let set = |p: &usize| mask[p / 8] & (1 << (p % 8)) != 0;
     let pages = mask.len() * 8;
-    let first = (0..pages).find(set)?;
-    let last = (0..pages).rev().find(set)?;
+    let first = (0..pages).find(|&p| page_set(mask, p))?;
+    let last = (0..pages).rev().find(|&p| page_set(mask, p))?;
     Some((first, last))
 }
 
@@ -290,7 +300,7 @@ pub fn delta_leaves(block_len: usize, payload: &[u8]) -> Option<Vec<usize>> {
     let pages = block_len / PAGE_SIZE;
     let bitmap = payload.get(..pages.div_ceil(8))?;
     let mut leaves: Vec<usize> = (0..pages)
-        .filter(|p| bitmap[p / 8] & (1 << (p % 8)) != 0)
+        .filter(|&p| page_set(bitmap, p))
         .map(|p| p * PAGE_SIZE / LEAF_SIZE)
         .collect();
     leaves.dedup();
@@ -338,7 +348,7 @@ pub fn apply_pages(block: &mut [u8], payload: &[u8]) -> Option<Vec<usize>> {
     let (bitmap, mut data) = payload.split_at_checked(pages.div_ceil(8))?;
     let mut changed = Vec::new();
     for p in 0..pages {
-        if bitmap[p / 8] & (1 << (p % 8)) != 0 {
+        if page_set(bitmap, p) {
             let (page, rest) = data.split_at_checked(PAGE_SIZE)?;
             block[p * PAGE_SIZE..(p + 1) * PAGE_SIZE].copy_from_slice(page);
             changed.push(p);
@@ -745,6 +755,21 @@ mod tests {
         assert_eq!(page_span(&[0, 0b100]), Some((10, 10)));
         assert_eq!(page_span(&[0, 0]), None, "no page: nothing to read");
         assert_eq!(page_span(&[]), None);
+        // One read of pages 1..=15 gives the same payload as the whole block.
+        assert_eq!(
+            span_payload(&[0b10, 0b1000_0000], 1, &new[PAGE_SIZE..]),
+            Some(d.clone())
+        );
+        assert_eq!(
+            span_payload(&[0b11, 0], 1, &new[PAGE_SIZE..]),
+            None,
+            "page 0 is before the span"
+        );
+        assert_eq!(
+            span_payload(&[0b10, 0b1000_0000], 1, &new[PAGE_SIZE..2 * PAGE_SIZE]),
+            None,
+            "page 15 is past the span"
+        );
         // Mostly changed: not worth it.
         let other: Vec<u8> = base.iter().map(|b| b ^ 0xff).collect();
         assert_eq!(page_delta(&base, &other), None);

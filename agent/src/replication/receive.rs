@@ -131,12 +131,14 @@ fn run_writer(session: Arc<RecvSession>, mut rx: tokio::sync::mpsc::Receiver<Wri
         }
         // Write only what changed, so a reflinked working copy keeps sharing the rest.
         let t0 = std::time::Instant::now();
-        let write = |data: &[u8], at: u64| session.file.write_all_at(data, at);
+        let block = &job.block[job.start..];
         let written = match &job.pages {
-            None => write(&job.block[job.start..], at),
+            None => session.file.write_all_at(block, at),
             Some(changed) => changed.iter().try_for_each(|&p| {
-                let r = job.start + p * PAGE_SIZE..job.start + (p + 1) * PAGE_SIZE;
-                write(&job.block[r], at + (p * PAGE_SIZE) as u64)
+                let r = p * PAGE_SIZE..(p + 1) * PAGE_SIZE;
+                session
+                    .file
+                    .write_all_at(&block[r], at + (p * PAGE_SIZE) as u64)
             }),
         };
         Spent::add(&session.spent.write, t0);
@@ -1019,11 +1021,7 @@ pub async fn serve_data(
                 };
                 Spent::add(&session.spent.verify, t0);
                 checked(&session, index, got, want, cvs.as_deref())?;
-                // The frame itself goes to the writer (no copy): the block follows its header.
-                let (block, start) = match unpacked {
-                    Some(d) => (d, 0),
-                    None => (frame, BLOCK_HEADER),
-                };
+                let (block, start) = owned(frame, unpacked);
                 WriteJob {
                     index,
                     block,
@@ -1038,8 +1036,8 @@ pub async fn serve_data(
                 // Its base leaves are read from the working copy: random reads, cold on
                 // a mirror that rested since the last transfer. On the blocking pool, so
                 // a queue of them is in flight and the stream reads on meanwhile.
-                let (s, delta) = (session.clone(), payload.to_vec());
-                deltas.spawn_blocking(move || apply_delta(&s, index, &delta, want));
+                let (s, (delta, start)) = (session.clone(), owned(frame, unpacked));
+                deltas.spawn_blocking(move || apply_delta(&s, index, &delta[start..], want));
                 while deltas.len() >= DELTAS_IN_FLIGHT {
                     if let Some(job) = deltas.join_next().await {
                         queue_write(joined(job)?).await;
@@ -1054,6 +1052,15 @@ pub async fn serve_data(
         queue_write(joined(job)?).await;
     }
     Ok(())
+}
+
+/// A data frame's payload, owned without a copy: the frame itself (the payload follows its
+/// header) or the buffer it was unpacked into. Returns the buffer and where the payload starts.
+fn owned(frame: Vec<u8>, unpacked: Option<Vec<u8>>) -> (Vec<u8>, usize) {
+    match unpacked {
+        Some(d) => (d, 0),
+        None => (frame, BLOCK_HEADER),
+    }
 }
 
 /// Page deltas a data stream has being applied and checked at once.

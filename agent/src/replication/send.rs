@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use ferry_wire::hashfile::{HashFile, Kind};
 use ferry_wire::repl::{
-    block_header, choose_base, page_delta, page_span, pages_payload, ErrorClass, Payload,
+    block_header, choose_base, page_delta, page_span, span_payload, ErrorClass, Payload,
     ReceiverTimings, Request, Response, SenderCore, SenderStep, BLOCK_HEADER, MAX_SEED_CANDIDATES,
     PAGE_SIZE, REPL_CONTROL_LIMIT,
 };
@@ -757,8 +757,9 @@ impl Framing {
             let i = job.offset / bs + j as u64;
             let hash = BlockHash::of(chunk);
             let full = chunk.len() as u64 == bs;
+            // With the filesystem's masks, a block worth sending as pages went as its pages
+            // read alone (`paged`); one read whole goes whole.
             let delta = match (&self.pages.masks, base_file) {
-                (Some(masks), _) if full => masks.get(&i).and_then(|m| pages_payload(chunk, m)),
                 (None, Some(bf)) if full => {
                     base_block.resize(bs as usize, 0);
                     bf.read_exact_at(&mut base_block, i * bs)?;
@@ -919,42 +920,42 @@ impl Reader {
         let mut busy = Duration::ZERO;
         while let Some(need) = needs.blocking_recv() {
             let t0 = Instant::now();
-            let (paged, whole): (Vec<u64>, Vec<u64>) = need
-                .iter()
-                .partition(|&&i| framing.paged(i, size).is_some());
-            // The changed pages of a block in one read from its first to its last changed
-            // page, all through the engine: on a cold snapshot these are random reads, and
-            // the engine keeps a queue of them in flight where one pread at a time waited
-            // for each.
+            // A block the diff says changed in few pages goes as those pages, in one read
+            // from its first to its last changed page; the rest are read whole.
+            let mut whole = Vec::new();
+            let mut spans = Vec::new();
+            for &i in &need {
+                match framing.paged(i, size).and_then(page_span) {
+                    Some((first, last)) => spans.push(ReadJob {
+                        offset: i * bs + (first * PAGE_SIZE) as u64,
+                        len: (last + 1 - first) * PAGE_SIZE,
+                        tag: 0,
+                    }),
+                    None => whole.push(i),
+                }
+            }
+            // Through the engine: on a cold snapshot these are random reads, and the engine
+            // keeps a queue of them in flight.
             crate::engine::run(
                 &image,
                 &io,
                 Cache::Cold,
                 bs as usize,
-                paged.iter().filter_map(|&i| {
-                    let (first, last) = page_span(framing.paged(i, size)?)?;
-                    Some(ReadJob {
-                        offset: i * bs + (first * PAGE_SIZE) as u64,
-                        len: (last + 1 - first) * PAGE_SIZE,
-                        tag: 0,
-                    })
-                }),
+                spans,
                 |job, data| {
                     let i = job.offset / bs;
                     let first = (job.offset % bs) as usize / PAGE_SIZE;
-                    let mask = framing.paged(i, size)?;
-                    let mut payload = mask.to_vec();
-                    for (k, page) in data.chunks(PAGE_SIZE).enumerate() {
-                        let p = first + k;
-                        if mask[p / 8] & (1 << (p % 8)) != 0 {
-                            payload.extend_from_slice(page);
-                        }
-                    }
-                    Some(framing.frame(i, Payload::Pages, &payload))
+                    let payload = framing
+                        .paged(i, size)
+                        .and_then(|mask| span_payload(mask, first, data))
+                        .ok_or_else(|| {
+                            StoreError::Invalid(format!("block {i}: its pages are not in its read"))
+                        })?;
+                    Ok(framing.frame(i, Payload::Pages, &payload))
                 },
-                |_, framed| match framed {
-                    Some((frame, saved)) => out.send(frame, saved),
-                    None => Ok(()),
+                |_, framed: Result<(Vec<u8>, u64)>| {
+                    let (frame, saved) = framed?;
+                    out.send(frame, saved)
                 },
             )?;
             crate::engine::run(
