@@ -160,12 +160,13 @@ pub struct NetConfig {
     pub advertise: Option<String>,
     /// Most transfers the daemon sends at once for its controller (more wait their turn).
     pub max_transfers: usize,
-    /// Flow-control window per replication stream, e.g. "64MiB": data one stream may have
-    /// in flight. With `connection_window`, at least the link's bandwidth-delay product
-    /// (1 Gbit/s at 100 ms round trip: 12.5 MB). Both ends' settings count.
+    /// Flow-control window per replication stream, e.g. "8MiB" (at most 16 MiB): data one
+    /// stream may have in flight. A transfer spreads over up to 16 streams, as many as fill
+    /// `connection_window`. Both ends' settings count.
     #[serde(deserialize_with = "de_size")]
     pub stream_window: u64,
-    /// Flow-control window per connection (all of its streams), e.g. "256MiB".
+    /// Flow-control window per connection (all of its streams), e.g. "128MiB": at least the
+    /// link's bandwidth-delay product (1 Gbit/s at 100 ms round trip: 12.5 MB).
     #[serde(deserialize_with = "de_size")]
     pub connection_window: u64,
 }
@@ -324,12 +325,18 @@ impl AgentConfig {
                 "net.max_transfers must be 1 to 64".into(),
             ));
         }
-        const WINDOW: std::ops::RangeInclusive<u64> = (1 << 20)..=(1 << 40);
-        if !WINDOW.contains(&self.net.stream_window)
-            || !WINDOW.contains(&self.net.connection_window)
-        {
+        if !((1 << 20)..=net::MAX_STREAM_WINDOW).contains(&self.net.stream_window) {
+            return Err(StoreError::Invalid(format!(
+                "net.stream_window must be 1MiB to {}MiB (a transfer spreads over several streams; \
+                 QUIC closes a connection whose stream holds over 1,024 gaps of lost packets, \
+                 which a larger stream window reaches on a lossy long link): raise \
+                 net.connection_window for more data in flight",
+                net::MAX_STREAM_WINDOW >> 20
+            )));
+        }
+        if !((1 << 20)..=(1 << 40)).contains(&self.net.connection_window) {
             return Err(StoreError::Invalid(
-                "net.stream_window and net.connection_window must be 1MiB to 1TiB".into(),
+                "net.connection_window must be 1MiB to 1TiB".into(),
             ));
         }
         if self.net.connection_window < self.net.stream_window {
@@ -393,7 +400,12 @@ mod tests {
             ("[net]\nmax_connections = 0", "max_connections"),
             ("[net]\nmax_transfers = 0", "max_transfers"),
             ("[net]\nstream_window = \"4K\"", "stream_window"),
-            ("[net]\nstream_window = \"1GiB\"", "connection_window"),
+            ("[net]\nstream_window = \"32MiB\"", "1,024 gaps"),
+            (
+                "[net]\nstream_window = \"16MiB\"\nconnection_window = \"8MiB\"",
+                "at least net.stream_window",
+            ),
+            ("[net]\nconnection_window = \"2TiB\"", "1MiB to 1TiB"),
         ];
         for (text, want) in bad {
             let e = AgentConfig::parse(text).expect_err(text).to_string();

@@ -534,12 +534,90 @@ impl Drop for Served {
 
 /// A UDP relay on loopback that drops a share of datagrams and delays the rest, each way:
 /// network impairment for QUIC tests where the kernel has no netem. Stops when dropped.
+///
+/// It moves datagrams in batches, as QUIC's own sockets do: it receives with GRO (one read
+/// returns up to 64 KiB of datagrams of one sender) and sends a batch with GSO (one write),
+/// with large socket buffers; a datagram at a time, its one thread capped a 2-CPU machine's
+/// loopback at 143 MB/s where QUIC reaches 600 MB/s.
 pub struct LossyRelay {
     pub addr: std::net::SocketAddr,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
+
+/// One socket of the relay with its batching state.
+struct RelaySocket {
+    io: tokio::net::UdpSocket,
+    state: quinn_udp::UdpSocketState,
+}
+
+impl RelaySocket {
+    fn bind() -> RelaySocket {
+        let std = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind relay");
+        ferry_net::quic::large_buffers(&std);
+        std.set_nonblocking(true).expect("nonblocking");
+        let state = quinn_udp::UdpSocketState::new((&std).into()).expect("socket state");
+        let io = tokio::net::UdpSocket::from_std(std).expect("socket");
+        RelaySocket { io, state }
+    }
+
+    /// Receives batches: `(bytes, datagram size, sender)` per filled buffer.
+    async fn recv(
+        &self,
+        bufs: &mut [Vec<u8>],
+        out: &mut Vec<(usize, usize, std::net::SocketAddr)>,
+    ) -> std::io::Result<()> {
+        use std::io::IoSliceMut;
+        let mut meta = vec![quinn_udp::RecvMeta::default(); bufs.len()];
+        loop {
+            self.io.readable().await?;
+            let mut slices: Vec<IoSliceMut<'_>> =
+                bufs.iter_mut().map(|b| IoSliceMut::new(b)).collect();
+            let got = self.io.try_io(tokio::io::Interest::READABLE, || {
+                self.state.recv((&self.io).into(), &mut slices, &mut meta)
+            });
+            match got {
+                Ok(n) => {
+                    out.extend(meta[..n].iter().map(|m| (m.len, m.stride, m.addr)));
+                    return Ok(());
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Sends datagrams of `stride` bytes (the last may be shorter) to `to`, in as few writes
+    /// as GSO allows. Send errors lose the datagrams, as a network would.
+    async fn send(&self, data: &[u8], stride: usize, to: std::net::SocketAddr) {
+        let per = self.state.max_gso_segments().max(1) * stride;
+        for chunk in data.chunks(per.max(1)) {
+            let t = quinn_udp::Transmit {
+                destination: to,
+                ecn: None,
+                contents: chunk,
+                segment_size: (chunk.len() > stride).then_some(stride),
+                src_ip: None,
+            };
+            loop {
+                if self.io.writable().await.is_err() {
+                    return;
+                }
+                let sent = self.io.try_io(tokio::io::Interest::WRITABLE, || {
+                    self.state.send((&self.io).into(), &t)
+                });
+                match sent {
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                    _ => break,
+                }
+            }
+        }
+    }
+}
+
+/// A batch on its way: when it leaves, its datagrams, their size, where to.
+type Batch = (tokio::time::Instant, Vec<u8>, usize, std::net::SocketAddr);
 
 impl LossyRelay {
     /// Relays to `target`, dropping `loss` (0..1) of datagrams and delaying each by `delay`.
@@ -550,61 +628,78 @@ impl LossyRelay {
         seed: u64,
     ) -> LossyRelay {
         use std::sync::atomic::{AtomicBool, Ordering};
-        let front = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind relay");
-        let back = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind relay");
-        let addr = front.local_addr().expect("addr");
-        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        use std::sync::Arc;
+        let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
-        let cut = std::sync::Arc::new(AtomicBool::new(false));
+        let cut = Arc::new(AtomicBool::new(false));
         let cut2 = cut.clone();
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .expect("runtime");
             rt.block_on(async move {
-                front.set_nonblocking(true).expect("nonblocking");
-                back.set_nonblocking(true).expect("nonblocking");
-                let front =
-                    std::sync::Arc::new(tokio::net::UdpSocket::from_std(front).expect("socket"));
-                let back =
-                    std::sync::Arc::new(tokio::net::UdpSocket::from_std(back).expect("socket"));
+                let front = Arc::new(RelaySocket::bind());
+                let back = Arc::new(RelaySocket::bind());
+                let _ = addr_tx.send(front.io.local_addr().expect("addr"));
                 let mut rng = StdRng::seed_from_u64(seed);
                 let mut client: Option<std::net::SocketAddr> = None;
-                let (mut a, mut b) = (vec![0u8; 65536], vec![0u8; 65536]);
+                let bufs = || (0..8).map(|_| vec![0u8; 1 << 16]).collect::<Vec<_>>();
+                let (mut a, mut b) = (bufs(), bufs());
+                let (mut got_a, mut got_b) = (Vec::new(), Vec::new());
                 // One forwarder per direction: the delay is the same for every datagram, so
                 // a queue in arrival order is also in departure order (no task per packet).
-                let forward = |sock: std::sync::Arc<tokio::net::UdpSocket>| {
-                    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(
-                        tokio::time::Instant,
-                        Vec<u8>,
-                        std::net::SocketAddr,
-                    )>();
+                let forward = |sock: Arc<RelaySocket>| {
+                    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Batch>();
                     tokio::spawn(async move {
-                        while let Some((at, data, to)) = rx.recv().await {
+                        while let Some((at, data, stride, to)) = rx.recv().await {
                             tokio::time::sleep_until(at).await;
-                            let _ = sock.send_to(&data, to).await;
+                            sock.send(&data, stride, to).await;
                         }
                     });
                     tx
                 };
                 let (to_back, to_front) = (forward(back.clone()), forward(front.clone()));
+                // The datagrams of a batch that survive the loss, in order.
+                let mut kept = |buf: &[u8], stride: usize| -> Vec<u8> {
+                    if cut2.load(Ordering::Relaxed) {
+                        return Vec::new();
+                    }
+                    if loss <= 0.0 {
+                        return buf.to_vec();
+                    }
+                    let mut out = Vec::with_capacity(buf.len());
+                    for d in buf.chunks(stride.max(1)) {
+                        if rng.gen::<f64>() >= loss {
+                            out.extend_from_slice(d);
+                        }
+                    }
+                    out
+                };
                 while !stop2.load(Ordering::Relaxed) {
+                    got_a.clear();
+                    got_b.clear();
                     tokio::select! {
-                        r = front.recv_from(&mut a) => {
-                            let Ok((n, from)) = r else { continue };
-                            client = Some(from);
-                            if !cut2.load(Ordering::Relaxed) && rng.gen::<f64>() >= loss {
-                                let at = tokio::time::Instant::now() + delay;
-                                let _ = to_back.send((at, a[..n].to_vec(), target));
+                        r = front.recv(&mut a, &mut got_a) => {
+                            if r.is_err() { continue }
+                            for (i, &(n, stride, from)) in got_a.iter().enumerate() {
+                                client = Some(from);
+                                let data = kept(&a[i][..n], stride);
+                                if !data.is_empty() {
+                                    let at = tokio::time::Instant::now() + delay;
+                                    let _ = to_back.send((at, data, stride, target));
+                                }
                             }
                         }
-                        r = back.recv_from(&mut b) => {
-                            let Ok((n, _)) = r else { continue };
-                            let pass = !cut2.load(Ordering::Relaxed) && rng.gen::<f64>() >= loss;
-                            if let (Some(c), true) = (client, pass) {
-                                let at = tokio::time::Instant::now() + delay;
-                                let _ = to_front.send((at, b[..n].to_vec(), c));
+                        r = back.recv(&mut b, &mut got_b) => {
+                            if r.is_err() { continue }
+                            for (i, &(n, stride, _)) in got_b.iter().enumerate() {
+                                let data = kept(&b[i][..n], stride);
+                                if let (Some(c), false) = (client, data.is_empty()) {
+                                    let at = tokio::time::Instant::now() + delay;
+                                    let _ = to_front.send((at, data, stride, c));
+                                }
                             }
                         }
                         _ = tokio::time::sleep(std::time::Duration::from_millis(100)) => {}
@@ -612,6 +707,7 @@ impl LossyRelay {
                 }
             });
         });
+        let addr = addr_rx.recv().expect("relay started");
         LossyRelay {
             addr,
             stop,

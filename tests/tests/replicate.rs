@@ -582,6 +582,31 @@ fn bandwidth_limit_and_progress() {
 }
 
 #[test]
+fn a_lossy_long_link_keeps_its_connection_for_a_large_transfer() {
+    // 5% loss and 100 ms round trip with data enough to fill the windows: quinn closes a
+    // connection whose stream holds over 1,024 gaps of lost packets ("too many gaps in
+    // stream buffer"), which 64 MiB stream windows reached. No retries: the first
+    // connection must carry the whole transfer.
+    let p = Pair::new();
+    let mut r = rng("lossy-large");
+    p.a(&["volume", "create", "v", "--size", "256M"]);
+    let v = p.path("v");
+    write_random(&v, 0, 256 * MIB as usize, &mut r);
+    p.a(&["snapshot", "create", "v", "s1"]);
+    let relay = ferry_tests::LossyRelay::start(
+        p.served.as_ref().expect("served").addr,
+        0.05,
+        Duration::from_millis(50),
+        11,
+    );
+    let addr = relay.addr.to_string();
+    let full = p.a(&["replicate", "v", "s1", "--to", &addr, "--retries", "0"]);
+    assert_eq!(full["sent_bytes"].as_u64(), Some(256 * MIB), "{full}");
+    drop(relay);
+    assert_eq!(file_hash(&p.mirror_image("v", "s1")), file_hash(&v));
+}
+
+#[test]
 fn five_percent_loss_and_100ms_delay_still_completes() {
     // This kernel has no netem: a relay on loopback drops 5% of datagrams each way and
     // delays each by 50 ms each way (100 ms round trip).

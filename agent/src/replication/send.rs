@@ -39,8 +39,6 @@ use crate::replication::ratelimit::TokenBucket;
 use crate::store::Store;
 use ferry_wire::units::format_size;
 
-/// Data streams per session.
-pub const DATA_STREAMS: usize = 4;
 /// Blocks queued per data stream.
 const STREAM_QUEUE: usize = 8;
 
@@ -375,7 +373,17 @@ pub async fn replicate(
         r => return Err(unexpected(&r)),
     }
     mark(&mut t.begin_ms);
-    let pipeline = Pipeline::start(&conn, cfg, &src, delta.pages, target, budget, sid).await?;
+    let streams = cfg.net.windows().data_streams(delta.bytes);
+    let pipeline = Pipeline::start(
+        &conn,
+        cfg,
+        &src,
+        (delta.pages, streams),
+        target,
+        budget,
+        sid,
+    )
+    .await?;
     let (mut ctl_send, mut responses) = Responses::spawn(ctl);
     let offered = offer(
         &mut ctl_send,
@@ -553,6 +561,8 @@ struct PageSource {
 struct Delta {
     base_manifest: Option<HashFile>,
     pages: PageSource,
+    /// About how much the session sends at most: the changed bytes, or the volume's size.
+    bytes: u64,
 }
 
 impl Delta {
@@ -561,6 +571,7 @@ impl Delta {
             return Ok(Delta {
                 base_manifest: None,
                 pages: PageSource::default(),
+                bytes: src.meta.size,
             });
         };
         let (volume, snap) = (src.volume.as_str(), src.meta.name.as_str());
@@ -580,6 +591,7 @@ impl Delta {
         Ok(Delta {
             base_manifest,
             pages,
+            bytes: d.changed_bytes,
         })
     }
 }
@@ -614,7 +626,7 @@ struct Sent {
 type ReadOutcome = (u64, (u64, u64), u64);
 
 /// The data path: a reader thread that reads, checks, frames and paces the needed blocks,
-/// feeding [`DATA_STREAMS`] stream writers round-robin.
+/// feeding its stream writers round-robin (as many as [`net::Windows::data_streams`] says).
 struct Pipeline {
     needs: mpsc::Sender<Vec<u64>>,
     reader: tokio::task::JoinHandle<Result<ReadOutcome>>,
@@ -627,14 +639,14 @@ impl Pipeline {
         conn: &quinn::Connection,
         cfg: &AgentConfig,
         src: &Source,
-        pages: PageSource,
+        (pages, n): (PageSource, usize),
         target: &Target,
         budget: &Budget,
         sid: u64,
     ) -> Result<Pipeline> {
         let mut streams = Vec::new();
         let mut writers = Vec::new();
-        for _ in 0..DATA_STREAMS {
+        for _ in 0..n {
             let (tx, mut rx) = mpsc::channel::<Vec<u8>>(STREAM_QUEUE);
             let mut s = conn.open_uni().await.map_err(|e| net_err(e.into()))?;
             streams.push(tx);
@@ -848,7 +860,7 @@ impl Out {
             std::thread::sleep(wait);
         }
         self.counters.bytes.fetch_add(payload, relaxed);
-        let sent = self.streams[self.next % DATA_STREAMS].blocking_send(frame);
+        let sent = self.streams[self.next % self.streams.len()].blocking_send(frame);
         self.waited += paced.elapsed();
         if sent.is_err() {
             return Err(StoreError::Net {
