@@ -25,6 +25,8 @@ struct Case {
     wall_min_s: f64,
     wall_max_s: f64,
     sent_bytes: u64,
+    /// Medians of the phases of `replicate --json`, seconds.
+    parts: std::collections::BTreeMap<String, f64>,
 }
 
 /// `windows`: `[net]` lines for both agents (e.g. stream_window = "16MiB"), or empty.
@@ -43,7 +45,8 @@ pub fn run(dir: &Path, out: &Path, size: u64, runs: usize, seed: u64, windows: &
         ("relay, 100 ms RTT, 5% loss", Some((100, 0.05))),
         ("relay, 0 ms, 5% loss", Some((0, 0.05))),
     ];
-    let mut walls: Vec<Vec<(f64, u64)>> = vec![Vec::new(); cases.len()];
+    type Run = (f64, u64, std::collections::BTreeMap<String, f64>);
+    let mut walls: Vec<Vec<Run>> = vec![Vec::new(); cases.len()];
     for run in 0..runs {
         for (k, (name, relay)) in cases.iter().enumerate() {
             let d = work.join(format!("case-{k}"));
@@ -78,12 +81,13 @@ pub fn run(dir: &Path, out: &Path, size: u64, runs: usize, seed: u64, windows: &
             )?)?;
             let r: serde_json::Value = serde_json::from_str(&out)?;
             let sent = r["sent_bytes"].as_u64().unwrap_or(0);
+            let parts = crate::replication::timings(&r);
             eprintln!(
                 "run {}: {name}: {wall:.2} s ({})",
                 run + 1,
                 format_size(sent)
             );
-            walls[k].push((wall, sent));
+            walls[k].push((wall, sent, parts));
             drop(relayed);
             drop(ag);
             std::fs::remove_dir_all(&d)?;
@@ -103,6 +107,14 @@ pub fn run(dir: &Path, out: &Path, size: u64, runs: usize, seed: u64, windows: &
                 wall_min_s: w.iter().copied().fold(f64::INFINITY, f64::min),
                 wall_max_s: w.iter().copied().fold(0.0, f64::max),
                 sent_bytes: median(v.iter().map(|x| x.1 as f64).collect()) as u64,
+                parts: v[0]
+                    .2
+                    .keys()
+                    .map(|k| {
+                        let m = median(v.iter().filter_map(|x| x.2.get(k).copied()).collect());
+                        (k.clone(), m)
+                    })
+                    .collect(),
             }
         })
         .collect();
@@ -122,9 +134,19 @@ fn report(size: u64, runs: usize, windows: &str, rows: &[Case]) -> Result<String
     writeln!(md, "# ferry long-link benchmark\n")?;
     writeln!(
         md,
-        "Full replication of a {} VM-like image into an empty receiver, {runs} runs, medians (spread). The relay delays each datagram by half the round trip each way and drops the loss share each way; it runs on this machine too (one thread). Windows: {}.\n",
+        "Full replication of a {} VM-like image into an empty receiver, {runs} runs, medians (spread). The relay delays each datagram by half the round trip each way and drops the loss share each way; it runs on this machine too (one thread, moving datagrams in GRO/GSO batches as QUIC does). Windows: {}.\n",
         format_size(size),
-        if windows.is_empty() { "the defaults (64 MiB per stream, 256 MiB per connection)" } else { windows }
+        if windows.is_empty() {
+            let w = ferry_agent::net::Windows::default();
+            format!(
+                "the defaults ({} MiB per stream, {} MiB per connection, up to {} streams)",
+                w.stream >> 20,
+                w.connection >> 20,
+                ferry_agent::net::MAX_DATA_STREAMS
+            )
+        } else {
+            windows.to_string()
+        }
     )?;
     writeln!(
         md,
@@ -161,6 +183,23 @@ fn report(size: u64, runs: usize, windows: &str, rows: &[Case]) -> Result<String
             lossy / lo,
             lossy / relay0
         )?;
+    }
+    // Where the time goes: the phases that wait on round trips, and the data.
+    let phases = [
+        ("connect", "replicate.connect"),
+        ("ask the mirror", "replicate.ask"),
+        ("begin", "replicate.begin"),
+        ("offers and data", "replicate.transfer"),
+        ("commit", "replicate.commit"),
+    ];
+    writeln!(md, "\n| case | {} |", phases.map(|p| p.0).join(" | "))?;
+    writeln!(md, "|---|{}", "---:|".repeat(phases.len()))?;
+    for r in rows {
+        let cells: Vec<String> = phases
+            .iter()
+            .map(|(_, k)| r.parts.get(*k).map_or("-".into(), |s| format!("{s:.2}")))
+            .collect();
+        writeln!(md, "| {} | {} |", r.name, cells.join(" | "))?;
     }
     Ok(md)
 }

@@ -204,6 +204,47 @@ pub(crate) fn peak_rss(pid: &str) -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
+/// A process's anonymous resident memory (RssAnon: heap and stacks, not mapped files).
+fn rss_anon(pid: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("RssAnon:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Samples a process's anonymous memory every 5 ms until stopped; the kernel keeps a peak
+/// only of the whole RSS (VmHWM), which also counts the pages of files it maps.
+pub(crate) struct AnonPeak {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<u64>,
+}
+
+impl AnonPeak {
+    pub(crate) fn start(pid: u32) -> AnonPeak {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut peak = 0;
+            while !s.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(rss_anon(&pid.to_string()));
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            peak
+        });
+        AnonPeak { stop, thread }
+    }
+
+    /// The peak seen.
+    pub(crate) fn stop(self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap_or(0)
+    }
+}
+
 /// The median of `v` (the upper one of an even count; 0 for none).
 pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));

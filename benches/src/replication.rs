@@ -107,6 +107,23 @@ fn dir_size(p: &Path) -> u64 {
     total
 }
 
+/// The phases of a `replicate --json` report, seconds, as `replicate.PHASE` (the sender's)
+/// and `replicate.receiver.PHASE`.
+pub(crate) fn timings(r: &serde_json::Value) -> BTreeMap<String, f64> {
+    let mut parts = BTreeMap::new();
+    for (side, t) in [
+        ("", &r["timings"]),
+        ("receiver.", &r["timings"]["receiver"]),
+    ] {
+        for (k, v) in t.as_object().into_iter().flatten() {
+            if let (Some(ms), Some(k)) = (v.as_f64(), k.strip_suffix("_ms")) {
+                parts.insert(format!("replicate.{side}{k}"), ms / 1e3);
+            }
+        }
+    }
+    parts
+}
+
 /// Lets every step start from a quiet machine: writes still in flight (the previous step's
 /// output) are flushed first, outside the timing; with cold caches the page cache is
 /// dropped too (which also drops the loop device's backing file: what a cold read costs on
@@ -214,8 +231,12 @@ impl Agents {
         };
         let a_cfg = dir.join("a.toml");
         let b_cfg = dir.join("b.toml");
-        std::fs::write(&a_cfg, cfg(&dir.join("a"), &ac, &ak, &b_ca, net))?;
-        std::fs::write(&b_cfg, cfg(&dir.join("b"), &bc, &bk, &a_ca, net))?;
+        // FERRY_BENCH_AGENT_TOML=TEXT: sections appended to both agents' configurations, to
+        // compare settings (e.g. "[io]\ndirect_writes = false").
+        let more = std::env::var("FERRY_BENCH_AGENT_TOML").unwrap_or_default();
+        let net = format!("{net}\n{more}");
+        std::fs::write(&a_cfg, cfg(&dir.join("a"), &ac, &ak, &b_ca, &net))?;
+        std::fs::write(&b_cfg, cfg(&dir.join("b"), &bc, &bk, &a_ca, &net))?;
         let (server, addr) = Self::serve(&b_cfg)?;
         Ok(Agents {
             a_cfg,
@@ -312,16 +333,7 @@ impl Agents {
             s["manifest"]["elapsed_ms"].as_f64().unwrap_or(0.0) / 1e3,
         );
         parts.insert("replicate".into(), w2);
-        for (side, t) in [
-            ("", &r["timings"]),
-            ("receiver.", &r["timings"]["receiver"]),
-        ] {
-            for (k, v) in t.as_object().into_iter().flatten() {
-                if let (Some(ms), Some(k)) = (v.as_f64(), k.strip_suffix("_ms")) {
-                    parts.insert(format!("replicate.{side}{k}"), ms / 1e3);
-                }
-            }
-        }
+        parts.extend(timings(&r));
         Ok(Sample {
             tool: "ferry",
             phase,
