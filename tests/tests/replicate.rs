@@ -581,24 +581,36 @@ fn bandwidth_limit_and_progress() {
     assert_eq!(v["sent_bytes"].as_u64(), Some(24 * MIB));
 }
 
+/// A pair whose volume "v" (`size` MiB, the first `data` MiB random) has snapshot s1, and
+/// a relay to the receiver that drops 5% of datagrams each way and delays each by 50 ms each
+/// way (100 ms round trip): this kernel has no netem.
+fn behind_a_lossy_link(
+    seed: &str,
+    size: u64,
+    data: u64,
+) -> (Pair, PathBuf, ferry_tests::LossyRelay, rand::rngs::StdRng) {
+    let p = Pair::new();
+    let mut r = rng(seed);
+    p.a(&["volume", "create", "v", "--size", &format!("{size}M")]);
+    let v = p.path("v");
+    write_random(&v, 0, (data * MIB) as usize, &mut r);
+    p.a(&["snapshot", "create", "v", "s1"]);
+    let relay = ferry_tests::LossyRelay::start(
+        p.served.as_ref().expect("served").addr,
+        0.05,
+        Duration::from_millis(50),
+        data,
+    );
+    (p, v, relay, r)
+}
+
 #[test]
 fn a_lossy_long_link_keeps_its_connection_for_a_large_transfer() {
     // 5% loss and 100 ms round trip with data enough to fill the windows: quinn closes a
     // connection whose stream holds over 1,024 gaps of lost packets ("too many gaps in
     // stream buffer"), which 64 MiB stream windows reached. No retries: the first
     // connection must carry the whole transfer.
-    let p = Pair::new();
-    let mut r = rng("lossy-large");
-    p.a(&["volume", "create", "v", "--size", "256M"]);
-    let v = p.path("v");
-    write_random(&v, 0, 256 * MIB as usize, &mut r);
-    p.a(&["snapshot", "create", "v", "s1"]);
-    let relay = ferry_tests::LossyRelay::start(
-        p.served.as_ref().expect("served").addr,
-        0.05,
-        Duration::from_millis(50),
-        11,
-    );
+    let (p, v, relay, _) = behind_a_lossy_link("lossy-large", 256, 256);
     let addr = relay.addr.to_string();
     let full = p.a(&["replicate", "v", "s1", "--to", &addr, "--retries", "0"]);
     assert_eq!(full["sent_bytes"].as_u64(), Some(256 * MIB), "{full}");
@@ -608,20 +620,7 @@ fn a_lossy_long_link_keeps_its_connection_for_a_large_transfer() {
 
 #[test]
 fn five_percent_loss_and_100ms_delay_still_completes() {
-    // This kernel has no netem: a relay on loopback drops 5% of datagrams each way and
-    // delays each by 50 ms each way (100 ms round trip).
-    let p = Pair::new();
-    let mut r = rng("lossy");
-    p.a(&["volume", "create", "v", "--size", "16M"]);
-    let v = p.path("v");
-    write_random(&v, 0, 4 * MIB as usize, &mut r);
-    p.a(&["snapshot", "create", "v", "s1"]);
-    let relay = ferry_tests::LossyRelay::start(
-        p.served.as_ref().expect("served").addr,
-        0.05,
-        Duration::from_millis(50),
-        7,
-    );
+    let (p, v, relay, mut r) = behind_a_lossy_link("lossy", 16, 4);
     let addr = relay.addr.to_string();
     let full = p.a(&["replicate", "v", "s1", "--to", &addr]);
     assert_eq!(full["sent_bytes"].as_u64(), Some(4 * MIB));
