@@ -1,6 +1,7 @@
 //! `ferry-bench replication`: ferry full and incremental replication between two real agents
 //! on loopback, against rsync (daemon; default and `--block-size=4096`), restic and borg on the
-//! same images, and the raw QUIC ceiling of this machine, in the same run.
+//! same images, and this machine's own limits in the same run: the raw QUIC ceiling, and the
+//! disk's (a local copy of the image with fsync).
 //!
 //! Image: VM-like (25% holes, 50% random, 25% runs duplicated at 4 KiB alignment); the
 //! incremental step rewrites 1% of it in random 4 KiB pages (the same pages every run).
@@ -721,6 +722,17 @@ pub fn run(dir: &Path, out: &Path, o: &Options) -> Result<()> {
                     bytes: full_bytes.max(256 << 20),
                     parts: BTreeMap::new(),
                 });
+                let (wall, cpu) = disk_ceiling(&work, &im.v1)?;
+                eprintln!("disk ceiling: a local copy with fsync in {wall:.2} s");
+                samples.push(Sample {
+                    tool: "disk-ceiling",
+                    phase: "full",
+                    caches,
+                    wall_s: wall,
+                    cpu_s: cpu,
+                    bytes: full_bytes,
+                    parts: BTreeMap::new(),
+                });
             }
         }
     }
@@ -736,6 +748,23 @@ pub fn run(dir: &Path, out: &Path, o: &Options) -> Result<()> {
     drop(ag);
     let _ = std::fs::remove_dir_all(&work);
     Ok(())
+}
+
+/// The disk's own limit for a full copy: the image copied within this filesystem (holes
+/// kept, no reflink) and made durable, as a receiver must; (wall, CPU) seconds.
+fn disk_ceiling(dir: &Path, image: &Path) -> Result<(f64, f64)> {
+    let dst = dir.join("disk-ceiling.img");
+    let _ = std::fs::remove_file(&dst);
+    settle(Caches::Warm)?;
+    let (w1, c1, _) = timed(
+        Command::new("cp")
+            .args(["--sparse=always", "--reflink=never"])
+            .arg(image)
+            .arg(&dst),
+    )?;
+    let (w2, c2, _) = timed(Command::new("sync").arg(&dst))?;
+    std::fs::remove_file(&dst)?;
+    Ok((w1 + w2, c1 + c2))
 }
 
 /// Seconds of a part, as a cell.
@@ -854,6 +883,17 @@ fn report(o: &Options, im: &Images, rows: &[Row]) -> Result<String> {
             rf.wall_s / ff.wall_s,
             (ff.bytes as f64 / ceiling_rate) / ff.wall_s,
             ceiling_rate / 1e6
+        )?;
+    }
+    if let (Some(ff), Some(d)) = (
+        get("ferry", "full", Caches::Warm),
+        get("disk-ceiling", "full", Caches::Warm),
+    ) {
+        writeln!(
+            md,
+            "- full, warm: / the disk's own limit (a local copy of the image with fsync, {:.2} s) **{:.2}x**",
+            d.wall_s,
+            d.wall_s / ff.wall_s
         )?;
     }
     Ok(md)
