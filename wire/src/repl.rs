@@ -240,17 +240,26 @@ pub fn page_delta(base: &[u8], new: &[u8]) -> Option<Vec<u8>> {
     }
     let pages = new.len() / PAGE_SIZE;
     let mut out = vec![0u8; pages.div_ceil(8)];
+    let mut changed = 0;
     for p in 0..pages {
         let r = p * PAGE_SIZE..(p + 1) * PAGE_SIZE;
         if base[r.clone()] != new[r.clone()] {
             out[p / 8] |= 1 << (p % 8);
             out.extend_from_slice(&new[r]);
-            if out.len() * 4 >= new.len() * 3 {
+            changed += 1;
+            if !pages_worth_sending(new.len(), changed) {
                 return None;
             }
         }
     }
     Some(out)
+}
+
+/// Whether a block of `block_len` bytes goes as a page delta of `changed` pages rather than
+/// whole: the delta (its bitmap and the pages) must be smaller than three quarters of it.
+pub fn pages_worth_sending(block_len: usize, changed: usize) -> bool {
+    let len = (block_len / PAGE_SIZE).div_ceil(8) + changed * PAGE_SIZE;
+    len * 4 < block_len * 3
 }
 
 /// Whether page `p` is set in a page mask (bit `p % 8` of byte `p / 8`, as in a page-delta
@@ -259,20 +268,10 @@ pub fn page_set(mask: &[u8], p: usize) -> bool {
     mask.get(p / 8).is_some_and(|b| b & (1 << (p % 8)) != 0)
 }
 
-/// The page-delta payload of `block` for the pages set in `mask`, when known from elsewhere
-/// (a filesystem diff), or `None` when it would not be smaller than three quarters of the
-/// block.
-pub fn pages_payload(block: &[u8], mask: &[u8]) -> Option<Vec<u8>> {
-    let pages = block.len() / PAGE_SIZE;
-    if block.len() % PAGE_SIZE != 0 || mask.len() != pages.div_ceil(8) {
-        return None;
-    }
-    span_payload(mask, 0, block).filter(|out| out.len() * 4 < block.len() * 3)
-}
-
-/// The page-delta payload for the pages set in `mask`, taken from `span`: a block's pages
-/// from page `first` on, as one read of its changed pages returns them. `None` when a set
-/// page lies outside the span.
+/// The page-delta payload for the pages set in `mask` (known from a filesystem diff), taken
+/// from `span`: a block's pages from page `first` on, as one read of its changed pages
+/// returns them (`first` 0 and the whole block work too). `None` when a set page lies
+/// outside the span.
 pub fn span_payload(mask: &[u8], first: usize, span: &[u8]) -> Option<Vec<u8>> {
     let mut out = mask.to_vec();
     for p in (0..mask.len() * 8).filter(|&p| page_set(mask, p)) {
@@ -744,13 +743,22 @@ mod tests {
         assert_eq!(apply_pages(&mut rebuilt, &d), Some(vec![1, 15]));
         assert_eq!(rebuilt, new);
         // The same payload from a known mask.
-        assert_eq!(pages_payload(&new, &[0b10, 0b1000_0000]), Some(d.clone()));
-        assert_eq!(
-            pages_payload(&new, &[0xff, 0xff]),
-            None,
-            "all pages: send the block"
-        );
-        assert_eq!(pages_payload(&new, &[0]), None, "mask of the wrong size");
+        assert_eq!(span_payload(&[0b10, 0b1000_0000], 0, &new), Some(d.clone()));
+        // Worth sending as pages: under three quarters of the block, bitmap included.
+        for (block_len, changed, worth) in [
+            (65536, 2, true),
+            (65536, 11, true),
+            (65536, 12, false),
+            (65536, 16, false), // all pages: send the block
+            (16384, 2, true),
+            (16384, 3, false),
+        ] {
+            assert_eq!(
+                pages_worth_sending(block_len, changed),
+                worth,
+                "{block_len} {changed}"
+            );
+        }
         assert_eq!(page_span(&[0b10, 0b1000_0000]), Some((1, 15)));
         assert_eq!(page_span(&[0, 0b100]), Some((10, 10)));
         assert_eq!(page_span(&[0, 0]), None, "no page: nothing to read");

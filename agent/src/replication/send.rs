@@ -20,9 +20,9 @@ use std::time::{Duration, Instant};
 
 use ferry_wire::hashfile::{HashFile, Kind};
 use ferry_wire::repl::{
-    block_header, choose_base, page_delta, page_span, span_payload, ErrorClass, Payload,
-    ReceiverTimings, Request, Response, SenderCore, SenderStep, BLOCK_HEADER, MAX_SEED_CANDIDATES,
-    PAGE_SIZE, REPL_CONTROL_LIMIT,
+    block_header, choose_base, page_delta, page_span, pages_worth_sending, span_payload,
+    ErrorClass, Payload, ReceiverTimings, Request, Response, SenderCore, SenderStep, BLOCK_HEADER,
+    MAX_SEED_CANDIDATES, PAGE_SIZE, REPL_CONTROL_LIMIT,
 };
 use ferry_wire::{BlockHash, Name};
 use quinn::VarInt;
@@ -727,10 +727,9 @@ impl Framing {
         let masks = self.pages.masks.as_ref()?;
         let mask = masks.get(&i)?;
         let full = (i + 1) * self.bs <= size;
-        let pages: u64 = mask.iter().map(|b| u64::from(b.count_ones())).sum();
-        // As `pages_payload` decides: smaller than three quarters of the block.
-        let len = mask.len() as u64 + pages * PAGE_SIZE as u64;
-        (full && pages > 0 && len * 4 < self.bs * 3).then_some(mask.as_slice())
+        let pages = mask.iter().map(|b| b.count_ones() as usize).sum();
+        (full && pages > 0 && pages_worth_sending(self.bs as usize, pages))
+            .then_some(mask.as_slice())
     }
 
     /// The data frame of block `i` with `payload` of `kind` (compressed when that saves

@@ -8,7 +8,7 @@ use anyhow::{Context as _, Result};
 use ferry_wire::codec::encode;
 use ferry_wire::hash::Geometry;
 use ferry_wire::hashfile::{HashFileWriter, Kind};
-use ferry_wire::repl::{pages_payload, ErrorClass, Request, Response, PAGE_SIZE};
+use ferry_wire::repl::{span_payload, ErrorClass, Request, Response, PAGE_SIZE};
 use ferry_wire::{control, journal, msg, task, BlockHash, Name};
 use serde_json::json;
 
@@ -194,7 +194,7 @@ fn payloads(c: &mut Corpus) -> Result<()> {
     // Full, zstd full, pages, zstd pages (4 pages, so head bits 0 and 2 select 16 KiB).
     c.put("payload", 0x02, &block)?;
     c.put("payload", 0x0a, &zstd::bulk::compress(&block, 3)?)?;
-    let pages = pages_payload(&block, &[0b0101]).context("pages")?;
+    let pages = span_payload(&[0b0101], 0, &block).context("pages")?;
     c.put("payload", 0x12, &pages)?;
     c.put("payload", 0x1a, &zstd::bulk::compress(&pages, 3)?)?;
     Ok(())
