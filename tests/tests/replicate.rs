@@ -95,6 +95,34 @@ fn full_incremental_dedup_and_rebuild(p: Pair) {
     let again = p.replicate("v", "s2", &[]);
     assert_eq!(again["already_there"], true);
 
+    // A commit moves the working copy into the snapshot and makes the next one (a clone)
+    // afterwards: once made (the verify above waited for it under the volume lock), it is
+    // its own file holding what s2 holds.
+    let working = p.b_data.join("volumes").join("v").join("data.img");
+    let inode =
+        |f: &Path| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(f).expect("stat"));
+    assert_ne!(inode(&working), inode(&p.mirror_image("v", "s2")));
+    assert_eq!(file_hash(&working), file_hash(&v));
+    // A crash between the commit and the clone leaves no working copy: the next session
+    // finds one made from the snapshot its marker names, or, with the marker gone too, an
+    // empty one reset to its base. Either way the mirror snapshots come out right and the
+    // ones before stay untouched.
+    let before = file_hash(&p.mirror_image("v", "s2"));
+    for (snap, marker_too) in [("s3", false), ("s4", true)] {
+        std::fs::remove_file(&working).expect("remove the working copy");
+        if marker_too {
+            std::fs::remove_file(working.with_file_name("receive.base")).expect("marker");
+        }
+        random_page_writes(&v, 32 * MIB, 10, &mut r);
+        p.a(&["snapshot", "create", "v", snap]);
+        let inc = p.replicate("v", snap, &[]);
+        assert!(inc["sent_blocks"].as_u64() <= Some(10), "{inc}");
+        assert_eq!(file_hash(&p.mirror_image("v", snap)), file_hash(&v));
+        assert_eq!(p.b(&["snapshot", "verify", "v", snap])["ok"], true);
+    }
+    assert_eq!(file_hash(&p.mirror_image("v", "s2")), before);
+    assert_eq!(p.b(&["snapshot", "verify", "v", "s2"])["ok"], true);
+
     // Dedup across volumes: w holds v's data; nothing needs to cross the network.
     p.a(&["volume", "create", "w", "--size", "32M"]);
     let w = p.path("w");

@@ -854,7 +854,7 @@ fn copy_each(b: &mut Begun, copies: Vec<(u64, Source)>) -> Result<Vec<u64>, Resp
 /// Waits for every needed block ([`COMMIT_IDLE`] at most between two), makes the deferred
 /// local copies, fsyncs, and commits the mirror snapshot if its root is the sender's;
 /// returns where the session's time went.
-async fn commit(store: &Store, b: &mut Begun) -> Result<ReceiverTimings, Response> {
+async fn commit(store: &Arc<Store>, b: &mut Begun) -> Result<ReceiverTimings, Response> {
     let asked = std::time::Instant::now();
     loop {
         let notified = b.session.progress.notified();
@@ -879,6 +879,11 @@ async fn commit(store: &Store, b: &mut Begun) -> Result<ReceiverTimings, Respons
     }
     tracing::debug!(mirror = %b.mirror, deferred = b.deferred.len(), "all blocks received");
     let meta = blocking(|| {
+        // No block is written after this (a write in progress finishes first): the working
+        // copy is about to become the snapshot's image.
+        if let Ok(mut open) = b.session.gate.write() {
+            *open = false;
+        }
         let bs = b.session.block_size;
         for &(to, from) in &b.deferred {
             let f = &b.session.file;
@@ -921,6 +926,14 @@ async fn commit(store: &Store, b: &mut Begun) -> Result<ReceiverTimings, Respons
     let (meta, synced) = meta;
     tracing::info!(mirror = %b.mirror, snapshot = %b.snapshot, root = %meta.root, "mirror snapshot committed");
     blocking(|| store.dedup_commit(&mut b.index, &b.mirror, &b.snapshot));
+    // The commit moved the working copy into the snapshot: the next one is made now, while
+    // the sender goes on (the next session waits for it under the volume lock).
+    let (s, mirror) = (store.clone(), b.mirror.clone());
+    tokio::task::spawn_blocking(move || {
+        if let Err(e) = s.remake_working_copy(&mirror) {
+            tracing::warn!(%mirror, error = %e, "could not make the working copy again; the next session will");
+        }
+    });
     let spent = &b.session.spent;
     Ok(ReceiverTimings {
         open_ms: b.open_ms,

@@ -18,6 +18,9 @@ pub enum Method {
 pub trait Backend: Send + Sync {
     /// `reflink` or `copy`.
     fn name(&self) -> &'static str;
+    /// How this backend's snapshots are made (a working copy renamed into a snapshot was made
+    /// the same way: a clone of its base, or a copy).
+    fn method(&self) -> Method;
     /// Creates the new file `dst` holding what `src` holds now, fsynced.
     fn snapshot(&self, src: &Path, dst: &Path) -> Result<Method>;
     /// Makes the existing file `dst` equal to `src`, in place (same inode), fsynced.
@@ -72,6 +75,9 @@ impl Backend for ReflinkBackend {
     fn name(&self) -> &'static str {
         "reflink"
     }
+    fn method(&self) -> Method {
+        Method::Clone
+    }
     fn snapshot(&self, src: &Path, dst: &Path) -> Result<Method> {
         let s = File::open(src).ctx("open", src)?;
         let d = create_new(dst)?;
@@ -122,6 +128,9 @@ impl Backend for ReflinkBackend {
 impl Backend for CopyBackend {
     fn name(&self) -> &'static str {
         "copy"
+    }
+    fn method(&self) -> Method {
+        Method::Copy
     }
     fn snapshot(&self, src: &Path, dst: &Path) -> Result<Method> {
         copy_snapshot(src, dst)

@@ -297,7 +297,16 @@ impl Store {
         let res = (|| {
             let img = self.image_path(&g.dir, &g.meta);
             let size = fs::metadata(&img).ctx("stat", &img)?.len();
-            let method = self.backend.snapshot(&img, &tmp.join(IMAGE))?;
+            // The working copy, fsynced by the session, becomes the snapshot's image by a
+            // rename; the next working copy is cloned from it afterwards, off the session's
+            // path (`remake_working_copy`), since cloning costs time in proportion to the
+            // image's extents.
+            let method = if img == g.dir.join(IMAGE) {
+                fs::rename(&img, tmp.join(IMAGE)).ctx("rename", &img)?;
+                self.backend.method()
+            } else {
+                self.backend.snapshot(&img, &tmp.join(IMAGE))?
+            };
             fs::rename(&manifest_path, tmp.join(MANIFEST)).ctx("rename", &manifest_path)?;
             fs::rename(&leaves_path, tmp.join(LEAVES)).ctx("rename", &leaves_path)?;
             let meta = SnapshotMeta {
@@ -320,13 +329,62 @@ impl Store {
             write_json(&tmp.join(SNAPSHOT_META), &meta)?;
             fsx::fsync_dir(&tmp).ctx("fsync", &tmp)?;
             fsx::rename_durable(&tmp, &dst).ctx("rename", &tmp)?;
+            fsx::fsync_dir(&g.dir).ctx("fsync", &g.dir)?;
             Self::working_is(&g.dir, snap, &meta.root)?;
             Ok(meta)
         })();
         if res.is_err() {
+            // The image may have moved into `tmp` already: it goes back before `tmp` goes.
+            let img = self.image_path(&g.dir, &g.meta);
+            if !img.exists() && tmp.join(IMAGE).exists() {
+                let _ = fs::rename(tmp.join(IMAGE), &img);
+            }
             let _ = remove_tree(&tmp);
         }
         res
+    }
+
+    /// Makes mirror `name`'s working copy again after a commit moved it into its snapshot
+    /// (a clone of that snapshot). Any operation on the volume does the same first, under
+    /// the volume lock (see `recover_volume`); this only does it early, off the session's
+    /// path, so that the next session finds it made.
+    pub fn remake_working_copy(&self, name: &Name) -> Result<()> {
+        self.lock_volume(name).map(drop)
+    }
+
+    /// A mirror whose image is missing: its last commit moved the working copy into the
+    /// snapshot its `receive.base` names, or a crash came between. The working copy is
+    /// cloned from that snapshot, or, with no such snapshot, made empty (the next session
+    /// resets it to its base anyway).
+    pub(super) fn recover_working_copy(&self, g: &VolumeGuard) -> Result<()> {
+        let img = g.dir.join(IMAGE);
+        if g.meta.mirror.is_none() || g.meta.kind != VolumeKind::Owned || img.exists() {
+            return Ok(());
+        }
+        let marker = g.dir.join(WORKING_BASE);
+        let held = fs::read_to_string(&marker).ok();
+        let from = held.as_deref().and_then(|h| {
+            let (snap, root) = h.split_once(' ')?;
+            let snap = Name::new(snap).ok()?;
+            let m = Self::read_snapshot(&g.dir, &g.meta.name, &snap).ok()?;
+            (m.root == root).then_some(snap)
+        });
+        let tmp = g.dir.join(".tmp-working.img");
+        let _ = fs::remove_file(&tmp);
+        match &from {
+            Some(snap) => {
+                let src = Self::snapshot_dir(&g.dir, snap).join(IMAGE);
+                self.backend.snapshot(&src, &tmp)?;
+            }
+            None => {
+                let _ = fs::remove_file(&marker);
+                let f = create_new(&tmp)?;
+                f.sync_all().ctx("fsync", &tmp)?;
+            }
+        }
+        fsx::rename_durable(&tmp, &img).ctx("rename", &tmp)?;
+        tracing::debug!(volume = %g.meta.name, from = ?from, "mirror working copy made again");
+        Ok(())
     }
 
     /// Commits the mirror snapshot `snap` of `name` if its manifest root is `root`.

@@ -8,7 +8,8 @@
 //!   index/volumes.json, index/lock    built again from the manifests when unusable)
 //!   volumes/<vol>/
 //!     volume.json                   what the volume is (owned or adopted, block size, ...)
-//!     data.img                      the image, for owned volumes
+//!     data.img                      the image, for owned volumes (a mirror's working copy:
+//!                                   missing between a commit and its clone, see recovery)
 //!     lock                          volume lock: every change to the volume or its snapshots
 //!     rollback.json                 intent of a rollback in progress
 //!     receive.lock, receive.journal  a mirror's receiving session and its progress

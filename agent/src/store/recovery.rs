@@ -116,6 +116,6 @@ impl Store {
             tracing::warn!(volume = %g.meta.name, snapshot = %i.snapshot, "finishing an interrupted rollback");
             self.do_rollback(g, &i.snapshot)?;
         }
-        Ok(())
+        self.recover_working_copy(g)
     }
 }
