@@ -169,6 +169,12 @@ pub struct NetConfig {
     /// link's bandwidth-delay product (1 Gbit/s at 100 ms round trip: 12.5 MB).
     #[serde(deserialize_with = "de_size")]
     pub connection_window: u64,
+    /// What a replication connection may send in its first round trip, e.g. "4MiB" (default
+    /// 240,000 bytes, QUIC's own): BBR then doubles its rate every round trip until it has
+    /// measured the link. On a dedicated long link, up to the bandwidth-delay product lets a
+    /// transfer start near full speed; on a shared one, keep the default.
+    #[serde(deserialize_with = "de_size")]
+    pub initial_window: u64,
 }
 
 impl NetConfig {
@@ -177,6 +183,7 @@ impl NetConfig {
         net::Windows {
             stream: self.stream_window,
             connection: self.connection_window,
+            initial: self.initial_window,
         }
     }
 }
@@ -228,6 +235,7 @@ impl Default for NetConfig {
             max_transfers: 4,
             stream_window: net::Windows::default().stream,
             connection_window: net::Windows::default().connection,
+            initial_window: net::Windows::default().initial,
         }
     }
 }
@@ -344,6 +352,13 @@ impl AgentConfig {
                 "net.connection_window must be at least net.stream_window".into(),
             ));
         }
+        if !(14_720..=self.net.connection_window).contains(&self.net.initial_window) {
+            return Err(StoreError::Invalid(format!(
+                "net.initial_window must be 14720 bytes to net.connection_window ({} bytes), \
+                 not {}",
+                self.net.connection_window, self.net.initial_window
+            )));
+        }
         if self.net.cert.is_some() != self.net.key.is_some() {
             return Err(StoreError::Invalid(
                 "net.cert and net.key go together".into(),
@@ -400,6 +415,8 @@ mod tests {
             ("[net]\nmax_connections = 0", "max_connections"),
             ("[net]\nmax_transfers = 0", "max_transfers"),
             ("[net]\nstream_window = \"4K\"", "stream_window"),
+            ("[net]\ninitial_window = \"1K\"", "initial_window"),
+            ("[net]\ninitial_window = \"1GiB\"", "initial_window"),
             ("[net]\nstream_window = \"32MiB\"", "1,024 gaps"),
             (
                 "[net]\nstream_window = \"16MiB\"\nconnection_window = \"8MiB\"",

@@ -176,7 +176,13 @@ fn roots(trust: &Trust) -> Result<rustls::RootCertStore, NetError> {
 pub struct Windows {
     pub stream: u64,
     pub connection: u64,
+    /// The congestion window a connection starts with (bytes): what it may send in its first
+    /// round trip, before BBR has measured the link.
+    pub initial: u64,
 }
+
+/// quinn's initial congestion window for BBR: 200 datagrams of 1,200 bytes.
+pub const DEFAULT_INITIAL_WINDOW: u64 = 200 * 1200;
 
 /// The largest stream window allowed: about 14,000 datagrams of 1,200 bytes, which at 5% loss
 /// leaves some 700 gaps, under quinn's 1,024.
@@ -190,6 +196,7 @@ impl Default for Windows {
         Windows {
             stream: 8 << 20,
             connection: 128 << 20,
+            initial: DEFAULT_INITIAL_WINDOW,
         }
     }
 }
@@ -211,8 +218,8 @@ pub fn transport() -> Arc<quinn::TransportConfig> {
     transport_with(Windows::default())
 }
 
-/// Transport settings: flow-control windows `w` (clamped to what QUIC can express),
-/// keep-alives, and limits on concurrent streams.
+/// Transport settings: flow-control windows and the initial congestion window `w` (clamped
+/// to what QUIC can express), keep-alives, and limits on concurrent streams.
 pub fn transport_with(w: Windows) -> Arc<quinn::TransportConfig> {
     let var = |n: u64| VarInt::from_u64(n).unwrap_or(VarInt::MAX);
     let mut t = quinn::TransportConfig::default();
@@ -225,7 +232,9 @@ pub fn transport_with(w: Windows) -> Arc<quinn::TransportConfig> {
     // BBR paces by measured bandwidth and RTT instead of backing off at every loss, so
     // random loss on long links does not collapse throughput (5% loss, 100 ms RTT: see the
     // replication tests).
-    t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()));
+    let mut bbr = quinn::congestion::BbrConfig::default();
+    bbr.initial_window(w.initial);
+    t.congestion_controller_factory(Arc::new(bbr));
     if let Ok(idle) = quinn::IdleTimeout::try_from(Duration::from_secs(30)) {
         t.max_idle_timeout(Some(idle));
     }
@@ -548,7 +557,11 @@ mod tests {
     #[test]
     fn a_session_takes_the_streams_its_data_and_the_windows_call_for() {
         const M: u64 = 1 << 20;
-        let w = |stream, connection| Windows { stream, connection };
+        let w = |stream, connection| Windows {
+            stream,
+            connection,
+            ..Windows::default()
+        };
         let cases = [
             // (windows, bytes to send, streams)
             (Windows::default(), 0, 1),

@@ -6,6 +6,7 @@ use std::time::Duration;
 use ferry_agent::config::AgentConfig;
 use ferry_agent::daemon::server::load_tls;
 use ferry_agent::net;
+use ferry_agent::replication::send::Peers;
 use ferry_tests::{bin, Pki, Served};
 use ferry_wire::msg::{close, Hello};
 use serde_json::Value;
@@ -108,6 +109,29 @@ async fn raw_connection(s: &Sites) -> (quinn::Endpoint, quinn::Connection) {
         .await
         .expect("tls handshake");
     (ep, conn)
+}
+
+/// `net.initial_window` is the congestion window a replication connection starts with: what
+/// it may send in its first round trip on a long link.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_starts_with_the_configured_congestion_window() {
+    let s = sites();
+    let cfg = AgentConfig::load(&s.a).expect("config");
+    for initial in [net::DEFAULT_INITIAL_WINDOW, 8 << 20] {
+        let (id, trust) = load_tls(&cfg).expect("tls");
+        let windows = net::Windows {
+            initial,
+            ..net::Windows::default()
+        };
+        let peers = Peers::with(id, trust, windows).expect("peers");
+        let (conn, _, _) = peers.connection(s.served.addr).await.expect("connect");
+        let cwnd = conn.stats().path.cwnd;
+        assert!(
+            (initial..initial + (1 << 20)).contains(&cwnd),
+            "asked {initial}, started at {cwnd}"
+        );
+        peers.close().await;
+    }
 }
 
 async fn closed_code(conn: &quinn::Connection) -> (u32, String) {
