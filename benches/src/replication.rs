@@ -19,7 +19,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use ferry_agent::pki;
@@ -158,6 +158,22 @@ pub(crate) fn timed(cmd: &mut Command) -> Result<(f64, f64, String)> {
 }
 
 pub(crate) struct Killed(pub Child);
+impl Killed {
+    /// SIGTERM, then SIGKILL if it has not exited within `grace`.
+    fn terminate(&mut self, grace: Duration) {
+        if let Ok(pid) = i32::try_from(self.0.id()) {
+            // SAFETY: kill(2) with our own child's pid and a valid signal.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+        let until = Instant::now() + grace;
+        while Instant::now() < until {
+            if !matches!(self.0.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
 impl Drop for Killed {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -280,6 +296,10 @@ impl Agents {
 
     /// Starts b's daemon again (its memory high-water mark starts from nothing).
     pub(crate) fn restart_receiver(&mut self) -> Result<()> {
+        // Stopped as systemd stops it: it finishes its work in the background first (the
+        // mirror's next working copy, cloned after a commit), where SIGKILL would leave
+        // that to the next session.
+        self.server.terminate(Duration::from_secs(120));
         let (server, addr) = Self::serve(&self.b_cfg)?;
         self.server = server;
         self.addr = addr;
