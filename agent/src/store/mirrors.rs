@@ -349,7 +349,11 @@ impl Store {
     /// the volume lock (see `recover_volume`); this only does it early, off the session's
     /// path, so that the next session finds it made.
     pub fn remake_working_copy(&self, name: &Name) -> Result<()> {
-        self.lock_volume(name).map(drop)
+        match self.lock_volume(name) {
+            // Deleted meanwhile: nothing to make.
+            Err(StoreError::NotFound { .. }) => Ok(()),
+            other => other.map(drop),
+        }
     }
 
     /// A mirror whose image is missing: its last commit moved the working copy into the
