@@ -158,22 +158,6 @@ pub(crate) fn timed(cmd: &mut Command) -> Result<(f64, f64, String)> {
 }
 
 pub(crate) struct Killed(pub Child);
-impl Killed {
-    /// SIGTERM, then SIGKILL if it has not exited within `grace`.
-    fn terminate(&mut self, grace: Duration) {
-        if let Ok(pid) = i32::try_from(self.0.id()) {
-            // SAFETY: kill(2) with our own child's pid and a valid signal.
-            unsafe { libc::kill(pid, libc::SIGTERM) };
-        }
-        let until = Instant::now() + grace;
-        while Instant::now() < until {
-            if !matches!(self.0.try_wait(), Ok(None)) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
 impl Drop for Killed {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -299,7 +283,12 @@ impl Agents {
         // Stopped as systemd stops it: it finishes its work in the background first (the
         // mirror's next working copy, cloned after a commit), where SIGKILL would leave
         // that to the next session.
-        self.server.terminate(Duration::from_secs(120));
+        // (SIGKILL after the grace, when `self.server` is replaced below.)
+        ferry_controller::process::signal_and_wait(
+            &mut self.server.0,
+            libc::SIGTERM,
+            Duration::from_secs(120),
+        );
         let (server, addr) = Self::serve(&self.b_cfg)?;
         self.server = server;
         self.addr = addr;

@@ -15,4 +15,5 @@ pub mod exit;
 pub mod http;
 pub mod machines;
 pub mod policy;
+pub mod process;
 pub mod state;

@@ -929,16 +929,11 @@ pub mod controller {
 
         /// Sends SIGTERM and waits (30 s at most) for the controller to exit.
         pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
-            // SAFETY: signalling our own child.
-            unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-            let t0 = std::time::Instant::now();
-            while t0.elapsed() < std::time::Duration::from_secs(30) {
-                if let Ok(Some(st)) = self.child.try_wait() {
-                    return Some(st);
-                }
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
-            None
+            ferry_controller::process::signal_and_wait(
+                &mut self.child,
+                libc::SIGTERM,
+                std::time::Duration::from_secs(30),
+            )
         }
 
         /// One HTTP/1.1 request; returns (status, JSON body or Null).

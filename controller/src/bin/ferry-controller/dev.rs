@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use anyhow::{bail, Context as _};
+use ferry_controller::process::signal_and_wait;
 use serde_json::json;
 
 use crate::config::{Config, StoreConfig, TokenConfig};
@@ -92,18 +93,11 @@ struct AgentChild(Child);
 impl Drop for AgentChild {
     fn drop(&mut self) {
         // SIGTERM first, so it ends its tasks' bookkeeping cleanly; SIGKILL if it lingers.
-        let pid = self.0.id() as libc::pid_t;
-        // SAFETY: signalling our own child process.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
-        let t0 = std::time::Instant::now();
-        while t0.elapsed() < std::time::Duration::from_secs(5) {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
+        let grace = std::time::Duration::from_secs(5);
+        if signal_and_wait(&mut self.0, libc::SIGTERM, grace).is_none() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
         }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 

@@ -99,17 +99,11 @@ fn stop(s: &mut SiteProc, sig: libc::c_int) {
     let Some(mut child) = s.child.take() else {
         return;
     };
-    // SAFETY: signalling our own child process.
-    unsafe { libc::kill(child.id() as libc::pid_t, sig) };
-    let t0 = Instant::now();
-    while t0.elapsed() < Duration::from_secs(5) {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    if ferry_controller::process::signal_and_wait(&mut child, sig, Duration::from_secs(5)).is_none()
+    {
+        let _ = child.kill();
+        let _ = child.wait();
     }
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 fn alive(pid: u32) -> bool {
