@@ -144,7 +144,7 @@ impl Store {
         let g = self.lock_volume(name)?;
         let img = self.image_path(&g.dir, &g.meta);
         let marker = g.dir.join(WORKING_BASE);
-        let held = fs::read_to_string(&marker).ok();
+        let held = Self::working_holds(&g.dir);
         // From here the working copy changes: until the next commit it is no snapshot.
         match fs::remove_file(&marker) {
             Ok(()) => fsx::fsync_dir(&g.dir).ctx("fsync", &g.dir)?,
@@ -154,7 +154,7 @@ impl Store {
         match base {
             Some(b) => {
                 let m = Self::read_snapshot(&g.dir, name, b)?;
-                let same = held.as_deref() == Some(&format!("{b} {}", m.root))
+                let same = held.as_ref() == Some(&(b.clone(), m.root))
                     && fs::metadata(&img).is_ok_and(|md| md.len() == size);
                 if same {
                     return Ok(img);
@@ -294,19 +294,16 @@ impl Store {
         let tmp = g.dir.join("snapshots").join(format!(".tmp-{snap}"));
         remove_tree(&tmp)?;
         fs::create_dir_all(&tmp).ctx("create", &tmp)?;
+        // A mirror is an owned volume: its working copy is the image in its directory.
+        let img = g.dir.join(IMAGE);
         let res = (|| {
-            let img = self.image_path(&g.dir, &g.meta);
             let size = fs::metadata(&img).ctx("stat", &img)?.len();
             // The working copy, fsynced by the session, becomes the snapshot's image by a
             // rename; the next working copy is cloned from it afterwards, off the session's
             // path (`remake_working_copy`), since cloning costs time in proportion to the
             // image's extents.
-            let method = if img == g.dir.join(IMAGE) {
-                fs::rename(&img, tmp.join(IMAGE)).ctx("rename", &img)?;
-                self.backend.method()
-            } else {
-                self.backend.snapshot(&img, &tmp.join(IMAGE))?
-            };
+            fs::rename(&img, tmp.join(IMAGE)).ctx("rename", &img)?;
+            let method = self.backend.method();
             fs::rename(&manifest_path, tmp.join(MANIFEST)).ctx("rename", &manifest_path)?;
             fs::rename(&leaves_path, tmp.join(LEAVES)).ctx("rename", &leaves_path)?;
             let meta = SnapshotMeta {
@@ -335,7 +332,6 @@ impl Store {
         })();
         if res.is_err() {
             // The image may have moved into `tmp` already: it goes back before `tmp` goes.
-            let img = self.image_path(&g.dir, &g.meta);
             if !img.exists() && tmp.join(IMAGE).exists() {
                 let _ = fs::rename(tmp.join(IMAGE), &img);
             }
@@ -366,10 +362,7 @@ impl Store {
             return Ok(());
         }
         let marker = g.dir.join(WORKING_BASE);
-        let held = fs::read_to_string(&marker).ok();
-        let from = held.as_deref().and_then(|h| {
-            let (snap, root) = h.split_once(' ')?;
-            let snap = Name::new(snap).ok()?;
+        let from = Self::working_holds(&g.dir).and_then(|(snap, root)| {
             let m = Self::read_snapshot(&g.dir, &g.meta.name, &snap).ok()?;
             (m.root == root).then_some(snap)
         });
@@ -416,6 +409,14 @@ impl Store {
     fn working_is(dir: &Path, snap: &Name, root: &str) -> Result<()> {
         let marker = dir.join(WORKING_BASE);
         fsx::atomic_write(&marker, format!("{snap} {root}").as_bytes()).ctx("write", marker)
+    }
+
+    /// The snapshot and root mirror directory `dir`'s working copy holds exactly, as
+    /// `working_is` recorded them; `None` when it holds no snapshot (or the record is bad).
+    fn working_holds(dir: &Path) -> Option<(Name, String)> {
+        let held = fs::read_to_string(dir.join(WORKING_BASE)).ok()?;
+        let (snap, root) = held.split_once(' ')?;
+        Some((Name::new(snap).ok()?, root.to_string()))
     }
 }
 
