@@ -175,6 +175,12 @@ pub struct NetConfig {
     /// transfer start near full speed; on a shared one, keep the default.
     #[serde(deserialize_with = "de_size")]
     pub initial_window: u64,
+    /// The largest start window learned from the last large transfer to a peer, e.g.
+    /// "64MiB" (the default); "0" turns learning off. A connection to a peer whose last
+    /// transfer (32 MiB or more, within a week) measured its rate and round trip starts with
+    /// their product, at least `initial_window` and at most this.
+    #[serde(deserialize_with = "de_size")]
+    pub learned_window_max: u64,
 }
 
 impl NetConfig {
@@ -185,6 +191,12 @@ impl NetConfig {
             connection: self.connection_window,
             initial: self.initial_window,
         }
+    }
+
+    /// The cap on learned start windows (0: learning off), never above the connection
+    /// window.
+    pub fn learned_window_cap(&self) -> u64 {
+        self.learned_window_max.min(self.connection_window)
     }
 }
 
@@ -221,6 +233,10 @@ impl<'de> Deserialize<'de> for Compression {
     }
 }
 
+/// The default cap on learned start windows: a 1 GB/s link's bandwidth-delay product at
+/// about 65 ms, half the default connection window.
+pub const DEFAULT_LEARNED_WINDOW_MAX: u64 = 64 << 20;
+
 impl Default for NetConfig {
     fn default() -> Self {
         NetConfig {
@@ -236,6 +252,7 @@ impl Default for NetConfig {
             stream_window: net::Windows::default().stream,
             connection_window: net::Windows::default().connection,
             initial_window: net::Windows::default().initial,
+            learned_window_max: DEFAULT_LEARNED_WINDOW_MAX,
         }
     }
 }
@@ -359,6 +376,15 @@ impl AgentConfig {
                 self.net.connection_window, self.net.initial_window
             )));
         }
+        if self.net.learned_window_max != 0
+            && !(14_720..=self.net.connection_window).contains(&self.net.learned_window_max)
+        {
+            return Err(StoreError::Invalid(format!(
+                "net.learned_window_max must be 0 (no learning) or 14720 bytes to \
+                 net.connection_window ({} bytes), not {}",
+                self.net.connection_window, self.net.learned_window_max
+            )));
+        }
         if self.net.cert.is_some() != self.net.key.is_some() {
             return Err(StoreError::Invalid(
                 "net.cert and net.key go together".into(),
@@ -417,6 +443,8 @@ mod tests {
             ("[net]\nstream_window = \"4K\"", "stream_window"),
             ("[net]\ninitial_window = \"1K\"", "initial_window"),
             ("[net]\ninitial_window = \"1GiB\"", "initial_window"),
+            ("[net]\nlearned_window_max = \"1K\"", "learned_window_max"),
+            ("[net]\nlearned_window_max = \"1GiB\"", "learned_window_max"),
             ("[net]\nstream_window = \"32MiB\"", "1,024 gaps"),
             (
                 "[net]\nstream_window = \"16MiB\"\nconnection_window = \"8MiB\"",

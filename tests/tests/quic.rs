@@ -134,6 +134,84 @@ async fn a_connection_starts_with_the_configured_congestion_window() {
     }
 }
 
+/// A replication connection to a peer starts with the window the last large transfer to it
+/// measured (its rate times the unloaded round trip, kept in the data directory), where
+/// QUIC's own start window would take a dozen round trips to get there on a long link. A
+/// small transfer leaves the measurement as it is; an unreadable file is a fresh start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_starts_at_the_window_the_last_large_transfer_to_its_peer_measured() {
+    let s = sites();
+    let cfg = AgentConfig::load(&s.a).expect("config");
+    let relay = ferry_tests::LossyRelay::start(s.served.addr, 0.0, Duration::from_millis(50), 3);
+    let to = relay.addr.to_string();
+    let mut rng = ferry_tests::rng("learned window");
+    let send = |vol: &str, size: usize, rng: &mut rand::rngs::StdRng| {
+        let size_arg = size.to_string();
+        ferry_tests::agent_json(&s.a, &["volume", "create", vol, "--size", &size_arg]);
+        let path = ferry_tests::agent_volume_path(&s.a, vol);
+        ferry_tests::write_random(&path, 0, size, rng);
+        ferry_tests::agent_json(&s.a, &["snapshot", "create", vol, "s1"]);
+        let r = ferry_tests::agent_json(&s.a, &["replicate", vol, "s1", "--to", &to]);
+        assert_eq!(r["root"].as_str().map(str::len), Some(64), "{r}");
+        r
+    };
+    let file = ferry_agent::store::paths_file(&cfg.data_dir);
+    let known = || -> Value {
+        let v: Value =
+            serde_json::from_slice(&std::fs::read(&file).expect("paths.json")).expect("json");
+        v["peers"][&to].clone()
+    };
+
+    // 1. Nothing known: QUIC's window. The transfer (48 MiB through 100 ms) is measured.
+    let r = send("big", 48 << 20, &mut rng);
+    assert_eq!(
+        r["path"]["start_window"],
+        net::DEFAULT_INITIAL_WINDOW,
+        "{r}"
+    );
+    let m = known();
+    let (rate, rtt_us) = (
+        m["rate"].as_u64().expect("rate"),
+        m["rtt_us"].as_u64().expect("rtt"),
+    );
+    assert!(
+        (90_000..1_000_000).contains(&rtt_us),
+        "unloaded round trip {rtt_us} µs"
+    );
+    let bdp = (rate as u128 * rtt_us as u128 / 1_000_000) as u64;
+    let want = bdp.clamp(net::DEFAULT_INITIAL_WINDOW, cfg.net.learned_window_cap());
+    assert!(
+        want > net::DEFAULT_INITIAL_WINDOW,
+        "{rate} B/s at {rtt_us} µs"
+    );
+
+    // 2. The next connection to that peer starts there: quinn's congestion window says so.
+    let peers = Peers::new(&cfg).expect("peers");
+    let (conn, _, _) = peers.connection(relay.addr).await.expect("connect");
+    let cwnd = conn.stats().path.cwnd;
+    assert!(
+        (want..want + (1 << 20)).contains(&cwnd),
+        "want {want}, started at {cwnd}"
+    );
+    peers.close().await;
+
+    // 3. A small transfer starts there too, and teaches nothing.
+    let r = send("small", 4 << 20, &mut rng);
+    assert_eq!(r["path"]["start_window"], want, "{r}");
+    assert_eq!(known(), m);
+
+    // 4. Unreadable measurements: QUIC's window again, and the next large transfer writes
+    //    them afresh.
+    std::fs::write(&file, b"{ not json").expect("write");
+    let r = send("big2", 40 << 20, &mut rng);
+    assert_eq!(
+        r["path"]["start_window"],
+        net::DEFAULT_INITIAL_WINDOW,
+        "{r}"
+    );
+    assert!(known()["rate"].as_u64().is_some_and(|r| r > 0));
+}
+
 async fn closed_code(conn: &quinn::Connection) -> (u32, String) {
     match tokio::time::timeout(Duration::from_secs(10), conn.closed())
         .await

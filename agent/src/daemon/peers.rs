@@ -164,11 +164,14 @@ impl PeerSites {
                 "no paired site: this node knows no site to send to".into(),
             ));
         }
-        let p = Arc::new(Peers::with(
-            self.id.as_ref().clone(),
-            trust.as_ref().clone(),
-            self.cfg.net.windows(),
-        )?);
+        let p = Arc::new(
+            Peers::with(
+                self.id.as_ref().clone(),
+                trust.as_ref().clone(),
+                self.cfg.net.windows(),
+            )?
+            .learning(&self.cfg),
+        );
         *s = Some((g, p.clone()));
         Ok(p)
     }

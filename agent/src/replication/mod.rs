@@ -2,8 +2,9 @@
 //! sans-IO cores of `ferry_wire::repl`: [`send`] (the sending side: peers, sessions, the
 //! reader pipeline) and [`receive`] (the receiving side: offers resolved against what the
 //! node holds, blocks checked and written, the journal, the commit), with [`ratelimit`]'s
-//! token bucket behind bandwidth limits.
+//! token bucket behind bandwidth limits and [`paths`]' start windows learned per peer.
 
+pub mod paths;
 pub mod ratelimit;
 pub mod receive;
 pub mod send;

@@ -7,8 +7,10 @@
 //! limit of its own.
 //!
 //! The control stream carries the session's requests (see `ferry_wire::repl`); block data goes
-//! over several unidirectional streams of the same connection, fed round-robin by one reader
-//! thread through bounded channels, so memory stays at a few dozen blocks whatever the volume.
+//! over several unidirectional streams of the same connection, fed by one reader thread
+//! through one bounded queue that every stream's writer takes from, so memory stays at a few
+//! dozen blocks whatever the volume, and a stream held up (a lost packet waiting to be sent
+//! again, its flow-control window full) never holds up the others.
 //! The reader re-checks every block it reads against the local manifest: a snapshot damaged on
 //! disk is never sent as good data.
 
@@ -35,6 +37,7 @@ use crate::engine::ReadJob;
 use crate::error::{check_name, Result, StoreError};
 use crate::net::{self, NetError};
 use crate::pki::{Identity, Trust};
+use crate::replication::paths;
 use crate::replication::ratelimit::TokenBucket;
 use crate::store::Store;
 use ferry_wire::units::format_size;
@@ -65,6 +68,42 @@ pub struct ReplicateReport {
     pub already_there: bool,
     /// Where the time went, milliseconds.
     pub timings: Timings,
+    /// The QUIC path to the peer after this transfer.
+    pub path: PathReport,
+}
+
+/// The QUIC path to the peer after a transfer, as the connection measured it. The counts are
+/// the peer's shared connection's since it opened (other transfers on it included).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PathReport {
+    /// The congestion window the connection started with, bytes: `net.initial_window`, or
+    /// what the last large transfer to this peer measured (`net.learned_window_max`).
+    pub start_window: u64,
+    /// Smoothed round-trip time, milliseconds.
+    pub rtt_ms: f64,
+    /// The congestion window, bytes: what may be in flight unacknowledged.
+    pub cwnd: u64,
+    /// The datagram size in use, bytes.
+    pub mtu: u16,
+    pub sent_packets: u64,
+    pub lost_packets: u64,
+    /// Losses the congestion controller reacted to.
+    pub congestion_events: u64,
+}
+
+impl PathReport {
+    fn of(conn: &quinn::Connection, start_window: u64) -> Self {
+        let p = conn.stats().path;
+        PathReport {
+            start_window,
+            rtt_ms: p.rtt.as_secs_f64() * 1e3,
+            cwnd: p.cwnd,
+            mtu: p.current_mtu,
+            sent_packets: p.sent_packets,
+            lost_packets: p.lost_packets,
+            congestion_events: p.congestion_events,
+        }
+    }
 }
 
 /// Where a replication's time went, milliseconds: the sender's phases one after the other
@@ -178,6 +217,10 @@ struct Link {
     site: Name,
     /// The connection's first stream (pings); kept open for the connection's life.
     _control: (quinn::SendStream, quinn::RecvStream),
+    /// The round trip measured by the handshakes, before any transfer loaded the path.
+    rtt: Duration,
+    /// The congestion window the connection started with.
+    start_window: u64,
 }
 
 /// Connections to peer agents, one per address, shared by every transfer to that peer.
@@ -185,6 +228,12 @@ pub struct Peers {
     id: Identity,
     trust: Trust,
     cc: quinn::ClientConfig,
+    windows: net::Windows,
+    /// Where path measurements are kept and the cap on learned start windows
+    /// ([`paths`]); `None`: connections start with `windows.initial`.
+    learning: Option<(std::path::PathBuf, u64)>,
+    /// Held while the measurements file is read and written back.
+    memory: Arc<std::sync::Mutex<()>>,
     links: tokio::sync::Mutex<HashMap<SocketAddr, Link>>,
 }
 
@@ -197,10 +246,20 @@ impl std::fmt::Debug for Peers {
 }
 
 impl Peers {
-    /// The node's TLS identity and trust from the `[net]` config.
+    /// The node's TLS identity and trust from the `[net]` config, learning start windows in
+    /// its data directory.
     pub fn new(cfg: &AgentConfig) -> Result<Peers> {
         let (id, trust) = load_tls(cfg)?;
-        Peers::with(id, trust, cfg.net.windows())
+        Ok(Peers::with(id, trust, cfg.net.windows())?.learning(cfg))
+    }
+
+    /// Starts connections with the window the last large transfer to the peer measured, kept
+    /// in `cfg`'s data directory, up to `net.learned_window_max` ([`paths`]).
+    pub fn learning(mut self, cfg: &AgentConfig) -> Peers {
+        let cap = cfg.net.learned_window_cap();
+        self.learning =
+            (cap > self.windows.initial).then(|| (crate::store::paths_file(&cfg.data_dir), cap));
+        self
     }
 
     /// Connections made as `id`, to nodes of the sites `trust` knows, with flow-control
@@ -212,8 +271,70 @@ impl Peers {
             id,
             trust,
             cc,
+            windows,
+            learning: None,
+            memory: Arc::default(),
             links: tokio::sync::Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The client configuration for a new connection to `peer`: the configured one, or with
+    /// the start window its last large transfer measured.
+    fn client_config(&self, peer: SocketAddr) -> (quinn::ClientConfig, u64) {
+        let Some((file, cap)) = &self.learning else {
+            return (self.cc.clone(), self.windows.initial);
+        };
+        let memory = {
+            let _held = self.memory.lock();
+            paths::load(file)
+        };
+        let known = memory.get(&peer.to_string());
+        let w = paths::start_window(known, paths::now(), self.windows.initial, *cap);
+        let Some(m) = known.filter(|_| w != self.windows.initial) else {
+            return (self.cc.clone(), self.windows.initial);
+        };
+        tracing::info!(
+            %peer,
+            window = %format_size(w),
+            rate = %format!("{}/s", format_size(m.rate)),
+            rtt_ms = m.rtt_us as f64 / 1e3,
+            "starting at the window the last transfer to this peer measured"
+        );
+        let mut cc = self.cc.clone();
+        cc.transport_config(net::transport_with(net::Windows {
+            initial: w,
+            ..self.windows
+        }));
+        (cc, w)
+    }
+
+    /// Remembers what a transfer to `peer` measured: `moved` bytes sent by the connection in
+    /// `took` ([`paths::learn`]; a small transfer teaches nothing).
+    pub async fn learn(&self, peer: SocketAddr, moved: u64, took: Duration) {
+        let Some((file, _)) = &self.learning else {
+            return;
+        };
+        let Some(rtt) = self.links.lock().await.get(&peer).map(|l| l.rtt) else {
+            return;
+        };
+        let Some(m) = paths::learn(moved, took, rtt, paths::now()) else {
+            return;
+        };
+        let (file, memory) = (file.clone(), self.memory.clone());
+        let saved = tokio::task::spawn_blocking(move || {
+            let _held = memory.lock();
+            let mut known = paths::load(&file);
+            paths::remember(&mut known, &peer.to_string(), m);
+            paths::save(&file, &known)
+        })
+        .await;
+        match saved {
+            Ok(Ok(())) => tracing::debug!(%peer, rate = m.rate, rtt_us = m.rtt_us, "path measured"),
+            Ok(Err(e)) => {
+                tracing::warn!(%peer, error = %e, "could not keep the path's measurement")
+            }
+            Err(e) => tracing::warn!(%peer, error = %e, "could not keep the path's measurement"),
+        }
     }
 
     /// A live connection to `peer`, the peer's name and its site, connecting if there is
@@ -226,12 +347,14 @@ impl Peers {
             }
             links.remove(&peer);
         }
-        let ep = net::client_endpoint(peer, self.cc.clone()).map_err(net_err)?;
+        let (cc, start_window) = self.client_config(peer);
+        let ep = net::client_endpoint(peer, cc).map_err(net_err)?;
         let s = net::connect(&ep, peer, &self.id, &self.trust)
             .await
             .map_err(net_err)?;
         let label = format!("{}@{} ({peer})", s.peer_node, s.peer_site);
         tracing::info!(peer = %label, "connected to peer");
+        let rtt = s.conn.rtt();
         let out = (s.conn.clone(), label.clone(), s.peer_site.clone());
         links.insert(
             peer,
@@ -241,9 +364,20 @@ impl Peers {
                 label,
                 site: s.peer_site,
                 _control: (s.send, s.recv),
+                rtt,
+                start_window,
             },
         );
         Ok(out)
+    }
+
+    /// The congestion window the connection to `peer` started with.
+    async fn start_window(&self, peer: SocketAddr) -> u64 {
+        self.links
+            .lock()
+            .await
+            .get(&peer)
+            .map_or(self.windows.initial, |l| l.start_window)
     }
 
     /// Closes every connection and waits until the peers have been told.
@@ -374,6 +508,8 @@ pub async fn replicate(
     }
     mark(&mut t.begin_ms);
     let streams = cfg.net.windows().data_streams(delta.bytes);
+    // What the connection sends during the data phase, for the next connection's start.
+    let (sent0, data_started) = (conn.stats().udp_tx.bytes, Instant::now());
     let pipeline = Pipeline::start(
         &conn,
         cfg,
@@ -405,16 +541,23 @@ pub async fn replicate(
     mark(&mut t.transfer_ms);
     t.receiver = commit(&mut ctl_send, &mut responses, src.root).await?;
     mark(&mut t.commit_ms);
+    // The rate the data was delivered at: until the peer acknowledged every data stream
+    // (the receiver's fsync at commit is not the link's), else until the commit's answer.
+    let delivered = sent
+        .counters
+        .all_acked(sent.streams)
+        .unwrap_or_else(Instant::now);
+    let moved = conn.stats().udp_tx.bytes.saturating_sub(sent0);
+    peers
+        .learn(
+            target.peer,
+            moved,
+            delivered.saturating_duration_since(data_started),
+        )
+        .await;
     report.timings = t;
-    let stats = conn.stats();
-    tracing::debug!(
-        mtu = stats.path.current_mtu,
-        rtt_us = stats.path.rtt.as_micros() as u64,
-        lost = stats.path.lost_packets,
-        sent_packets = stats.path.sent_packets,
-        cwnd = stats.path.cwnd,
-        "transfer path"
-    );
+    report.path = PathReport::of(&conn, peers.start_window(target.peer).await);
+    tracing::debug!(path = ?report.path, "transfer path");
     report.elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
     Ok(report)
 }
@@ -482,6 +625,7 @@ impl Source {
             elapsed_ms: 0.0,
             already_there: false,
             timings: Timings::default(),
+            path: PathReport::default(),
         }
     }
 
@@ -606,6 +750,18 @@ struct Counters {
     bytes: std::sync::atomic::AtomicU64,
     /// Told whenever a block went out, and when the reader stops.
     moved: tokio::sync::Notify,
+    /// Data streams the peer has acknowledged whole, and when the last of them was.
+    acked: Mutex<(usize, Option<Instant>)>,
+}
+
+impl Counters {
+    /// When the peer had acknowledged all `streams` data streams; `None` if it has not yet.
+    fn all_acked(&self, streams: usize) -> Option<Instant> {
+        self.acked
+            .lock()
+            .ok()
+            .and_then(|a| (a.0 == streams).then_some(a.1).flatten())
+    }
 }
 
 fn load(a: &std::sync::atomic::AtomicU64) -> u64 {
@@ -619,6 +775,9 @@ struct Sent {
     compressed_blocks: u64,
     compression_saved: u64,
     reads_ms: u64,
+    /// The data streams, and when the peer acknowledged them ([`Counters::all_acked`]).
+    streams: usize,
+    counters: Arc<Counters>,
 }
 
 /// What the reader thread did: blocks sent, (blocks compressed, bytes saved), and the
@@ -626,11 +785,14 @@ struct Sent {
 type ReadOutcome = (u64, (u64, u64), u64);
 
 /// The data path: a reader thread that reads, checks, frames and paces the needed blocks,
-/// feeding its stream writers round-robin (as many as [`net::Windows::data_streams`] says).
+/// feeding its stream writers (as many as [`net::Windows::data_streams`] says) through one
+/// queue: the next frame goes to whichever stream is ready for it.
 struct Pipeline {
     needs: mpsc::Sender<Vec<u64>>,
     reader: tokio::task::JoinHandle<Result<ReadOutcome>>,
-    writers: Vec<tokio::task::JoinHandle<std::result::Result<(), NetError>>>,
+    /// Each stream writer's outcome, told once its stream is finished (it then waits in the
+    /// background for the peer's acknowledgement of the stream's data).
+    writers: Vec<tokio::sync::oneshot::Receiver<std::result::Result<(), NetError>>>,
     counters: Arc<Counters>,
 }
 
@@ -644,21 +806,40 @@ impl Pipeline {
         budget: &Budget,
         sid: u64,
     ) -> Result<Pipeline> {
-        let mut streams = Vec::new();
         let mut writers = Vec::new();
-        for _ in 0..n {
-            let (tx, mut rx) = mpsc::channel::<Vec<u8>>(STREAM_QUEUE);
-            let mut s = conn.open_uni().await.map_err(|e| net_err(e.into()))?;
-            streams.push(tx);
-            writers.push(tokio::spawn(async move {
-                while let Some(frame) = rx.recv().await {
-                    net::write_framed(&mut s, frame).await?;
-                }
-                let _ = s.finish();
-                Ok::<_, NetError>(())
-            }));
-        }
         let counters = Arc::new(Counters::default());
+        let (frames, queue) = mpsc::channel::<Vec<u8>>(STREAM_QUEUE * n.max(1));
+        let queue = Arc::new(tokio::sync::Mutex::new(queue));
+        for _ in 0..n {
+            let mut s = conn.open_uni().await.map_err(|e| net_err(e.into()))?;
+            let (done, outcome) = tokio::sync::oneshot::channel();
+            writers.push(outcome);
+            let (counters, queue) = (counters.clone(), queue.clone());
+            tokio::spawn(async move {
+                let mut written = Ok(());
+                // A writer takes the next frame only once its stream took the last one: a
+                // stream waiting for flow control or a retransmission takes nothing.
+                while let Some(frame) = {
+                    let mut q = queue.lock().await;
+                    q.recv().await
+                } {
+                    if let Err(e) = net::write_framed(&mut s, frame).await {
+                        written = Err(e);
+                        break;
+                    }
+                }
+                let ok = written.is_ok();
+                let _ = s.finish();
+                let _ = done.send(written);
+                // The delivered rate's end, for the next connection's start window.
+                if ok && matches!(s.stopped().await, Ok(None)) {
+                    if let Ok(mut a) = counters.acked.lock() {
+                        a.0 += 1;
+                        a.1 = a.1.max(Some(Instant::now()));
+                    }
+                }
+            });
+        }
         let (needs, needs_rx) = mpsc::channel::<Vec<u64>>(8);
         let reader = Reader {
             image: src.image.clone(),
@@ -675,7 +856,7 @@ impl Pipeline {
                 .bandwidth_limit
                 .map(|l| TokenBucket::new(l, Instant::now())),
             budget: budget.clone(),
-            streams,
+            frames,
             needs: needs_rx,
             counters: counters.clone(),
         };
@@ -695,6 +876,7 @@ impl Pipeline {
             .reader
             .await
             .map_err(|e| StoreError::Invalid(format!("reader thread: {e}")))?;
+        let streams = self.writers.len();
         for w in self.writers {
             w.await
                 .map_err(|e| StoreError::Invalid(format!("stream writer: {e}")))?
@@ -708,6 +890,8 @@ impl Pipeline {
             compressed_blocks,
             compression_saved,
             reads_ms,
+            streams,
+            counters: self.counters,
         })
     }
 }
@@ -798,7 +982,7 @@ struct Reader {
     io: crate::config::IoConfig,
     bucket: Option<TokenBucket>,
     budget: Budget,
-    streams: Vec<mpsc::Sender<Vec<u8>>>,
+    frames: mpsc::Sender<Vec<u8>>,
     needs: mpsc::Receiver<Vec<u64>>,
     counters: Arc<Counters>,
 }
@@ -825,13 +1009,12 @@ fn read_jobs(need: &[u64], bs: u64, size: u64, per_read: u64) -> Vec<ReadJob> {
     jobs
 }
 
-/// Where the reader's frames go: paced, counted, round-robin to the data streams.
+/// Where the reader's frames go: paced, counted, into the data streams' queue.
 struct Out {
-    streams: Vec<mpsc::Sender<Vec<u8>>>,
+    frames: mpsc::Sender<Vec<u8>>,
     bucket: Option<TokenBucket>,
     budget: Budget,
     counters: Arc<Counters>,
-    next: usize,
     blocks: u64,
     compressed: (u64, u64),
     /// Time spent waiting for the network (pacing, full stream queues).
@@ -859,7 +1042,7 @@ impl Out {
             std::thread::sleep(wait);
         }
         self.counters.bytes.fetch_add(payload, relaxed);
-        let sent = self.streams[self.next % self.streams.len()].blocking_send(frame);
+        let sent = self.frames.blocking_send(frame);
         self.waited += paced.elapsed();
         if sent.is_err() {
             return Err(StoreError::Net {
@@ -867,7 +1050,6 @@ impl Out {
                 message: "data stream closed".into(),
             });
         }
-        self.next += 1;
         self.counters.unseen.fetch_add(1, relaxed);
         self.counters.moved.notify_one();
         Ok(())
@@ -892,7 +1074,7 @@ impl Reader {
             io,
             bucket,
             budget,
-            streams,
+            frames,
             mut needs,
             counters,
         } = self;
@@ -919,11 +1101,10 @@ impl Reader {
         let bs = framing.bs;
         let per_read = (io.read_size / bs).max(1);
         let mut out = Out {
-            streams,
+            frames,
             bucket,
             budget,
             counters,
-            next: 0,
             blocks: 0,
             compressed: (0, 0),
             waited: Duration::ZERO,

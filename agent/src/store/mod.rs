@@ -6,6 +6,8 @@
 //!   journal/group-<snap>.json       intent of a multi-volume snapshot in progress
 //!   index/blocks-<bs>.idx           the receiver's dedup index of mirror blocks (a hint;
 //!   index/volumes.json, index/lock    built again from the manifests when unusable)
+//!   paths.json                      what the last large transfer to each peer measured of
+//!                                   the path: the next connection's start window (a hint)
 //!   volumes/<vol>/
 //!     volume.json                   what the volume is (owned or adopted, block size, ...)
 //!     data.img                      the image, for owned volumes (a mirror's working copy:
@@ -75,6 +77,12 @@ pub(super) const SNAPSHOT_META: &str = "snapshot.json";
 pub(super) const ROLLBACK_INTENT: &str = "rollback.json";
 
 pub(super) const IMAGE: &str = "data.img";
+
+/// Where the sender keeps its path measurements (`replication::paths`) in data directory
+/// `data_dir`.
+pub fn paths_file(data_dir: &Path) -> PathBuf {
+    data_dir.join("paths.json")
+}
 
 pub(super) const MANIFEST: &str = "manifest";
 
