@@ -370,9 +370,9 @@ fn build_incremental(
     let t_start = Instant::now();
     fsx::clone_or_copy(base.manifest, out_manifest).ctx("copy base manifest to", out_manifest)?;
     fsx::clone_or_copy(base.leaves, out_leaves).ctx("copy base leaf index to", out_leaves)?;
-    let mut leaves = HashFileWriter::patch(out_leaves, Kind::Leaves, g)
+    let mut leaves = HashFileWriter::patch_of(out_leaves, base.leaves, Kind::Leaves, g)
         .map_err(|e| format_err(e, "leaf index", out_leaves))?;
-    let mut manifest = HashFileWriter::patch(out_manifest, Kind::Manifest, g)
+    let mut manifest = HashFileWriter::patch_of(out_manifest, base.manifest, Kind::Manifest, g)
         .map_err(|e| format_err(e, "manifest", out_manifest))?;
     let tail_start = g.tail_start();
     let in_blocks: Vec<(u64, u64)> = base

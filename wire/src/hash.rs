@@ -200,29 +200,47 @@ impl ZeroTable {
 /// the concatenated block hashes. Two manifests have the same root exactly when they describe the
 /// same bytes cut the same way.
 pub fn manifest_root(block_size: u32, volume_size: u64, hashes: &[u8]) -> BlockHash {
-    entries_root(
-        "ferry 2026-11 manifest root v1",
-        block_size,
-        volume_size,
-        hashes,
-    )
+    manifest_root_of_parts(block_size, volume_size, [hashes])
+}
+
+/// [`manifest_root`] of the concatenation of `parts`.
+pub fn manifest_root_of_parts<'a>(
+    block_size: u32,
+    volume_size: u64,
+    parts: impl IntoIterator<Item = &'a [u8]>,
+) -> BlockHash {
+    entries_root(MANIFEST_ROOT, block_size, volume_size, parts)
 }
 
 /// The root of a leaf index, computed like [`manifest_root`] under another context string.
 pub fn leaves_root(block_size: u32, volume_size: u64, cvs: &[u8]) -> BlockHash {
-    entries_root(
-        "ferry 2026-11 leaf index root v1",
-        block_size,
-        volume_size,
-        cvs,
-    )
+    leaves_root_of_parts(block_size, volume_size, [cvs])
 }
 
-fn entries_root(context: &str, block_size: u32, volume_size: u64, entries: &[u8]) -> BlockHash {
+/// [`leaves_root`] of the concatenation of `parts`.
+pub fn leaves_root_of_parts<'a>(
+    block_size: u32,
+    volume_size: u64,
+    parts: impl IntoIterator<Item = &'a [u8]>,
+) -> BlockHash {
+    entries_root(LEAVES_ROOT, block_size, volume_size, parts)
+}
+
+const MANIFEST_ROOT: &str = "ferry 2026-11 manifest root v1";
+const LEAVES_ROOT: &str = "ferry 2026-11 leaf index root v1";
+
+fn entries_root<'a>(
+    context: &str,
+    block_size: u32,
+    volume_size: u64,
+    parts: impl IntoIterator<Item = &'a [u8]>,
+) -> BlockHash {
     let mut h = blake3::Hasher::new_derive_key(context);
     h.update(&block_size.to_le_bytes());
     h.update(&volume_size.to_le_bytes());
-    h.update(entries);
+    for p in parts {
+        h.update(p);
+    }
     BlockHash(*h.finalize().as_bytes())
 }
 

@@ -24,7 +24,9 @@ use std::path::Path;
 
 use memmap2::{Mmap, MmapMut};
 
-use crate::hash::{check_block_size, leaves_root, manifest_root, BlockHash, Geometry};
+use crate::hash::{
+    check_block_size, leaves_root_of_parts, manifest_root_of_parts, BlockHash, Geometry,
+};
 
 /// File magic.
 pub const MAGIC: [u8; 8] = *b"FERRYHF\0";
@@ -80,9 +82,16 @@ impl Kind {
         }
     }
     fn root(self, g: &Geometry, entries: &[u8]) -> BlockHash {
+        self.root_of_parts(g, [entries])
+    }
+    fn root_of_parts<'a>(
+        self,
+        g: &Geometry,
+        parts: impl IntoIterator<Item = &'a [u8]>,
+    ) -> BlockHash {
         match self {
-            Kind::Manifest => manifest_root(g.block_size, g.volume_size, entries),
-            Kind::Leaves => leaves_root(g.block_size, g.volume_size, entries),
+            Kind::Manifest => manifest_root_of_parts(g.block_size, g.volume_size, parts),
+            Kind::Leaves => leaves_root_of_parts(g.block_size, g.volume_size, parts),
         }
     }
 }
@@ -285,7 +294,16 @@ pub struct HashFileWriter {
     map: MmapMut,
     kind: Kind,
     geometry: Geometry,
+    /// For a patch of a clone: the file it was cloned from, and which [`PATCH_PAGE`]s of
+    /// this one have been written since. Untouched entries are read from the base, whose
+    /// pages are in the page cache, rather than from the clone, whose pages are not (a
+    /// clone shares the base's blocks on disk, not its cached pages): the root of a 32 GiB
+    /// volume's 64 MiB leaf index otherwise reads the whole clone back from disk.
+    base: Option<(Mmap, Vec<u64>)>,
 }
+
+/// Bytes of the file per bit of a patch's written-pages map.
+const PATCH_PAGE: usize = 4096;
 
 impl HashFileWriter {
     /// Creates (or truncates) `path` sized for `geometry`; entries start zeroed.
@@ -325,6 +343,30 @@ impl HashFileWriter {
         Self::map(file, kind, geometry)
     }
 
+    /// [`HashFileWriter::patch`] of `path`, a clone (or copy) of `base` made by the caller:
+    /// entries not set since are read from `base`, which must be the committed file the clone
+    /// was made from (same header) and must not change while the writer lives.
+    pub fn patch_of(
+        path: &Path,
+        base: &Path,
+        kind: Kind,
+        geometry: Geometry,
+    ) -> Result<Self, FormatError> {
+        let mut w = Self::patch(path, kind, geometry)?;
+        let file = File::open(base)?;
+        // SAFETY: committed hash files are never written again (see `HashFile::open`).
+        let map = unsafe { Mmap::map(&file)? };
+        if map.len() != w.map.len() || map[..HEADER_SIZE] != w.map[..HEADER_SIZE] {
+            return Err(FormatError::LengthMismatch {
+                want: w.map.len() as u64,
+                got: map.len() as u64,
+            });
+        }
+        let pages = w.map.len().div_ceil(PATCH_PAGE);
+        w.base = Some((map, vec![0; pages.div_ceil(64)]));
+        Ok(w)
+    }
+
     fn map(file: File, kind: Kind, geometry: Geometry) -> Result<Self, FormatError> {
         // SAFETY: the file is private to this writer until it is renamed into place.
         let map = unsafe { MmapMut::map_mut(&file)? };
@@ -333,33 +375,69 @@ impl HashFileWriter {
             map,
             kind,
             geometry,
+            base: None,
         })
     }
 
-    /// All entries, writable.
+    /// All entries, writable (a patch stops reading from its base).
     pub fn entries_mut(&mut self) -> &mut [u8] {
+        self.base = None;
         &mut self.map[HEADER_SIZE..]
-    }
-    /// All entries.
-    pub fn entries(&self) -> &[u8] {
-        &self.map[HEADER_SIZE..]
     }
     /// Sets entry `i`.
     pub fn set(&mut self, i: u64, e: &[u8; 32]) {
         let at = HEADER_SIZE + i as usize * ENTRY_SIZE;
         self.map[at..at + ENTRY_SIZE].copy_from_slice(e);
+        if let Some((_, written)) = &mut self.base {
+            for p in [at / PATCH_PAGE, (at + ENTRY_SIZE - 1) / PATCH_PAGE] {
+                written[p / 64] |= 1 << (p % 64);
+            }
+        }
     }
     /// Entry `i`.
     pub fn get(&self, i: u64) -> [u8; 32] {
         let at = HEADER_SIZE + i as usize * ENTRY_SIZE;
         let mut e = [0u8; 32];
-        e.copy_from_slice(&self.map[at..at + ENTRY_SIZE]);
+        e.copy_from_slice(&self.source(at)[at..at + ENTRY_SIZE]);
         e
+    }
+
+    /// Where the bytes of the page holding offset `at` are current: this file's map, or the
+    /// base's when the page has not been written since the clone.
+    fn source(&self, at: usize) -> &[u8] {
+        match &self.base {
+            Some((base, written)) => {
+                let p = at / PATCH_PAGE;
+                match written[p / 64] & (1 << (p % 64)) {
+                    0 => base,
+                    _ => &self.map,
+                }
+            }
+            None => &self.map,
+        }
+    }
+
+    /// The entries as runs of pages of one source each, in order.
+    fn entry_parts(&self) -> Vec<&[u8]> {
+        let len = self.map.len();
+        let mut parts: Vec<&[u8]> = Vec::new();
+        let mut start = HEADER_SIZE;
+        while start < len {
+            let src = self.source(start);
+            let mut end = (start / PATCH_PAGE + 1) * PATCH_PAGE;
+            while end < len && std::ptr::eq(self.source(end), src) {
+                end += PATCH_PAGE;
+            }
+            let end = end.min(len);
+            parts.push(&src[start..end]);
+            start = end;
+        }
+        parts
     }
 
     /// Computes the root, writes the header, flushes and fsyncs. Returns the root.
     pub fn finish(mut self) -> Result<BlockHash, FormatError> {
-        let root = self.kind.root(&self.geometry, self.entries());
+        let root = self.kind.root_of_parts(&self.geometry, self.entry_parts());
         let header = Header {
             kind: self.kind,
             geometry: self.geometry,
@@ -407,7 +485,7 @@ mod tests {
         assert_eq!(hf.hash(3), BlockHash::of(&3u64.to_le_bytes()));
         assert_eq!(
             hf.root(),
-            manifest_root(65536, 65536 * 10 + 7, hf.entries())
+            crate::hash::manifest_root(65536, 65536 * 10 + 7, hf.entries())
         );
         assert!(matches!(
             HashFile::open(&p, Kind::Leaves),
@@ -493,5 +571,56 @@ mod tests {
         let mut f = File::create(dir.path().join("junk")).expect("create");
         f.write_all(&[0u8; 300]).expect("write");
         assert!(HashFile::open(&dir.path().join("junk"), Kind::Manifest).is_err());
+    }
+
+    /// A patch of a clone reads the entries it did not set from the base, and its root and
+    /// entries are exactly those of the patched file read whole: entries in the header's
+    /// page, across a page boundary, the last one, none at all.
+    #[test]
+    fn a_patch_of_a_clone_reads_untouched_entries_from_the_base() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // 1,000 leaves: 32,128 bytes, eight 4 KiB pages, the last one partial.
+        let g = Geometry::new(65536, 65536 * 250).expect("geometry");
+        let base = write(dir.path(), "base", Kind::Leaves, g);
+        let n = Kind::Leaves.entry_count(&g);
+        let at_boundary = (PATCH_PAGE - HEADER_SIZE) as u64 / 32; // first entry of page 1
+        let cases: [&[u64]; 5] = [
+            &[],
+            &[0, 1],
+            &[at_boundary - 1, at_boundary],
+            &[n - 1],
+            &[3, 200, 517, at_boundary * 3, n - 2],
+        ];
+        for (k, set) in cases.iter().enumerate() {
+            let clone = dir.path().join(format!("clone-{k}"));
+            std::fs::copy(&base, &clone).expect("copy");
+            let mut w = HashFileWriter::patch_of(&clone, &base, Kind::Leaves, g).expect("patch_of");
+            for &i in *set {
+                w.set(i, &[i as u8 ^ 0x5a; 32]);
+            }
+            for i in 0..n {
+                let want = match set.contains(&i) {
+                    true => [i as u8 ^ 0x5a; 32],
+                    false => *BlockHash::of(&i.to_le_bytes()).as_ref_bytes(),
+                };
+                assert_eq!(w.get(i), want, "case {k}, entry {i}");
+            }
+            let root = w.finish().expect("finish");
+            let hf = HashFile::open(&clone, Kind::Leaves).expect("open whole");
+            assert_eq!(hf.root(), root, "case {k}");
+            for &i in *set {
+                assert_eq!(hf.entry(i), [i as u8 ^ 0x5a; 32]);
+            }
+        }
+        // A base that is not what the clone was made from is refused.
+        let other = write(
+            dir.path(),
+            "other",
+            Kind::Leaves,
+            Geometry::new(65536, 65536 * 7).expect("geometry"),
+        );
+        let clone = dir.path().join("clone-x");
+        std::fs::copy(&base, &clone).expect("copy");
+        assert!(HashFileWriter::patch_of(&clone, &other, Kind::Leaves, g).is_err());
     }
 }

@@ -209,9 +209,9 @@ impl Store {
                     HashFile::open(&bl, Kind::Leaves).map_err(bad("leaf index", &bl))?;
                 fsx::clone_or_copy(&bm, &manifest_path).ctx("copy", &bm)?;
                 fsx::clone_or_copy(&bl, &leaves_path).ctx("copy", &bl)?;
-                let m = HashFileWriter::patch(&manifest_path, Kind::Manifest, geometry)
+                let m = HashFileWriter::patch_of(&manifest_path, &bm, Kind::Manifest, geometry)
                     .map_err(bad("manifest", &manifest_path))?;
-                let l = HashFileWriter::patch(&leaves_path, Kind::Leaves, geometry)
+                let l = HashFileWriter::patch_of(&leaves_path, &bl, Kind::Leaves, geometry)
                     .map_err(bad("leaf index", &leaves_path))?;
                 (m, l, Some(base_leaves))
             }
