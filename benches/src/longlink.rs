@@ -48,7 +48,8 @@ pub fn run(dir: &Path, out: &Path, size: u64, runs: usize, seed: u64, windows: &
     std::fs::File::create(&earlier)?.set_len(size)?;
     crate::generate(&earlier, size, seed ^ 0x5eed, 4096)?;
     // (name, relay (round trip ms, loss), known peer)
-    let cases: [(&str, Option<(u64, f64)>, bool); 7] = [
+    type Setup = (&'static str, Option<(u64, f64)>, bool);
+    let cases: [Setup; 7] = [
         ("loopback", None, false),
         ("relay, 0 ms", Some((0, 0.0)), false),
         ("relay, 100 ms RTT", Some((100, 0.0)), false),
@@ -69,16 +70,21 @@ pub fn run(dir: &Path, out: &Path, size: u64, runs: usize, seed: u64, windows: &
             let _ = std::fs::remove_dir_all(&d);
             std::fs::create_dir_all(&d)?;
             let ag = Agents::start(&d, windows)?;
-            ag.json(
-                false,
-                &["volume", "create", "v", "--size", &size.to_string()],
-            )?;
-            let vol = ag.json(false, &["volume", "path", "v"])?["path"]
-                .as_str()
-                .map(std::path::PathBuf::from)
-                .unwrap_or_default();
-            stage(&image, &vol)?;
-            ag.json(false, &["snapshot", "create", "v", "s1"])?;
+            // Volume `name` at the sender holding `image`, and its snapshot s1.
+            let snapshot_of = |name: &str, image: &Path| -> Result<()> {
+                ag.json(
+                    false,
+                    &["volume", "create", name, "--size", &size.to_string()],
+                )?;
+                let vol = ag.json(false, &["volume", "path", name])?["path"]
+                    .as_str()
+                    .map(std::path::PathBuf::from)
+                    .unwrap_or_default();
+                stage(image, &vol)?;
+                ag.json(false, &["snapshot", "create", name, "s1"])?;
+                Ok(())
+            };
+            snapshot_of("v", &image)?;
             let relayed = relay.map(|(rtt, loss)| {
                 LossyRelay::start(
                     ag.addr.parse().expect("agent address"),
@@ -91,16 +97,7 @@ pub fn run(dir: &Path, out: &Path, size: u64, runs: usize, seed: u64, windows: &
                 .as_ref()
                 .map_or(ag.addr.clone(), |r| r.addr.to_string());
             if *known {
-                ag.json(
-                    false,
-                    &["volume", "create", "earlier", "--size", &size.to_string()],
-                )?;
-                let p = ag.json(false, &["volume", "path", "earlier"])?["path"]
-                    .as_str()
-                    .map(std::path::PathBuf::from)
-                    .unwrap_or_default();
-                stage(&earlier, &p)?;
-                ag.json(false, &["snapshot", "create", "earlier", "s1"])?;
+                snapshot_of("earlier", &earlier)?;
                 ag.json(false, &["replicate", "earlier", "s1", "--to", &to])?;
             }
             settle(Caches::Warm)?;

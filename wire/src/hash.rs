@@ -200,36 +200,20 @@ impl ZeroTable {
 /// the concatenated block hashes. Two manifests have the same root exactly when they describe the
 /// same bytes cut the same way.
 pub fn manifest_root(block_size: u32, volume_size: u64, hashes: &[u8]) -> BlockHash {
-    manifest_root_of_parts(block_size, volume_size, [hashes])
-}
-
-/// [`manifest_root`] of the concatenation of `parts`.
-pub fn manifest_root_of_parts<'a>(
-    block_size: u32,
-    volume_size: u64,
-    parts: impl IntoIterator<Item = &'a [u8]>,
-) -> BlockHash {
-    entries_root(MANIFEST_ROOT, block_size, volume_size, parts)
+    entries_root(MANIFEST_ROOT, block_size, volume_size, [hashes])
 }
 
 /// The root of a leaf index, computed like [`manifest_root`] under another context string.
 pub fn leaves_root(block_size: u32, volume_size: u64, cvs: &[u8]) -> BlockHash {
-    leaves_root_of_parts(block_size, volume_size, [cvs])
+    entries_root(LEAVES_ROOT, block_size, volume_size, [cvs])
 }
 
-/// [`leaves_root`] of the concatenation of `parts`.
-pub fn leaves_root_of_parts<'a>(
-    block_size: u32,
-    volume_size: u64,
-    parts: impl IntoIterator<Item = &'a [u8]>,
-) -> BlockHash {
-    entries_root(LEAVES_ROOT, block_size, volume_size, parts)
-}
+/// The key-derivation contexts of [`manifest_root`] and [`leaves_root`].
+pub(crate) const MANIFEST_ROOT: &str = "ferry 2026-11 manifest root v1";
+pub(crate) const LEAVES_ROOT: &str = "ferry 2026-11 leaf index root v1";
 
-const MANIFEST_ROOT: &str = "ferry 2026-11 manifest root v1";
-const LEAVES_ROOT: &str = "ferry 2026-11 leaf index root v1";
-
-fn entries_root<'a>(
+/// A root under `context` of the concatenation of `parts`.
+pub(crate) fn entries_root<'a>(
     context: &str,
     block_size: u32,
     volume_size: u64,

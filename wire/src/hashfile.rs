@@ -25,7 +25,7 @@ use std::path::Path;
 use memmap2::{Mmap, MmapMut};
 
 use crate::hash::{
-    check_block_size, leaves_root_of_parts, manifest_root_of_parts, BlockHash, Geometry,
+    check_block_size, entries_root, BlockHash, Geometry, LEAVES_ROOT, MANIFEST_ROOT,
 };
 
 /// File magic.
@@ -89,10 +89,11 @@ impl Kind {
         g: &Geometry,
         parts: impl IntoIterator<Item = &'a [u8]>,
     ) -> BlockHash {
-        match self {
-            Kind::Manifest => manifest_root_of_parts(g.block_size, g.volume_size, parts),
-            Kind::Leaves => leaves_root_of_parts(g.block_size, g.volume_size, parts),
-        }
+        let context = match self {
+            Kind::Manifest => MANIFEST_ROOT,
+            Kind::Leaves => LEAVES_ROOT,
+        };
+        entries_root(context, g.block_size, g.volume_size, parts)
     }
 }
 

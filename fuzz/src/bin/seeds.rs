@@ -179,7 +179,7 @@ fn hashfiles(c: &mut Corpus, tmp: &Path) -> Result<()> {
         let p = tmp.join(format!("hashfile-{tag}"));
         let _ = std::fs::remove_file(&p);
         let mut f = HashFileWriter::create(&p, kind, g).context("create")?;
-        let n = (f.entries().len() / 32) as u64;
+        let n = kind.entry_count(&g);
         for i in 0..n {
             f.set(i, &BlockHash::of(&i.to_le_bytes()).0);
         }
