@@ -192,12 +192,6 @@ impl NetConfig {
             initial: self.initial_window,
         }
     }
-
-    /// The cap on learned start windows (0: learning off), never above the connection
-    /// window.
-    pub fn learned_window_cap(&self) -> u64 {
-        self.learned_window_max.min(self.connection_window)
-    }
 }
 
 /// Per-block compression of replication data.
@@ -369,21 +363,25 @@ impl AgentConfig {
                 "net.connection_window must be at least net.stream_window".into(),
             ));
         }
-        if !(14_720..=self.net.connection_window).contains(&self.net.initial_window) {
-            return Err(StoreError::Invalid(format!(
-                "net.initial_window must be 14720 bytes to net.connection_window ({} bytes), \
-                 not {}",
-                self.net.connection_window, self.net.initial_window
-            )));
-        }
-        if self.net.learned_window_max != 0
-            && !(14_720..=self.net.connection_window).contains(&self.net.learned_window_max)
-        {
-            return Err(StoreError::Invalid(format!(
-                "net.learned_window_max must be 0 (no learning) or 14720 bytes to \
-                 net.connection_window ({} bytes), not {}",
-                self.net.connection_window, self.net.learned_window_max
-            )));
+        // A start window: at least QUIC's minimum (a few datagrams), at most what flow control
+        // lets the connection have in flight.
+        let start_windows = [
+            ("initial_window", self.net.initial_window, ""),
+            (
+                "learned_window_max",
+                self.net.learned_window_max,
+                "0 (no learning) or ",
+            ),
+        ];
+        for (key, value, or) in start_windows {
+            let off = !or.is_empty() && value == 0;
+            if !off && !(14_720..=self.net.connection_window).contains(&value) {
+                return Err(StoreError::Invalid(format!(
+                    "net.{key} must be {or}14720 bytes to net.connection_window ({} bytes), \
+                     not {value}",
+                    self.net.connection_window
+                )));
+            }
         }
         if self.net.cert.is_some() != self.net.key.is_some() {
             return Err(StoreError::Invalid(

@@ -179,7 +179,7 @@ async fn a_connection_starts_at_the_window_the_last_large_transfer_to_its_peer_m
         "unloaded round trip {rtt_us} µs"
     );
     let bdp = (rate as u128 * rtt_us as u128 / 1_000_000) as u64;
-    let want = bdp.clamp(net::DEFAULT_INITIAL_WINDOW, cfg.net.learned_window_cap());
+    let want = bdp.clamp(net::DEFAULT_INITIAL_WINDOW, cfg.net.learned_window_max);
     assert!(
         want > net::DEFAULT_INITIAL_WINDOW,
         "{rate} B/s at {rtt_us} µs"

@@ -256,7 +256,8 @@ impl Peers {
     /// Starts connections with the window the last large transfer to the peer measured, kept
     /// in `cfg`'s data directory, up to `net.learned_window_max` ([`paths`]).
     pub fn learning(mut self, cfg: &AgentConfig) -> Peers {
-        let cap = cfg.net.learned_window_cap();
+        // Validated to be 0 or at most the connection window.
+        let cap = cfg.net.learned_window_max;
         self.learning =
             (cap > self.windows.initial).then(|| (crate::store::paths_file(&cfg.data_dir), cap));
         self
