@@ -305,6 +305,8 @@ pub struct HashFileWriter {
 
 /// Bytes of the file per bit of a patch's written-pages map.
 const PATCH_PAGE: usize = 4096;
+// Entries start after the header and never cross a page: an entry is in one page.
+const _: () = assert!(HEADER_SIZE % ENTRY_SIZE == 0 && PATCH_PAGE % ENTRY_SIZE == 0);
 
 impl HashFileWriter {
     /// Creates (or truncates) `path` sized for `geometry`; entries start zeroed.
@@ -390,9 +392,8 @@ impl HashFileWriter {
         let at = HEADER_SIZE + i as usize * ENTRY_SIZE;
         self.map[at..at + ENTRY_SIZE].copy_from_slice(e);
         if let Some((_, written)) = &mut self.base {
-            for p in [at / PATCH_PAGE, (at + ENTRY_SIZE - 1) / PATCH_PAGE] {
-                written[p / 64] |= 1 << (p % 64);
-            }
+            let p = at / PATCH_PAGE;
+            written[p / 64] |= 1 << (p % 64);
         }
     }
     /// Entry `i`.

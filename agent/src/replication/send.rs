@@ -232,7 +232,7 @@ pub struct Peers {
     /// Where path measurements are kept and the cap on learned start windows
     /// ([`paths`]); `None`: connections start with `windows.initial`.
     learning: Option<(std::path::PathBuf, u64)>,
-    /// Held while the measurements file is read and written back.
+    /// Held while the measurements file is read, changed and written back.
     memory: Arc<std::sync::Mutex<()>>,
     links: tokio::sync::Mutex<HashMap<SocketAddr, Link>>,
 }
@@ -285,10 +285,8 @@ impl Peers {
         let Some((file, cap)) = &self.learning else {
             return (self.cc.clone(), self.windows.initial);
         };
-        let memory = {
-            let _held = self.memory.lock();
-            paths::load(file)
-        };
+        // Saves replace the file whole (a rename): a read needs no lock.
+        let memory = paths::load(file);
         let known = memory.get(&peer.to_string());
         let w = paths::start_window(known, paths::now(), self.windows.initial, *cap);
         let Some(m) = known.filter(|_| w != self.windows.initial) else {
@@ -544,10 +542,7 @@ pub async fn replicate(
     mark(&mut t.commit_ms);
     // The rate the data was delivered at: until the peer acknowledged every data stream
     // (the receiver's fsync at commit is not the link's), else until the commit's answer.
-    let delivered = sent
-        .counters
-        .all_acked(sent.streams)
-        .unwrap_or_else(Instant::now);
+    let delivered = sent.counters.all_acked().unwrap_or_else(Instant::now);
     let moved = conn.stats().udp_tx.bytes.saturating_sub(sent0);
     peers
         .learn(
@@ -751,17 +746,19 @@ struct Counters {
     bytes: std::sync::atomic::AtomicU64,
     /// Told whenever a block went out, and when the reader stops.
     moved: tokio::sync::Notify,
+    /// The session's data streams.
+    streams: usize,
     /// Data streams the peer has acknowledged whole, and when the last of them was.
     acked: Mutex<(usize, Option<Instant>)>,
 }
 
 impl Counters {
-    /// When the peer had acknowledged all `streams` data streams; `None` if it has not yet.
-    fn all_acked(&self, streams: usize) -> Option<Instant> {
+    /// When the peer had acknowledged every data stream; `None` if it has not yet.
+    fn all_acked(&self) -> Option<Instant> {
         self.acked
             .lock()
             .ok()
-            .and_then(|a| (a.0 == streams).then_some(a.1).flatten())
+            .and_then(|a| (a.0 == self.streams).then_some(a.1).flatten())
     }
 }
 
@@ -776,8 +773,7 @@ struct Sent {
     compressed_blocks: u64,
     compression_saved: u64,
     reads_ms: u64,
-    /// The data streams, and when the peer acknowledged them ([`Counters::all_acked`]).
-    streams: usize,
+    /// When the peer acknowledged the data streams ([`Counters::all_acked`]).
     counters: Arc<Counters>,
 }
 
@@ -808,7 +804,10 @@ impl Pipeline {
         sid: u64,
     ) -> Result<Pipeline> {
         let mut writers = Vec::new();
-        let counters = Arc::new(Counters::default());
+        let counters = Arc::new(Counters {
+            streams: n,
+            ..Counters::default()
+        });
         let (frames, queue) = mpsc::channel::<Vec<u8>>(STREAM_QUEUE * n.max(1));
         let queue = Arc::new(tokio::sync::Mutex::new(queue));
         for _ in 0..n {
@@ -877,7 +876,6 @@ impl Pipeline {
             .reader
             .await
             .map_err(|e| StoreError::Invalid(format!("reader thread: {e}")))?;
-        let streams = self.writers.len();
         for w in self.writers {
             w.await
                 .map_err(|e| StoreError::Invalid(format!("stream writer: {e}")))?
@@ -891,7 +889,6 @@ impl Pipeline {
             compressed_blocks,
             compression_saved,
             reads_ms,
-            streams,
             counters: self.counters,
         })
     }
