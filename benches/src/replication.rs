@@ -283,8 +283,7 @@ impl Agents {
         // Stopped as systemd stops it: it finishes its work in the background first (the
         // mirror's next working copy, cloned after a commit), where SIGKILL would leave
         // that to the next session.
-        // (SIGKILL after the grace, when `self.server` is replaced below.)
-        ferry_controller::process::signal_and_wait(
+        ferry_controller::process::stop(
             &mut self.server.0,
             libc::SIGTERM,
             Duration::from_secs(120),

@@ -20,3 +20,11 @@ pub fn signal_and_wait(child: &mut Child, sig: libc::c_int, grace: Duration) -> 
         }
     }
 }
+
+/// [`signal_and_wait`], then SIGKILL and reap `child` if it is still running after `grace`.
+pub fn stop(child: &mut Child, sig: libc::c_int, grace: Duration) {
+    if signal_and_wait(child, sig, grace).is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}

@@ -16,7 +16,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use anyhow::{bail, Context as _};
-use ferry_controller::process::signal_and_wait;
 use serde_json::json;
 
 use crate::config::{Config, StoreConfig, TokenConfig};
@@ -94,10 +93,7 @@ impl Drop for AgentChild {
     fn drop(&mut self) {
         // SIGTERM first, so it ends its tasks' bookkeeping cleanly; SIGKILL if it lingers.
         let grace = std::time::Duration::from_secs(5);
-        if signal_and_wait(&mut self.0, libc::SIGTERM, grace).is_none() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
+        ferry_controller::process::stop(&mut self.0, libc::SIGTERM, grace);
     }
 }
 

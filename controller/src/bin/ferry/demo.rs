@@ -99,11 +99,7 @@ fn stop(s: &mut SiteProc, sig: libc::c_int) {
     let Some(mut child) = s.child.take() else {
         return;
     };
-    if ferry_controller::process::signal_and_wait(&mut child, sig, Duration::from_secs(5)).is_none()
-    {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
+    ferry_controller::process::stop(&mut child, sig, Duration::from_secs(5));
 }
 
 fn alive(pid: u32) -> bool {
