@@ -130,6 +130,44 @@ both!(diff_reports_every_changed_block, |env: &Env| {
         d["changed_bytes"].as_u64(),
         Some(ranges.iter().map(|(s, e)| e - s).sum())
     );
+    if env.fs.reflink() {
+        // The comparison made for b's manifest was recorded and is reused; without the
+        // record, or with a damaged one, the extents are compared again, to the same ranges.
+        assert_eq!(d["recorded"], true);
+        let record = env.snapshot_dir("v", "b").join("changes");
+        let good = std::fs::read(&record).expect("b records its changes");
+        let mut bad = good.clone();
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        for (what, bytes) in [("damaged", Some(bad)), ("missing", None)] {
+            match bytes {
+                Some(b) => std::fs::write(&record, b).expect("damage"),
+                None => std::fs::remove_file(&record).expect("remove"),
+            }
+            let again = env.ok(&["snapshot", "diff", "v", "a", "b"]);
+            assert_eq!(again["recorded"], false, "{what} record");
+            assert_eq!(again["ranges"], d["ranges"], "{what} record");
+        }
+        // A record names its base: from another base the extents are compared.
+        random_page_writes(&vol, size, 50, &mut r);
+        env.ok(&["snapshot", "create", "v", "c"]);
+        let ac = env.ok(&["snapshot", "diff", "v", "a", "c"]);
+        assert_eq!(ac["recorded"], false);
+        assert_eq!(
+            env.ok(&["snapshot", "diff", "v", "b", "c"])["recorded"],
+            true
+        );
+        let in_ranges = |ranges: &serde_json::Value, p: u64| {
+            ranges
+                .as_array()
+                .expect("ranges")
+                .iter()
+                .any(|r| r[0].as_u64() <= Some(p * 4096) && Some(p * 4096) < r[1].as_u64())
+        };
+        for &p in &pages {
+            assert!(in_ranges(&ac["ranges"], p), "page {p} missing from a..c");
+        }
+    }
 });
 
 both!(incremental_manifests_stay_exact, |env: &Env| {

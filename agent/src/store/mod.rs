@@ -19,7 +19,9 @@
 //!                                   mirror snapshot's, moved there at commit)
 //!     receive.base                  the snapshot its image holds exactly since the last
 //!                                   commit (gone once a session writes to it)
-//!     snapshots/<snap>/             a committed snapshot: data.img, manifest, leaves, snapshot.json
+//!     snapshots/<snap>/             a committed snapshot: data.img, manifest, leaves, snapshot.json,
+//!                                   and changes (where it differs from the snapshot before it,
+//!                                   as the reflink backend found; a hint, see `Changes`)
 //!     snapshots/.tmp-<snap>/        being built        (removed by recovery)
 //!     snapshots/.del-<snap>/        being deleted      (removed by recovery)
 //!   volumes/.tmp-<vol>-<nonce>/     volume being created (removed by recovery)
@@ -87,6 +89,8 @@ pub fn paths_file(data_dir: &Path) -> PathBuf {
 pub(super) const MANIFEST: &str = "manifest";
 
 pub(super) const LEAVES: &str = "leaves";
+
+pub(super) const CHANGES: &str = "changes";
 
 /// A mirror's working manifest and leaf index while it receives (see `WorkingIndex`).
 pub(super) const WORKING_MANIFEST: &str = "receive.manifest";

@@ -247,6 +247,20 @@ impl Store {
             }
             None => None,
         };
+        if let (Some(b), Some((_, ranges))) = (&base, &changed) {
+            let record = Changes {
+                base: b.name.clone(),
+                base_created_unix_ns: b.created_unix_ns,
+                base_root: b.root.clone(),
+                size,
+                ranges: ranges.clone(),
+            };
+            // Too many ranges for one record: a replication from this base compares again.
+            if let Some(bytes) = record.encode() {
+                let p = tmp.join(CHANGES);
+                fsx::atomic_write(&p, &bytes).ctx("write", &p)?;
+            }
+        }
         let base_files = changed
             .as_ref()
             .map(|(bdir, c)| (bdir.join(MANIFEST), bdir.join(LEAVES), c));
@@ -372,7 +386,18 @@ impl Store {
             size: m.size,
             method: m.method,
         };
-        if let Some(ranges) = self.backend.changed(&files(&a), &files(&b))? {
+        // What the snapshot recorded when it was taken, if it was taken on top of `base`.
+        let recorded = Changes::read(&Self::snapshot_dir(&vdir, &b.name).join(CHANGES))
+            .filter(|c| c.describes(&a, b.size))
+            .map(|c| c.ranges);
+        let found = match recorded {
+            Some(r) => Some((r, true)),
+            None => self
+                .backend
+                .changed(&files(&a), &files(&b))?
+                .map(|r| (r, false)),
+        };
+        if let Some((ranges, recorded)) = found {
             let fs_block = fs_block_size(&vdir);
             return Ok(DiffReport {
                 volume: a.volume,
@@ -380,6 +405,7 @@ impl Store {
                 snapshot: b.name,
                 method: "fiemap",
                 granularity: fs_block,
+                recorded,
                 changed_bytes: ranges.iter().map(|(s, e)| e - s).sum(),
                 ranges,
             });
@@ -405,6 +431,7 @@ impl Store {
             snapshot: b.name,
             method: "manifest",
             granularity: g.block_size as u64,
+            recorded: false,
             changed_bytes: ranges.iter().map(|(s, e)| e - s).sum(),
             ranges,
         })
