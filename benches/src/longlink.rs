@@ -225,7 +225,6 @@ fn report(size: u64, runs: usize, windows: &str, rows: &[Case]) -> Result<String
     // Where the time goes: the phases that wait on round trips, and the data.
     let phases = [
         ("connect", "replicate.connect"),
-        ("ask the mirror", "replicate.ask"),
         ("begin", "replicate.begin"),
         ("offers and data", "replicate.transfer"),
         ("commit", "replicate.commit"),

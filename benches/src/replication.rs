@@ -821,9 +821,11 @@ fn report(o: &Options, im: &Images, rows: &[Row]) -> Result<String> {
         ("replicate", "replicate (the command)"),
         ("replicate.open", "  open the snapshot"),
         ("replicate.connect", "  connect"),
-        ("replicate.ask", "  ask the mirror"),
+        (
+            "replicate.begin",
+            "  begin (receiver picks the base, resets its copy)",
+        ),
         ("replicate.plan", "  base manifest, changed ranges"),
-        ("replicate.begin", "  begin (receiver resets its copy)"),
         ("replicate.transfer", "  offers and data"),
         ("replicate.reads", "    sender's reads and checks"),
         ("replicate.commit", "  commit"),

@@ -244,12 +244,13 @@ async fn send_bad_block(
     let root = BlockHash([1; 32]);
     net::send_msg(
         &mut send,
-        &Request::Begin {
+        &Request::Open {
             mirror: mirror.parse().expect("name"),
             snapshot: "s1".parse().expect("name"),
             size: 65536 * 2,
             block_size: 65536,
             root,
+            candidates: Vec::new(),
             base: None,
         },
     )
@@ -259,7 +260,10 @@ async fn send_bad_block(
         net::recv_msg::<Response>(&mut recv, REPL_CONTROL_LIMIT)
             .await
             .expect("begun"),
-        Response::Begun { resumed: 0 }
+        Response::Opened {
+            base: None,
+            resumed: 0
+        }
     );
     net::send_msg(
         &mut send,

@@ -8,8 +8,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::name::Name;
 
-/// Newest protocol version this build speaks. 5: a sender asks the receiver to seed a new
-/// mirror from a local snapshot with the same root (`repl::Request::Seed`), a target places
+/// Newest protocol version this build speaks. 6: a session opens in one round trip
+/// (`repl::Request::Open`: the receiver seeds a new mirror and picks the base among the
+/// sender's candidates, where the sender asked what the mirror held, then to seed it, then
+/// to begin); 5: a sender asks the receiver to seed a new
+/// mirror from a local snapshot with the same root (then `repl::Request::Seed`), a target places
 /// mirrors where such snapshots are (`site::MirrorVolume::seeds`), and agents run rebuild,
 /// verify and check tasks; 4: agents say where paired sites reach them,
 /// controllers push paired sites and replicate tasks, and controllers of paired sites talk
@@ -17,9 +20,9 @@ use crate::name::Name;
 /// a `Begin` of a snapshot the mirror has committed with the same root is answered
 /// `Committed`; 2: resumable sessions (`Begun { resumed }`) and zstd block payloads; 1 was
 /// never released.
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 /// Oldest protocol version this build still speaks.
-pub const MIN_PROTOCOL_VERSION: u32 = 5;
+pub const MIN_PROTOCOL_VERSION: u32 = 6;
 /// Limit on an encoded [`Hello`].
 pub const HELLO_LIMIT: usize = 4096;
 

@@ -4,17 +4,17 @@
 //!
 //! ```text
 //! sender                                   receiver
-//!   Request::Snapshots{mirror}      ->
-//!                                   <-     Response::Snapshots{[(name, root)]}
-//!   (none in common, and the mirror is new or empty:)
-//!   Request::Seed{mirror, size, block_size, candidates}  ->
-//!                                   <-     Response::Snapshots{[(name, root)]} (the receiver made
-//!                                          the mirror from a local snapshot with a candidate's
-//!                                          root, when it holds one: a clone on reflink)
-//!   (pick the base: the newest snapshot both hold with the same root; none = full)
-//!   Request::Begin{mirror, snapshot, size, block_size, root, base}  ->
-//!                                   <-     Response::Begun{resumed} (blocks already in place
-//!                                          from an interrupted transfer: see `journal`)
+//!   Request::Open{mirror, snapshot, size, block_size, root, candidates, base}  ->
+//!                                          (candidates: the sender's older snapshots, newest
+//!                                          first; a new or empty mirror is first made from a
+//!                                          local snapshot with the root of the snapshot or of
+//!                                          a candidate, when the receiver holds one: a clone
+//!                                          on reflink; the base is `base`, or else the newest
+//!                                          candidate the mirror holds with the same root)
+//!                                   <-     Response::Opened{base, resumed} (the base chosen,
+//!                                          none = full; blocks already in place from an
+//!                                          interrupted transfer: see `journal`)
+//!                                          | Response::Committed{root} (it holds it already)
 //!   Request::Zeros{ranges}          ->     (receiver zeroes them; never sent as data)
 //!   Request::Offer{[(block, hash)]} ->     (changed, non-zero blocks, in batches)
 //!                                   <-     Response::Need{[block]} (what no local copy has)
@@ -49,7 +49,9 @@ pub const MAX_UNSENT: u64 = 2 * OFFER_BATCH as u64;
 pub const MAX_IN_TRANSIT: usize = 16384;
 /// Limit on one encoded control message.
 pub const REPL_CONTROL_LIMIT: usize = 1 << 20;
-/// Most candidates a [`Request::Seed`] names.
+/// Most base candidates a [`Request::Open`] names (about 160 KiB at the longest names).
+pub const MAX_BASE_CANDIDATES: usize = 1024;
+/// Most snapshots a new mirror may be seeded from: the one sent and its newest candidates.
 pub const MAX_SEED_CANDIDATES: usize = 64;
 /// Bytes before a block's payload in a data frame: session id (u64 BE), block index (u64 BE),
 /// payload kind (u8).
@@ -74,28 +76,23 @@ pub enum Payload {
 /// Sender to receiver, on the session's control stream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
-    /// Which snapshots of this mirror volume do you hold?
-    Snapshots { mirror: Name },
-    /// The mirror holds none of the sender's snapshots: if it is new (or empty and not
-    /// receiving), make it from a local snapshot of any volume whose root is one of the
-    /// `candidates` (the sender's snapshots, newest first, at most
-    /// [`MAX_SEED_CANDIDATES`]), of this size and block size, kept under the candidate's
-    /// name. Answered with the mirror's snapshots, seeded or not. This is how a volume
-    /// rebuilt from a mirror goes back to the site it came from without a full copy.
-    Seed {
-        mirror: Name,
-        size: u64,
-        block_size: u32,
-        candidates: Vec<(Name, BlockHash)>,
-    },
-    /// Start receiving `snapshot` into `mirror`, relative to `base` (which the receiver said it
-    /// holds), or in full.
-    Begin {
+    /// Start receiving `snapshot` into `mirror`, in one round trip: the receiver picks the
+    /// base (`base` if given, which it must hold with the candidate's root; else the newest
+    /// of `candidates` it holds with the same root; else none: a full transfer) and opens
+    /// the session. A mirror that is new, or empty and not receiving, is first made from a
+    /// local snapshot of any volume whose root is the snapshot's or a candidate's (the first
+    /// [`MAX_SEED_CANDIDATES`]), of this size and block size, kept under that name: how a
+    /// volume rebuilt from a mirror goes back to the site it came from without a full copy.
+    Open {
         mirror: Name,
         snapshot: Name,
         size: u64,
         block_size: u32,
         root: BlockHash,
+        /// The sender's snapshots older than `snapshot`, of the same size and block size,
+        /// newest first, at most [`MAX_BASE_CANDIDATES`].
+        candidates: Vec<(Name, BlockHash)>,
+        /// The base the sender asks for (one of `candidates`).
         base: Option<Name>,
     },
     /// Block ranges `[start, end)` that are all zeros in the snapshot.
@@ -109,18 +106,12 @@ pub enum Request {
 /// Receiver to sender.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Response {
-    Snapshots {
-        snapshots: Vec<(Name, BlockHash)>,
-    },
-    /// The session began; `resumed` blocks are already in place from an interrupted
-    /// transfer of the same snapshot (they will be answered as present).
-    Begun {
-        resumed: u64,
-    },
+    /// The session began relative to `base` (none: in full); `resumed` blocks are already
+    /// in place from an interrupted transfer of the same snapshot (they will be answered as
+    /// present).
+    Opened { base: Option<Name>, resumed: u64 },
     /// Blocks of the last offer that must be sent (the others were found locally).
-    Need {
-        blocks: Vec<u64>,
-    },
+    Need { blocks: Vec<u64> },
     /// The mirror snapshot is committed, with this root; `timings` says where the
     /// receiver's time went (none when it was committed already).
     Committed {
@@ -128,10 +119,7 @@ pub enum Response {
         timings: Option<ReceiverTimings>,
     },
     /// The session failed, for a reason of `class` (decided where it happened).
-    Error {
-        class: ErrorClass,
-        message: String,
-    },
+    Error { class: ErrorClass, message: String },
 }
 
 /// Where a receiving session's time went, milliseconds (summed over the threads that did
@@ -357,12 +345,12 @@ pub fn apply_pages(block: &mut [u8], payload: &[u8]) -> Option<Vec<usize>> {
     data.is_empty().then_some(changed)
 }
 
-/// The base to use: the newest of our snapshots (oldest first in `ours`) that the receiver
-/// holds with the same root.
-pub fn choose_base(ours: &[(Name, BlockHash)], theirs: &[(Name, BlockHash)]) -> Option<Name> {
-    ours.iter()
-        .rev()
-        .find(|(n, r)| theirs.iter().any(|(tn, tr)| tn == n && tr == r))
+/// The base to use: the first of the sender's `candidates` (newest first) that the mirror
+/// holds (`held`) with the same root.
+pub fn choose_base(candidates: &[(Name, BlockHash)], held: &[(Name, BlockHash)]) -> Option<Name> {
+    candidates
+        .iter()
+        .find(|c| held.contains(c))
         .map(|(n, _)| n.clone())
 }
 
@@ -694,20 +682,14 @@ mod tests {
     fn messages_round_trip() {
         let n = Name::new("m").expect("name");
         for m in [
-            Request::Snapshots { mirror: n.clone() },
-            Request::Seed {
-                mirror: n.clone(),
-                size: 1 << 30,
-                block_size: 65536,
-                candidates: vec![(n.clone(), BlockHash([3; 32]))],
-            },
-            Request::Begin {
+            Request::Open {
                 mirror: n.clone(),
                 snapshot: n.clone(),
                 size: 9,
                 block_size: 65536,
                 root: h(1),
-                base: None,
+                candidates: vec![(n.clone(), BlockHash([3; 32]))],
+                base: Some(n.clone()),
             },
             Request::Zeros {
                 ranges: vec![(1, 5)],
@@ -793,7 +775,7 @@ mod tests {
     #[test]
     fn base_is_newest_common_with_same_root() {
         let n = |s: &str| Name::new(s).expect("name");
-        let ours = vec![(n("a"), h(1)), (n("b"), h(2)), (n("c"), h(3))];
+        let ours = vec![(n("c"), h(3)), (n("b"), h(2)), (n("a"), h(1))];
         assert_eq!(
             choose_base(&ours, &[(n("a"), h(1)), (n("b"), h(2))]),
             Some(n("b"))

@@ -31,9 +31,10 @@ use ferry_wire::hash::{Geometry, LeafCv, LEAF_SIZE};
 use ferry_wire::hashfile::HashFile;
 use ferry_wire::journal::{self, JournalHeader};
 use ferry_wire::repl::{
-    apply_pages, delta_leaves, leaves_and_hash, parse_block, rehash_leaves, ErrorClass, OfferPlan,
-    Payload, ReceiveError, ReceiverCore, ReceiverTimings, Request, Resolution, Response,
-    BLOCK_HEADER, MAX_IN_TRANSIT, MAX_SEED_CANDIDATES, PAGE_SIZE, REPL_CONTROL_LIMIT,
+    apply_pages, choose_base, delta_leaves, leaves_and_hash, parse_block, rehash_leaves,
+    ErrorClass, OfferPlan, Payload, ReceiveError, ReceiverCore, ReceiverTimings, Request,
+    Resolution, Response, BLOCK_HEADER, MAX_BASE_CANDIDATES, MAX_IN_TRANSIT, MAX_SEED_CANDIDATES,
+    PAGE_SIZE, REPL_CONTROL_LIMIT,
 };
 use ferry_wire::Name;
 use quinn::{RecvStream, SendStream};
@@ -464,8 +465,8 @@ fn protocol(m: &str) -> Response {
     }
 }
 
-/// One request of the session's control stream. The phases, each its own function: what
-/// the mirror holds ([`snapshots`]); [`begin`] (reset the working copy to the base or to
+/// One request of the session's control stream. The phases, each its own function: the
+/// base ([`pick_base`], seeding a new mirror); [`begin`] (reset the working copy to the base or to
 /// where an interrupted transfer stopped, and start the writer and the journal); [`zeros`];
 /// [`offer`] (resolve each offered block: present, copied locally, or needed); [`commit`]
 /// (wait for every needed block, then fsync, check the root and commit).
@@ -475,38 +476,39 @@ async fn handle(
     req: Request,
 ) -> Result<Option<Response>, Response> {
     match req {
-        Request::Snapshots { mirror } => snapshots(ctx.store, &mirror).map(Some),
-        Request::Seed {
-            mirror,
-            size,
-            block_size,
-            candidates,
-        } => {
-            if begun.is_some() {
-                return Err(protocol("seed after begin"));
-            }
-            if candidates.len() > MAX_SEED_CANDIDATES {
-                return Err(protocol("too many seed candidates"));
-            }
-            let (store, peer) = (ctx.store, ctx.peer);
-            blocking(|| store.seed_mirror(&mirror, size, block_size, peer, &candidates))
-                .map_err(store_err)?;
-            snapshots(ctx.store, &mirror).map(Some)
-        }
-        Request::Begin {
+        Request::Open {
             mirror,
             snapshot,
             size,
             block_size,
             root,
+            candidates,
             base,
         } => {
             if begun.is_some() {
                 return Err(protocol("session already begun"));
             }
+            if candidates.len() > MAX_BASE_CANDIDATES {
+                return Err(protocol("too many base candidates"));
+            }
+            let Some(base) = pick_base(
+                ctx,
+                &mirror,
+                (size, block_size, root),
+                &snapshot,
+                &candidates,
+                base,
+            )
+            .await?
+            else {
+                return Ok(Some(Response::Committed {
+                    root,
+                    timings: None,
+                }));
+            };
             let header = JournalHeader {
                 snapshot,
-                base,
+                base: base.clone(),
                 root,
                 size,
                 block_size,
@@ -521,7 +523,7 @@ async fn handle(
             };
             let resumed: u64 = b.done.iter().map(|w| u64::from(w.count_ones())).sum();
             *begun = Some(b);
-            Ok(Some(Response::Begun { resumed }))
+            Ok(Some(Response::Opened { base, resumed }))
         }
         Request::Zeros { ranges } => {
             let b = begun
@@ -559,18 +561,64 @@ fn failed(b: &Begun) -> Result<(), Response> {
 }
 
 /// The mirror's committed snapshots and their roots (none when it does not exist yet).
-fn snapshots(store: &Store, mirror: &Name) -> Result<Response, Response> {
-    let list = blocking(|| match store.volume(mirror.as_str()) {
-        Ok(_) => store.list_snapshots(mirror.as_str()),
-        Err(StoreError::NotFound { .. }) => Ok(Vec::new()),
-        Err(e) => Err(e),
-    })
-    .map_err(store_err)?;
-    let snapshots = list
+fn held(store: &Store, mirror: &Name) -> Result<Vec<(Name, ferry_wire::BlockHash)>, StoreError> {
+    let list = match store.volume(mirror.as_str()) {
+        Ok(_) => store.list_snapshots(mirror.as_str())?,
+        Err(StoreError::NotFound { .. }) => Vec::new(),
+        Err(e) => return Err(e),
+    };
+    Ok(list
         .into_iter()
         .filter_map(|m| ferry_wire::BlockHash::from_hex(&m.root).map(|r| (m.name, r)))
-        .collect();
-    Ok(Response::Snapshots { snapshots })
+        .collect())
+}
+
+/// The base of a session that sends `snapshot` (`size`, `block_size`, `root`) into `mirror`:
+/// `asked` (which the mirror must hold with the candidate's root), or the newest of the
+/// sender's `candidates` the mirror holds with the same root, or none (in full). A mirror
+/// that is new or empty is seeded first from a local snapshot with one of their roots.
+/// `None` (the outer option): the mirror holds the snapshot already, with that root.
+async fn pick_base(
+    ctx: &Ctx<'_>,
+    mirror: &Name,
+    (size, block_size, root): (u64, u32, ferry_wire::BlockHash),
+    snapshot: &Name,
+    candidates: &[(Name, ferry_wire::BlockHash)],
+    asked: Option<Name>,
+) -> Result<Option<Option<Name>>, Response> {
+    let (store, peer) = (ctx.store, ctx.peer);
+    let this = (snapshot.clone(), root);
+    blocking(|| {
+        let mut theirs = held(store, mirror)?;
+        if theirs.is_empty() && asked.is_none() {
+            let seeds: Vec<_> = std::iter::once(this.clone())
+                .chain(candidates.iter().take(MAX_SEED_CANDIDATES - 1).cloned())
+                .collect();
+            if store
+                .seed_mirror(mirror, size, block_size, peer, &seeds)?
+                .is_some()
+            {
+                theirs = held(store, mirror)?;
+            }
+        }
+        if theirs.contains(&this) {
+            return Ok(None);
+        }
+        let Some(b) = asked else {
+            return Ok(Some(choose_base(candidates, &theirs)));
+        };
+        match candidates.iter().find(|(n, _)| *n == b) {
+            Some(c) if theirs.contains(c) => Ok(Some(Some(b))),
+            Some(_) => Err(StoreError::Invalid(format!(
+                "the peer does not hold {mirror}@{b} with the same root; omit --base to use \
+                 the newest snapshot both hold"
+            ))),
+            None => Err(StoreError::Invalid(format!(
+                "base {b} is not one of the sender's older snapshots of {snapshot}"
+            ))),
+        }
+    })
+    .map_err(store_err)
 }
 
 /// Begins receiving `header`'s snapshot into `mirror`: takes its receive lock, opens the

@@ -22,9 +22,9 @@ use std::time::{Duration, Instant};
 
 use ferry_wire::hashfile::{HashFile, Kind};
 use ferry_wire::repl::{
-    block_header, choose_base, page_delta, page_span, pages_worth_sending, span_payload,
-    ErrorClass, Payload, ReceiverTimings, Request, Response, SenderCore, SenderStep, BLOCK_HEADER,
-    MAX_SEED_CANDIDATES, PAGE_SIZE, REPL_CONTROL_LIMIT,
+    block_header, page_delta, page_span, pages_worth_sending, span_payload, ErrorClass, Payload,
+    ReceiverTimings, Request, Response, SenderCore, SenderStep, BLOCK_HEADER, MAX_BASE_CANDIDATES,
+    PAGE_SIZE, REPL_CONTROL_LIMIT,
 };
 use ferry_wire::{BlockHash, Name};
 use quinn::VarInt;
@@ -114,12 +114,12 @@ pub struct Timings {
     pub open_ms: u64,
     /// The connection to the peer (made once per peer: 0 when it was up already).
     pub connect_ms: u64,
-    /// Asking what the mirror holds (and seeding a new one).
-    pub ask_ms: u64,
-    /// The base's manifest and the changed ranges (the FIEMAP diff on reflink).
-    pub plan_ms: u64,
-    /// Beginning the session at the receiver (it resets the working copy).
+    /// Beginning the session, one round trip: the receiver picks the base among ours
+    /// (seeding a new mirror), then resets its working copy.
     pub begin_ms: u64,
+    /// The base's manifest and the changed ranges (the FIEMAP diff on reflink, or what the
+    /// snapshot recorded of it).
+    pub plan_ms: u64,
     /// Offering blocks and sending the needed ones, until the last was sent.
     pub transfer_ms: u64,
     /// From the commit request to its answer.
@@ -421,8 +421,9 @@ pub async fn replicate_with_retries(
 /// Sends snapshot `snap` of `volume` to the agent at `target.peer`, into its mirror volume,
 /// over the peer's shared connection, within the agent's bandwidth budget. The phases, each
 /// a function of its own: what to send ([`Source::open`]); connect and open the session's
-/// control stream; ask what the mirror holds; choose the base ([`choose`]) and where changed
-/// pages come from ([`Delta::plan`]); begin; then, at once, the data pipeline
+/// control stream; open the session in one round trip (the receiver picks the base among
+/// our candidates, [`Source::candidates`]); where changed pages come from
+/// ([`Delta::plan`]); then, at once, the data pipeline
 /// ([`Pipeline::start`]: a reader thread feeding the data streams) and the offers
 /// ([`offer`]: the sans-IO core's steps on the control stream); last the commit.
 pub async fn replicate(
@@ -457,55 +458,36 @@ pub async fn replicate(
     let _ = ctl.0.set_priority(1);
     let sid = u64::from(ctl.0.id());
     let mut report = src.report(peer_label);
-    let theirs = match call(
-        &mut ctl,
-        &Request::Snapshots {
-            mirror: src.mirror.clone(),
-        },
-    )
-    .await?
-    {
-        Response::Snapshots { snapshots } => snapshots,
+    let asked = asked_base(&src, target)?;
+    let open = Request::Open {
+        mirror: src.mirror.clone(),
+        snapshot: src.meta.name.clone(),
+        size: src.meta.size,
+        block_size: src.meta.block_size,
+        root: src.root,
+        candidates: src.candidates(),
+        base: asked.clone(),
+    };
+    let base = match call(&mut ctl, &open).await? {
+        Response::Opened { base, resumed } => {
+            report.resumed_blocks = resumed;
+            base
+        }
+        // It holds it already: seeded from a snapshot of ours, or committed by an earlier
+        // try whose sender died before it heard so.
+        Response::Committed { root, .. } if root == src.root => {
+            report.already_there = true;
+            let _ = ctl.0.finish();
+            report.elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
+            return Ok(report);
+        }
         r => return Err(unexpected(&r)),
     };
-    let theirs = match theirs.is_empty() && target.base.is_none() {
-        true => seed(&mut ctl, &src).await?,
-        false => theirs,
-    };
-    mark(&mut t.ask_ms);
-    let already = |mut report: ReplicateReport,
-                   ctl: &mut (quinn::SendStream, quinn::RecvStream)| {
-        report.already_there = true;
-        let _ = ctl.0.finish();
-        report.elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
-        Ok(report)
-    };
-    if src.already_there(&theirs)? {
-        return already(report, &mut ctl);
-    }
-    let base = choose(&src, &theirs, target)?;
+    src.check_chosen(base.as_ref(), asked.as_ref())?;
+    mark(&mut t.begin_ms);
     let delta = Delta::plan(&store, &src, base.as_ref())?;
     report.base = base.clone();
     mark(&mut t.plan_ms);
-    match call(
-        &mut ctl,
-        &Request::Begin {
-            mirror: src.mirror.clone(),
-            snapshot: src.meta.name.clone(),
-            size: src.meta.size,
-            block_size: src.meta.block_size,
-            root: src.root,
-            base,
-        },
-    )
-    .await?
-    {
-        Response::Begun { resumed } => report.resumed_blocks = resumed,
-        // An earlier try committed it, and its sender died before it heard so.
-        Response::Committed { root, .. } if root == src.root => return already(report, &mut ctl),
-        r => return Err(unexpected(&r)),
-    }
-    mark(&mut t.begin_ms);
     let streams = cfg.net.windows().data_streams(delta.bytes);
     // What the connection sends during the data phase, for the next connection's start.
     let (sent0, data_started) = (conn.stats().udp_tx.bytes, Instant::now());
@@ -625,63 +607,41 @@ impl Source {
         }
     }
 
-    /// Whether the mirror holds this snapshot already (with another root: corrupt).
-    fn already_there(&self, theirs: &[(Name, BlockHash)]) -> Result<bool> {
-        let Some((_, r)) = theirs.iter().find(|(n, _)| *n == self.meta.name) else {
-            return Ok(false);
-        };
-        if *r != self.root {
-            return Err(StoreError::Conflict(format!(
-                "the peer holds a snapshot {}@{} with root {r}, ours is {}: another snapshot \
-                 of the same name (from another site, or made before the mirror was \
-                 recreated); delete it there or send into another mirror",
-                self.mirror, self.meta.name, self.root
-            )));
+    /// Our older snapshots that may serve as the base, newest first, as many as a request
+    /// may name.
+    fn candidates(&self) -> Vec<(Name, BlockHash)> {
+        self.ours
+            .iter()
+            .rev()
+            .take(MAX_BASE_CANDIDATES)
+            .cloned()
+            .collect()
+    }
+
+    /// The receiver's choice of base is one we offered (and the one asked for, if any).
+    fn check_chosen(&self, chosen: Option<&Name>, asked: Option<&Name>) -> Result<()> {
+        let offered = chosen.is_none_or(|b| self.candidates().iter().any(|(n, _)| n == b));
+        if offered && (asked.is_none() || chosen == asked) {
+            return Ok(());
         }
-        Ok(true)
+        Err(StoreError::Net {
+            retryable: false,
+            message: format!("protocol error: the receiver chose base {chosen:?}, not offered"),
+        })
     }
 }
 
-/// The mirror is new or empty: asks the receiver to seed it from a snapshot it holds with
-/// the root of one of ours (this one first, then the older ones, newest first). Returns
-/// what the mirror holds then.
-async fn seed(
-    ctl: &mut (quinn::SendStream, quinn::RecvStream),
-    src: &Source,
-) -> Result<Vec<(Name, BlockHash)>> {
-    let mut candidates = vec![(src.meta.name.clone(), src.root)];
-    let older = src.ours.iter().rev().take(MAX_SEED_CANDIDATES - 1);
-    candidates.extend(older.cloned());
-    let req = Request::Seed {
-        mirror: src.mirror.clone(),
-        size: src.meta.size,
-        block_size: src.meta.block_size,
-        candidates,
-    };
-    match call(ctl, &req).await? {
-        Response::Snapshots { snapshots } => Ok(snapshots),
-        r => Err(unexpected(&r)),
-    }
-}
-
-/// The base: the newest snapshot both sides hold with the same root, or the one asked for,
-/// which both must hold so.
-fn choose(src: &Source, theirs: &[(Name, BlockHash)], target: &Target) -> Result<Option<Name>> {
+/// The base asked for (`--base`), if any: one of our older snapshots of the same size and
+/// block size, among the candidates a request names.
+fn asked_base(src: &Source, target: &Target) -> Result<Option<Name>> {
     let Some(b) = &target.base else {
-        return Ok(choose_base(&src.ours, theirs));
+        return Ok(None);
     };
     let b = check_name("base snapshot", b)?;
-    let Some((_, r)) = src.ours.iter().find(|(n, _)| *n == b) else {
+    if !src.candidates().iter().any(|(n, _)| *n == b) {
         return Err(StoreError::Invalid(format!(
             "base {}@{b} is not an older snapshot of the same size and block size as {}",
             src.volume, src.meta.name
-        )));
-    };
-    if !theirs.iter().any(|(n, tr)| *n == b && tr == r) {
-        return Err(StoreError::Invalid(format!(
-            "the peer does not hold {}@{b} with the same root; omit --base to use the newest \
-             snapshot both hold",
-            src.mirror
         )));
     }
     Ok(Some(b))

@@ -251,7 +251,8 @@ mod tests {
 
     #[test]
     fn a_record_reads_back_only_when_whole_and_well_formed() {
-        let cases: &[(&str, &[(u64, u64)], bool)] = &[
+        type Case<'a> = (&'a str, &'a [(u64, u64)], bool);
+        let cases: &[Case] = &[
             ("none", &[], true),
             ("one", &[(0, 4096)], true),
             ("adjacent", &[(0, 4096), (4096, 8192)], true),

@@ -53,19 +53,13 @@ fn messages(c: &mut Corpus) -> Result<()> {
     )?;
     let root = BlockHash::of(b"root");
     let reqs = [
-        Request::Snapshots { mirror: name("v") },
-        Request::Seed {
-            mirror: name("v"),
-            size: 64 << 20,
-            block_size: 65536,
-            candidates: vec![(name("s2"), root), (name("s1"), BlockHash::of(b"s1"))],
-        },
-        Request::Begin {
+        Request::Open {
             mirror: name("v"),
             snapshot: name("s2"),
             size: 64 << 20,
             block_size: 65536,
             root,
+            candidates: vec![(name("s1"), BlockHash::of(b"s1"))],
             base: Some(name("s1")),
         },
         Request::Zeros {
@@ -80,10 +74,10 @@ fn messages(c: &mut Corpus) -> Result<()> {
         c.put("messages", 2, &encode(r)?)?;
     }
     let resps = [
-        Response::Snapshots {
-            snapshots: vec![(name("s1"), root)],
+        Response::Opened {
+            base: Some(name("s1")),
+            resumed: 3,
         },
-        Response::Begun { resumed: 3 },
         Response::Need {
             blocks: vec![1, 5, 7],
         },
