@@ -1,7 +1,9 @@
 //! `ferry-bench replication`: ferry full and incremental replication between two real agents
 //! on loopback, against rsync (daemon; default and `--block-size=4096`), restic and borg on the
-//! same images, and this machine's own limits in the same run: the raw QUIC ceiling, and the
-//! disk's (a local copy of the image with fsync).
+//! same images, and this machine's own limits in the same run: the raw QUIC ceiling, the
+//! disk's for a full copy (a local copy of the image with fsync), and the disk's floor for a
+//! durable incremental (`disk_incremental`: the volume cloned, the changed pages read and
+//! written into a clone of the mirror, fsync).
 //!
 //! Image: VM-like (25% holes, 50% random, 25% runs duplicated at 4 KiB alignment); the
 //! incremental step rewrites 1% of it in random 4 KiB pages (the same pages every run).
@@ -185,9 +187,14 @@ pub(crate) fn stage(src: &Path, dst: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Rewrites 1% of `path` (`size` bytes) in random 4 KiB pages, the same ones for the same
-/// `seed`; returns the bytes of distinct pages changed.
+/// Rewrites `share` ten-thousandths of `path` (`size` bytes) in random 4 KiB pages, the same
+/// ones for the same `seed`; returns the bytes of distinct pages changed.
 pub(crate) fn churn(path: &Path, size: u64, seed: u64, share: u64) -> Result<u64> {
+    Ok(churned_pages(path, size, seed, share)?.len() as u64 * 4096)
+}
+
+/// [`churn`], returning the distinct pages changed, in order.
+fn churned_pages(path: &Path, size: u64, seed: u64, share: u64) -> Result<Vec<u64>> {
     let pages = size / 4096;
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let f = std::fs::OpenOptions::new().write(true).open(path)?;
@@ -200,7 +207,7 @@ pub(crate) fn churn(path: &Path, size: u64, seed: u64, share: u64) -> Result<u64
         distinct.insert(p);
     }
     f.sync_all()?;
-    Ok(distinct.len() as u64 * 4096)
+    Ok(distinct.into_iter().collect())
 }
 
 /// Two agents of two sites on loopback: `a` sends (by command), `b` serves.
@@ -361,6 +368,8 @@ struct Images {
     v1: PathBuf,
     v2: PathBuf,
     changed: u64,
+    /// The pages v2 changed, in order.
+    pages: Vec<u64>,
 }
 
 /// One ferry cycle from nothing: b holds no mirror, a's volume is the generated image; the
@@ -692,8 +701,14 @@ pub fn run(dir: &Path, out: &Path, o: &Options) -> Result<()> {
     generate(&v1, o.size, o.seed, 4096)?;
     let v2 = work.join("v2.img");
     stage(&v1, &v2)?;
-    let changed = churn(&v2, o.size, o.seed ^ 0x1234, 100)?;
-    let im = Images { v1, v2, changed };
+    let pages = churned_pages(&v2, o.size, o.seed ^ 0x1234, 100)?;
+    let changed = pages.len() as u64 * 4096;
+    let im = Images {
+        v1,
+        v2,
+        changed,
+        pages,
+    };
     let others = std::env::var_os("FERRY_BENCH_FERRY_ONLY").is_none();
     let rsync = if others {
         Some(Rsync::start(&work)?)
@@ -707,6 +722,13 @@ pub fn run(dir: &Path, out: &Path, o: &Options) -> Result<()> {
             let [full, inc] = ferry_cycle(&ag, &im, o.size, o.seed, caches)?;
             let full_bytes = full.bytes;
             samples.extend([full, inc]);
+            let floor = disk_incremental(&work, &im, caches)?;
+            eprintln!(
+                "disk floor of an incremental ({}): {:.2} s",
+                caches.name(),
+                floor.wall_s
+            );
+            samples.push(floor);
             if let Some(r) = &rsync {
                 samples.extend(r.cycle(&work, &im, "rsync", None, caches)?);
                 samples.extend(r.cycle(
@@ -773,6 +795,64 @@ fn disk_ceiling(dir: &Path, image: &Path) -> Result<(f64, f64)> {
     let (w2, c2, _) = timed(Command::new("sync").arg(&dst))?;
     std::fs::remove_file(&dst)?;
     Ok((w1 + w2, c1 + c2))
+}
+
+/// The disk's own floor for a durable incremental that already knows which pages changed:
+/// the volume cloned (the snapshot a consistent copy of a live volume needs), its changed
+/// pages read (16 threads, as a reader with a queue of reads in flight) and written into a
+/// clone of the previous image (a mirror sharing its blocks with its snapshots, so every
+/// write is copy-on-write), then fsync. No hashing, no network, no manifest.
+fn disk_incremental(dir: &Path, im: &Images, caches: Caches) -> Result<Sample> {
+    let (snap, mirror) = (dir.join("floor-snap.img"), dir.join("floor-mirror.img"));
+    let _ = std::fs::remove_file(&snap);
+    stage(&im.v1, &mirror)?;
+    settle(caches)?;
+    let c0 = cpu_self();
+    let t0 = Instant::now();
+    let src = std::fs::File::open(&im.v2)?;
+    let clone = std::fs::File::create(&snap)?;
+    ferry_agent::fsx::ficlone(&src, &clone).context("clone the volume")?;
+    drop(clone);
+    let snap_f = std::fs::File::open(&snap)?;
+    let out = std::fs::OpenOptions::new().write(true).open(&mirror)?;
+    let per = im.pages.len().div_ceil(16).max(1);
+    std::thread::scope(|s| -> Result<()> {
+        let workers: Vec<_> = im
+            .pages
+            .chunks(per)
+            .map(|pages| {
+                let (snap_f, out) = (&snap_f, &out);
+                s.spawn(move || -> std::io::Result<()> {
+                    let mut page = [0u8; 4096];
+                    for &p in pages {
+                        snap_f.read_exact_at(&mut page, p * 4096)?;
+                        out.write_all_at(&page, p * 4096)?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for w in workers {
+            w.join()
+                .map_err(|_| anyhow::anyhow!("a floor thread panicked"))??;
+        }
+        Ok(())
+    })?;
+    out.sync_all()?;
+    let wall = t0.elapsed().as_secs_f64();
+    let cpu = cpu_self() - c0;
+    drop((snap_f, out));
+    std::fs::remove_file(&snap)?;
+    std::fs::remove_file(&mirror)?;
+    Ok(Sample {
+        tool: "disk-floor",
+        phase: "incremental",
+        caches,
+        wall_s: wall,
+        cpu_s: cpu,
+        bytes: im.changed,
+        parts: BTreeMap::new(),
+    })
 }
 
 /// Seconds of a part, as a cell.
@@ -878,6 +958,23 @@ fn report(o: &Options, im: &Images, rows: &[Row]) -> Result<String> {
                 fi.wall_s,
                 ri.wall_s,
                 fi.bytes as f64 / im.changed as f64
+            )?;
+        }
+        if let (Some(fi), Some(d)) = (
+            get("ferry", "incremental", c),
+            get("disk-floor", "incremental", c),
+        ) {
+            let ri = get("rsync", "incremental", c);
+            writeln!(
+                md,
+                "- incremental, {}: the disk's own floor (the volume cloned, its changed pages read and written into a clone of the mirror, fsync: {:.2} s) / ferry **{:.2}x**{}",
+                c.name(),
+                d.wall_s,
+                d.wall_s / fi.wall_s,
+                ri.map_or(String::new(), |r| format!(
+                    "; the floor alone is {:.3} of rsync's delta",
+                    d.wall_s / r.wall_s
+                ))
             )?;
         }
     }
