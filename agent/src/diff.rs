@@ -3,10 +3,11 @@
 //! On the reflink backend, a snapshot is a clone, so an unchanged range of two snapshots points
 //! at the same physical blocks. Comparing the two files' FIEMAP extents therefore finds exactly
 //! the ranges written in between (at filesystem-block granularity), without reading data.
-//! [`changed_ranges`] is the pure comparison; [`fiemap_diff`] feeds it the extents of two files,
-//! one window at a time so memory stays bounded for huge, fragmented files. Ranges whose extents
-//! are not plain (delayed allocation, inline, encoded, unknown) count as changed; unwritten
-//! (preallocated) extents read as zeros and count as holes.
+//! [`changed_ranges`] is the pure comparison; [`fiemap_diff_windows`] feeds it the extents of
+//! two files, one window at a time, so memory stays bounded for huge, fragmented files, and a
+//! caller can start on the first windows' ranges while later ones are mapped. Ranges whose
+//! extents are not plain (delayed allocation, inline, encoded, unknown) count as changed;
+//! unwritten (preallocated) extents read as zeros and count as holes.
 
 use std::fs::File;
 use std::io;
@@ -96,33 +97,36 @@ pub fn changed_ranges(base: &[Extent], new: &[Extent], start: u64, end: u64) -> 
     out
 }
 
-/// Window size for [`fiemap_diff`].
-const WINDOW: u64 = 4 << 30;
+/// The usual window of [`fiemap_diff_windows`]: the extents of one window of each file are
+/// held at once.
+pub const WINDOW: u64 = 4 << 30;
 
-/// Changed ranges between two cloned snapshot files of sizes `base_size` and `new_size`. Bytes
-/// past the end of the base count as changed.
-pub fn fiemap_diff(
+/// Changed ranges between two cloned snapshot files of sizes `base_size` and `new_size` (bytes
+/// past the end of the base count as changed), one `window` of the files at a time: `emit`
+/// gets each window's sorted ranges, in order (a range across a window's end comes in two
+/// pieces), and returns false to stop there.
+pub fn fiemap_diff_windows(
     base: &File,
     new: &File,
-    base_size: u64,
-    new_size: u64,
-) -> io::Result<Vec<(u64, u64)>> {
+    (base_size, new_size): (u64, u64),
+    window: u64,
+    emit: &mut dyn FnMut(Vec<(u64, u64)>) -> bool,
+) -> io::Result<()> {
     let common = base_size.min(new_size);
-    let mut out: Vec<(u64, u64)> = Vec::new();
     let mut w = 0;
     while w < common {
-        let end = (w + WINDOW).min(common);
+        let end = w.saturating_add(window.max(1)).min(common);
         let ea = fsx::fiemap(base, w, end - w)?;
         let eb = fsx::fiemap(new, w, end - w)?;
-        for r in changed_ranges(&ea, &eb, w, end) {
-            push_merged(&mut out, r);
+        if !emit(changed_ranges(&ea, &eb, w, end)) {
+            return Ok(());
         }
         w = end;
     }
     if new_size > common {
-        push_merged(&mut out, (common, new_size));
+        emit(vec![(common, new_size)]);
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Appends `r` to sorted ranges, merging with the last one when they touch.

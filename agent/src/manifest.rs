@@ -36,12 +36,14 @@ const TAG_LEAVES: u8 = 1;
 const TAG_TAIL: u8 = 2;
 
 /// The base of an incremental build.
-#[derive(Debug, Clone, Copy)]
 pub struct Base<'a> {
     pub manifest: &'a Path,
     pub leaves: &'a Path,
-    /// Byte ranges of the new snapshot that may differ from the base, sorted.
-    pub changed: &'a [(u64, u64)],
+    /// Byte ranges of the new snapshot that may differ from the base, sorted, a window of the
+    /// volume at a time as they are found: the build reads the first windows' leaves while
+    /// later windows are still being compared. It must yield every window; a caller whose
+    /// comparison failed part way discards the build.
+    pub changed: &'a mut dyn Iterator<Item = Vec<(u64, u64)>>,
 }
 
 /// Full or incremental.
@@ -109,7 +111,9 @@ impl Hasher {
         }
     }
 
-    /// Reads `jobs` from `snap` and hashes them on the hashing threads; `sink` gets the results.
+    /// Reads `jobs` from `snap` and hashes them on the hashing threads; `sink` gets the
+    /// results. The task's progress is told what will be read by the caller ([`planned`]), or
+    /// as jobs come when they are not known in advance.
     fn read(
         &self,
         snap: &Path,
@@ -119,9 +123,6 @@ impl Hasher {
         mut sink: impl FnMut(ReadJob, Hashed) -> Result<()>,
     ) -> Result<ReadStats> {
         let max_job = self.geometry.block_size as usize;
-        // What will be read is known before the first read: the task's progress says so.
-        let jobs: Vec<ReadJob> = jobs.into_iter().collect();
-        crate::progress::expect(jobs.iter().map(|j| j.len as u64).sum());
         engine::run(
             snap,
             io,
@@ -182,9 +183,20 @@ fn tail_job(g: &Geometry, wanted: bool) -> Option<ReadJob> {
     })
 }
 
+/// Reads known before the first starts: the task's progress is told their total.
+fn planned(jobs: impl Iterator<Item = ReadJob>) -> Vec<ReadJob> {
+    let jobs: Vec<ReadJob> = jobs.collect();
+    crate::progress::expect(jobs.iter().map(|j| j.len as u64).sum());
+    jobs
+}
+
 /// Cuts sorted, aligned ranges into reads of at most `chunk` bytes (a multiple of the alignment).
-fn cut(ranges: &[(u64, u64)], chunk: u64, tag: u8) -> impl Iterator<Item = ReadJob> + '_ {
-    ranges.iter().flat_map(move |&(s, e)| {
+fn cut(
+    ranges: impl IntoIterator<Item = (u64, u64)>,
+    chunk: u64,
+    tag: u8,
+) -> impl Iterator<Item = ReadJob> {
+    ranges.into_iter().flat_map(move |(s, e)| {
         (s..e).step_by(chunk as usize).map(move |o| ReadJob {
             offset: o,
             len: (e - o).min(chunk) as usize,
@@ -316,7 +328,8 @@ fn build_full(
     }
     let lpb = g.leaves_per_block() as u64;
     let tail_job = tail_job(&g, tail_has_data);
-    let jobs = cut(&ranges, block_chunk(io, &g), TAG_BLOCKS).chain(tail_job);
+    let jobs =
+        planned(cut(ranges.iter().copied(), block_chunk(io, &g), TAG_BLOCKS).chain(tail_job));
     let stats = hasher.read(snap, io, cache, jobs, |job, hashed| {
         match hashed {
             Hashed::Blocks {
@@ -375,20 +388,31 @@ fn build_incremental(
     let mut manifest = HashFileWriter::patch_of(out_manifest, base.manifest, Kind::Manifest, g)
         .map_err(|e| format_err(e, "manifest", out_manifest))?;
     let tail_start = g.tail_start();
-    let in_blocks: Vec<(u64, u64)> = base
-        .changed
-        .iter()
-        .filter(|r| r.0 < tail_start)
-        .map(|&(s, e)| (s, e.min(tail_start)))
-        .collect();
-    let leaf_ranges = align_ranges(&in_blocks, LEAF_SIZE as u64, tail_start);
-    let tail_changed = g.tail_len() > 0 && base.changed.iter().any(|&(_, e)| e > tail_start);
-    let tail_job = tail_job(&g, tail_changed);
+    let chunk = (io.read_size / LEAF_SIZE as u64).max(1) * LEAF_SIZE as u64;
+    // Each window's changed ranges become leaf reads as the window comes; the tail, whether
+    // any range reached it, is read last.
+    let tail_changed = std::cell::Cell::new(false);
+    let leaf_ranges = std::cell::Cell::new(0usize);
+    let windows = base.changed.flat_map(|w| {
+        if w.last().is_some_and(|&(_, e)| e > tail_start) {
+            tail_changed.set(true);
+        }
+        let in_blocks: Vec<(u64, u64)> = w
+            .iter()
+            .filter(|r| r.0 < tail_start)
+            .map(|&(s, e)| (s, e.min(tail_start)))
+            .collect();
+        let ranges = align_ranges(&in_blocks, LEAF_SIZE as u64, tail_start);
+        leaf_ranges.set(leaf_ranges.get() + ranges.len());
+        cut(ranges, chunk, TAG_LEAVES)
+    });
+    let tail = std::iter::once_with(|| tail_job(&g, tail_changed.get())).flatten();
+    let jobs = windows
+        .chain(tail)
+        .inspect(|j| crate::progress::expect(j.len as u64));
     let hasher = Hasher::new(g);
     let lpb = g.leaves_per_block() as u64;
     let mut touched: Vec<u64> = Vec::new();
-    let chunk = (io.read_size / LEAF_SIZE as u64).max(1) * LEAF_SIZE as u64;
-    let jobs = cut(&leaf_ranges, chunk, TAG_LEAVES).chain(tail_job);
     let stats = hasher.read(snap, io, Cache::Cold, jobs, |job, hashed| {
         match hashed {
             Hashed::Leaves(cvs) => {
@@ -419,7 +443,7 @@ fn build_incremental(
     let t_merge = Instant::now();
     let root = finish_files(leaves, manifest, out_leaves, out_manifest)?;
     tracing::debug!(
-        ranges = leaf_ranges.len(),
+        ranges = leaf_ranges.get(),
         reads = stats.reads,
         read_ms = (t_read - t_start).as_secs_f64() * 1e3,
         merge_ms = (t_merge - t_read).as_secs_f64() * 1e3,
@@ -521,7 +545,8 @@ pub fn verify_paced(
         check(g.full_blocks(), &hasher.zero.hash(g.tail_len()), &mut bad);
     }
     let tail_job = tail_job(&g, tail_has_data);
-    let jobs = cut(&ranges, block_chunk(io, &g), TAG_BLOCKS).chain(tail_job);
+    let jobs =
+        planned(cut(ranges.iter().copied(), block_chunk(io, &g), TAG_BLOCKS).chain(tail_job));
     let stats = hasher.read(snap, io, Cache::Cold, jobs, |job, hashed| {
         pace(job.len as u64);
         match hashed {
@@ -592,5 +617,74 @@ mod tests {
             (3 << 20..8 << 20).contains(&done),
             "read {done} of 8 MiB with 3 MiB of data"
         );
+    }
+
+    /// An incremental build takes the changed ranges a window at a time as the comparison
+    /// finds them: however they are cut (a range split across windows, empty windows, the
+    /// tail's change in the last), its manifest is the full build's.
+    #[test]
+    fn an_incremental_build_takes_its_changes_in_windows() {
+        use std::os::unix::fs::FileExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let size = (4 << 20) + 5000; // a partial last block
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        let f = std::fs::File::create(&a).expect("create");
+        f.set_len(size).expect("size");
+        f.write_all_at(&vec![3u8; 2 << 20], 1 << 20).expect("data");
+        drop(f);
+        std::fs::copy(&a, &b).expect("copy");
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&b)
+            .expect("open");
+        let changed = [
+            (0, 4096),
+            (1_200_000, 1_300_000),
+            (3 << 20, (3 << 20) + 8192),
+        ];
+        for &(s, e) in &changed {
+            f.write_all_at(&vec![9u8; (e - s) as usize], s)
+                .expect("write");
+        }
+        f.write_all_at(b"tail", size - 10).expect("tail");
+        drop(f);
+        let changed = [&changed[..], &[(size - 4096, size)]].concat();
+        let src = |image| Source {
+            image,
+            cache: Cache::Warm,
+            size,
+            block_size: 64 << 10,
+        };
+        let io = IoConfig::default();
+        let out = |n: &str| dir.path().join(n);
+        build(src(&a), None, &out("am"), &out("al"), &io).expect("base");
+        let full = build(src(&b), None, &out("bm"), &out("bl"), &io).expect("full");
+        let (s1, e1) = changed[1];
+        let cuts: Vec<Vec<Vec<(u64, u64)>>> = vec![
+            vec![changed.clone()],
+            vec![
+                vec![changed[0], (s1, 1_250_000)],
+                vec![(1_250_000, e1)],
+                vec![],
+                changed[2..].to_vec(),
+            ],
+            vec![vec![], changed[..3].to_vec(), vec![], vec![changed[3]]],
+        ];
+        for (n, windows) in cuts.into_iter().enumerate() {
+            let mut windows = windows.into_iter();
+            let base = Base {
+                manifest: &out("am"),
+                leaves: &out("al"),
+                changed: &mut windows,
+            };
+            let p = std::sync::Arc::new(crate::progress::Progress::default());
+            let (m, l) = (out(&format!("m{n}")), out(&format!("l{n}")));
+            let inc = crate::progress::track(&p, || build(src(&b), Some(base), &m, &l, &io))
+                .expect("incremental");
+            assert_eq!(inc.mode, BuildMode::Incremental, "cut {n}");
+            assert_eq!(inc.root, full.root, "cut {n}");
+            let (done, total) = p.get();
+            assert_eq!((done, total), (inc.bytes_read, inc.bytes_read), "cut {n}");
+        }
     }
 }

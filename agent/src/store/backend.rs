@@ -25,10 +25,35 @@ pub trait Backend: Send + Sync {
     fn snapshot(&self, src: &Path, dst: &Path) -> Result<Method>;
     /// Makes the existing file `dst` equal to `src`, in place (same inode), fsynced.
     fn restore(&self, src: &Path, dst: &Path) -> Result<()>;
-    /// Byte ranges where snapshot `new` may differ from snapshot `base`, or `None` when only
-    /// hashing can tell.
-    fn changed(&self, base: &SnapshotFiles, new: &SnapshotFiles)
-        -> Result<Option<Vec<(u64, u64)>>>;
+    /// Whether [`Backend::changed_in_windows`] can compare these two snapshots (else only
+    /// hashing can tell where they differ).
+    fn compares(&self, base: &SnapshotFiles, new: &SnapshotFiles) -> bool;
+    /// The byte ranges where snapshot `new` may differ from snapshot `base`, handed to `emit`
+    /// a window of the files at a time, in order; `emit` returns false to stop. Only where
+    /// [`Backend::compares`] says so.
+    fn changed_in_windows(
+        &self,
+        base: &SnapshotFiles,
+        new: &SnapshotFiles,
+        window: u64,
+        emit: &mut dyn FnMut(Vec<(u64, u64)>) -> bool,
+    ) -> Result<()>;
+    /// All of [`Backend::changed_in_windows`], merged; `None` when only hashing can tell.
+    fn changed(
+        &self,
+        base: &SnapshotFiles,
+        new: &SnapshotFiles,
+    ) -> Result<Option<Vec<(u64, u64)>>> {
+        if !self.compares(base, new) {
+            return Ok(None);
+        }
+        let mut out = Vec::new();
+        self.changed_in_windows(base, new, diff::WINDOW, &mut |w| {
+            w.into_iter().for_each(|r| diff::push_merged(&mut out, r));
+            true
+        })?;
+        Ok(Some(out))
+    }
 }
 
 /// The files of one snapshot, as the backend sees them.
@@ -109,19 +134,25 @@ impl Backend for ReflinkBackend {
             Err(e) => Err(io_err(e, "clone onto", dst.to_owned())),
         }
     }
-    fn changed(
+    fn compares(&self, base: &SnapshotFiles, new: &SnapshotFiles) -> bool {
+        base.method == Method::Clone && new.method == Method::Clone
+    }
+    fn changed_in_windows(
         &self,
         base: &SnapshotFiles,
         new: &SnapshotFiles,
-    ) -> Result<Option<Vec<(u64, u64)>>> {
-        if base.method != Method::Clone || new.method != Method::Clone {
-            return Ok(None);
+        window: u64,
+        emit: &mut dyn FnMut(Vec<(u64, u64)>) -> bool,
+    ) -> Result<()> {
+        if !self.compares(base, new) {
+            return Err(StoreError::Invalid(
+                "copied snapshots cannot be compared by their extents".into(),
+            ));
         }
         let a = File::open(&base.image).ctx("open", &base.image)?;
         let b = File::open(&new.image).ctx("open", &new.image)?;
-        diff::fiemap_diff(&a, &b, base.size, new.size)
+        diff::fiemap_diff_windows(&a, &b, (base.size, new.size), window, emit)
             .ctx("map extents of", &new.image)
-            .map(Some)
     }
 }
 
@@ -138,7 +169,18 @@ impl Backend for CopyBackend {
     fn restore(&self, src: &Path, dst: &Path) -> Result<()> {
         overwrite(src, dst)
     }
-    fn changed(&self, _: &SnapshotFiles, _: &SnapshotFiles) -> Result<Option<Vec<(u64, u64)>>> {
-        Ok(None)
+    fn compares(&self, _: &SnapshotFiles, _: &SnapshotFiles) -> bool {
+        false
+    }
+    fn changed_in_windows(
+        &self,
+        _: &SnapshotFiles,
+        _: &SnapshotFiles,
+        _: u64,
+        _: &mut dyn FnMut(Vec<(u64, u64)>) -> bool,
+    ) -> Result<()> {
+        Err(StoreError::Invalid(
+            "the copy backend compares snapshots by hashing".into(),
+        ))
     }
 }

@@ -3,6 +3,14 @@
 
 use super::*;
 
+/// How much of two images the backend compares at a time while an incremental manifest is
+/// built: the build starts reading once the first window is compared (on a 4 GiB image with
+/// 20,000 extents, comparing all of it took 113 ms, as long as a quarter of the reads).
+const COMPARE_WINDOW: u64 = 256 << 20;
+
+/// Compared windows held ahead of the build.
+const WINDOWS_AHEAD: usize = 16;
+
 impl Store {
     pub(super) fn snapshot_dir(dir: &Path, snap: &Name) -> PathBuf {
         dir.join("snapshots").join(snap.as_str())
@@ -232,38 +240,6 @@ impl Store {
             method,
         };
         let base = self.newest_snapshot(g)?;
-        let changed = match &base {
-            Some(b) => {
-                let bdir = Self::snapshot_dir(&g.dir, &b.name);
-                let bf = SnapshotFiles {
-                    image: bdir.join(IMAGE),
-                    size: b.size,
-                    method: b.method,
-                };
-                let t0 = std::time::Instant::now();
-                let c = self.backend.changed(&bf, &new_files)?;
-                tracing::debug!(volume = %g.meta.name, ms = t0.elapsed().as_secs_f64() * 1e3, ranges = c.as_ref().map_or(0, Vec::len), "changed ranges found");
-                c.map(|c| (bdir, c))
-            }
-            None => None,
-        };
-        if let (Some(b), Some((_, ranges))) = (&base, &changed) {
-            let record = Changes {
-                base: b.name.clone(),
-                base_created_unix_ns: b.created_unix_ns,
-                base_root: b.root.clone(),
-                size,
-                ranges: ranges.clone(),
-            };
-            // Too many ranges for one record: a replication from this base compares again.
-            if let Some(bytes) = record.encode() {
-                let p = tmp.join(CHANGES);
-                fsx::atomic_write(&p, &bytes).ctx("write", &p)?;
-            }
-        }
-        let base_files = changed
-            .as_ref()
-            .map(|(bdir, c)| (bdir.join(MANIFEST), bdir.join(LEAVES), c));
         // A clone is a new inode with nothing in the page cache; a copy was just written.
         let cache = match method {
             Method::Clone => Cache::Cold,
@@ -275,17 +251,42 @@ impl Store {
             size,
             block_size: g.meta.block_size,
         };
-        let report: BuildReport = manifest::build(
-            src,
-            base_files.as_ref().map(|(m, l, c)| Base {
-                manifest: m,
-                leaves: l,
-                changed: c,
-            }),
-            &tmp.join(MANIFEST),
-            &tmp.join(LEAVES),
-            &self.cfg.io,
-        )?;
+        let (out_manifest, out_leaves) = (tmp.join(MANIFEST), tmp.join(LEAVES));
+        let io = &self.cfg.io;
+        let compared = base.as_ref().map(|b| {
+            let bdir = Self::snapshot_dir(&g.dir, &b.name);
+            let files = SnapshotFiles {
+                image: bdir.join(IMAGE),
+                size: b.size,
+                method: b.method,
+            };
+            (b, bdir, files)
+        });
+        let report: BuildReport = match compared {
+            Some((b, bdir, bf)) if self.backend.compares(&bf, &new_files) => {
+                let (report, ranges) = self.build_on(
+                    (&bf, &new_files),
+                    src,
+                    (&bdir.join(MANIFEST), &bdir.join(LEAVES)),
+                    (&out_manifest, &out_leaves),
+                )?;
+                tracing::debug!(volume = %g.meta.name, ranges = ranges.len(), "changed ranges found");
+                let record = Changes {
+                    base: b.name.clone(),
+                    base_created_unix_ns: b.created_unix_ns,
+                    base_root: b.root.clone(),
+                    size,
+                    ranges,
+                };
+                // Too many ranges for one record: a replication from this base compares again.
+                if let Some(bytes) = record.encode() {
+                    let p = tmp.join(CHANGES);
+                    fsx::atomic_write(&p, &bytes).ctx("write", &p)?;
+                }
+                report
+            }
+            _ => manifest::build(src, None, &out_manifest, &out_leaves, io)?,
+        };
         let meta = SnapshotMeta {
             name: snap.clone(),
             volume: g.meta.name.clone(),
@@ -320,6 +321,51 @@ impl Store {
         write_json(&tmp.join(SNAPSHOT_META), &meta)?;
         fsx::fsync_dir(tmp).ctx("fsync", tmp)?;
         Ok(meta)
+    }
+
+    /// The incremental manifest of snapshot `files.1` on top of `files.0` (its manifest and
+    /// leaf index `base`), written to `out`, with the ranges where the two differ. The
+    /// backend compares the two images in windows on a thread of its own while the build
+    /// reads the changed leaves of the windows already compared; a comparison that fails
+    /// part way fails the build (which has then not seen every change).
+    fn build_on(
+        &self,
+        files: (&SnapshotFiles, &SnapshotFiles),
+        src: manifest::Source<'_>,
+        base: (&Path, &Path),
+        out: (&Path, &Path),
+    ) -> Result<(BuildReport, Vec<(u64, u64)>)> {
+        std::thread::scope(|s| {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<(u64, u64)>>(WINDOWS_AHEAD);
+            let compare = s.spawn(move || {
+                self.backend
+                    .changed_in_windows(files.0, files.1, COMPARE_WINDOW, &mut |w| {
+                        tx.send(w).is_ok()
+                    })
+            });
+            let mut all = Vec::new();
+            let mut windows = rx
+                .iter()
+                .inspect(|w| w.iter().for_each(|&r| diff::push_merged(&mut all, r)));
+            let built = manifest::build(
+                src,
+                Some(Base {
+                    manifest: base.0,
+                    leaves: base.1,
+                    changed: &mut windows,
+                }),
+                out.0,
+                out.1,
+                &self.cfg.io,
+            );
+            // The windows a full build (the base unusable) or a failed one did not take.
+            windows.by_ref().for_each(drop);
+            drop(windows);
+            compare
+                .join()
+                .unwrap_or_else(|p| std::panic::resume_unwind(p))?;
+            Ok((built?, all))
+        })
     }
 
     pub(super) fn newest_snapshot(&self, g: &VolumeGuard) -> Result<Option<SnapshotMeta>> {
