@@ -412,16 +412,27 @@ pub fn close_with(conn: &Connection, code: u32, reason: &str) {
 }
 
 fn check_hello(trust: &Trust, conn: &Connection, hello: &Hello) -> Result<(Name, Name), NetError> {
-    let (node, site) = trust
+    let (node, site) = identify(trust, conn)?;
+    hello_agrees(hello, &node, &site)?;
+    Ok((node, site))
+}
+
+/// The peer's node and site, as its certificate names them.
+fn identify(trust: &Trust, conn: &Connection) -> Result<(Name, Name), NetError> {
+    trust
         .identify(&peer_cert(conn)?)
-        .map_err(|e| NetError::Identity(e.to_string()))?;
-    if hello.node != node || hello.site != site {
+        .map_err(|e| NetError::Identity(e.to_string()))
+}
+
+/// A Hello must name the node and site of the certificate it came with.
+fn hello_agrees(hello: &Hello, node: &Name, site: &Name) -> Result<(), NetError> {
+    if hello.node != *node || hello.site != *site {
         return Err(NetError::Identity(format!(
             "the peer says it is {}@{} but its certificate is {node}@{site}",
             hello.node, hello.site
         )));
     }
-    Ok((node, site))
+    Ok(())
 }
 
 /// Which end of a connection runs the handshake.
@@ -495,6 +506,81 @@ pub async fn connect(
         .connect(addr, SERVER_NAME)
         .map_err(|source| NetError::Connect { addr, source })?;
     handshake(connecting.await?, id, trust, Role::Open).await
+}
+
+/// A client's session whose peer's Hello is still on its way ([`connect_early`]).
+pub struct EarlySession {
+    pub conn: Connection,
+    /// The handshake stream, kept open for the connection's life.
+    pub send: SendStream,
+    pub peer_node: Name,
+    pub peer_site: Name,
+    /// Checks the peer's Hello when it comes; yields the handshake stream's receiving half.
+    pub hello: tokio::task::JoinHandle<Result<RecvStream, NetError>>,
+}
+
+/// Client side, for a caller whose first request need not wait: connects to `addr`, sends
+/// our Hello, and returns as soon as TLS is up, with the peer named by its certificate,
+/// instead of a round trip later with the peer's Hello ([`connect`]). The peer reads our
+/// Hello before any request of ours (it accepts streams in order). Our Hello offers only
+/// this build's newest version, the one the caller's requests are in, so the peer either
+/// speaks it or closes the connection. The peer's Hello is checked when it comes
+/// ([`EarlySession::hello`]): one that disagrees with the certificate, or speaks another
+/// version, closes the connection with the reason, and the caller's requests fail with it.
+pub async fn connect_early(
+    endpoint: &quinn::Endpoint,
+    addr: SocketAddr,
+    id: &Identity,
+    trust: &Trust,
+) -> Result<EarlySession, NetError> {
+    let connecting = endpoint
+        .connect(addr, SERVER_NAME)
+        .map_err(|source| NetError::Connect { addr, source })?;
+    let conn = connecting.await?;
+    let ours = Hello {
+        min_version: msg::PROTOCOL_VERSION,
+        ..Hello::new(id.node.clone(), id.site.clone())
+    };
+    let opened = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+        let (node, site) = identify(trust, &conn)?;
+        let (mut send, recv) = conn.open_bi().await?;
+        send_msg(&mut send, &ours).await?;
+        Ok::<_, NetError>((send, recv, node, site))
+    })
+    .await
+    .unwrap_or(Err(NetError::Timeout(HANDSHAKE_TIMEOUT)));
+    let (send, mut recv, peer_node, peer_site) = match opened {
+        Ok(o) => o,
+        Err(e) => {
+            close_for(&conn, &e);
+            return Err(e);
+        }
+    };
+    let (c, node, site) = (conn.clone(), peer_node.clone(), peer_site.clone());
+    let hello = tokio::spawn(async move {
+        let checked = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+            let theirs: Hello = recv_msg(&mut recv, HELLO_LIMIT).await?;
+            hello_agrees(&theirs, &node, &site)?;
+            msg::negotiate(&ours, &theirs)?;
+            Ok::<_, NetError>(())
+        })
+        .await
+        .unwrap_or(Err(NetError::Timeout(HANDSHAKE_TIMEOUT)));
+        match checked {
+            Ok(()) => Ok(recv),
+            Err(e) => {
+                close_for(&c, &e);
+                Err(e)
+            }
+        }
+    });
+    Ok(EarlySession {
+        conn,
+        send,
+        peer_node,
+        peer_site,
+        hello,
+    })
 }
 
 /// A client endpoint on an ephemeral port of the right address family.

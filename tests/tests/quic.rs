@@ -319,3 +319,85 @@ fn serve_and_pki_errors_are_clear() {
     let v: Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(v["error"]["kind"], "invalid_name", "{v}");
 }
+
+/// A replication connection sends its Hello and its first request without waiting for the
+/// peer's Hello (a round trip saved on every new connection to a peer); the peer's Hello is
+/// checked when it comes, and one that contradicts the certificate or speaks another version
+/// closes the connection with the reason. Against a raw endpoint with site b's certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_early_connection_checks_the_peers_hello_when_it_comes() {
+    let pki = Pki::new();
+    let data = tempfile::tempdir().expect("tempdir");
+    let b = pki.agent_config("site-b", "m1", &["site-a"], &data.path().join("b"));
+    let a = pki.agent_config("site-a", "n1", &["site-b"], &data.path().join("a"));
+    let (b_id, b_trust) = load_tls(&AgentConfig::load(&b).expect("config")).expect("tls");
+    let (a_id, a_trust) = load_tls(&AgentConfig::load(&a).expect("config")).expect("tls");
+    let sc = net::server_config(&b_id, &b_trust).expect("server config");
+    let server = net::endpoint("127.0.0.1:0".parse().expect("addr"), Some(sc)).expect("server");
+    let addr = server.local_addr().expect("addr");
+    let v = ferry_wire::msg::PROTOCOL_VERSION;
+    let honest = Hello::new("m1".parse().expect("name"), "site-b".parse().expect("name"));
+    let cases = [
+        ("honest", honest.clone(), None),
+        (
+            "another node",
+            Hello::new("m9".parse().expect("name"), "site-b".parse().expect("name")),
+            Some(close::IDENTITY),
+        ),
+        (
+            "a newer version only",
+            Hello {
+                min_version: v + 1,
+                max_version: v + 1,
+                ..honest
+            },
+            Some(close::VERSION),
+        ),
+    ];
+    for (what, answer, closes) in cases {
+        let ep = net::client_endpoint(addr, net::client_config(&a_id, &a_trust).expect("cc"))
+            .expect("endpoint");
+        let accepting = server.clone();
+        let accepted = tokio::spawn(async move {
+            let incoming = accepting.accept().await.expect("incoming");
+            incoming.await.expect("tls")
+        });
+        let early = net::connect_early(&ep, addr, &a_id, &a_trust)
+            .await
+            .expect(what);
+        assert_eq!(
+            (early.peer_node.as_str(), early.peer_site.as_str()),
+            ("m1", "site-b"),
+            "{what}: named by the certificate"
+        );
+        let conn = accepted.await.expect("join");
+        // The client's first request is under way before any answer to its Hello.
+        let (mut req, _req_recv) = early.conn.open_bi().await.expect("request stream");
+        net::send_msg(
+            &mut req,
+            &Hello::new("n1".parse().expect("n"), "site-a".parse().expect("s")),
+        )
+        .await
+        .expect("request");
+        let (mut send, mut recv) = conn.accept_bi().await.expect("handshake stream");
+        let theirs: Hello = net::recv_msg(&mut recv, 4096).await.expect("hello");
+        assert_eq!((theirs.min_version, theirs.max_version), (v, v), "{what}");
+        net::send_msg(&mut send, &answer).await.expect("answer");
+        let checked = early.hello.await.expect("join");
+        match closes {
+            None => {
+                assert!(checked.is_ok(), "{what}: {:?}", checked.err());
+                let (_s, mut r) = conn.accept_bi().await.expect("the request's stream");
+                let _: Hello = net::recv_msg(&mut r, 4096).await.expect("the request");
+            }
+            Some(code) => {
+                assert!(checked.is_err(), "{what}");
+                assert_eq!(
+                    closed_code(&conn).await.0,
+                    code,
+                    "{what}: the peer is told why"
+                );
+            }
+        }
+    }
+}

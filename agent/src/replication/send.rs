@@ -209,15 +209,20 @@ impl Budget {
     }
 }
 
-/// One connection to a peer agent, after mutual TLS and the ferry handshake.
+/// One connection to a peer agent, after mutual TLS, with our Hello sent (the peer's is
+/// checked when it comes: `net::connect_early`).
 struct Link {
     ep: quinn::Endpoint,
     conn: quinn::Connection,
     label: String,
     site: Name,
-    /// The connection's first stream (pings); kept open for the connection's life.
-    _control: (quinn::SendStream, quinn::RecvStream),
-    /// The round trip measured by the handshakes, before any transfer loaded the path.
+    /// The connection's first stream (the handshake's), kept open for the connection's
+    /// life, and the check of the peer's Hello, which holds its receiving half.
+    _control: (
+        quinn::SendStream,
+        tokio::task::JoinHandle<std::result::Result<quinn::RecvStream, NetError>>,
+    ),
+    /// The round trip measured by the TLS handshake, before any transfer loaded the path.
     rtt: Duration,
     /// The congestion window the connection started with.
     start_window: u64,
@@ -348,7 +353,8 @@ impl Peers {
         }
         let (cc, start_window) = self.client_config(peer);
         let ep = net::client_endpoint(peer, cc).map_err(net_err)?;
-        let s = net::connect(&ep, peer, &self.id, &self.trust)
+        // The first request goes out with our Hello, not a round trip after it.
+        let s = net::connect_early(&ep, peer, &self.id, &self.trust)
             .await
             .map_err(net_err)?;
         let label = format!("{}@{} ({peer})", s.peer_node, s.peer_site);
@@ -362,7 +368,7 @@ impl Peers {
                 conn: s.conn,
                 label,
                 site: s.peer_site,
-                _control: (s.send, s.recv),
+                _control: (s.send, s.hello),
                 rtt,
                 start_window,
             },
