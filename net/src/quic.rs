@@ -502,10 +502,15 @@ pub async fn connect(
     id: &Identity,
     trust: &Trust,
 ) -> Result<Session, NetError> {
+    handshake(dial(endpoint, addr).await?, id, trust, Role::Open).await
+}
+
+/// A connection to `addr` with TLS up (the peer's certificate checked against our trust).
+async fn dial(endpoint: &quinn::Endpoint, addr: SocketAddr) -> Result<Connection, NetError> {
     let connecting = endpoint
         .connect(addr, SERVER_NAME)
         .map_err(|source| NetError::Connect { addr, source })?;
-    handshake(connecting.await?, id, trust, Role::Open).await
+    Ok(connecting.await?)
 }
 
 /// A client's session whose peer's Hello is still on its way ([`connect_early`]).
@@ -533,10 +538,7 @@ pub async fn connect_early(
     id: &Identity,
     trust: &Trust,
 ) -> Result<EarlySession, NetError> {
-    let connecting = endpoint
-        .connect(addr, SERVER_NAME)
-        .map_err(|source| NetError::Connect { addr, source })?;
-    let conn = connecting.await?;
+    let conn = dial(endpoint, addr).await?;
     let ours = Hello {
         min_version: msg::PROTOCOL_VERSION,
         ..Hello::new(id.node.clone(), id.site.clone())

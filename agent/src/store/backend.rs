@@ -26,18 +26,25 @@ pub trait Backend: Send + Sync {
     /// Makes the existing file `dst` equal to `src`, in place (same inode), fsynced.
     fn restore(&self, src: &Path, dst: &Path) -> Result<()>;
     /// Whether [`Backend::changed_in_windows`] can compare these two snapshots (else only
-    /// hashing can tell where they differ).
-    fn compares(&self, base: &SnapshotFiles, new: &SnapshotFiles) -> bool;
+    /// hashing can tell where they differ; by default it cannot).
+    fn compares(&self, _base: &SnapshotFiles, _new: &SnapshotFiles) -> bool {
+        false
+    }
     /// The byte ranges where snapshot `new` may differ from snapshot `base`, handed to `emit`
     /// a window of the files at a time, in order; `emit` returns false to stop. Only where
     /// [`Backend::compares`] says so.
     fn changed_in_windows(
         &self,
-        base: &SnapshotFiles,
-        new: &SnapshotFiles,
-        window: u64,
-        emit: &mut dyn FnMut(Vec<(u64, u64)>) -> bool,
-    ) -> Result<()>;
+        _base: &SnapshotFiles,
+        _new: &SnapshotFiles,
+        _window: u64,
+        _emit: &mut dyn FnMut(Vec<(u64, u64)>) -> bool,
+    ) -> Result<()> {
+        Err(StoreError::Invalid(format!(
+            "the {} backend compares snapshots by hashing them",
+            self.name()
+        )))
+    }
     /// All of [`Backend::changed_in_windows`], merged; `None` when only hashing can tell.
     fn changed(
         &self,
@@ -146,7 +153,7 @@ impl Backend for ReflinkBackend {
     ) -> Result<()> {
         if !self.compares(base, new) {
             return Err(StoreError::Invalid(
-                "copied snapshots cannot be compared by their extents".into(),
+                "copied snapshots are compared by hashing them".into(),
             ));
         }
         let a = File::open(&base.image).ctx("open", &base.image)?;
@@ -168,19 +175,5 @@ impl Backend for CopyBackend {
     }
     fn restore(&self, src: &Path, dst: &Path) -> Result<()> {
         overwrite(src, dst)
-    }
-    fn compares(&self, _: &SnapshotFiles, _: &SnapshotFiles) -> bool {
-        false
-    }
-    fn changed_in_windows(
-        &self,
-        _: &SnapshotFiles,
-        _: &SnapshotFiles,
-        _: u64,
-        _: &mut dyn FnMut(Vec<(u64, u64)>) -> bool,
-    ) -> Result<()> {
-        Err(StoreError::Invalid(
-            "the copy backend compares snapshots by hashing".into(),
-        ))
     }
 }
