@@ -367,9 +367,15 @@ impl Agents {
 struct Images {
     v1: PathBuf,
     v2: PathBuf,
-    changed: u64,
     /// The pages v2 changed, in order.
     pages: Vec<u64>,
+}
+
+impl Images {
+    /// The bytes of the distinct pages v2 changed.
+    fn changed(&self) -> u64 {
+        self.pages.len() as u64 * 4096
+    }
 }
 
 /// One ferry cycle from nothing: b holds no mirror, a's volume is the generated image; the
@@ -702,13 +708,7 @@ pub fn run(dir: &Path, out: &Path, o: &Options) -> Result<()> {
     let v2 = work.join("v2.img");
     stage(&v1, &v2)?;
     let pages = churned_pages(&v2, o.size, o.seed ^ 0x1234, 100)?;
-    let changed = pages.len() as u64 * 4096;
-    let im = Images {
-        v1,
-        v2,
-        changed,
-        pages,
-    };
+    let im = Images { v1, v2, pages };
     let others = std::env::var_os("FERRY_BENCH_FERRY_ONLY").is_none();
     let rsync = if others {
         Some(Rsync::start(&work)?)
@@ -771,7 +771,7 @@ pub fn run(dir: &Path, out: &Path, o: &Options) -> Result<()> {
     std::fs::write(out.join("report.md"), &md)?;
     let json = serde_json::json!({
         "image_size": o.size, "seed": o.seed, "runs": o.runs,
-        "ideal_incremental_bytes": im.changed, "rows": rows, "samples": samples,
+        "ideal_incremental_bytes": im.changed(), "rows": rows, "samples": samples,
     });
     std::fs::write(out.join("report.json"), serde_json::to_vec_pretty(&json)?)?;
     print!("{md}");
@@ -850,7 +850,7 @@ fn disk_incremental(dir: &Path, im: &Images, caches: Caches) -> Result<Sample> {
         caches,
         wall_s: wall,
         cpu_s: cpu,
-        bytes: im.changed,
+        bytes: im.changed(),
         parts: BTreeMap::new(),
     })
 }
@@ -869,7 +869,7 @@ fn report(o: &Options, im: &Images, rows: &[Row]) -> Result<String> {
         "Image: {} VM-like (25% holes, 50% random, 25% runs duplicated at 4 KiB alignment), seed {}; incremental = 1% random 4 KiB writes ({} of distinct changed pages). {} runs of every step, interleaved across tools; medians, with the spread (min-max). Both ends on this machine (loopback). Cold: the page cache dropped before every timed step.\n",
         format_size(o.size),
         o.seed,
-        format_size(im.changed),
+        format_size(im.changed()),
         o.runs
     )?;
     writeln!(
@@ -957,7 +957,7 @@ fn report(o: &Options, im: &Images, rows: &[Row]) -> Result<String> {
                 fi.wall_s / ri.wall_s,
                 fi.wall_s,
                 ri.wall_s,
-                fi.bytes as f64 / im.changed as f64
+                fi.bytes as f64 / im.changed() as f64
             )?;
         }
         if let (Some(fi), Some(d)) = (

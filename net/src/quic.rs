@@ -435,6 +435,15 @@ fn hello_agrees(hello: &Hello, node: &Name, site: &Name) -> Result<(), NetError>
     Ok(())
 }
 
+/// `f`, or a timeout error if it takes longer than a handshake may.
+async fn in_time<T>(
+    f: impl std::future::Future<Output = Result<T, NetError>>,
+) -> Result<T, NetError> {
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, f)
+        .await
+        .unwrap_or(Err(NetError::Timeout(HANDSHAKE_TIMEOUT)))
+}
+
 /// Which end of a connection runs the handshake.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Role {
@@ -452,7 +461,7 @@ async fn handshake(
     role: Role,
 ) -> Result<Session, NetError> {
     let ours = Hello::new(id.node.clone(), id.site.clone());
-    let res = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+    let res = in_time(async {
         let (mut send, mut recv) = match role {
             Role::Accept => conn.accept_bi().await?,
             Role::Open => conn.open_bi().await?,
@@ -468,8 +477,7 @@ async fn handshake(
         let version = msg::negotiate(&ours, &theirs)?;
         Ok::<_, NetError>((send, recv, peer_node, peer_site, version))
     })
-    .await
-    .unwrap_or(Err(NetError::Timeout(HANDSHAKE_TIMEOUT)));
+    .await;
     match res {
         Ok((send, recv, peer_node, peer_site, version)) => Ok(Session {
             conn,
@@ -543,14 +551,13 @@ pub async fn connect_early(
         min_version: msg::PROTOCOL_VERSION,
         ..Hello::new(id.node.clone(), id.site.clone())
     };
-    let opened = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+    let opened = in_time(async {
         let (node, site) = identify(trust, &conn)?;
         let (mut send, recv) = conn.open_bi().await?;
         send_msg(&mut send, &ours).await?;
         Ok::<_, NetError>((send, recv, node, site))
     })
-    .await
-    .unwrap_or(Err(NetError::Timeout(HANDSHAKE_TIMEOUT)));
+    .await;
     let (send, mut recv, peer_node, peer_site) = match opened {
         Ok(o) => o,
         Err(e) => {
@@ -560,14 +567,13 @@ pub async fn connect_early(
     };
     let (c, node, site) = (conn.clone(), peer_node.clone(), peer_site.clone());
     let hello = tokio::spawn(async move {
-        let checked = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+        let checked = in_time(async {
             let theirs: Hello = recv_msg(&mut recv, HELLO_LIMIT).await?;
             hello_agrees(&theirs, &node, &site)?;
             msg::negotiate(&ours, &theirs)?;
             Ok::<_, NetError>(())
         })
-        .await
-        .unwrap_or(Err(NetError::Timeout(HANDSHAKE_TIMEOUT)));
+        .await;
         match checked {
             Ok(()) => Ok(recv),
             Err(e) => {

@@ -428,7 +428,7 @@ pub async fn replicate_with_retries(
 /// over the peer's shared connection, within the agent's bandwidth budget. The phases, each
 /// a function of its own: what to send ([`Source::open`]); connect and open the session's
 /// control stream; open the session in one round trip (the receiver picks the base among
-/// our candidates, [`Source::candidates`]); where changed pages come from
+/// our candidates, `Source::candidates`); where changed pages come from
 /// ([`Delta::plan`]); then, at once, the data pipeline
 /// ([`Pipeline::start`]: a reader thread feeding the data streams) and the offers
 /// ([`offer`]: the sans-IO core's steps on the control stream); last the commit.
@@ -471,7 +471,7 @@ pub async fn replicate(
         size: src.meta.size,
         block_size: src.meta.block_size,
         root: src.root,
-        candidates: src.candidates(),
+        candidates: src.candidates.clone(),
         base: asked.clone(),
     };
     let base = match call(&mut ctl, &open).await? {
@@ -489,7 +489,7 @@ pub async fn replicate(
         }
         r => return Err(unexpected(&r)),
     };
-    src.check_chosen(base.as_ref(), asked.as_ref())?;
+    check_chosen(&src.candidates, base.as_ref(), asked.as_ref())?;
     mark(&mut t.begin_ms);
     let delta = Delta::plan(&store, &src, base.as_ref())?;
     report.base = base.clone();
@@ -552,8 +552,9 @@ struct Source {
     meta: crate::store::SnapshotMeta,
     mirror: Name,
     root: BlockHash,
-    /// Our older snapshots of the same size and block size, with their roots.
-    ours: Vec<(Name, BlockHash)>,
+    /// Our older snapshots of the same size and block size, with their roots, newest
+    /// first, as many as a request may name: the bases the receiver may pick.
+    candidates: Vec<(Name, BlockHash)>,
     image: std::path::PathBuf,
     manifest_path: std::path::PathBuf,
     manifest: HashFile,
@@ -565,15 +566,17 @@ impl Source {
         let mirror = check_name("mirror volume", target.mirror.as_deref().unwrap_or(volume))?;
         let root = BlockHash::from_hex(&meta.root)
             .ok_or_else(|| StoreError::Invalid("bad root in snapshot metadata".into()))?;
-        let ours: Vec<(Name, BlockHash)> = store
+        let candidates: Vec<(Name, BlockHash)> = store
             .list_snapshots(volume)?
             .into_iter()
+            .rev()
             .filter(|m| {
                 m.created_unix_ns < meta.created_unix_ns
                     && m.block_size == meta.block_size
                     && m.size == meta.size
             })
             .filter_map(|m| BlockHash::from_hex(&m.root).map(|r| (m.name, r)))
+            .take(MAX_BASE_CANDIDATES)
             .collect();
         let (image, manifest_path, _) = store.snapshot_paths(volume, snap)?;
         let manifest = store.manifest(volume, snap)?;
@@ -582,7 +585,7 @@ impl Source {
             meta,
             mirror,
             root,
-            ours,
+            candidates,
             image,
             manifest_path,
             manifest,
@@ -612,39 +615,33 @@ impl Source {
             path: PathReport::default(),
         }
     }
+}
 
-    /// Our older snapshots that may serve as the base, newest first, as many as a request
-    /// may name.
-    fn candidates(&self) -> Vec<(Name, BlockHash)> {
-        self.ours
-            .iter()
-            .rev()
-            .take(MAX_BASE_CANDIDATES)
-            .cloned()
-            .collect()
+/// The receiver's choice of base is one of the `candidates` we offered (and the one asked
+/// for, if any).
+fn check_chosen(
+    candidates: &[(Name, BlockHash)],
+    chosen: Option<&Name>,
+    asked: Option<&Name>,
+) -> Result<()> {
+    let offered = chosen.is_none_or(|b| candidates.iter().any(|(n, _)| n == b));
+    if offered && (asked.is_none() || chosen == asked) {
+        return Ok(());
     }
-
-    /// The receiver's choice of base is one we offered (and the one asked for, if any).
-    fn check_chosen(&self, chosen: Option<&Name>, asked: Option<&Name>) -> Result<()> {
-        let offered = chosen.is_none_or(|b| self.candidates().iter().any(|(n, _)| n == b));
-        if offered && (asked.is_none() || chosen == asked) {
-            return Ok(());
-        }
-        Err(StoreError::Net {
-            retryable: false,
-            message: format!("protocol error: the receiver chose base {chosen:?}, not offered"),
-        })
-    }
+    Err(StoreError::Net {
+        retryable: false,
+        message: format!("protocol error: the receiver chose base {chosen:?}, not offered"),
+    })
 }
 
 /// The base asked for (`--base`), if any: one of our older snapshots of the same size and
-/// block size, among the candidates a request names.
+/// block size, among the candidates the request names.
 fn asked_base(src: &Source, target: &Target) -> Result<Option<Name>> {
     let Some(b) = &target.base else {
         return Ok(None);
     };
     let b = check_name("base snapshot", b)?;
-    if !src.candidates().iter().any(|(n, _)| *n == b) {
+    if !src.candidates.iter().any(|(n, _)| *n == b) {
         return Err(StoreError::Invalid(format!(
             "base {}@{b} is not an older snapshot of the same size and block size as {}",
             src.volume, src.meta.name

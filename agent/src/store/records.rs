@@ -172,7 +172,7 @@ const CHANGES_MAGIC: &[u8; 8] = b"ferrychg";
 const CHANGES_HEADER: usize = 8 + 32;
 
 impl Changes {
-    /// Whether this record describes snapshot `snap` (of `size` bytes) relative to `base`.
+    /// Whether this record describes a snapshot of `size` bytes relative to `base`.
     pub fn describes(&self, base: &SnapshotMeta, size: u64) -> bool {
         self.base == base.name
             && self.base_created_unix_ns == base.created_unix_ns
