@@ -411,6 +411,29 @@ pub fn close_with(conn: &Connection, code: u32, reason: &str) {
     conn.close(VarInt::from_u32(code), &reason.as_bytes()[..end]);
 }
 
+/// How long [`close_done`] waits for the close to leave: far more than the endpoint task
+/// needs to hand one packet to the socket, far less than the draining period.
+pub const CLOSE_FLUSH: Duration = Duration::from_millis(200);
+
+/// Closes `conn` with `code` and waits until its close packet has been handed to the socket
+/// (at most [`CLOSE_FLUSH`]), for a process about to exit with its work confirmed.
+///
+/// `Endpoint::wait_idle` would wait out the draining period instead, three probe timeouts,
+/// to answer the peer's late packets with the close again in case the first was lost. After
+/// a bulk transfer that was 0.1 to 0.8 s of a `replicate` call's wall time, measured on
+/// loopback and through a 100 ms relay. A lost close costs the peer only its idle timeout.
+pub async fn close_done(conn: &Connection, code: u32, reason: &str) {
+    if conn.close_reason().is_some() {
+        return;
+    }
+    let sent = conn.stats().udp_tx.datagrams;
+    close_with(conn, code, reason);
+    let until = tokio::time::Instant::now() + CLOSE_FLUSH;
+    while conn.stats().udp_tx.datagrams == sent && tokio::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
 fn check_hello(trust: &Trust, conn: &Connection, hello: &Hello) -> Result<(Name, Name), NetError> {
     let (node, site) = identify(trust, conn)?;
     hello_agrees(hello, &node, &site)?;
@@ -606,10 +629,14 @@ pub fn client_endpoint(
     Ok(ep)
 }
 
-/// Socket buffer size asked for: a few milliseconds of a 10 Gbit/s link. With the kernel's
-/// default (208 KiB) a receiver that falls behind for a moment drops datagrams: measured on
-/// loopback, 42% of the packets of a bulk transfer were lost and sent again.
-const SOCKET_BUFFER: libc::c_int = 16 << 20;
+/// Socket buffer size asked for: about 50 ms of a 10 Gbit/s link. A receiver that falls
+/// behind for a moment drops what does not fit, and BBR takes those drops for congestion
+/// (quinn's leaves its start-up at the first loss). Measured on this 2-CPU machine with both
+/// agents and the test relay on it: with the kernel's default (208 KiB) 42% of a bulk
+/// transfer's datagrams were lost on loopback; with 16 MiB, 0.5 to 5% of a 1 GiB transfer
+/// (`UdpRcvbufErrors`), most in start-up; with 64 MiB none. The memory is only taken while
+/// datagrams wait.
+const SOCKET_BUFFER: libc::c_int = 64 << 20;
 
 /// Sets a socket buffer option, forcing past `net.core.[rw]mem_max` where allowed (root).
 fn set_buffer(fd: libc::c_int, force: libc::c_int, plain: libc::c_int) {

@@ -401,3 +401,59 @@ async fn an_early_connection_checks_the_peers_hello_when_it_comes() {
         }
     }
 }
+
+/// A process that closes a connection after its work is confirmed waits only until the close
+/// has left (`net::close_done`), not for the draining period, and the peer is still told at
+/// once with the code, not by its idle timeout (30 s) after the process is gone.
+#[tokio::test]
+async fn a_closing_connection_tells_the_peer_without_waiting_out_the_drain() {
+    let pki = Pki::new();
+    let data = tempfile::tempdir().expect("tempdir");
+    let b = pki.agent_config("site-b", "m1", &["site-a"], &data.path().join("b"));
+    let a = pki.agent_config("site-a", "n1", &["site-b"], &data.path().join("a"));
+    let (b_id, b_trust) = load_tls(&AgentConfig::load(&b).expect("config")).expect("tls");
+    let (a_id, a_trust) = load_tls(&AgentConfig::load(&a).expect("config")).expect("tls");
+    let sc = net::server_config(&b_id, &b_trust).expect("server config");
+    let server = net::endpoint("127.0.0.1:0".parse().expect("addr"), Some(sc)).expect("server");
+    let addr = server.local_addr().expect("addr");
+    let accepting = server.clone();
+    let accepted = tokio::spawn(async move {
+        let incoming = accepting.accept().await.expect("incoming");
+        incoming.await.expect("tls")
+    });
+    let ep = net::client_endpoint(addr, net::client_config(&a_id, &a_trust).expect("cc"))
+        .expect("endpoint");
+    let early = net::connect_early(&ep, addr, &a_id, &a_trust)
+        .await
+        .expect("connect");
+    let conn = accepted.await.expect("join");
+    let (mut hs, mut hr) = conn.accept_bi().await.expect("handshake stream");
+    let _: Hello = net::recv_msg(&mut hr, 4096).await.expect("hello");
+    let honest = Hello::new("m1".parse().expect("name"), "site-b".parse().expect("name"));
+    net::send_msg(&mut hs, &honest).await.expect("answer");
+    // Some traffic first, so that the connection has acknowledgements outstanding.
+    let (mut send, _recv) = early.conn.open_bi().await.expect("stream");
+    send.write_all(&vec![7u8; 4 << 20]).await.expect("write");
+    let (_s, mut r) = conn.accept_bi().await.expect("accept");
+    let got = r.read_to_end(8 << 20);
+    send.finish().expect("finish");
+    assert_eq!(got.await.expect("read").len(), 4 << 20);
+
+    assert!(early.hello.await.expect("join").is_ok());
+    let t = std::time::Instant::now();
+    net::close_done(&early.conn, close::DONE, "done").await;
+    let took = t.elapsed();
+    drop((early.conn, early.send, send, ep)); // as the process exits
+    assert!(
+        took < net::CLOSE_FLUSH,
+        "close_done took {took:?}: the close packet should leave at once"
+    );
+    let told = tokio::time::timeout(Duration::from_secs(5), closed_code(&conn))
+        .await
+        .expect("the peer is told of the close, not left to its idle timeout");
+    assert_eq!(told, (close::DONE, "done".to_owned()));
+    // Closing a connection already closed returns at once.
+    let t = std::time::Instant::now();
+    net::close_done(&conn, close::DONE, "again").await;
+    assert!(t.elapsed() < Duration::from_millis(50));
+}

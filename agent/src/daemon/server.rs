@@ -294,8 +294,7 @@ pub async fn ping(cfg: &AgentConfig, peer: SocketAddr, count: usize) -> Result<P
         }
     }
     let _ = s.send.finish();
-    s.conn.close(VarInt::from_u32(close::DONE), b"done");
-    ep.wait_idle().await;
+    net::close_done(&s.conn, close::DONE, "done").await;
     Ok(PingReport {
         peer,
         peer_node: s.peer_node.to_string(),

@@ -27,7 +27,6 @@ use ferry_wire::repl::{
     PAGE_SIZE, REPL_CONTROL_LIMIT,
 };
 use ferry_wire::{BlockHash, Name};
-use quinn::VarInt;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
@@ -212,7 +211,8 @@ impl Budget {
 /// One connection to a peer agent, after mutual TLS, with our Hello sent (the peer's is
 /// checked when it comes: `net::connect_early`).
 struct Link {
-    ep: quinn::Endpoint,
+    /// The connection's own endpoint (one per peer), kept as long as it.
+    _ep: quinn::Endpoint,
     conn: quinn::Connection,
     label: String,
     site: Name,
@@ -364,7 +364,7 @@ impl Peers {
         links.insert(
             peer,
             Link {
-                ep,
+                _ep: ep,
                 conn: s.conn,
                 label,
                 site: s.peer_site,
@@ -385,13 +385,11 @@ impl Peers {
             .map_or(self.windows.initial, |l| l.start_window)
     }
 
-    /// Closes every connection and waits until the peers have been told.
+    /// Closes every connection, waiting only until each close has left (`net::close_done`).
     pub async fn close(&self) {
         let links: Vec<Link> = self.links.lock().await.drain().map(|(_, l)| l).collect();
         for l in links {
-            l.conn
-                .close(VarInt::from_u32(ferry_wire::msg::close::DONE), b"done");
-            l.ep.wait_idle().await;
+            net::close_done(&l.conn, ferry_wire::msg::close::DONE, "done").await;
         }
     }
 }
