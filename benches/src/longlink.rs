@@ -111,13 +111,15 @@ pub fn run(dir: &Path, out: &Path, size: u64, runs: usize, seed: u64, windows: &
             let path = &r["path"];
             let start = path["start_window"].as_u64().unwrap_or(0);
             eprintln!(
-                "run {}: {name}: {wall:.2} s ({}; started at {}, lost {} of {} datagrams, {} congestion events)",
+                "run {}: {name}: {wall:.2} s ({}; started at {}, lost {} of {} datagrams, {} congestion events; at the end rtt {} ms, window {})",
                 run + 1,
                 format_size(sent),
                 format_size(start),
                 path["lost_packets"],
                 path["sent_packets"],
                 path["congestion_events"],
+                path["rtt_ms"].as_f64().map_or("?".into(), |r| format!("{r:.1}")),
+                format_size(path["cwnd"].as_u64().unwrap_or(0)),
             );
             walls[k].push((wall, sent, start, parts));
             drop(relayed);

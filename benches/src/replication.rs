@@ -110,6 +110,41 @@ fn dir_size(p: &Path) -> u64 {
     total
 }
 
+/// The parts of a ferry step the reports break its time into: (key, label).
+pub(crate) const PARTS: &[(&str, &str)] = &[
+    ("snapshot", "snapshot (clone + manifest)"),
+    ("snapshot.manifest", "  of it the manifest"),
+    ("replicate", "replicate (the command)"),
+    ("replicate.open", "  open the snapshot"),
+    ("replicate.connect", "  connect"),
+    (
+        "replicate.begin",
+        "  begin (receiver picks the base, resets its copy)",
+    ),
+    (
+        "replicate.receiver.open",
+        "    receiver: open (its copy reset to the base, the index read)",
+    ),
+    ("replicate.plan", "  base manifest, changed ranges"),
+    ("replicate.transfer", "  offers and data"),
+    ("replicate.reads", "    sender's reads and checks"),
+    ("replicate.commit", "  commit"),
+    (
+        "replicate.receiver.base_reads",
+        "    receiver: base reads (summed over the reads in flight)",
+    ),
+    ("replicate.receiver.verify", "    receiver: checks (summed)"),
+    ("replicate.receiver.write", "    receiver: writes"),
+    (
+        "replicate.receiver.sync",
+        "    receiver: last blocks and fsync",
+    ),
+    (
+        "replicate.receiver.snapshot",
+        "    receiver: the mirror snapshot",
+    ),
+];
+
 /// The phases of a `replicate --json` report, seconds, as `replicate.PHASE` (the sender's)
 /// and `replicate.receiver.PHASE`.
 pub(crate) fn timings(r: &serde_json::Value) -> BTreeMap<String, f64> {
@@ -895,35 +930,6 @@ fn report(o: &Options, im: &Images, rows: &[Row]) -> Result<String> {
             .find(|r| r.tool == tool && r.phase == phase && r.caches == caches)
     };
     writeln!(md, "\n## Where ferry's time goes (medians, seconds)\n")?;
-    let keys = [
-        ("snapshot", "snapshot (clone + manifest)"),
-        ("snapshot.manifest", "  of it the manifest"),
-        ("replicate", "replicate (the command)"),
-        ("replicate.open", "  open the snapshot"),
-        ("replicate.connect", "  connect"),
-        (
-            "replicate.begin",
-            "  begin (receiver picks the base, resets its copy)",
-        ),
-        ("replicate.plan", "  base manifest, changed ranges"),
-        ("replicate.transfer", "  offers and data"),
-        ("replicate.reads", "    sender's reads and checks"),
-        ("replicate.commit", "  commit"),
-        (
-            "replicate.receiver.base_reads",
-            "    receiver: base reads (summed over the reads in flight)",
-        ),
-        ("replicate.receiver.verify", "    receiver: checks (summed)"),
-        ("replicate.receiver.write", "    receiver: writes"),
-        (
-            "replicate.receiver.sync",
-            "    receiver: last blocks and fsync",
-        ),
-        (
-            "replicate.receiver.snapshot",
-            "    receiver: the mirror snapshot",
-        ),
-    ];
     let cols: Vec<(&str, Caches)> = ["full", "incremental"]
         .iter()
         .flat_map(|p| o.caches.iter().map(move |c| (*p, *c)))
@@ -933,7 +939,7 @@ fn report(o: &Options, im: &Images, rows: &[Row]) -> Result<String> {
         write!(md, " {p} {} |", c.name())?;
     }
     writeln!(md, "\n|---|{}", "---:|".repeat(cols.len()))?;
-    for (k, label) in keys {
+    for &(k, label) in PARTS {
         write!(md, "| {label} |")?;
         for (p, c) in &cols {
             write!(

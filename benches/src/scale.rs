@@ -181,18 +181,15 @@ fn sizes(work: &Path, runs: usize, caches: &[Caches], seed: u64) -> Result<Vec<S
                     .collect(),
             );
             let walls: Vec<f64> = v.iter().map(|x| x.wall).collect();
-            let mut parts = BTreeMap::new();
-            for k in [
-                "snapshot",
-                "replicate",
-                "replicate.transfer",
-                "replicate.commit",
-            ] {
-                parts.insert(
-                    k.to_string(),
-                    median(v.iter().filter_map(|x| x.parts.get(k).copied()).collect()),
-                );
-            }
+            let keys: std::collections::BTreeSet<&String> =
+                v.iter().flat_map(|x| x.parts.keys()).collect();
+            let parts = keys
+                .into_iter()
+                .map(|k| {
+                    let m = median(v.iter().filter_map(|x| x.parts.get(k).copied()).collect());
+                    (k.clone(), m)
+                })
+                .collect();
             rows.push(SizeRow {
                 size: case.size,
                 caches: c,
@@ -328,6 +325,22 @@ fn report(runs: usize, rows: &[SizeRow], many: &ManyRow) -> Result<String> {
             format_size(r.receiver_peak_rss),
             format_size(r.receiver_peak_anon)
         )?;
+    }
+    writeln!(md, "\nWhere the time goes (medians, seconds):\n")?;
+    write!(md, "| part |")?;
+    for r in rows {
+        write!(md, " {} {} |", format_size(r.size), r.caches.name())?;
+    }
+    writeln!(md, "\n|---|{}", "---:|".repeat(rows.len()))?;
+    for &(k, label) in crate::replication::PARTS {
+        write!(md, "| {label} |")?;
+        for r in rows {
+            match r.parts.get(k) {
+                Some(x) => write!(md, " {x:.2} |")?,
+                None => write!(md, " |")?,
+            }
+        }
+        writeln!(md)?;
     }
     writeln!(md)?;
     for c in [Caches::Warm, Caches::Cold] {
