@@ -320,21 +320,45 @@ fn serve_and_pki_errors_are_clear() {
     assert_eq!(v["error"]["kind"], "invalid_name", "{v}");
 }
 
+/// A raw QUIC server endpoint with the certificate of node m1 at site-b, and the identity
+/// of node n1 at site-a to reach it with: for tests that play one end by hand.
+struct RawEnds {
+    _data: tempfile::TempDir,
+    server: quinn::Endpoint,
+    addr: std::net::SocketAddr,
+    a_id: ferry_agent::pki::Identity,
+    a_trust: ferry_agent::pki::Trust,
+}
+
+impl RawEnds {
+    fn new() -> RawEnds {
+        let pki = Pki::new();
+        let data = tempfile::tempdir().expect("tempdir");
+        let b = pki.agent_config("site-b", "m1", &["site-a"], &data.path().join("b"));
+        let a = pki.agent_config("site-a", "n1", &["site-b"], &data.path().join("a"));
+        let (b_id, b_trust) = load_tls(&AgentConfig::load(&b).expect("config")).expect("tls");
+        let (a_id, a_trust) = load_tls(&AgentConfig::load(&a).expect("config")).expect("tls");
+        let sc = net::server_config(&b_id, &b_trust).expect("server config");
+        let server = net::endpoint("127.0.0.1:0".parse().expect("addr"), Some(sc)).expect("server");
+        let addr = server.local_addr().expect("addr");
+        RawEnds {
+            _data: data,
+            server,
+            addr,
+            a_id,
+            a_trust,
+        }
+    }
+}
+
 /// A replication connection sends its Hello and its first request without waiting for the
 /// peer's Hello (a round trip saved on every new connection to a peer); the peer's Hello is
 /// checked when it comes, and one that contradicts the certificate or speaks another version
 /// closes the connection with the reason. Against a raw endpoint with site b's certificate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_early_connection_checks_the_peers_hello_when_it_comes() {
-    let pki = Pki::new();
-    let data = tempfile::tempdir().expect("tempdir");
-    let b = pki.agent_config("site-b", "m1", &["site-a"], &data.path().join("b"));
-    let a = pki.agent_config("site-a", "n1", &["site-b"], &data.path().join("a"));
-    let (b_id, b_trust) = load_tls(&AgentConfig::load(&b).expect("config")).expect("tls");
-    let (a_id, a_trust) = load_tls(&AgentConfig::load(&a).expect("config")).expect("tls");
-    let sc = net::server_config(&b_id, &b_trust).expect("server config");
-    let server = net::endpoint("127.0.0.1:0".parse().expect("addr"), Some(sc)).expect("server");
-    let addr = server.local_addr().expect("addr");
+    let ends = RawEnds::new();
+    let (server, addr, a_id, a_trust) = (&ends.server, ends.addr, &ends.a_id, &ends.a_trust);
     let v = ferry_wire::msg::PROTOCOL_VERSION;
     let honest = Hello::new("m1".parse().expect("name"), "site-b".parse().expect("name"));
     let cases = [
@@ -355,14 +379,14 @@ async fn an_early_connection_checks_the_peers_hello_when_it_comes() {
         ),
     ];
     for (what, answer, closes) in cases {
-        let ep = net::client_endpoint(addr, net::client_config(&a_id, &a_trust).expect("cc"))
+        let ep = net::client_endpoint(addr, net::client_config(a_id, a_trust).expect("cc"))
             .expect("endpoint");
         let accepting = server.clone();
         let accepted = tokio::spawn(async move {
             let incoming = accepting.accept().await.expect("incoming");
             incoming.await.expect("tls")
         });
-        let early = net::connect_early(&ep, addr, &a_id, &a_trust)
+        let early = net::connect_early(&ep, addr, a_id, a_trust)
             .await
             .expect(what);
         assert_eq!(
@@ -407,23 +431,16 @@ async fn an_early_connection_checks_the_peers_hello_when_it_comes() {
 /// once with the code, not by its idle timeout (30 s) after the process is gone.
 #[tokio::test]
 async fn a_closing_connection_tells_the_peer_without_waiting_out_the_drain() {
-    let pki = Pki::new();
-    let data = tempfile::tempdir().expect("tempdir");
-    let b = pki.agent_config("site-b", "m1", &["site-a"], &data.path().join("b"));
-    let a = pki.agent_config("site-a", "n1", &["site-b"], &data.path().join("a"));
-    let (b_id, b_trust) = load_tls(&AgentConfig::load(&b).expect("config")).expect("tls");
-    let (a_id, a_trust) = load_tls(&AgentConfig::load(&a).expect("config")).expect("tls");
-    let sc = net::server_config(&b_id, &b_trust).expect("server config");
-    let server = net::endpoint("127.0.0.1:0".parse().expect("addr"), Some(sc)).expect("server");
-    let addr = server.local_addr().expect("addr");
+    let ends = RawEnds::new();
+    let (server, addr, a_id, a_trust) = (&ends.server, ends.addr, &ends.a_id, &ends.a_trust);
     let accepting = server.clone();
     let accepted = tokio::spawn(async move {
         let incoming = accepting.accept().await.expect("incoming");
         incoming.await.expect("tls")
     });
-    let ep = net::client_endpoint(addr, net::client_config(&a_id, &a_trust).expect("cc"))
+    let ep = net::client_endpoint(addr, net::client_config(a_id, a_trust).expect("cc"))
         .expect("endpoint");
-    let early = net::connect_early(&ep, addr, &a_id, &a_trust)
+    let early = net::connect_early(&ep, addr, a_id, a_trust)
         .await
         .expect("connect");
     let conn = accepted.await.expect("join");
