@@ -415,8 +415,10 @@ pub fn close_with(conn: &Connection, code: u32, reason: &str) {
 /// needs to hand one packet to the socket, far less than the draining period.
 pub const CLOSE_FLUSH: Duration = Duration::from_millis(200);
 
-/// Closes `conn` with `code` and waits until its close packet has been handed to the socket
-/// (at most [`CLOSE_FLUSH`]), for a process about to exit with its work confirmed.
+/// Closes `conn` with `code` and waits until quinn has built its close packet (the
+/// connection's count of datagrams sent moves; the same step writes it to the socket unless
+/// the socket is full), at most [`CLOSE_FLUSH`]: for a process about to exit with its work
+/// confirmed.
 ///
 /// `Endpoint::wait_idle` would wait out the draining period instead, three probe timeouts,
 /// to answer the peer's late packets with the close again in case the first was lost. After
