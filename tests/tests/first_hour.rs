@@ -632,3 +632,41 @@ fn a_failed_hook_shows_the_tail_of_its_output() {
     );
     assert!(said.contains("exit status: 3"), "{said}");
 }
+
+/// Defect found by the suite: volume tasks were named by the millisecond and the node, so
+/// two volumes created on one node in the same millisecond (two API calls at once) got the
+/// same task id. The agent refused the second as "already given with different content",
+/// and the first caller could wait for an answer the second had taken, until its timeout.
+#[test]
+fn volumes_created_at_once_on_one_node_all_succeed() {
+    let dev = Dev::shared();
+    let n = 12;
+    let start = std::sync::Barrier::new(n);
+    let answers: Vec<(u16, Value)> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..n)
+            .map(|i| {
+                let start = &start;
+                s.spawn(move || {
+                    start.wait();
+                    dev.call(
+                        "POST",
+                        "/v1/agents/node1/volumes",
+                        Some(json!({"name": format!("burst-{i}"), "size": "1M"})),
+                    )
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().expect("thread")).collect()
+    });
+    for (i, (code, r)) in answers.iter().enumerate() {
+        assert_eq!(*code, 201, "volume burst-{i}: {r}");
+    }
+    for i in 0..n {
+        let (code, r) = dev.call(
+            "DELETE",
+            &format!("/v1/agents/node1/volumes/burst-{i}"),
+            None,
+        );
+        assert_eq!(code, 200, "delete burst-{i}: {r}");
+    }
+}

@@ -182,6 +182,19 @@ const VOLUME_TASK_RECEIPT: std::time::Duration = std::time::Duration::from_secs(
 /// How long a started volume task is waited for.
 const VOLUME_TASK_RUN: std::time::Duration = std::time::Duration::from_secs(300);
 
+/// The id of a volume task: its tag, the millisecond, a random nonce (two calls in the same
+/// millisecond for one node must not share an id: the agent refuses a second task of that
+/// id, and the callers would wait on each other's answer), and as much of the node's name as
+/// fits in a name.
+fn volume_task_id(tag: &str, ms: i64, nonce: u32, node: &Name) -> Name {
+    let head = format!("{tag}{ms}-{nonce:08x}-");
+    let room = ferry_wire::name::MAX_NAME_LEN.saturating_sub(head.len());
+    let node = &node.as_str()[..node.as_str().len().min(room)];
+    Name::new(&format!("{head}{node}"))
+        .or_else(|_| Name::new(head.trim_end_matches('-')))
+        .unwrap_or_else(|_| Name::new("task").expect("a valid name"))
+}
+
 /// Sends a volume task to a connected agent and waits for its outcome: the result, or the
 /// error the agent's failure maps to.
 pub(super) async fn volume_task(
@@ -192,8 +205,7 @@ pub(super) async fn volume_task(
 ) -> ApiResult<ferry_wire::task::TaskResult> {
     use ferry_wire::task::TaskState;
     let now = jiff::Timestamp::now();
-    let id = Name::new(&format!("{tag}{}-{node}", now.as_millisecond()))
-        .map_err(|e| ApiError::bad(e.to_string()))?;
+    let id = volume_task_id(tag, now.as_millisecond(), rand::random(), node);
     let task = ferry_wire::task::Task {
         id: id.clone(),
         start_within_secs: Some(VOLUME_TASK_START.as_secs()),
@@ -409,4 +421,51 @@ pub(super) struct VolumeDeleted {
     volume: Name,
     /// Snapshots deleted with it (`force=true`).
     snapshots_deleted: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn volume_task_ids_differ_by_nonce_and_fit_in_a_name() {
+        let long: Name = "n"
+            .repeat(ferry_wire::name::MAX_NAME_LEN)
+            .parse()
+            .expect("name");
+        let short: Name = "node1".parse().expect("name");
+        // (tag, ms, nonce, node, id)
+        let table = [
+            (
+                "cv",
+                1_796_274_773_556,
+                0,
+                &short,
+                "cv1796274773556-00000000-node1",
+            ),
+            (
+                "cv",
+                1_796_274_773_556,
+                0xdead_beef,
+                &short,
+                "cv1796274773556-deadbeef-node1",
+            ),
+            (
+                "dv",
+                1_796_274_773_556,
+                1,
+                &short,
+                "dv1796274773556-00000001-node1",
+            ),
+        ];
+        for (tag, ms, nonce, node, want) in table {
+            assert_eq!(volume_task_id(tag, ms, nonce, node).as_str(), want);
+        }
+        let a = volume_task_id("cv", 1, 1, &short);
+        let b = volume_task_id("cv", 1, 2, &short);
+        assert_ne!(a, b, "same millisecond and node, another call");
+        let l = volume_task_id("cv", 1_796_274_773_556, 7, &long);
+        assert_eq!(l.as_str().len(), ferry_wire::name::MAX_NAME_LEN);
+        assert!(l.as_str().starts_with("cv1796274773556-00000007-nnn"));
+    }
 }
