@@ -460,13 +460,19 @@ fn hello_agrees(hello: &Hello, node: &Name, site: &Name) -> Result<(), NetError>
     Ok(())
 }
 
-/// `f`, or a timeout error if it takes longer than a handshake may.
-async fn in_time<T>(
+/// `f`, a step of the handshake on `conn`, within the handshake's time; when it fails or
+/// times out, `conn` is closed with the reason.
+async fn in_time_or_close<T>(
+    conn: &Connection,
     f: impl std::future::Future<Output = Result<T, NetError>>,
 ) -> Result<T, NetError> {
-    tokio::time::timeout(HANDSHAKE_TIMEOUT, f)
+    let res = tokio::time::timeout(HANDSHAKE_TIMEOUT, f)
         .await
-        .unwrap_or(Err(NetError::Timeout(HANDSHAKE_TIMEOUT)))
+        .unwrap_or(Err(NetError::Timeout(HANDSHAKE_TIMEOUT)));
+    if let Err(e) = &res {
+        close_for(conn, e);
+    }
+    res
 }
 
 /// Which end of a connection runs the handshake.
@@ -486,7 +492,7 @@ async fn handshake(
     role: Role,
 ) -> Result<Session, NetError> {
     let ours = Hello::new(id.node.clone(), id.site.clone());
-    let res = in_time(async {
+    let (send, recv, peer_node, peer_site, version) = in_time_or_close(&conn, async {
         let (mut send, mut recv) = match role {
             Role::Accept => conn.accept_bi().await?,
             Role::Open => conn.open_bi().await?,
@@ -502,21 +508,15 @@ async fn handshake(
         let version = msg::negotiate(&ours, &theirs)?;
         Ok::<_, NetError>((send, recv, peer_node, peer_site, version))
     })
-    .await;
-    match res {
-        Ok((send, recv, peer_node, peer_site, version)) => Ok(Session {
-            conn,
-            send,
-            recv,
-            peer_node,
-            peer_site,
-            version,
-        }),
-        Err(e) => {
-            close_for(&conn, &e);
-            Err(e)
-        }
-    }
+    .await?;
+    Ok(Session {
+        conn,
+        send,
+        recv,
+        peer_node,
+        peer_site,
+        version,
+    })
 }
 
 /// Server side of the ferry handshake on an accepted connection.
@@ -576,36 +576,23 @@ pub async fn connect_early(
         min_version: msg::PROTOCOL_VERSION,
         ..Hello::new(id.node.clone(), id.site.clone())
     };
-    let opened = in_time(async {
+    let (send, mut recv, peer_node, peer_site) = in_time_or_close(&conn, async {
         let (node, site) = identify(trust, &conn)?;
         let (mut send, recv) = conn.open_bi().await?;
         send_msg(&mut send, &ours).await?;
         Ok::<_, NetError>((send, recv, node, site))
     })
-    .await;
-    let (send, mut recv, peer_node, peer_site) = match opened {
-        Ok(o) => o,
-        Err(e) => {
-            close_for(&conn, &e);
-            return Err(e);
-        }
-    };
+    .await?;
     let (c, node, site) = (conn.clone(), peer_node.clone(), peer_site.clone());
     let hello = tokio::spawn(async move {
-        let checked = in_time(async {
+        in_time_or_close(&c, async {
             let theirs: Hello = recv_msg(&mut recv, HELLO_LIMIT).await?;
             hello_agrees(&theirs, &node, &site)?;
             msg::negotiate(&ours, &theirs)?;
             Ok::<_, NetError>(())
         })
-        .await;
-        match checked {
-            Ok(()) => Ok(recv),
-            Err(e) => {
-                close_for(&c, &e);
-                Err(e)
-            }
-        }
+        .await
+        .map(|()| recv)
     });
     Ok(EarlySession {
         conn,
