@@ -672,9 +672,7 @@ impl Executor {
         g: &GroupRecord,
         now: jiff::Timestamp,
     ) -> Result<Option<Name>, StoreError> {
-        let Ok(job_id) = Name::new(&format!("rm{}", now.as_millisecond())) else {
-            return Ok(None);
-        };
+        let job_id = crate::policy::model::plan_job_id("rm", id, now.as_millisecond());
         let mut volumes: BTreeMap<Name, Vec<Name>> = BTreeMap::new();
         for (node, snap) in &g.snapshots {
             volumes

@@ -112,13 +112,7 @@ pub fn recovery_id(kind: RecoveryKind, plan_id: &Name, now: Timestamp) -> Name {
         RecoveryKind::Drill => "dr",
         RecoveryKind::Verify => "vf",
     };
-    let h = blake3::hash(plan_id.as_str().as_bytes()).to_hex();
-    Name::new(&format!(
-        "{tag}{}-{}",
-        now.as_millisecond(),
-        &h.as_str()[..8]
-    ))
-    .unwrap_or_else(|_| plan_id.clone())
+    crate::policy::model::plan_job_id(tag, plan_id, now.as_millisecond())
 }
 
 /// The recovery of `kind` of plan `plan_id` in progress, if any.

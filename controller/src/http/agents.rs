@@ -186,13 +186,16 @@ const VOLUME_TASK_RUN: std::time::Duration = std::time::Duration::from_secs(300)
 /// millisecond for one node must not share an id: the agent refuses a second task of that
 /// id, and the callers would wait on each other's answer), and as much of the node's name as
 /// fits in a name.
-fn volume_task_id(tag: &str, ms: i64, nonce: u32, node: &Name) -> Name {
+fn volume_task_id(
+    tag: &str,
+    ms: i64,
+    nonce: u32,
+    node: &Name,
+) -> Result<Name, ferry_wire::name::NameError> {
     let head = format!("{tag}{ms}-{nonce:08x}-");
     let room = ferry_wire::name::MAX_NAME_LEN.saturating_sub(head.len());
     let node = &node.as_str()[..node.as_str().len().min(room)];
     Name::new(&format!("{head}{node}"))
-        .or_else(|_| Name::new(head.trim_end_matches('-')))
-        .unwrap_or_else(|_| Name::new("task").expect("a valid name"))
 }
 
 /// Sends a volume task to a connected agent and waits for its outcome: the result, or the
@@ -205,7 +208,8 @@ pub(super) async fn volume_task(
 ) -> ApiResult<ferry_wire::task::TaskResult> {
     use ferry_wire::task::TaskState;
     let now = jiff::Timestamp::now();
-    let id = volume_task_id(tag, now.as_millisecond(), rand::random(), node);
+    let id = volume_task_id(tag, now.as_millisecond(), rand::random(), node)
+        .map_err(|e| ApiError::bad(e.to_string()))?;
     let task = ferry_wire::task::Task {
         id: id.clone(),
         start_within_secs: Some(VOLUME_TASK_START.as_secs()),
@@ -459,12 +463,15 @@ mod tests {
             ),
         ];
         for (tag, ms, nonce, node, want) in table {
-            assert_eq!(volume_task_id(tag, ms, nonce, node).as_str(), want);
+            assert_eq!(
+                volume_task_id(tag, ms, nonce, node).expect("id").as_str(),
+                want
+            );
         }
-        let a = volume_task_id("cv", 1, 1, &short);
-        let b = volume_task_id("cv", 1, 2, &short);
+        let a = volume_task_id("cv", 1, 1, &short).expect("id");
+        let b = volume_task_id("cv", 1, 2, &short).expect("id");
         assert_ne!(a, b, "same millisecond and node, another call");
-        let l = volume_task_id("cv", 1_796_274_773_556, 7, &long);
+        let l = volume_task_id("cv", 1_796_274_773_556, 7, &long).expect("id");
         assert_eq!(l.as_str().len(), ferry_wire::name::MAX_NAME_LEN);
         assert!(l.as_str().starts_with("cv1796274773556-00000007-nnn"));
     }

@@ -740,9 +740,39 @@ impl PlanSpec {
     }
 }
 
+/// The id of a job of plan `plan_id` started at `ms`: `tag`, the millisecond and a hash of
+/// the plan id, so that jobs of two plans started in the same millisecond (in one executor
+/// tick) differ, and so do the agent tasks named after them. A plan runs one job at a time.
+pub fn plan_job_id(tag: &str, plan_id: &Name, ms: i64) -> Name {
+    let h = blake3::hash(plan_id.as_str().as_bytes()).to_hex();
+    Name::new(&format!("{tag}{ms}-{}", &h.as_str()[..8])).unwrap_or_else(|_| plan_id.clone())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plan_job_ids_differ_by_plan_not_by_call() {
+        let (p1, p2) = (
+            Name::new("plan.1").expect("n"),
+            Name::new("plan.2").expect("n"),
+        );
+        // (tag, plan, ms, prefix)
+        let table = [
+            ("rm", &p1, 1_800_000_000_000, "rm1800000000000-"),
+            ("rb", &p1, 1_800_000_000_000, "rb1800000000000-"),
+            ("rm", &p2, 1_800_000_000_001, "rm1800000000001-"),
+        ];
+        for (tag, plan, ms, prefix) in table {
+            let id = plan_job_id(tag, plan, ms);
+            assert!(id.as_str().starts_with(prefix), "{id}");
+            assert_eq!(id.as_str().len(), prefix.len() + 8, "{id}");
+            assert_eq!(id, plan_job_id(tag, plan, ms), "the same plan and instant");
+        }
+        let ms = 1_800_000_000_000;
+        assert_ne!(plan_job_id("rm", &p1, ms), plan_job_id("rm", &p2, ms));
+    }
 
     fn n(s: &str) -> Name {
         Name::new(s).expect("name")
